@@ -1,0 +1,190 @@
+"""Convert CLIP weights in OpenAI's state-dict layout into a transformers checkpoint folder for NACLIP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .configuration_naclip import NACLIPConfig
+
+# OpenAI name (inside a residual block) -> transformers name (inside an encoder layer).
+_BLOCK_RENAMES = {
+    "attn.out_proj.weight": "self_attn.out_proj.weight",
+    "attn.out_proj.bias": "self_attn.out_proj.bias",
+    "ln_1.weight": "layer_norm1.weight",
+    "ln_1.bias": "layer_norm1.bias",
+    "ln_2.weight": "layer_norm2.weight",
+    "ln_2.bias": "layer_norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+_TOP_RENAMES = {
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "logit_scale": "logit_scale",
+}
+_REQUIRED = ("visual.conv1.weight", "visual.proj", "visual.positional_embedding", "text_projection",
+             "token_embedding.weight", "positional_embedding")  # fmt: skip
+
+
+def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an OpenAI-layout CLIP state dict from `.safetensors`, or from a `.pt`/`.pth` file as OpenAI publishes
+    them (TorchScript archives) or as `torch.save` writes them. Pickled Python code is never executed: plain
+    files are read with `weights_only=True`, TorchScript archives by TorchScript's own loader."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No weights file at {path}; pass the path of an OpenAI CLIP .pt or .safetensors file.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        elif _is_torchscript(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+    except Exception as error:  # corrupt or truncated files raise many different exception types
+        raise ValueError(f"Could not read CLIP weights from {path}: the file is corrupt or not a weights file "
+                         f"({type(error).__name__}: {error}).") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__}).")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise ValueError(
+            f"{path} is not an OpenAI-layout ViT CLIP state dict: missing {missing}. "
+            "Transformers CLIP checkpoints need no conversion: load them with from_pretrained."
+        )
+    return state
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def config_from_openai_state_dict(state: dict[str, torch.Tensor], **naclip_settings) -> NACLIPConfig:
+    """The `NACLIPConfig` describing an OpenAI-layout ViT CLIP state dict (dims read off the tensor shapes)."""
+    vision_width, _, patch, _ = state["visual.conv1.weight"].shape
+    vision_layers = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})
+    grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_width = state["token_embedding.weight"].shape[1]
+    text_layers = len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")})
+    return NACLIPConfig(
+        projection_dim=int(state["text_projection"].shape[1]),
+        logit_scale_init_value=float(state["logit_scale"]) if "logit_scale" in state else 2.6592,
+        vision_config={
+            "hidden_size": int(vision_width),
+            "intermediate_size": int(4 * vision_width),
+            "num_hidden_layers": vision_layers,
+            "num_attention_heads": int(vision_width // 64),
+            "patch_size": int(patch),
+            "image_size": int(patch * grid),
+            "projection_dim": int(state["text_projection"].shape[1]),
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+        },
+        text_config={
+            "hidden_size": int(text_width),
+            "intermediate_size": int(4 * text_width),
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": int(text_width // 64),
+            "vocab_size": int(state["token_embedding.weight"].shape[0]),
+            "max_position_embeddings": int(state["positional_embedding"].shape[0]),
+            "projection_dim": int(state["text_projection"].shape[1]),
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 49407,
+        },
+        **naclip_settings,
+    )
+
+
+def convert_openai_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename (and split q/k/v of) an OpenAI-layout state dict into `CLIPModel` parameter names, as fp32."""
+    converted: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        tensor = tensor.float()
+        if name in _TOP_RENAMES:
+            converted[_TOP_RENAMES[name]] = tensor
+        elif name == "visual.proj":
+            converted["visual_projection.weight"] = tensor.T.contiguous()
+        elif name == "text_projection":
+            converted["text_projection.weight"] = tensor.T.contiguous()
+        elif ".resblocks." in name:
+            tower = "vision_model" if name.startswith("visual.") else "text_model"
+            prefix, rest = name.split(".resblocks.")
+            index, inner = rest.split(".", 1)
+            base = f"{tower}.encoder.layers.{index}."
+            if inner in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                kind = inner.rsplit("_", 1)[-1]
+                for part, chunk in zip(("q", "k", "v"), tensor.chunk(3, dim=0)):
+                    converted[f"{base}self_attn.{part}_proj.{kind}"] = chunk.contiguous()
+            elif inner in _BLOCK_RENAMES:
+                converted[base + _BLOCK_RENAMES[inner]] = tensor
+        # Anything else (input_resolution, context_length, vocab_size scalars of TorchScript files) is metadata.
+    return converted
+
+
+def convert_openai_checkpoint(
+    source: str | os.PathLike, output_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None
+) -> Path:
+    """Write a transformers checkpoint folder (config, safetensors weights, tokenizer and processor) for OpenAI
+    CLIP weights at `source`. `tokenizer_dir` holds `vocab.json` and `merges.txt` of the CLIP BPE; without it
+    only the model is written. The folder appears complete or not at all. Returns the output folder."""
+    from .modeling_naclip import NACLIPForSemanticSegmentation
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} exists and is not empty; choose a new folder or empty it first.")
+    state = load_openai_state_dict(source)
+    processor = None
+    if tokenizer_dir is not None:
+        from .processing_naclip import NACLIPProcessor
+
+        processor = NACLIPProcessor.from_tokenizer_dir(tokenizer_dir)
+    config = config_from_openai_state_dict(state)
+    model = NACLIPForSemanticSegmentation(config)
+    missing, unexpected = model.load_state_dict(convert_openai_state_dict(state), strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"Converted weights do not fit CLIP: missing {missing}, unexpected {unexpected}.")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        if processor is not None:
+            processor.save_pretrained(staging)
+        if output_dir.exists():
+            output_dir.rmdir()
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+__all__ = ["convert_openai_checkpoint", "convert_openai_state_dict", "load_openai_state_dict",
+           "config_from_openai_state_dict"]  # fmt: skip

@@ -1,0 +1,113 @@
+"""PAMR: pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020), as used by NACLIP.
+
+Each iteration replaces every pixel's score by a weighted mean of its neighbours' scores at a few dilations;
+the weights (an affinity) depend on the guide image only, so they are computed once per image. Neighbours
+past the border repeat the edge pixel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# The eight neighbours of a 3×3 window (centre excluded), as (row, column) offsets in units of the dilation.
+NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
+    (-1, -1), (-1, 0), (-1, 1),
+    (0, -1), (0, 1),
+    (1, -1), (1, 0), (1, 1),
+)  # fmt: skip
+# The full 3×3 window, centre included.
+WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
+
+
+def _shifted_views(padded: torch.Tensor, dilation: int, height: int, width: int, offsets) -> list[torch.Tensor]:
+    """Views of `padded` (replicate-padded by `dilation`) holding, at each pixel, the neighbour at each offset."""
+    return [
+        padded[..., dilation + dy * dilation : dilation + dy * dilation + height,
+               dilation + dx * dilation : dilation + dx * dilation + width]
+        for dy, dx in offsets
+    ]  # fmt: skip
+
+
+def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """Affinity of each pixel to its 8 neighbours at each dilation.
+
+    Args:
+        image: guide image [B, K, H, W].
+    Returns:
+        weights [B, 8 * len(dilations), H, W] that sum to 1 over dim 1.
+    """
+    height, width = image.shape[-2:]
+    padded = [F.pad(image, [d] * 4, mode="replicate") for d in dilations]
+    # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation.
+    window = [view for d, p in zip(dilations, padded) for view in _shifted_views(p, d, height, width, WINDOW_OFFSETS)]
+    spread = torch.stack(window, dim=2).std(dim=2)  # [B, K, H, W]
+    scale = 1e-8 + 0.1 * spread
+    logits = []
+    for d, p in zip(dilations, padded):
+        for neighbour in _shifted_views(p, d, height, width, NEIGHBOUR_OFFSETS):
+            logits.append(-((image - neighbour).abs() / scale).mean(dim=1))
+    return torch.stack(logits, dim=1).softmax(dim=1)
+
+
+def pamr(image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Sequence[int]) -> torch.Tensor:
+    """Refine `scores` [B, C, H, W] with the guide `image` [B, K, H, W]; returns [B, C, H, W].
+
+    Memory stays at a few copies of `scores`: neighbours are read as views of one padded copy per dilation
+    and accumulated in place, instead of materialising all 8·len(dilations) shifted copies.
+    """
+    if num_iter <= 0:
+        return scores
+    if scores.shape[-2:] != image.shape[-2:]:
+        scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
+    height, width = scores.shape[-2:]
+    affinity = pamr_affinity(image.to(scores.dtype), dilations).unsqueeze(2)  # [B, P, 1, H, W]
+    for _ in range(num_iter):
+        refined = torch.zeros_like(scores)
+        p = 0
+        for d in dilations:
+            padded = F.pad(scores, [d] * 4, mode="replicate")
+            for neighbour in _shifted_views(padded, d, height, width, NEIGHBOUR_OFFSETS):
+                refined.addcmul_(neighbour, affinity[:, p])
+                p += 1
+            del padded
+        scores = refined
+    return scores
+
+
+def pamr_reference(image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Sequence[int]) -> torch.Tensor:
+    """PAMR as the reference implementation computes it: every shifted copy of the scores for every dilation is
+    materialised at once ([B, C, 8·len(dilations), H, W]) in each iteration. Kept to check `pamr` against and to
+    measure it; use `pamr` for real work."""
+    if num_iter <= 0:
+        return scores
+    scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
+    batch, channels, height, width = image.shape
+
+    def neighbourhood(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        b, k = x.shape[:2]
+        flat = x.reshape(b * k, 1, height, width)
+        out = torch.cat(
+            [F.conv2d(F.pad(flat, [d] * 4, mode="replicate"), kernel, dilation=d) for d in dilations], dim=1
+        )
+        return out.view(b, k, -1, height, width)
+
+    def kernel_from(offsets, centre: float, neighbour: float) -> torch.Tensor:
+        kernel = torch.zeros(len(offsets), 1, 3, 3, dtype=image.dtype, device=image.device)
+        for i, (dy, dx) in enumerate(offsets):
+            kernel[i, 0, 1, 1] += centre
+            kernel[i, 0, 1 + dy, 1 + dx] += neighbour
+        return kernel
+
+    spread = neighbourhood(image, kernel_from(WINDOW_OFFSETS, 0.0, 1.0)).std(dim=2, keepdim=True)
+    diff = neighbourhood(image, kernel_from(NEIGHBOUR_OFFSETS, 1.0, -1.0)).abs()
+    affinity = (-diff / (1e-8 + 0.1 * spread)).mean(dim=1, keepdim=True).softmax(dim=2)
+    copy_kernel = kernel_from(NEIGHBOUR_OFFSETS, 0.0, 1.0).to(scores.dtype)
+    for _ in range(num_iter):
+        scores = (neighbourhood(scores, copy_kernel) * affinity).sum(dim=2)
+    return scores
+
+
+__all__ = ["pamr", "pamr_affinity", "pamr_reference"]

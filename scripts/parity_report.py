@@ -77,9 +77,11 @@ def main() -> None:
                 )
             )
 
-    print(f"attention: {args.attn_implementation}; text features max |diff| = {text_diff:.1e} (tolerance 1e-5)")
+    attention = args.attn_implementation.upper()
+    print(f"Attention: {attention}. Text features: max |diff| = {text_diff:.1e} (tolerance 1e-5).")
     if args.markdown:
-        print("\n| case | logits max abs diff (≤ 1e-4) | probabilities max abs diff (≤ 1e-3) | equal labels (≥ 99.9 %) |")
+        print("\n| case | logits max abs diff (≤ 1e-4) | probabilities max abs diff (≤ 1e-3) ", end="")
+        print("| equal labels (≥ 99.9 %) |")
         print("|---|---|---|---|")
         for case_id, logit_diff, prob_diff, equal in rows:
             print(f"| {case_id} | {logit_diff:.1e} | {prob_diff:.1e} | {equal:.4%} |")

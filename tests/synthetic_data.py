@@ -150,5 +150,6 @@ def make_benchmark_dataset(
             (label_dir / city).mkdir(exist_ok=True)
             image.save(image_dir / city / f"{image_id}_leftImg8bit.png")
             save_gray_png(label, label_dir / city / f"{image_id}_gtFine_labelTrainIds.png")
+            # another label kind next to the train ids, as in real Cityscapes; the loader must skip it
             save_gray_png(label, label_dir / city / f"{image_id}_gtFine_labelIds.png")
     return root

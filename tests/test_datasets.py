@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from importlib import resources
@@ -185,10 +186,14 @@ def test_synthetic_reduce_zero_label_presets_contain_zero(name, tmp_path):
     assert np.array_equal(reduced == 255, (raw == 0) | (raw == 255))
 
 
+def _max_class(label: np.ndarray) -> int:
+    return int(label[label != 255].max())
+
+
 def test_synthetic_labels_fail_for_a_smaller_class_count(tmp_path):
     root = make_benchmark_dataset("coco_stuff", tmp_path, num_images=3)
     maxima = [
-        read_label_map(row["label"], False)[lambda a: a != 255].max()
+        _max_class(read_label_map(row["label"], False))
         for row in load_benchmark_dataset("coco_stuff", root)
     ]
     assert max(maxima) == 170
@@ -403,6 +408,10 @@ def test_check_label_map():
         check_label_map(label, 3, (3, 2))
     with pytest.raises(ValueError, match=r"image size 4x6"):
         check_label_map(label, 3, Image.new("RGB", (6, 4)))
+    wide = np.zeros((2, 3), dtype=np.uint8)
+    check_label_map(wide, 3, Image.new("RGB", (3, 2)))
+    with pytest.raises(ValueError, match=r"size 2x3 \(HxW\) differs from the image size 3x2"):
+        check_label_map(wide, 3, Image.new("RGB", (2, 3)))
 
 
 # --- COCO-Object
@@ -422,7 +431,11 @@ def test_coco_stuff_to_coco_object():
 def test_coco_object_class_file_matches_the_mapping():
     objects = get_preset("coco_object").class_names()
     stuff = get_preset("coco_stuff").class_names()
-    assert objects[0][0] == "background"
+    thing_names = {name.replace(" ", "") for names in stuff[:80] for name in names}
+    assert len(objects) == 81
+    # line 0 is background, named by stuff words; the official file also lists "bed" there (a COCO thing)
+    assert objects[0][0] == "sky"
+    assert {name.replace(" ", "") for name in objects[0]} & thing_names == {"bed"}
     converted = coco_stuff_to_coco_object(np.arange(80))
     for train_id, object_id in enumerate(converted.tolist()):
         assert objects[object_id][0].replace(" ", "") == stuff[train_id][0].replace(" ", "")
@@ -431,10 +444,17 @@ def test_coco_object_class_file_matches_the_mapping():
 
 
 def _run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_convert_script_end_to_end(tmp_path):
+def _script_module():
+    spec = importlib.util.spec_from_file_location("convert_coco_object", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convert_script_end_to_end(tmp_path, capsys):
     root = make_benchmark_dataset("coco_stuff", tmp_path, num_images=3)
     result = _run_script(str(root), "--split", "val2017")
     assert result.returncode == 0, result.stderr
@@ -451,21 +471,28 @@ def test_convert_script_end_to_end(tmp_path):
         assert np.array_equal(converted, coco_stuff_to_coco_object(read_label_map(stuff_path, False)))
         check_label_map(converted, 81, Image.open(row["image"]))
         assert (converted == 0).any() and ((converted > 0) & (converted < 255)).any()
-    again = _run_script(str(root), "--split", "val", "--quiet")
-    assert again.returncode == 0 and "Wrote 0" in again.stdout and "3 already present" in again.stdout
+    script = _script_module()
+    assert script.main([str(root), "--split", "val", "--quiet"]) == 0
+    assert "Wrote 0" in capsys.readouterr().out
+    first = folder / "000000000001_instanceTrainIds.png"
+    save_gray_png(np.zeros((2, 2), dtype=np.uint8), first)
+    assert script.main([str(root), "--quiet", "--overwrite"]) == 0
+    assert "Wrote 3" in capsys.readouterr().out
+    assert read_label_map(first, False).shape == (40, 56)
 
 
-def test_convert_script_errors(tmp_path):
-    result = _run_script(str(tmp_path), "--quiet")
-    assert result.returncode == 2 and "annotations/val2017" in result.stderr
+def test_convert_script_errors(tmp_path, capsys):
+    script = _script_module()
+    assert script.main([str(tmp_path), "--quiet"]) == 2
+    assert "annotations/val2017" in capsys.readouterr().err
     folder = tmp_path / "annotations" / "val2017"
     folder.mkdir(parents=True)
-    result = _run_script(str(tmp_path), "--quiet")
-    assert result.returncode == 1 and "_labelTrainIds.png" in result.stderr
+    assert script.main([str(tmp_path), "--quiet"]) == 1
+    assert "_labelTrainIds.png" in capsys.readouterr().err
     save_gray_png(np.full((2, 2), 200, dtype=np.uint8), folder / "x_labelTrainIds.png")
-    result = _run_script(str(tmp_path), "--quiet")
-    assert result.returncode == 1 and "[200]" in result.stderr
-    assert not (folder / "x_instanceTrainIds.png").exists()
+    assert script.main([str(tmp_path), "--quiet"]) == 1
+    assert "[200]" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["x_labelTrainIds.png"]
 
 
 # --- Hub datasets
@@ -516,6 +543,7 @@ def test_load_hub_dataset_from_data_files_folder(tmp_path):
     dataset = load_hub_dataset(str(tmp_path / "parquet"), "validation", "img", "seg")
     assert dataset.column_names == ["image", "label", "id"]
     assert dataset["image"] == ["a.jpg", "b.jpg"] and dataset["id"] == ["x", "y"]
+    assert load_hub_dataset(str(tmp_path / "parquet"), "val", "img", "seg")["label"] == ["a.png", "b.png"]
 
 
 def test_load_hub_dataset_missing_column(tmp_path):

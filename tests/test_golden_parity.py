@@ -20,10 +20,21 @@ PROBS_TOL = 1e-3
 MIN_EQUAL_LABELS = 0.999
 
 CASE_IDS = [
-    "a_whole_naclip", "b_voc21_style", "c_slide_naclip", "c_slide_naclip_pamr", "c_slide_vanilla_vanilla",
-    "c_slide_reduced_vanilla", "c_slide_reduced_kk", "c_slide_vanilla_csa", "c_slide_reduced_nonly",
-    "c_slide_vanilla_naclip", "c_slide_naclip_std3", "d_odd_width_slide", "d_odd_width_whole", "e_city_style",
-]  # fmt: skip
+    "a_whole_naclip",
+    "b_voc21_style",
+    "c_slide_naclip",
+    "c_slide_naclip_pamr",
+    "c_slide_vanilla_vanilla",
+    "c_slide_reduced_vanilla",
+    "c_slide_reduced_kk",
+    "c_slide_vanilla_csa",
+    "c_slide_reduced_nonly",
+    "c_slide_vanilla_naclip",
+    "c_slide_naclip_std3",
+    "d_odd_width_slide",
+    "d_odd_width_whole",
+    "e_city_style",
+]
 
 
 def case_settings(manifest: dict, case_id: str) -> tuple[dict, dict]:
@@ -70,7 +81,9 @@ def test_tokenizer_matches_openai(tiny_checkpoint, golden):
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_text_features(tiny_checkpoint, golden, manifest, attn_implementation):
-    model = NACLIPForSemanticSegmentation.from_pretrained(tiny_checkpoint, attn_implementation=attn_implementation)
+    model = NACLIPForSemanticSegmentation.from_pretrained(
+        tiny_checkpoint, attn_implementation=attn_implementation
+    )
     embeddings = encode_classes(model, load_processor(tiny_checkpoint), manifest["classes"])
     diff = (embeddings.text_embeds - golden["text/query_features"]).abs().max().item()
     assert diff <= 1e-5
@@ -107,10 +120,23 @@ def test_case_through_cli(tiny_checkpoint, golden, manifest, golden_labels_file,
     image_path = tmp_path / "image.png"
     Image.fromarray(raw.numpy()).save(image_path)
     scores = tmp_path / "scores.safetensors"
-    settings = [f"{key}={','.join(map(str, v)) if isinstance(v, list) else v}" for key, v in overrides.items()]
+    settings = [
+        f"{key}={','.join(map(str, v)) if isinstance(v, list) else v}" for key, v in overrides.items()
+    ]
     settings.append(f"short_side={case['short_side']}")
-    command = [sys.executable, "-m", "naclip_hf.cli", "segment", str(image_path), "--model", str(tiny_checkpoint),
-               "--labels-file", str(golden_labels_file), "--save-scores", str(scores)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "naclip_hf.cli",
+        "segment",
+        str(image_path),
+        "--model",
+        str(tiny_checkpoint),
+        "--labels-file",
+        str(golden_labels_file),
+        "--save-scores",
+        str(scores),
+    ]
     for setting in settings:
         command += ["--set", setting]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)

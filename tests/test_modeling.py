@@ -11,19 +11,41 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
 from naclip_hf.modeling_naclip import gaussian_neighbourhood_bias, sliding_windows
 
-STRATEGIES = [("reduced", "naclip"), ("reduced", "nonly"), ("reduced", "kk"), ("vanilla", "csa"),
-              ("reduced", "vanilla"), ("vanilla", "vanilla"), ("vanilla", "naclip")]  # fmt: skip
+STRATEGIES = [
+    ("reduced", "naclip"),
+    ("reduced", "nonly"),
+    ("reduced", "kk"),
+    ("vanilla", "csa"),
+    ("reduced", "vanilla"),
+    ("vanilla", "vanilla"),
+    ("vanilla", "naclip"),
+]
 
 
 def tiny_clip_config(**kwargs) -> dict:
     return dict(
         projection_dim=16,
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 32, "patch_size": 8, "projection_dim": 16},
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "vocab_size": 99, "max_position_embeddings": 16, "projection_dim": 16, "eos_token_id": 98},
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+            "projection_dim": 16,
+        },
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "vocab_size": 99,
+            "max_position_embeddings": 16,
+            "projection_dim": 16,
+            "eos_token_id": 98,
+        },
         **kwargs,
-    )  # fmt: skip
+    )
 
 
 def tiny_model(**settings) -> NACLIPForSemanticSegmentation:
@@ -83,12 +105,18 @@ def test_plain_clip_checkpoint_loads_without_missing_or_unexpected_keys(tmp_path
     model, info = NACLIPForSemanticSegmentation.from_pretrained(tmp_path / "clip", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert model.config.model_type == "naclip"
-    assert (model.config.arch, model.config.attn_strategy, model.config.gaussian_std) == ("reduced", "naclip", 5.0)
+    assert (model.config.arch, model.config.attn_strategy, model.config.gaussian_std) == (
+        "reduced",
+        "naclip",
+        5.0,
+    )
     assert (model.config.slide_crop, model.config.slide_stride, model.config.pamr_steps) == (224, 112, 10)
     clip_state = clip.state_dict()
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, clip_state[name])
-    overridden = NACLIPForSemanticSegmentation.from_pretrained(tmp_path / "clip", attn_strategy="csa", arch="vanilla")
+    overridden = NACLIPForSemanticSegmentation.from_pretrained(
+        tmp_path / "clip", attn_strategy="csa", arch="vanilla"
+    )
     assert (overridden.config.arch, overridden.config.attn_strategy) == ("vanilla", "csa")
 
 
@@ -96,10 +124,16 @@ def test_saved_model_round_trip(tmp_path):
     model = tiny_model(attn_strategy="kk", gaussian_std=3.0, pamr_steps=0)
     model.save_pretrained(tmp_path / "m")
     loaded = NACLIPForSemanticSegmentation.from_pretrained(tmp_path / "m").eval()
-    assert (loaded.config.attn_strategy, loaded.config.gaussian_std, loaded.config.pamr_steps) == ("kk", 3.0, 0)
+    assert (loaded.config.attn_strategy, loaded.config.gaussian_std, loaded.config.pamr_steps) == (
+        "kk",
+        3.0,
+        0,
+    )
     pixels, text = torch.randn(1, 3, 40, 40), torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(pixels, text_embeds=text).logits, model(pixels, text_embeds=text).logits)
+        torch.testing.assert_close(
+            loaded(pixels, text_embeds=text).logits, model(pixels, text_embeds=text).logits
+        )
 
 
 def test_sliding_windows_cover_every_pixel_once_or_more():
@@ -194,8 +228,8 @@ def test_settings_changed_after_loading_are_checked():
 def test_non_clip_checkpoint_is_rejected(tmp_path):
     from transformers import BertConfig
 
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(
-        tmp_path / "bert"
-    )
+    BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    ).save_pretrained(tmp_path / "bert")
     with pytest.raises(ValueError, match="needs a CLIP checkpoint"):
         NACLIPForSemanticSegmentation.from_pretrained(tmp_path / "bert")

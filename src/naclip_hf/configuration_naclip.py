@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -13,6 +15,22 @@ ATTN_STRATEGIES = ("naclip", "nonly", "kk", "csa", "vanilla")
 POS_EMBED_MODES = ("official", "transformers")
 # Configs of these types describe a CLIP whose weights NACLIP can use as they are.
 COMPATIBLE_MODEL_TYPES = ("clip", "naclip")
+# The NACLIP settings of the config (every field this class adds to CLIPConfig).
+NACLIP_SETTINGS: tuple[str, ...] = (
+    "arch",
+    "attn_strategy",
+    "gaussian_std",
+    "logit_scale",
+    "prob_thd",
+    "slide_crop",
+    "slide_stride",
+    "slide_batch_size",
+    "pamr_steps",
+    "pamr_dilations",
+    "pos_embed_interpolation",
+    "text_batch_size",
+    "prompt_templates",
+)
 
 
 @strict
@@ -85,11 +103,17 @@ class NACLIPConfig(CLIPConfig):
         if self.arch not in ARCHS:
             raise ValueError(f"arch={self.arch!r} is not supported; use one of {ARCHS}.")
         if self.attn_strategy not in ATTN_STRATEGIES:
-            raise ValueError(f"attn_strategy={self.attn_strategy!r} is not supported; use one of {ATTN_STRATEGIES}.")
+            raise ValueError(
+                f"attn_strategy={self.attn_strategy!r} is not supported; use one of {ATTN_STRATEGIES}."
+            )
         if self.attn_strategy == "csa" and self.arch != "vanilla":
-            raise ValueError('attn_strategy="csa" (SCLIP) only works with arch="vanilla"; set arch="vanilla".')
+            raise ValueError(
+                'attn_strategy="csa" (SCLIP) only works with arch="vanilla"; set arch="vanilla".'
+            )
         if self.attn_strategy in ("naclip", "nonly") and not (
-            isinstance(self.gaussian_std, (int, float)) and math.isfinite(self.gaussian_std) and self.gaussian_std > 0
+            isinstance(self.gaussian_std, (int, float))
+            and math.isfinite(self.gaussian_std)
+            and self.gaussian_std > 0
         ):
             raise ValueError(
                 f"gaussian_std={self.gaussian_std!r} must be a finite number > 0 with "
@@ -113,7 +137,9 @@ class NACLIPConfig(CLIPConfig):
         if self.pamr_steps < 0:
             raise ValueError(f"pamr_steps={self.pamr_steps} must be >= 0 (0 turns PAMR off).")
         if self.pamr_steps > 0 and (not self.pamr_dilations or any(d < 1 for d in self.pamr_dilations)):
-            raise ValueError(f"pamr_dilations={self.pamr_dilations} must be a non-empty list of integers >= 1.")
+            raise ValueError(
+                f"pamr_dilations={self.pamr_dilations} must be a non-empty list of integers >= 1."
+            )
         if self.pos_embed_interpolation not in POS_EMBED_MODES:
             raise ValueError(
                 f"pos_embed_interpolation={self.pos_embed_interpolation!r} is not supported; "
@@ -121,10 +147,30 @@ class NACLIPConfig(CLIPConfig):
             )
         if self.prompt_templates is not None:
             if not self.prompt_templates:
-                raise ValueError("prompt_templates is empty; give at least one template or None for the defaults.")
+                raise ValueError(
+                    "prompt_templates is empty; give at least one template or None for the defaults."
+                )
             for template in self.prompt_templates:
                 if template.count("{}") != 1:
-                    raise ValueError(f"prompt template {template!r} must contain exactly one '{{}}' for the name.")
+                    raise ValueError(
+                        f"prompt template {template!r} must contain exactly one '{{}}' for the name."
+                    )
+
+    @contextmanager
+    def temporary_settings(self, settings: Mapping[str, Any]) -> Iterator[None]:
+        """Override NACLIP settings inside a `with` block (checked on entry, restored on exit)."""
+        unknown = [key for key in settings if key not in NACLIP_SETTINGS]
+        if unknown:
+            raise ValueError(f"Unknown NACLIP setting(s) {unknown}; valid: {', '.join(NACLIP_SETTINGS)}.")
+        saved = {key: getattr(self, key) for key in settings}
+        try:
+            for key, value in settings.items():
+                setattr(self, key, list(value) if key == "pamr_dilations" else value)
+            self.check_naclip_settings()
+            yield
+        finally:
+            for key, value in saved.items():
+                setattr(self, key, value)
 
     @classmethod
     def get_config_dict(cls, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -140,4 +186,4 @@ class NACLIPConfig(CLIPConfig):
         return {**config_dict, "model_type": cls.model_type}, kwargs
 
 
-__all__ = ["NACLIPConfig"]
+__all__ = ["NACLIP_SETTINGS", "NACLIPConfig"]

@@ -39,8 +39,14 @@ _TOP_RENAMES = {
     "ln_final.bias": "text_model.final_layer_norm.bias",
     "logit_scale": "logit_scale",
 }
-_REQUIRED = ("visual.conv1.weight", "visual.proj", "visual.positional_embedding", "text_projection",
-             "token_embedding.weight", "positional_embedding")  # fmt: skip
+_REQUIRED = (
+    "visual.conv1.weight",
+    "visual.proj",
+    "visual.positional_embedding",
+    "text_projection",
+    "token_embedding.weight",
+    "positional_embedding",
+)
 
 
 def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -49,7 +55,9 @@ def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     files are read with `weights_only=True`, TorchScript archives by TorchScript's own loader."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No weights file at {path}; pass the path of an OpenAI CLIP .pt or .safetensors file.")
+        raise FileNotFoundError(
+            f"No weights file at {path}; pass the path of an OpenAI CLIP .pt or .safetensors file."
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -62,8 +70,10 @@ def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
     except Exception as error:  # corrupt or truncated files raise many different exception types
-        raise ValueError(f"Could not read CLIP weights from {path}: the file is corrupt or not a weights file "
-                         f"({type(error).__name__}: {error}).") from error
+        raise ValueError(
+            f"Could not read CLIP weights from {path}: the file is corrupt or not a weights file "
+            f"({type(error).__name__}: {error})."
+        ) from error
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__}).")
     state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -186,5 +196,9 @@ def convert_openai_checkpoint(
     return output_dir
 
 
-__all__ = ["convert_openai_checkpoint", "convert_openai_state_dict", "load_openai_state_dict",
-           "config_from_openai_state_dict"]  # fmt: skip
+__all__ = [
+    "convert_openai_checkpoint",
+    "convert_openai_state_dict",
+    "load_openai_state_dict",
+    "config_from_openai_state_dict",
+]

@@ -89,15 +89,39 @@ def encode_classes(
     model: NACLIPForSemanticSegmentation,
     processor: NACLIPProcessor,
     classes: Sequence[str | Sequence[str]],
+    *,
+    cache_dir: str | os.PathLike | bool | None = None,
 ) -> ClassEmbeddings:
-    """Embed every name of every class with the model's prompt templates (see `get_name_embeddings`)."""
+    """Embed every name of every class with the model's prompt templates (see `get_name_embeddings`).
+
+    Args:
+        model, processor: the NACLIP model and its processor.
+        classes: class entries (a string per class, synonyms separated by commas, or a list of names per class).
+        cache_dir: on-disk cache of the embeddings (see `naclip_hf.text_cache`): a directory, `True` for the
+            default one (`$NACLIP_CACHE`, else `~/.cache/naclip_hf/text`), or `None`/`False` (default) for none.
+            With a cache, a label set embedded before with the same text weights, tokenizer, templates and dtype
+            is read back instead of running the text tower.
+    """
+    from .text_cache import load_or_compute_name_embeddings, resolve_cache_dir
+
     parsed = parse_class_entries(classes)
-    text = processor.tokenize_class_names(parsed, model.config.prompt_templates)
-    device = model.device
-    text_embeds = model.get_name_embeddings(
-        text["input_ids"].to(device), text["attention_mask"].to(device), text["num_templates"]
-    )
-    _, name_to_class = flatten_class_names(parsed)
+    names, name_to_class = flatten_class_names(parsed)
+    templates = model.config.prompt_templates
+
+    def compute() -> torch.Tensor:
+        text = processor.tokenize_class_names(parsed, templates)
+        device = model.device
+        return model.get_name_embeddings(
+            text["input_ids"].to(device), text["attention_mask"].to(device), text["num_templates"]
+        )
+
+    directory = resolve_cache_dir(cache_dir)
+    if directory is None:
+        text_embeds = compute()
+    else:
+        text_embeds = load_or_compute_name_embeddings(
+            model, processor.tokenizer, names, templates, directory, compute
+        )
     return ClassEmbeddings(text_embeds, torch.tensor(name_to_class, dtype=torch.long), parsed)
 
 

@@ -24,12 +24,16 @@ def parse_class_entries(entries: Iterable[str | Sequence[str]]) -> list[list[str
             )
         classes.append(names)
     if not classes:
-        raise ValueError("No class names given; pass at least one label (e.g. candidate_labels=['cat', 'dog']).")
+        raise ValueError(
+            "No class names given; pass at least one label (e.g. candidate_labels=['cat', 'dog'])."
+        )
     seen: dict[str, int] = {}
     for index, names in enumerate(classes):
         if names[0] in seen:
-            raise ValueError(f"Class {names[0]!r} is given twice (entries {seen[names[0]]} and {index}); "
-                             "list each class once and put synonyms on the same entry.")
+            raise ValueError(
+                f"Class {names[0]!r} is given twice (entries {seen[names[0]]} and {index}); "
+                "list each class once and put synonyms on the same entry."
+            )
         seen[names[0]] = index
     return classes
 
@@ -38,7 +42,9 @@ def read_labels_file(path: str | os.PathLike) -> list[list[str]]:
     """Read a class file: one class per line (line index = class id), synonyms separated by ', '."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Labels file {path} does not exist; give a text file with one class per line.")
+        raise FileNotFoundError(
+            f"Labels file {path} does not exist; give a text file with one class per line."
+        )
     lines = path.read_text(encoding="utf-8").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()

@@ -193,18 +193,30 @@ class NACLIPForSemanticSegmentation(CLIPPreTrainedModel):
             [num_names, projection_dim]: per name, the mean of its L2-normalised prompt embeddings, normalised.
         """
         if input_ids.shape[0] % num_templates:
-            raise ValueError(f"{input_ids.shape[0]} prompts cannot be split into groups of {num_templates} templates.")
+            raise ValueError(
+                f"{input_ids.shape[0]} prompts cannot be split into groups of {num_templates} templates."
+            )
         batch_size = self.config.text_batch_size
-        features = []
-        for start in range(0, input_ids.shape[0], batch_size):
-            ids = input_ids[start : start + batch_size]
-            mask = None if attention_mask is None else attention_mask[start : start + batch_size]
-            if mask is not None:
-                # Pad only up to the longest prompt of this batch; the causal mask makes it exact.
-                length = int(mask.sum(dim=1).max())
-                ids, mask = ids[:, :length], mask[:, :length]
-            features.append(F.normalize(self.get_text_features(ids, mask), dim=-1))
-        per_prompt = torch.cat(features).view(-1, num_templates, features[0].shape[-1])
+        num_prompts = input_ids.shape[0]
+        lengths = order = None
+        if attention_mask is not None:
+            # Prompts run in order of length, so that a batch holds prompts of (nearly) one length and is cut to
+            # its longest prompt: little padding goes through the tower, and the causal mask makes it exact.
+            lengths = attention_mask.sum(dim=1)
+            order = torch.argsort(lengths, stable=True)
+        features = None
+        for start in range(0, num_prompts, batch_size):
+            rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            ids = input_ids[rows]
+            mask = None
+            if attention_mask is not None:
+                length = int(lengths[rows].max())
+                ids, mask = ids[:, :length], attention_mask[rows, :length]
+            batch_features = F.normalize(self.get_text_features(ids, mask), dim=-1)
+            if features is None:
+                features = batch_features.new_empty((num_prompts, batch_features.shape[-1]))
+            features[rows] = batch_features
+        per_prompt = features.view(-1, num_templates, features.shape[-1])
         return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
     # --------------------------------------------------------------------------------------------- vision
@@ -236,7 +248,9 @@ class NACLIPForSemanticSegmentation(CLIPPreTrainedModel):
         key = (grid_height, grid_width, float(self.config.gaussian_std), str(device), dtype)
         bias = self._bias_cache.get(key)
         if bias is None:
-            bias = gaussian_neighbourhood_bias(grid_height, grid_width, self.config.gaussian_std).to(device, dtype)
+            bias = gaussian_neighbourhood_bias(grid_height, grid_width, self.config.gaussian_std).to(
+                device, dtype
+            )
             self._bias_cache = {key: bias}  # keep one grid: sliding windows share it
         return bias
 
@@ -313,13 +327,17 @@ class NACLIPForSemanticSegmentation(CLIPPreTrainedModel):
         self.config.check_naclip_settings()
         if text_embeds is None:
             if input_ids is None:
-                raise ValueError("Pass the class names' prompts as `input_ids` or their embeddings as `text_embeds`.")
+                raise ValueError(
+                    "Pass the class names' prompts as `input_ids` or their embeddings as `text_embeds`."
+                )
             if num_templates is None:
                 templates = self.config.prompt_templates
                 num_templates = 80 if templates is None else len(templates)
             text_embeds = self.get_name_embeddings(input_ids, attention_mask, num_templates)
         if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be [batch, 3, height, width], got shape {tuple(pixel_values.shape)}.")
+            raise ValueError(
+                f"pixel_values must be [batch, 3, height, width], got shape {tuple(pixel_values.shape)}."
+            )
         if self.config.slide_crop > 0:
             logits = self._slide(pixel_values, text_embeds)
         else:
@@ -375,8 +393,12 @@ class NACLIPForSemanticSegmentation(CLIPPreTrainedModel):
         logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
         if self.config.pamr_steps > 0:
             if pixel_values is None:
-                raise ValueError("PAMR needs the model input as guide image: pass pixel_values (or pamr_steps=0).")
-            guide = F.interpolate(pixel_values.float(), size=(height, width), mode="bilinear", align_corners=False)
+                raise ValueError(
+                    "PAMR needs the model input as guide image: pass pixel_values (or pamr_steps=0)."
+                )
+            guide = F.interpolate(
+                pixel_values.float(), size=(height, width), mode="bilinear", align_corners=False
+            )
             logits = pamr(guide, logits, self.config.pamr_steps, self.config.pamr_dilations)
         probs = (logits * self.config.logit_scale).softmax(dim=1)
         index = torch.as_tensor(name_to_class, dtype=torch.long, device=probs.device)

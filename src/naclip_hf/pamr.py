@@ -14,21 +14,31 @@ import torch.nn.functional as F
 
 # The eight neighbours of a 3×3 window (centre excluded), as (row, column) offsets in units of the dilation.
 NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
-    (-1, -1), (-1, 0), (-1, 1),
-    (0, -1), (0, 1),
-    (1, -1), (1, 0), (1, 1),
-)  # fmt: skip
+    (-1, -1),
+    (-1, 0),
+    (-1, 1),
+    (0, -1),
+    (0, 1),
+    (1, -1),
+    (1, 0),
+    (1, 1),
+)
 # The full 3×3 window, centre included.
 WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
 
 
-def _shifted_views(padded: torch.Tensor, dilation: int, height: int, width: int, offsets) -> list[torch.Tensor]:
+def _shifted_views(
+    padded: torch.Tensor, dilation: int, height: int, width: int, offsets
+) -> list[torch.Tensor]:
     """Views of `padded` (replicate-padded by `dilation`) holding, at each pixel, the neighbour at each offset."""
     return [
-        padded[..., dilation + dy * dilation : dilation + dy * dilation + height,
-               dilation + dx * dilation : dilation + dx * dilation + width]
+        padded[
+            ...,
+            dilation + dy * dilation : dilation + dy * dilation + height,
+            dilation + dx * dilation : dilation + dx * dilation + width,
+        ]
         for dy, dx in offsets
-    ]  # fmt: skip
+    ]
 
 
 def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
@@ -41,15 +51,32 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
     """
     height, width = image.shape[-2:]
     padded = [F.pad(image, [d] * 4, mode="replicate") for d in dilations]
-    # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation.
-    window = [view for d, p in zip(dilations, padded) for view in _shifted_views(p, d, height, width, WINDOW_OFFSETS)]
-    spread = torch.stack(window, dim=2).std(dim=2)  # [B, K, H, W]
-    scale = 1e-8 + 0.1 * spread
-    logits = []
-    for d, p in zip(dilations, padded):
-        for neighbour in _shifted_views(p, d, height, width, NEIGHBOUR_OFFSETS):
-            logits.append(-((image - neighbour).abs() / scale).mean(dim=1))
-    return torch.stack(logits, dim=1).softmax(dim=1)
+    neighbours = [
+        view
+        for d, p in zip(dilations, padded)
+        for view in _shifted_views(p, d, height, width, NEIGHBOUR_OFFSETS)
+    ]
+    # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation, i.e. over the
+    # neighbours and len(dilations) copies of the centre; two passes (mean, then squared deviations), accumulated
+    # in place over views instead of stacking the 9·len(dilations) shifted images.
+    repeats, count = len(dilations), len(neighbours) + len(dilations)
+    mean = image * repeats
+    for neighbour in neighbours:
+        mean.add_(neighbour)
+    mean.div_(count)
+    deviation = image - mean
+    variance = deviation.square() * repeats
+    for neighbour in neighbours:
+        torch.sub(neighbour, mean, out=deviation)
+        variance.addcmul_(deviation, deviation)
+    del mean
+    inverse_scale = variance.div_(count - 1).sqrt_().mul_(0.1).add_(1e-8).reciprocal_()  # 1 / (1e-8 + 0.1 std)
+    # logits[:, p] = -mean over channels of |image - neighbour_p| / scale
+    logits = image.new_empty((image.shape[0], len(neighbours), height, width))
+    for p, neighbour in enumerate(neighbours):
+        torch.sub(image, neighbour, out=deviation).abs_().mul_(inverse_scale)
+        torch.sum(deviation, dim=1, out=logits[:, p])
+    return logits.mul_(-1.0 / image.shape[1]).softmax(dim=1)
 
 
 def pamr(image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Sequence[int]) -> torch.Tensor:
@@ -72,12 +99,14 @@ def pamr(image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Se
             for neighbour in _shifted_views(padded, d, height, width, NEIGHBOUR_OFFSETS):
                 refined.addcmul_(neighbour, affinity[:, p])
                 p += 1
-            del padded
+            del padded, neighbour  # the last view would keep this padded copy alive next to the next one
         scores = refined
     return scores
 
 
-def pamr_reference(image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Sequence[int]) -> torch.Tensor:
+def pamr_reference(
+    image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Sequence[int]
+) -> torch.Tensor:
     """PAMR as the reference implementation computes it: every shifted copy of the scores for every dilation is
     materialised at once ([B, C, 8·len(dilations), H, W]) in each iteration. Kept to check `pamr` against and to
     measure it; use `pamr` for real work."""

@@ -158,7 +158,8 @@ class NACLIPProcessor(ProcessorMixin):
             raise FileNotFoundError(f"Tokenizer folder {tokenizer_dir} does not exist; it must hold vocab.json and "
                                     "merges.txt of the CLIP BPE.")
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+            # CLIP's text tower has 77 positions; a bare BPE folder does not say so.
+            tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
         except Exception as error:
             raise ValueError(f"Could not load a CLIP tokenizer from {tokenizer_dir}: {error}") from error
         return cls(NACLIPImageProcessor(**image_processor_kwargs), tokenizer)

@@ -1,5 +1,16 @@
-"""Evaluation utilities: the streaming mean-IoU accumulator and its `evaluate` metric module."""
+"""Evaluation utilities: streaming mean-IoU accumulator, its `evaluate` metric module, benchmark datasets,
+and the benchmark runner."""
 
+from .datasets import load_benchmark_dataset, load_hub_dataset
 from .metric import MeanIoU, compute_mean_iou, load_mean_iou_metric
+from .runner import EvaluationResult, evaluate_preset
 
-__all__ = ["MeanIoU", "compute_mean_iou", "load_mean_iou_metric"]
+__all__ = [
+    "EvaluationResult",
+    "MeanIoU",
+    "compute_mean_iou",
+    "evaluate_preset",
+    "load_benchmark_dataset",
+    "load_hub_dataset",
+    "load_mean_iou_metric",
+]

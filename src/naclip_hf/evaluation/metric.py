@@ -1,13 +1,13 @@
 """Mean Intersection-over-Union for semantic segmentation, accumulated as a confusion matrix.
 
-`MeanIoU` is the streaming path (used by the evaluation runner): every `update` adds the pixel counts of a batch
-to a `[num_labels, num_labels]` int64 confusion matrix (rows = ground truth, columns = prediction), so memory does
-not grow with the number of images, and matrices from several processes can simply be summed (`merge`,
-`add_confusion_matrix`). The numbers follow the `mean_iou` metric of `evaluate` and MMSeg's `IoUMetric`.
+`MeanIoU` is the streaming path (used by the evaluation runner): every `update` adds the pixel counts of a
+batch to a `[num_labels, num_labels]` int64 confusion matrix (rows = ground truth, columns = prediction), so
+memory does not grow with the number of images, and matrices from several processes can simply be summed
+(`merge`, `add_confusion_matrix`). The numbers follow `evaluate`'s `mean_iou` and MMSeg's `IoUMetric`.
 
-`load_mean_iou_metric` returns the same computation wrapped as an `evaluate` metric module for code that wants the
-standard `evaluate` API (`add_batch` / `compute`); note that `evaluate` keeps every added label map in an Arrow
-table until `compute`, so its memory grows with the number of images.
+`load_mean_iou_metric` returns the same computation wrapped as an `evaluate` metric module, for code that
+wants the standard `evaluate` API (`add_batch` / `compute`); `evaluate` keeps every added label map in an
+Arrow table until `compute`, so its memory grows with the number of images.
 """
 
 from __future__ import annotations
@@ -63,10 +63,12 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
 
 
 def _as_label_maps(value: Any, name: str) -> list[np.ndarray]:
-    """Split a single `[H, W]` map or a batch (`[N, H, W]` or a list of `[H, W]`) into a list of `[H, W]` maps."""
+    """Split one `[H, W]` map or a batch (`[N, H, W]` or a list of `[H, W]`) into a list of `[H, W]` maps."""
     if isinstance(value, (np.ndarray, torch.Tensor)):
         ndim = value.ndim
     elif isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            return []
         ndim = _nesting_depth(value)
     else:
         raise ValueError(
@@ -82,7 +84,8 @@ def _as_label_maps(value: Any, name: str) -> list[np.ndarray]:
     else:
         raise ValueError(
             f"{name} must be one label map [H, W] or a batch of label maps ([N, H, W] or a list of [H, W]); "
-            f"got {ndim} dimension(s). Pass class indices (e.g. logits.argmax(dim=1)), not logits or one-hot maps."
+            f"got {ndim} dimension(s). Pass class indices (e.g. logits.argmax(dim=1)), not logits or one-hot "
+            "maps."
         )
     for index, label_map in enumerate(maps):
         if label_map.ndim != 2:
@@ -98,7 +101,9 @@ def _as_int64(label_map: np.ndarray, name: str) -> np.ndarray:
         return label_map.astype(np.int64, copy=False)
     if kind == "f":
         if not np.all(np.isfinite(label_map)) or not np.array_equal(label_map, np.floor(label_map)):
-            raise ValueError(f"{name} holds non-integer values; label maps must contain integer class indices.")
+            raise ValueError(
+                f"{name} holds non-integer values; label maps must contain integer class indices."
+            )
         return label_map.astype(np.int64)
     raise ValueError(f"{name} has dtype {label_map.dtype}; label maps must contain integer class indices.")
 
@@ -112,7 +117,7 @@ def _describe_values(values: np.ndarray) -> str:
 
 
 class MeanIoU:
-    """Streaming mean-IoU: a `[num_labels, num_labels]` int64 confusion matrix (rows = ground truth, cols = prediction).
+    """Streaming mean IoU over a `[num_labels, num_labels]` int64 confusion matrix (rows = ground truth).
 
     Args:
         num_labels: number of classes; valid labels are `0 .. num_labels - 1`.
@@ -129,8 +134,8 @@ class MeanIoU:
         ignore_index = _as_int_index(ignore_index, "ignore_index")
         if 0 <= ignore_index < num_labels:
             raise ValueError(
-                f"ignore_index={ignore_index} is a valid class index for num_labels={num_labels}, so that class "
-                "would never be counted; use a value outside [0, num_labels), e.g. 255."
+                f"ignore_index={ignore_index} is a valid class index for num_labels={num_labels}, so that "
+                "class would never be counted; use a value outside [0, num_labels), e.g. 255."
             )
         if not isinstance(reduce_labels, (bool, np.bool_)):
             raise ValueError(f"reduce_labels must be True or False, got {reduce_labels!r}.")
@@ -147,7 +152,7 @@ class MeanIoU:
 
     @property
     def confusion_matrix(self) -> np.ndarray:
-        """A copy of the accumulated counts, int64 `[num_labels, num_labels]` (rows = ground truth, cols = prediction)."""
+        """Copy of the counts, int64 `[num_labels, num_labels]` (rows = ground truth, cols = prediction)."""
         return self._matrix.copy()
 
     def reset(self) -> None:
@@ -160,7 +165,7 @@ class MeanIoU:
         return reduced
 
     def _count(self, prediction: np.ndarray, reference: np.ndarray, index: int) -> np.ndarray:
-        """Confusion matrix `[num_labels, num_labels]` of one pair of `[H, W]` maps (already shape-checked)."""
+        """Confusion matrix `[num_labels, num_labels]` of one pair of same-shape `[H, W]` maps."""
         prediction = _as_int64(prediction, f"predictions[{index}]")
         reference = _as_int64(reference, f"references[{index}]")
         if self.reduce_labels:
@@ -173,11 +178,11 @@ class MeanIoU:
         if bad.any():
             after = " (after reduce_labels: 0 -> 255, others - 1)" if self.reduce_labels else ""
             raise ValueError(
-                f"references[{index}] contains label values {_describe_values(reference[bad])}{after} outside "
-                f"[0, {n}) that are not ignore_index={self.ignore_index}. Set num_labels to the number of classes, "
-                f"set ignore_index to the value that marks unlabelled pixels, map these values to "
-                f"{self.ignore_index} beforehand, or use reduce_labels=True if label 0 means 'unlabelled' and "
-                "classes start at 1."
+                f"references[{index}] contains label values {_describe_values(reference[bad])}{after} "
+                f"outside [0, {n}) that are not ignore_index={self.ignore_index}. Set num_labels to the "
+                "number of classes, set ignore_index to the value that marks unlabelled pixels, map these "
+                f"values to {self.ignore_index} beforehand, or use reduce_labels=True if label 0 means "
+                "'unlabelled' and classes start at 1."
             )
         bad = (prediction < 0) | (prediction >= n)
         if bad.any():
@@ -189,11 +194,11 @@ class MeanIoU:
         return flat.reshape(n, n)
 
     def update(self, predictions: LabelMaps, references: LabelMaps) -> None:
-        """Add predictions and references: one `[H, W]` map each, or batches (`[N, H, W]` or lists of `[H, W]`).
+        """Add one `[H, W]` map each, or batches (`[N, H, W]` or lists of `[H, W]`), numpy or torch.
 
-        Values are class indices (numpy or torch, any integer dtype). Pixels whose reference equals `ignore_index`
-        are skipped; their prediction is not checked. Maps of one pair must have the same shape; pairs may differ
-        in size. Nothing is added if any pair is invalid.
+        Values are class indices (any integer dtype). Pixels whose reference equals `ignore_index` are
+        skipped; their prediction is not checked. The maps of a pair must have the same shape; pairs may
+        differ in size. Nothing is added if any pair is invalid.
         """
         prediction_maps = _as_label_maps(predictions, "predictions")
         reference_maps = _as_label_maps(references, "references")
@@ -206,15 +211,15 @@ class MeanIoU:
         for index, (prediction, reference) in enumerate(zip(prediction_maps, reference_maps)):
             if prediction.shape != reference.shape:
                 raise ValueError(
-                    f"predictions[{index}] has shape {tuple(prediction.shape)} but references[{index}] has shape "
-                    f"{tuple(reference.shape)}; resize the prediction to the reference size (nearest for labels, "
-                    "or upsample the logits before argmax)."
+                    f"predictions[{index}] has shape {tuple(prediction.shape)} but references[{index}] has "
+                    f"shape {tuple(reference.shape)}; resize the prediction to the reference size (nearest "
+                    "for labels, or upsample the logits before argmax)."
                 )
             batch += self._count(prediction, reference, index)
         self._matrix += batch
 
     def add_confusion_matrix(self, confusion_matrix: np.ndarray | torch.Tensor) -> None:
-        """Add counts from elsewhere, e.g. another process: `[num_labels, num_labels]`, rows = ground truth."""
+        """Add counts from elsewhere (e.g. another process), `[num_labels, num_labels]`, rows = truth."""
         matrix = _to_numpy(confusion_matrix, "confusion_matrix")
         n = self.num_labels
         if matrix.shape != (n, n):
@@ -234,8 +239,8 @@ class MeanIoU:
         other_settings = (other.num_labels, other.ignore_index, other.reduce_labels)
         if settings != other_settings:
             raise ValueError(
-                "Cannot merge accumulators with different settings (num_labels, ignore_index, reduce_labels): "
-                f"{settings} vs {other_settings}."
+                "Cannot merge accumulators with different settings (num_labels, ignore_index, "
+                f"reduce_labels): {settings} vs {other_settings}."
             )
         self._matrix += other._matrix
         return self
@@ -243,10 +248,11 @@ class MeanIoU:
     def compute(self) -> dict[str, Any]:
         """Scores from the counts so far.
 
-        Returns a dict with `mean_iou`, `mean_accuracy`, `overall_accuracy` (floats; NaN if nothing was counted),
-        `per_category_iou` and `per_category_accuracy` (float64 `[num_labels]`) and `confusion_matrix` (int64
-        `[num_labels, num_labels]`). IoU = TP / (TP + FP + FN), NaN for a class absent from both predictions and
-        references; accuracy = TP / (TP + FN), NaN for a class without reference pixels. Means skip NaN classes.
+        Returns a dict with `mean_iou`, `mean_accuracy`, `overall_accuracy` (floats; NaN if nothing was
+        counted), `per_category_iou` and `per_category_accuracy` (float64 `[num_labels]`) and
+        `confusion_matrix` (int64 `[num_labels, num_labels]`). IoU = TP / (TP + FP + FN), NaN for a class
+        absent from both predictions and references; accuracy = TP / (TP + FN), NaN for a class without
+        reference pixels. The means skip NaN classes.
         """
         matrix = self._matrix.astype(np.float64)
         true_positive = np.diag(matrix)

@@ -15,20 +15,20 @@ import numpy as np
 from naclip_hf.evaluation.metric import MeanIoU as MeanIoUAccumulator
 
 _DESCRIPTION = """
-Mean Intersection-over-Union (mIoU) for semantic segmentation. For each class, IoU = TP / (TP + FP + FN) over all
-counted pixels of all images; mIoU is the mean over the classes that appear in the predictions or the references.
-Also reported: per-class accuracy TP / (TP + FN), its mean, and the overall pixel accuracy. The numbers follow the
-`mean_iou` metric of `evaluate` and MMSeg's `IoUMetric`.
+Mean Intersection-over-Union (mIoU) for semantic segmentation. For each class, IoU = TP / (TP + FP + FN)
+over all counted pixels of all images; mIoU is the mean over the classes that appear in the predictions or
+the references. Also reported: per-class accuracy TP / (TP + FN), its mean, and the overall pixel accuracy.
+The numbers follow `evaluate`'s `mean_iou` and MMSeg's `IoUMetric`.
 """
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (`List[ndarray]`): predicted label maps, each `[H, W]` with class indices in `[0, num_labels)`.
+    predictions (`List[ndarray]`): predicted label maps `[H, W]`, class indices in `[0, num_labels)`.
     references (`List[ndarray]`): ground-truth label maps, each the same shape as its prediction.
     num_labels (`int`): number of classes.
     ignore_index (`int`, defaults to 255): reference value of pixels that are not counted.
-    reduce_labels (`bool`, defaults to `False`): in the references, turn 0 into 255 and decrease every other label
-        by 1 (for datasets where 0 means unlabelled); 255 stays 255.
+    reduce_labels (`bool`, defaults to `False`): in the references, turn 0 into 255 and decrease every
+        other label by 1 (for datasets where 0 means unlabelled); 255 stays 255.
 
 Values must fit in uint16.
 
@@ -37,7 +37,8 @@ Returns:
     `mean_accuracy` (`float`): mean of the per-class accuracy, skipping classes without reference pixels.
     `overall_accuracy` (`float`): correctly predicted pixels / counted pixels.
     `per_category_iou` (`ndarray` of shape `[num_labels]`): IoU per class, NaN where the class is absent.
-    `per_category_accuracy` (`ndarray` of shape `[num_labels]`): accuracy per class, NaN without reference pixels.
+    `per_category_accuracy` (`ndarray` of shape `[num_labels]`): accuracy per class, NaN for a class
+        without reference pixels.
     `confusion_matrix` (`ndarray` of shape `[num_labels, num_labels]`): pixel counts, rows = reference,
         columns = prediction.
 
@@ -64,7 +65,7 @@ _CITATION = """
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MeanIou(evaluate.Metric):
-    """Mean IoU over label maps (module name `mean_iou`), backed by the `MeanIoU` confusion-matrix accumulator."""
+    """Mean IoU over label maps (module name `mean_iou`), computed by the `MeanIoU` accumulator."""
 
     def _info(self) -> evaluate.MetricInfo:
         label_map = datasets.Sequence(datasets.Sequence(datasets.Value("uint16")))
@@ -84,7 +85,9 @@ class MeanIou(evaluate.Metric):
         ignore_index: int = 255,
         reduce_labels: bool = False,
     ) -> dict:
-        accumulator = MeanIoUAccumulator(num_labels=num_labels, ignore_index=ignore_index, reduce_labels=reduce_labels)
+        accumulator = MeanIoUAccumulator(
+            num_labels=num_labels, ignore_index=ignore_index, reduce_labels=reduce_labels
+        )
         for prediction, reference in zip(predictions, references):
             accumulator.update(np.asarray(prediction, dtype=np.int64), np.asarray(reference, dtype=np.int64))
         return accumulator.compute()

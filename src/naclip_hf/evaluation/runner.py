@@ -1,0 +1,600 @@
+"""Benchmark evaluation following the official NACLIP protocol, on one process or split across several.
+
+For every image of a split: segment it with the preset's settings (short side, sliding window, probability
+threshold, PAMR on or off), compare the prediction at the original image size with the label map (label ids
+reduced per preset, 255 ignored), and add the pixel counts to one confusion matrix. mIoU, per-class IoU and
+accuracies come from the matrix accumulated over the whole split.
+
+Under `accelerate launch` or `torchrun` (`WORLD_SIZE > 1`), image `i` goes to process `i % world_size`, and the
+per-process confusion matrices are summed (integer counts), so the result is the same as on one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..configuration_naclip import NACLIP_SETTINGS
+from ..presets import BenchmarkPreset, get_preset
+from .datasets import IGNORE_INDEX, check_label_map, load_benchmark_dataset, load_hub_dataset, read_label_map
+from .metric import MeanIoU
+
+if TYPE_CHECKING:
+    import datasets
+    from accelerate import Accelerator
+
+    from ..inference import ClassEmbeddings
+    from ..modeling_naclip import NACLIPForSemanticSegmentation
+    from ..processing_naclip import NACLIPProcessor
+
+NACLIP_SETTING_KEYS = NACLIP_SETTINGS
+"""The NACLIP settings of the model config recorded with every result."""
+
+PAMR_STEPS_ON = 10
+"""PAMR iterations of the official evaluation when PAMR is on."""
+
+# Settings of the official evaluation shared by all presets (the preset adds crop, stride, threshold, short side).
+_OFFICIAL_COMMON: dict[str, Any] = {
+    "arch": "reduced",
+    "attn_strategy": "naclip",
+    "gaussian_std": 5.0,
+    "logit_scale": 40.0,
+    "pamr_dilations": [8, 16],
+    "pos_embed_interpolation": "official",
+    "prompt_templates": None,
+}
+
+_PUBLISHED_LABELS = {
+    "paper_no_pamr": "paper (Table 1), no PAMR",
+    "paper_pamr": "paper (Table 1), PAMR",
+    "repo_pamr": "official repo README, PAMR",
+}
+
+
+def class_display_names(preset: BenchmarkPreset) -> list[str]:
+    """One short name per class of the preset: its first synonym.
+
+    Class 0 of a preset with a probability threshold is where low-confidence pixels go, i.e. the background;
+    it is called "background" even when its synonyms list background things ("sky, wall, tree, ...").
+    """
+    names = [synonyms[0] for synonyms in preset.class_names()]
+    if preset.prob_thd > 0 and names:
+        names[0] = "background"
+    if len(set(names)) != len(names):
+        names = [f"{name} ({index})" for index, name in enumerate(names)]
+    return names
+
+
+def _percent(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value) * 100.0
+
+
+@dataclass
+class EvaluationResult:
+    """Scores of one benchmark run with the settings that produced them.
+
+    `confusion_matrix` is int64 `[num_classes, num_classes]` (rows = ground truth, columns = prediction).
+    Fractions (`mean_iou`, ...) are in [0, 1]; NaN when undefined (nothing counted, class never seen).
+    `settings` holds every NACLIP setting, the short side, the model, split and preset; `published` the
+    preset's published mIoU (%) under "paper_no_pamr", "paper_pamr", "repo_pamr".
+    """
+
+    preset: str
+    class_names: list[str]
+    confusion_matrix: np.ndarray
+    mean_iou: float
+    mean_accuracy: float
+    overall_accuracy: float
+    per_class_iou: np.ndarray
+    per_class_accuracy: np.ndarray
+    num_images: int
+    settings: dict[str, Any]
+    published: dict[str, float]
+    protocol_deviations: list[str] = field(default_factory=list)
+    elapsed_seconds: float = 0.0
+
+    @property
+    def miou_percent(self) -> float | None:
+        """mIoU in percent (None if undefined)."""
+        return _percent(self.mean_iou)
+
+    @property
+    def pamr(self) -> bool:
+        """Whether PAMR was on."""
+        return int(self.settings.get("pamr_steps", 0)) > 0
+
+    def comparison(self) -> dict[str, Any]:
+        """The published numbers this run compares with, and the differences (percentage points)."""
+        paper_key = "paper_pamr" if self.pamr else "paper_no_pamr"
+        ours = self.miou_percent
+        paper = self.published.get(paper_key)
+        repo = self.published.get("repo_pamr")
+        return {
+            "pamr": self.pamr,
+            "paper_key": paper_key,
+            "paper_miou_percent": paper,
+            "repo_miou_percent": repo,
+            "delta_paper": None if ours is None or paper is None else round(ours - paper, 4),
+            "delta_repo": None if ours is None or repo is None or not self.pamr else round(ours - repo, 4),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: NaN becomes None, arrays become lists."""
+        return {
+            "preset": self.preset,
+            "model": self.settings.get("model"),
+            "split": self.settings.get("split"),
+            "num_images": self.num_images,
+            "miou_percent": self.miou_percent,
+            "mean_iou": None if math.isnan(self.mean_iou) else self.mean_iou,
+            "aacc_percent": _percent(self.overall_accuracy),
+            "macc_percent": _percent(self.mean_accuracy),
+            "overall_accuracy": None if math.isnan(self.overall_accuracy) else self.overall_accuracy,
+            "mean_accuracy": None if math.isnan(self.mean_accuracy) else self.mean_accuracy,
+            "per_class_iou": {n: _percent(v) for n, v in zip(self.class_names, self.per_class_iou.tolist())},
+            "per_class_accuracy": {n: _percent(v) for n, v in zip(self.class_names, self.per_class_accuracy.tolist())},
+            "class_names": list(self.class_names),
+            "settings": dict(self.settings),
+            "published": dict(self.published),
+            "comparison": self.comparison(),
+            "protocol_deviations": list(self.protocol_deviations),
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "confusion_matrix": self.confusion_matrix.tolist(),
+        }
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        """Write `to_dict()` to `path` atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, path)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
+        return path
+
+    def format_table(self) -> str:
+        """The per-class table: class name, IoU %, accuracy % ("-" for classes never seen)."""
+        width = max([len("class"), *(len(name) for name in self.class_names)])
+
+        def cell(value: float) -> str:
+            return f"{'-':>7}" if math.isnan(value) else f"{value * 100:7.2f}"
+
+        rule = f"+-{'-' * width}-+---------+---------+"
+        lines = [rule, f"| {'class':<{width}} |   IoU % |   Acc % |", rule]
+        for name, iou, accuracy in zip(self.class_names, self.per_class_iou, self.per_class_accuracy):
+            lines.append(f"| {name:<{width}} | {cell(iou)} | {cell(accuracy)} |")
+        lines.append(rule)
+        return "\n".join(lines)
+
+    def format_report(self) -> str:
+        """Human-readable report: per-class table, summary scores, settings, published numbers."""
+
+        def pct(value: float) -> str:
+            return "n/a" if math.isnan(value) else f"{value * 100:.2f}"
+
+        settings = self.settings
+        header = (
+            f"NACLIP evaluation: {self.preset} ({settings.get('split')} split, {self.num_images} images, "
+            f"{settings.get('num_processes', 1)} process(es), {self.elapsed_seconds:.1f} s)"
+        )
+        lines = [header, self.format_table()]
+        lines.append(
+            f"mIoU {pct(self.mean_iou)}  |  aAcc {pct(self.overall_accuracy)}  |  mAcc {pct(self.mean_accuracy)}"
+        )
+        lines.append("Settings:")
+        for key in (
+            "preset",
+            "model",
+            "data",
+            "split",
+            "num_images",
+            "short_side",
+            "max_long_side",
+            *NACLIP_SETTING_KEYS,
+        ):
+            if key in settings:
+                value = settings[key]
+                if key == "prompt_templates":
+                    value = "ImageNet (80 templates)" if value is None else f"{len(value)} custom templates"
+                lines.append(f"  {key:<24} {value}")
+        for key in ("reduce_zero_label", "ignore_index", "num_processes", "device", "dtype"):
+            if key in settings:
+                lines.append(f"  {key:<24} {settings[key]}")
+        comparison = self.comparison()
+        ours = self.miou_percent
+        lines.append(f"Published mIoU (%) for {self.preset} (ViT-B/16, OpenAI weights); this run: {pct(self.mean_iou)}")
+        for key in ("paper_no_pamr", "paper_pamr", "repo_pamr"):
+            if key not in self.published:
+                continue
+            published = self.published[key]
+            compared = key == comparison["paper_key"] or (key == "repo_pamr" and self.pamr)
+            delta = f"  ours - published: {ours - published:+.2f}" if compared and ours is not None else ""
+            marker = "*" if compared else " "
+            lines.append(f" {marker} {_PUBLISHED_LABELS[key]:<28} {published:6.2f}{delta}")
+        lines.append(f"  (* = same PAMR setting as this run: PAMR {'on' if self.pamr else 'off'})")
+        if self.protocol_deviations:
+            lines.append("Differs from the official protocol: " + "; ".join(self.protocol_deviations) + ".")
+        return "\n".join(lines)
+
+
+def resolve_settings(
+    preset: BenchmarkPreset, pamr: bool | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """NACLIP config overrides for a run: the preset's crop/stride/threshold, then PAMR, then `overrides`.
+
+    `pamr=True/False` sets `pamr_steps` to 10 / 0; `None` keeps the model's setting. Explicit `overrides` win.
+    """
+    settings: dict[str, Any] = {
+        "slide_crop": preset.slide_crop,
+        "slide_stride": preset.slide_stride,
+        "prob_thd": preset.prob_thd,
+    }
+    if pamr is not None:
+        settings["pamr_steps"] = PAMR_STEPS_ON if pamr else 0
+    settings.update(overrides or {})
+    if "short_side" in settings:
+        raise ValueError("short_side is not a model setting; pass it as short_side=... instead.")
+    return settings
+
+
+def _world_size() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+    except ImportError:  # pragma: no cover - torch always has torch.distributed on supported builds
+        pass
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def distributed_accelerator() -> Accelerator | None:
+    """An `Accelerator` when launched on several processes (`WORLD_SIZE > 1`), else None.
+
+    Without a GPU the processes join a gloo (CPU) group. Raises `ValueError` if the launcher asked for several
+    processes but they could not be joined.
+    """
+    world_size = _world_size()
+    if world_size <= 1:
+        return None
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+
+    if PartialState._shared_state:  # already set up by the caller: reuse it as it is
+        accelerator = Accelerator()
+    else:
+        has_device = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+        accelerator = Accelerator(cpu=not has_device)
+    if accelerator.num_processes != world_size:
+        raise ValueError(
+            f"Launched with WORLD_SIZE={world_size} but the processes joined a group of "
+            f"{accelerator.num_processes}; launch with `torchrun --nproc_per_node N` or "
+            "`accelerate launch --multi_gpu --num_processes N`."
+        )
+    return accelerator
+
+
+def _open_image(value: Any) -> Any:
+    """An RGB PIL image (or the array itself) from a path, PIL image, `{"bytes"/"path"}` dict or array."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            value = io.BytesIO(value["bytes"])
+        elif value.get("path") is not None:
+            value = value["path"]
+        else:
+            raise ValueError("Image dict has neither 'bytes' nor 'path'.")
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, (str, os.PathLike)) and not Path(value).is_file():
+        raise FileNotFoundError(f"Image {value} does not exist.")
+    with Image.open(value) as image:
+        return image.convert("RGB")
+
+
+def _describe_row(row: Mapping[str, Any], column: str) -> str:
+    value = row.get(column)
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return f"{column} of image id {row.get('id')!r}"
+
+
+def _protocol_deviations(
+    preset: BenchmarkPreset, settings: Mapping[str, Any], short_side: int, limit: int | None
+) -> list[str]:
+    official = dict(_OFFICIAL_COMMON)
+    official.update(slide_crop=preset.slide_crop, prob_thd=preset.prob_thd)
+    if preset.slide_crop > 0:
+        official["slide_stride"] = preset.slide_stride
+    notes = []
+    if short_side != preset.short_side:
+        notes.append(f"short_side={short_side} (official {preset.short_side})")
+    for key, value in official.items():
+        actual = settings.get(key)
+        if isinstance(value, float):
+            differs = not isinstance(actual, (int, float)) or not math.isclose(actual, value)
+        else:
+            differs = actual != value
+        if differs and key == "prompt_templates":
+            notes.append(f"prompt_templates: {len(actual)} custom templates (official: the 80 ImageNet templates)")
+        elif differs:
+            notes.append(f"{key}={actual!r} (official {value!r})")
+    steps = int(settings.get("pamr_steps", 0))
+    if steps not in (0, PAMR_STEPS_ON):
+        notes.append(f"pamr_steps={steps} (official 0 or {PAMR_STEPS_ON})")
+    if limit is not None:
+        notes.append(f"limit={limit} (a subset of the split)")
+    return notes
+
+
+def _sum_across_processes(matrix: np.ndarray, failed: bool, accelerator: Accelerator | None) -> tuple[np.ndarray, int]:
+    """Sum the confusion matrices of all processes; also returns how many processes failed."""
+    if accelerator is None or accelerator.num_processes <= 1:
+        return matrix, int(failed)
+    import torch
+
+    flat = np.concatenate([matrix.reshape(-1), np.array([int(failed)], dtype=np.int64)])
+    tensor = torch.from_numpy(flat).to(accelerator.device)
+    total = accelerator.reduce(tensor, reduction="sum").cpu().numpy().astype(np.int64)
+    return total[:-1].reshape(matrix.shape), int(total[-1])
+
+
+def evaluate_preset(
+    model: NACLIPForSemanticSegmentation,
+    processor: NACLIPProcessor,
+    preset: BenchmarkPreset | str,
+    dataset: datasets.Dataset,
+    *,
+    pamr: bool | None = None,
+    short_side: int | None = None,
+    limit: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    split: str | None = None,
+    class_embeddings: ClassEmbeddings | None = None,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate `model` on `dataset` (columns image, label, id) with the official protocol of `preset`.
+
+    The preset's `slide_crop`, `slide_stride` and `prob_thd` are set on the model config for the run (and
+    restored afterwards); `pamr=True/False` sets `pamr_steps` to 10 / 0 (None keeps the model's value);
+    `overrides` (NACLIP config settings) win over both. `short_side` defaults to the preset's. `limit` keeps
+    the first images. `class_embeddings` (from `encode_classes` on the preset's classes) skips embedding the
+    class names again, e.g. when running a preset with and without PAMR. Labels are read with the preset's
+    `reduce_zero_label`, checked against their image (`ValueError` naming the file otherwise); 255 is ignored.
+
+    When launched on several processes (`accelerator`, or `WORLD_SIZE > 1`, which creates one), image `i` is
+    segmented by process `i % num_processes` and the confusion matrices are summed: every process returns the
+    same result, equal to a single-process run. The progress bar shows on the main process only.
+    """
+    from tqdm.auto import tqdm
+
+    from ..inference import encode_classes, segment_image
+
+    start = time.perf_counter()
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit={limit!r} must be a positive integer (or None for the whole split).")
+        if limit < len(dataset):
+            dataset = dataset.select(range(limit))
+    missing = [column for column in ("image", "label") if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"The dataset has no {missing} column(s); its columns are {dataset.column_names}.")
+    if len(dataset) == 0:
+        raise ValueError("The dataset has no images to evaluate.")
+    short_side = preset.short_side if short_side is None else int(short_side)
+    if short_side < 0:
+        raise ValueError(f"short_side={short_side} must be >= 0 (0 keeps the original size).")
+    if accelerator is None:
+        accelerator = distributed_accelerator()
+    if accelerator is not None and model.device != accelerator.device:
+        model.to(accelerator.device)
+    rank = accelerator.process_index if accelerator is not None else 0
+    world_size = accelerator.num_processes if accelerator is not None else 1
+    is_main = rank == 0
+
+    names = class_display_names(preset)
+    metric = MeanIoU(num_labels=preset.num_classes, ignore_index=IGNORE_INDEX)
+    indices = range(rank, len(dataset), world_size)
+    error: BaseException | None = None
+    with model.config.temporary_settings(resolve_settings(preset, pamr, overrides)):
+        settings = {key: _plain(getattr(model.config, key)) for key in NACLIP_SETTING_KEYS}
+        try:
+            embeddings = class_embeddings
+            if embeddings is None:
+                embeddings = encode_classes(model=model, processor=processor, classes=preset.class_names())
+            elif len(embeddings.classes) != preset.num_classes:
+                raise ValueError(
+                    f"class_embeddings hold {len(embeddings.classes)} classes but {preset.name} has "
+                    f"{preset.num_classes}; embed preset.class_names()."
+                )
+            description = preset.name if world_size == 1 else f"{preset.name} [{world_size} processes]"
+            for index in tqdm(indices, desc=description, unit="img", disable=not (progress and is_main)):
+                row = dataset[index]
+                image = _open_image(row["image"])
+                label = read_label_map(row["label"], preset.reduce_zero_label)
+                size = (image.height, image.width) if hasattr(image, "height") else image.shape[:2]
+                try:
+                    check_label_map(label, preset.num_classes, size, IGNORE_INDEX)
+                except ValueError as problem:
+                    raise ValueError(
+                        f"{_describe_row(row, 'label')} (image {_describe_row(row, 'image')}): {problem}"
+                    ) from None
+                result = segment_image(model, processor, image, embeddings, short_side)
+                metric.update(result.segmentation.numpy(), label)
+        except Exception as problem:  # re-raised below, once the other processes know about it
+            if world_size == 1:
+                raise
+            error = problem
+        matrix, failures = _sum_across_processes(metric.confusion_matrix, error is not None, accelerator)
+    if error is not None:
+        raise error
+    if failures:
+        raise ValueError(
+            f"The evaluation failed on {failures} other process(es); see the error message printed by that process."
+        )
+
+    total = MeanIoU(num_labels=preset.num_classes, ignore_index=IGNORE_INDEX)
+    total.add_confusion_matrix(matrix)
+    scores = total.compute()
+    settings.update(
+        {
+            "short_side": short_side,
+            "max_long_side": getattr(processor.image_processor, "max_long_side", None),
+            "model": str(getattr(model, "name_or_path", "") or "") or None,
+            "preset": preset.name,
+            "split": split,
+            "num_images": len(dataset),
+            "limit": limit,
+            "reduce_zero_label": preset.reduce_zero_label,
+            "ignore_index": IGNORE_INDEX,
+            "num_processes": world_size,
+            "device": str(model.device),
+            "dtype": str(model.dtype).replace("torch.", ""),
+            "overrides": {key: _plain(value) for key, value in (overrides or {}).items()},
+        }
+    )
+    return EvaluationResult(
+        preset=preset.name,
+        class_names=names,
+        confusion_matrix=scores["confusion_matrix"],
+        mean_iou=scores["mean_iou"],
+        mean_accuracy=scores["mean_accuracy"],
+        overall_accuracy=scores["overall_accuracy"],
+        per_class_iou=scores["per_category_iou"],
+        per_class_accuracy=scores["per_category_accuracy"],
+        num_images=len(dataset),
+        settings=settings,
+        published=dict(preset.published),
+        protocol_deviations=_protocol_deviations(preset, settings, short_side, limit),
+        elapsed_seconds=time.perf_counter() - start,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly copy of a config value (tuples become lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def load_evaluation_dataset(
+    preset: BenchmarkPreset,
+    data_root: str | os.PathLike | None = None,
+    dataset: str | os.PathLike | None = None,
+    split: str = "val",
+    image_column: str = "image",
+    label_column: str = "label",
+    limit: int | None = None,
+) -> datasets.Dataset:
+    """The images and labels to evaluate: a benchmark folder (`data_root`) or a Hub/saved dataset (`dataset`)."""
+    if data_root is not None and dataset is not None:
+        raise ValueError("Give either --data-root (a dataset folder) or --dataset (a Hub dataset), not both.")
+    if data_root is None and dataset is None:
+        raise ValueError(
+            f"No data given: pass --data-root DIR, the {preset.name} dataset folder in its usual layout, or "
+            "--dataset ID_OR_PATH for a Hub or saved dataset."
+        )
+    if data_root is not None:
+        return load_benchmark_dataset(preset.name, data_root, split=split, limit=limit)
+    return load_hub_dataset(dataset, split, image_column, label_column, limit=limit)
+
+
+def evaluate_from_args(args: argparse.Namespace) -> int:
+    """Run `naclip evaluate` from parsed arguments; prints the report (main process) and returns 0."""
+    from ..inference import DEFAULT_CHECKPOINT, load_model, load_processor, parse_setting_overrides
+
+    preset = get_preset(args.preset)
+    overrides, short_side = parse_setting_overrides(list(getattr(args, "settings", None) or []))
+    pamr = {"on": True, "off": False, None: None}[getattr(args, "pamr", None)]
+    settings = resolve_settings(preset, pamr, overrides)
+    _check_settings(settings)
+    split = getattr(args, "split", None) or "val"
+    limit = getattr(args, "limit", None)
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit {limit} must be a positive number of images.")
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name such as {Path(out) / 'results.json'}.")
+    dataset = load_evaluation_dataset(
+        preset,
+        data_root=getattr(args, "data_root", None),
+        dataset=getattr(args, "dataset", None),
+        split=split,
+        image_column=getattr(args, "image_column", "image"),
+        label_column=getattr(args, "label_column", "label"),
+        limit=limit,
+    )
+    accelerator = distributed_accelerator()
+    is_main = accelerator is None or accelerator.is_main_process
+    if not is_main:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    model_id = getattr(args, "model", None) or DEFAULT_CHECKPOINT
+    model = load_model(model_id, device=accelerator.device if accelerator is not None else None)
+    processor = load_processor(model_id)
+    result = evaluate_preset(
+        model,
+        processor,
+        preset,
+        dataset,
+        pamr=pamr,
+        short_side=short_side,
+        limit=limit,
+        overrides=overrides,
+        split=split,
+        accelerator=accelerator,
+    )
+    data_root = getattr(args, "data_root", None)
+    result.settings["data"] = str(data_root) if data_root is not None else str(args.dataset)
+    if is_main:
+        print(result.format_report(), flush=True)
+        if out is not None:
+            result.write_json(out)
+            print(f"Wrote {out}", flush=True)
+    return 0
+
+
+def _check_settings(settings: Mapping[str, Any]) -> None:
+    """Raise `ValueError` if the combined settings are invalid together (e.g. a stride above the crop)."""
+    from ..configuration_naclip import NACLIPConfig
+
+    NACLIPConfig(**settings)
+
+
+__all__ = [
+    "NACLIP_SETTING_KEYS",
+    "EvaluationResult",
+    "class_display_names",
+    "distributed_accelerator",
+    "evaluate_from_args",
+    "evaluate_preset",
+    "load_evaluation_dataset",
+    "resolve_settings",
+]

@@ -1,0 +1,443 @@
+"""The `naclip-segmentation` pipeline: open-vocabulary semantic segmentation of images into classes named in text.
+
+This module is also shipped as remote code in folders written by `save_for_hub`, so it only imports torch,
+transformers, numpy, PIL and sibling modules of this package (never `naclip_hf` itself).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPTokenizer, Pipeline
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.image_utils import load_image
+from transformers.utils import logging
+
+from .labels import parse_class_entries
+from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
+
+logger = logging.get_logger(__name__)
+
+TASK = "naclip-segmentation"
+# NACLIP settings that can be overridden for one call (they are fields of the model's config).
+CALL_SETTINGS = (
+    "arch", "attn_strategy", "gaussian_std", "logit_scale", "prob_thd", "slide_crop", "slide_stride",
+    "slide_batch_size", "pamr_steps", "pamr_dilations", "pos_embed_interpolation",
+)  # fmt: skip
+# How many label sets keep their text embeddings in a pipeline.
+LABEL_CACHE_SIZE = 32
+
+
+@dataclass
+class _LabelSet:
+    """Text side of a label set: one display label per class, `text_embeds` [names, D], `name_to_class` [names]."""
+
+    labels: list[str]
+    text_embeds: torch.Tensor
+    name_to_class: torch.Tensor
+
+
+def parse_candidate_labels(candidate_labels: Any) -> list[list[str]]:
+    """Validate `candidate_labels` (a list; each entry a string with comma-separated synonyms, or a list of names)
+    and return the names of every class. Raises `ValueError` for a missing, empty, blank or repeated label."""
+    if candidate_labels is None:
+        raise ValueError(
+            "candidate_labels is required: name the classes to segment, e.g. "
+            "candidate_labels=['sky', 'road', 'person, person in shirt'] (synonyms separated by ', ')."
+        )
+    if isinstance(candidate_labels, str):
+        raise ValueError(
+            f"candidate_labels must be a list of classes, got the string {candidate_labels!r}; a comma inside one "
+            "entry separates synonyms of one class, so write e.g. candidate_labels=['cat', 'dog']."
+        )
+    if not isinstance(candidate_labels, Sequence):
+        raise ValueError(f"candidate_labels must be a list of classes, got {type(candidate_labels).__name__}.")
+    for position, entry in enumerate(candidate_labels):
+        names_ok = isinstance(entry, (list, tuple)) and all(isinstance(name, str) for name in entry)
+        if not (isinstance(entry, str) or names_ok):
+            raise ValueError(
+                f"candidate_labels[{position}] = {entry!r} is neither a string nor a list of strings (the names "
+                "of one class)."
+            )
+    return parse_class_entries(candidate_labels)
+
+
+def _describe(item: Any) -> str:
+    """A short description of a pipeline input, for error messages."""
+    if isinstance(item, (str, os.PathLike)):
+        text = os.fspath(item)
+        return repr(text if len(text) <= 200 else text[:200] + "...")
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return f"{type(item).__name__} of shape {tuple(item.shape)}"
+    return type(item).__name__
+
+
+def _is_naclip_image_processor(image_processor: Any) -> bool:
+    # By name: under remote code the class may come from another copy of this package's modules.
+    return image_processor is not None and type(image_processor).__name__ == NACLIPImageProcessor.__name__
+
+
+def _saved_image_processor(source: str | None) -> NACLIPImageProcessor:
+    """The NACLIP image processor saved with a checkpoint, or the default one (e.g. for a plain CLIP checkpoint,
+    whose CLIPImageProcessor centre-crops to 224 pixels and does not suit segmentation)."""
+    if source:
+        try:
+            saved = NACLIPImageProcessor.get_image_processor_dict(source)[0]
+        except (OSError, ValueError):
+            saved = {}
+        if saved.get("image_processor_type") == NACLIPImageProcessor.__name__:
+            return NACLIPImageProcessor.from_dict(saved)
+    return NACLIPImageProcessor()
+
+
+def _resolve_processor(model: Any, tokenizer: Any, image_processor: Any, processor: Any) -> NACLIPProcessor:
+    """A `NACLIPProcessor` from what `pipeline()` loaded, falling back to the checkpoint's own files."""
+    if processor is not None:
+        if not hasattr(processor, "tokenize_class_names"):
+            raise TypeError(f"processor must be a NACLIPProcessor, got {type(processor).__name__}.")
+        tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
+        image_processor = image_processor if image_processor is not None else processor.image_processor
+    source = getattr(model, "name_or_path", None) or None
+    if tokenizer is None:
+        if source is None:
+            raise ValueError("No tokenizer: pass tokenizer= (CLIP's) or processor= (a NACLIPProcessor).")
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(source)
+        except OSError as error:
+            raise OSError(
+                f"Could not load CLIP's tokenizer from {source!r}: {error}\nThe checkpoint needs its tokenizer files "
+                "(tokenizer.json, or vocab.json and merges.txt); `naclip convert --tokenizer DIR` saves them."
+            ) from error
+    if _is_naclip_image_processor(image_processor):
+        if not isinstance(image_processor, NACLIPImageProcessor):
+            image_processor = NACLIPImageProcessor.from_dict(image_processor.to_dict())
+    else:
+        image_processor = _saved_image_processor(source)
+    return NACLIPProcessor(image_processor, tokenizer)
+
+
+def _load_checkpoint(model_id_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+    """Load a checkpoint given to the pipeline class as an id or path (e.g. the registered default)."""
+    from .inference import load_model  # its OSError says how to get a checkpoint
+
+    return load_model(os.fspath(model_id_or_path), **kwargs)
+
+
+class NACLIPSegmentationPipeline(Pipeline):
+    r"""
+    Open-vocabulary semantic segmentation with NACLIP: every pixel gets one of the classes named in
+    `candidate_labels`, with no training.
+
+    ```python
+    >>> from transformers import pipeline
+    >>> import naclip_hf  # registers the task
+    >>> segmenter = pipeline("naclip-segmentation", model="path/to/checkpoint")
+    >>> segments = segmenter("street.jpg", candidate_labels=["road", "sky", "car", "person, person in shirt"])
+    >>> [(s["label"], round(s["score"], 2)) for s in segments]
+    ```
+
+    Call arguments:
+        inputs: an image (path, URL, PIL image, [H, W, 3] / [H, W] array or tensor) or a list of them.
+        candidate_labels (`list`): one entry per class: a string (synonyms separated by ", ", e.g.
+            `"person, person in shirt"`) or a list of names. The first name is the class label in the output.
+            Required (at call time or when building the pipeline).
+        short_side (`int`, *optional*): resize the image's short side to this before the model (0: keep the size);
+            defaults to the image processor's (336 for NACLIP's settings).
+        return_label_map (`bool`, defaults to `False`), return_probabilities (`bool`, defaults to `False`):
+            see "Output" below.
+        skip_errors (`bool`, defaults to `False`): by default an input that cannot be read raises a `ValueError`
+            naming it (for a list, nothing is returned). With `skip_errors=True` its result is
+            `{"error": "<message>"}` and the other images are still segmented.
+        timeout (`float`, *optional*): timeout in seconds when fetching URLs.
+        NACLIP settings for this call only: `arch`, `attn_strategy`, `gaussian_std`, `logit_scale`, `prob_thd`,
+            `slide_crop`, `slide_stride`, `slide_batch_size`, `pamr_steps`, `pamr_dilations`,
+            `pos_embed_interpolation` (defaults: the model's config; see `NACLIPConfig`).
+
+    Any of these can also be given when building the pipeline (`pipeline("naclip-segmentation", model=...,
+    candidate_labels=[...], pamr_steps=0)`); they then apply to every call (settings given at call time are
+    added on top) without changing the model's config.
+
+    Output, per image (a list of them for a list of images):
+        - by default, as transformers' image-segmentation pipeline: a list with one dict per class present in the
+          prediction, in class order: `label` (the class's first name), `mask` (PIL image, mode "L", size of the
+          input: 255 where the pixel is that class, 0 elsewhere) and `score`, the mean probability of that class
+          over the pixels of its mask.
+        - with `return_label_map` or `return_probabilities`: a dict with `segments` (that list), `labels` (the label
+          of every class id), and as asked `label_map` (`np.ndarray` int64 [H, W] of class ids, indices into
+          `labels`) and `probabilities` (`np.ndarray` float32 [classes, H, W], summing to 1 over classes).
+
+    The text embeddings of a label set are computed once per pipeline and reused by later calls with the same
+    labels (and prompt templates). Images are processed one at a time (`batch_size` is ignored); sliding windows
+    are batched inside the model (`slide_batch_size`).
+    """
+
+    _load_tokenizer = None
+    _load_image_processor = None
+    _load_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+        processor: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(model, (str, os.PathLike)):
+            dtype = kwargs.get("dtype")
+            model = _load_checkpoint(model, **({} if dtype in (None, "auto") else {"dtype": dtype}))
+        for method in ("get_name_embeddings", "post_process_logits"):
+            if not callable(getattr(model, method, None)):
+                raise TypeError(
+                    f"The naclip-segmentation pipeline needs a NACLIPForSemanticSegmentation model, got "
+                    f"{type(model).__name__}."
+                )
+        processor = _resolve_processor(model, tokenizer, image_processor, processor)
+        self._label_cache: OrderedDict[tuple, _LabelSet] = OrderedDict()
+        super().__init__(
+            model=model,
+            tokenizer=processor.tokenizer,
+            image_processor=processor.image_processor,
+            processor=processor,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------- parameters
+    def _sanitize_parameters(
+        self,
+        candidate_labels: Any = None,
+        short_side: int | None = None,
+        return_label_map: bool | None = None,
+        return_probabilities: bool | None = None,
+        skip_errors: bool | None = None,
+        timeout: float | None = None,
+        **settings: Any,
+    ) -> tuple[dict, dict, dict]:
+        unknown = sorted(set(settings) - set(CALL_SETTINGS))
+        if unknown:
+            valid = ["candidate_labels", "short_side", "return_label_map", "return_probabilities", "skip_errors",
+                     "timeout", *CALL_SETTINGS]  # fmt: skip
+            raise TypeError(f"Unknown argument(s) {unknown} for the {TASK} pipeline; valid ones: {', '.join(valid)}.")
+        preprocess: dict[str, Any] = {}
+        forward: dict[str, Any] = {}
+        postprocess: dict[str, Any] = {}
+        if candidate_labels is not None:
+            forward["candidate_labels"] = parse_candidate_labels(candidate_labels)
+        if short_side is not None:
+            if isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 0:
+                raise ValueError(f"short_side={short_side!r} must be an integer >= 0 (0 keeps the image size).")
+            preprocess["short_side"] = short_side
+        if timeout is not None:
+            preprocess["timeout"] = timeout
+        if skip_errors is not None:
+            preprocess["skip_errors"] = bool(skip_errors)
+        if settings:
+            # Settings given at call time add to those given when the pipeline was built.
+            settings = {**getattr(self, "_forward_params", {}).get("settings", {}), **settings}
+            with self.model.config.temporary_settings(settings):  # validates them now, before any image is read
+                pass
+            forward["settings"] = settings
+        if return_label_map is not None:
+            postprocess["return_label_map"] = bool(return_label_map)
+        if return_probabilities is not None:
+            postprocess["return_probabilities"] = bool(return_probabilities)
+            forward["keep_probabilities"] = bool(return_probabilities)
+        return preprocess, forward, postprocess
+
+    def __call__(self, inputs: Any = None, candidate_labels: Any = None, **kwargs: Any) -> Any:
+        """Segment an image or a list of images into `candidate_labels` (see the class docstring).
+
+        Returns a list of `{"label", "score", "mask"}` per image, or a dict with `segments`, `labels`, and
+        `label_map` / `probabilities` when asked; a list of those for a list of images.
+        """
+        if inputs is None:
+            inputs = kwargs.pop("images", None)
+        if inputs is None:
+            raise ValueError("No image given: pass an image (path, URL, PIL image or array) or a list of images.")
+        if candidate_labels is None and "candidate_labels" not in self._forward_params:
+            parse_candidate_labels(None)  # raises with an example
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            return []
+        batch_size = kwargs.pop("batch_size", None) or self._batch_size
+        if batch_size not in (None, 1):
+            logger.warning_once(f"The {TASK} pipeline processes images one at a time; batch_size is ignored.")
+        if candidate_labels is not None:
+            kwargs["candidate_labels"] = candidate_labels
+        return super().__call__(inputs, batch_size=1, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------- labels
+    def _label_set(self, classes: list[list[str]]) -> _LabelSet:
+        """Embeddings of a parsed label set, from the cache when the same labels and templates were seen."""
+        templates = self.model.config.prompt_templates
+        key = (tuple(tuple(names) for names in classes), None if templates is None else tuple(templates))
+        cached = self._label_cache.get(key)
+        if cached is not None:
+            self._label_cache.move_to_end(key)
+            return cached
+        text = self.processor.tokenize_class_names(classes, templates)
+        with torch.no_grad():
+            text_embeds = self.model.get_name_embeddings(
+                text["input_ids"].to(self.device), text["attention_mask"].to(self.device), text["num_templates"]
+            )
+        label_set = _LabelSet([names[0] for names in classes], text_embeds, text["name_to_class"])
+        self._label_cache[key] = label_set
+        while len(self._label_cache) > LABEL_CACHE_SIZE:
+            self._label_cache.popitem(last=False)
+        return label_set
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def preprocess(
+        self, image: Any, short_side: int | None = None, skip_errors: bool = False, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """One input -> `pixel_values` [1, 3, h, w] and `original_size` (H, W); or `{"error": ...}` when the
+        input cannot be read and `skip_errors` is set."""
+        try:
+            if isinstance(image, (str, os.PathLike)):
+                image = load_image(os.fspath(image), timeout=timeout)
+            elif isinstance(image, Image.Image):
+                image = image.convert("RGB")
+            encoded = self.processor.image_processor(image, short_side=short_side)
+        except Exception as error:
+            message = f"Could not read image {_describe(image)}: {error}"
+            if not skip_errors:
+                raise ValueError(message + " (pass skip_errors=True to get an error entry for it instead)") from error
+            logger.warning(message)
+            return {"error": message}
+        pixel_values = encoded["pixel_values"]
+        if isinstance(pixel_values, list):
+            pixel_values = pixel_values[0]
+        return {"pixel_values": pixel_values, "original_size": tuple(encoded["original_sizes"][0].tolist())}
+
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        candidate_labels: list[list[str]] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        keep_probabilities: bool = False,
+    ) -> dict[str, Any]:
+        if "error" in model_inputs:
+            return model_inputs
+        if candidate_labels is None:
+            parse_candidate_labels(None)
+        label_set = self._label_set(candidate_labels)
+        pixel_values = model_inputs["pixel_values"].to(self.device, self.model.dtype)
+        with self.model.config.temporary_settings(settings or {}):
+            logits = self.model(pixel_values=pixel_values, text_embeds=label_set.text_embeds).logits
+            probabilities, segmentation = self.model.post_process_logits(
+                logits, pixel_values, model_inputs["original_size"], label_set.name_to_class
+            )
+        probabilities, segmentation = probabilities[0], segmentation[0]
+        num_classes = probabilities.shape[0]
+        # Mean probability of each class over the pixels labelled with it.
+        top = probabilities.gather(0, segmentation[None]).squeeze(0).double().flatten()
+        counts = torch.bincount(segmentation.flatten(), minlength=num_classes)
+        sums = torch.bincount(segmentation.flatten(), weights=top, minlength=num_classes)
+        return {
+            "labels": label_set.labels,
+            "segmentation": segmentation,
+            "scores": sums / counts.clamp(min=1),
+            "probabilities": probabilities if keep_probabilities else None,
+        }
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], return_label_map: bool = False, return_probabilities: bool = False
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        if "error" in model_outputs:
+            return {"error": model_outputs["error"]}
+        labels = model_outputs["labels"]
+        label_map = model_outputs["segmentation"].cpu().numpy().astype(np.int64)
+        scores = model_outputs["scores"].tolist()
+        segments = []
+        for class_id in np.unique(label_map).tolist():
+            mask = Image.fromarray(np.where(label_map == class_id, 255, 0).astype(np.uint8))
+            segments.append({"label": labels[class_id], "score": float(scores[class_id]), "mask": mask})
+        if not (return_label_map or return_probabilities):
+            return segments
+        output: dict[str, Any] = {"segments": segments, "labels": list(labels)}
+        if return_label_map:
+            output["label_map"] = label_map
+        if return_probabilities:
+            output["probabilities"] = model_outputs["probabilities"].float().cpu().numpy()
+        return output
+
+    # -------------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write a folder that `pipeline(model=folder, trust_remote_code=True)` loads without naclip-hf installed
+        (see `save_for_hub`); with `push_to_hub=True` also upload it (`repo_id`, `token`, `private`,
+        `commit_message` as for transformers models). `push_to_hub()` uploads this same folder."""
+        kwargs.pop("max_shard_size", None)
+        kwargs.pop("safe_serialization", None)
+        save_for_hub(self.model, self.processor, save_directory)
+        if push_to_hub:
+            from transformers.utils.hub import hf_api
+
+            save_directory = os.fspath(save_directory)
+            repo_id = kwargs.pop("repo_id", Path(save_directory).name)
+            token = kwargs.get("token")
+            repo_id = hf_api().create_repo(repo_id, exist_ok=True, token=token, private=kwargs.get("private")).repo_id
+            self._upload_modified_files(
+                save_directory, repo_id, {}, commit_message=kwargs.get("commit_message"), token=token
+            )
+
+
+def custom_pipelines_entry() -> dict[str, dict[str, Any]]:
+    """The `custom_pipelines` entry of a Hub folder's config: loads this pipeline and the model (via `AutoModel`
+    and the config's `auto_map`) from the folder's own code."""
+    return {
+        TASK: {
+            "impl": f"{Path(__file__).stem}.{NACLIPSegmentationPipeline.__name__}",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        }
+    }
+
+
+def save_for_hub(model: Any, processor: Any, save_directory: str | os.PathLike) -> Path:
+    """Save a model and its processor as a Hub-ready folder that needs only transformers (with
+    `trust_remote_code=True`), not naclip-hf: weights, config with `auto_map` and `custom_pipelines`, tokenizer,
+    processor, and the code files (`configuration_naclip.py`, `modeling_naclip.py`, `pipeline_naclip.py` and the
+    modules they import). Returns the folder.
+
+    With naclip-hf imported, the auto classes know the model's code already; without it, `auto_map` points
+    `AutoConfig`, `AutoModel`, `AutoImageProcessor` and `AutoProcessor` at the copied files and `custom_pipelines`
+    makes `pipeline(model=folder, trust_remote_code=True)` build this pipeline.
+    """
+    save_directory = Path(save_directory)
+    if save_directory.is_file():
+        raise ValueError(f"{save_directory} is a file; give a folder to save into.")
+    save_directory.mkdir(parents=True, exist_ok=True)
+    for component in (type(model.config), type(model), type(processor), type(processor.image_processor)):
+        if getattr(component, "_auto_class", None) is None:
+            raise ValueError(
+                f"{component.__name__} is not registered for an auto class; import naclip_hf (which registers NACLIP "
+                "with transformers) before saving."
+            )
+    config = model.config
+    previous = getattr(config, "custom_pipelines", None)
+    config.custom_pipelines = custom_pipelines_entry()
+    try:
+        model.save_pretrained(save_directory)
+    finally:
+        if previous is None:
+            del config.custom_pipelines
+        else:
+            config.custom_pipelines = previous
+    processor.save_pretrained(save_directory)
+    custom_object_save(NACLIPSegmentationPipeline, save_directory)
+    return save_directory
+
+
+__all__ = ["CALL_SETTINGS", "TASK", "NACLIPSegmentationPipeline", "custom_pipelines_entry", "parse_candidate_labels",
+           "save_for_hub"]  # fmt: skip

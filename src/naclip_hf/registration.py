@@ -1,0 +1,90 @@
+"""Make NACLIP known to transformers' auto classes and pipelines; `import naclip_hf` runs this once.
+
+After it, in this process:
+
+- `AutoConfig` / `AutoModel` load NACLIP checkpoints (`model_type: "naclip"`); `AutoImageProcessor` /
+  `AutoProcessor` load `NACLIPImageProcessor` / `NACLIPProcessor`;
+- `pipeline("naclip-segmentation", model=...)` builds `NACLIPSegmentationPipeline` (with no model, the default
+  checkpoint `openai/clip-vit-base-patch16`);
+- `save_pretrained` of the config, model, image processor and processor writes `auto_map` and copies the code
+  files, so that the folder also loads with `trust_remote_code=True` where naclip-hf is not installed
+  (`save_for_hub` adds the pipeline's code and `custom_pipelines`).
+
+`AutoModelForSemanticSegmentation` is deliberately not registered: its contract (pixel values in, logits over a
+fixed label set out), which the `image-segmentation` pipeline relies on, does not hold for a model that needs the
+class names as text.
+"""
+
+from __future__ import annotations
+
+import os
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .configuration_naclip import NACLIPConfig
+from .inference import DEFAULT_CHECKPOINT
+from .modeling_naclip import NACLIPForSemanticSegmentation
+from .pipeline_naclip import TASK, NACLIPSegmentationPipeline
+from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
+
+
+class DefaultCheckpoint(os.PathLike):
+    """The default checkpoint of the pipeline task, as registered.
+
+    `pipeline()` passes a model it was given as text to transformers' own loaders, whose error for a checkpoint
+    that is neither cached nor reachable does not say how to get one. This stand-in is not text, so `pipeline()`
+    hands it over unloaded and `NACLIPSegmentationPipeline` loads it with `naclip_hf.inference.load_model`, whose
+    error explains how to download or convert a checkpoint. It prints (and converts with `os.fspath`) as the id.
+    """
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+
+    def __fspath__(self) -> str:
+        return self.model_id
+
+    def __str__(self) -> str:
+        return self.model_id
+
+    def __repr__(self) -> str:
+        return f"DefaultCheckpoint({self.model_id!r})"
+
+
+_registered = False
+
+
+def register_naclip() -> None:
+    """Register NACLIP with the auto classes, `save_pretrained`'s remote-code support and the pipeline registry.
+    Safe to call more than once."""
+    global _registered
+    if _registered:
+        return
+    AutoConfig.register(NACLIPConfig.model_type, NACLIPConfig, exist_ok=True)
+    AutoModel.register(NACLIPConfig, NACLIPForSemanticSegmentation, exist_ok=True)
+    # One class serves both backends: it works on numpy/torch and needs neither PIL nor torchvision transforms.
+    AutoImageProcessor.register(
+        NACLIPConfig,
+        image_processor_classes={"pil": NACLIPImageProcessor, "torchvision": NACLIPImageProcessor},
+        exist_ok=True,
+    )
+    AutoProcessor.register(NACLIPConfig, NACLIPProcessor, exist_ok=True)
+
+    NACLIPConfig.register_for_auto_class("AutoConfig")
+    NACLIPForSemanticSegmentation.register_for_auto_class("AutoModel")
+    NACLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
+    NACLIPProcessor.register_for_auto_class("AutoProcessor")
+
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK,
+        pipeline_class=NACLIPSegmentationPipeline,
+        pt_model=NACLIPForSemanticSegmentation,
+        default={"model": (DefaultCheckpoint(DEFAULT_CHECKPOINT), None)},
+        type="multimodal",
+    )
+    _registered = True
+
+
+register_naclip()
+
+__all__ = ["DefaultCheckpoint", "register_naclip"]

@@ -1,0 +1,254 @@
+"""On-disk cache of class-name embeddings.
+
+Embedding a label set runs the text tower on every prompt (80 per name): about half a second per name for a
+ViT-B/16 CLIP on a CPU. The result depends only on the text tower, the tokenizer, the prompt templates, the names
+(in order) and the dtype, so it is stored once per combination of these and read back on the next call.
+
+Location: the directory given as `cache_dir`, or with `cache_dir=True` the default directory: `$NACLIP_CACHE`
+when set, else `$XDG_CACHE_HOME/naclip_hf/text` (`~/.cache/naclip_hf/text`). One safetensors file per entry,
+named by the entry's key; deleting the directory empties the cache.
+
+Key: a BLAKE2b hash of
+- the checkpoint's `name_or_path` and a fingerprint of the text-tower weights: for every tensor of the text model
+  and the text projection, its name, shape, dtype and 1024 elements spread evenly over it, plus every byte of the
+  text projection and of the final layer norm. A checkpoint overwritten at the same path with other or fine-tuned
+  weights therefore gets another key; only an edit that leaves all sampled elements unchanged could go unseen.
+- the text configuration (sizes, activation, end-of-text id, ...) and the model dtype,
+- the tokenizer (class, vocabulary size, maximum length, and the ids it gives a probe sentence),
+- the prompt templates and the names, in order.
+The full description is stored in the file as well and compared on reading, so a hash collision cannot return
+wrong embeddings. Files are written to a temporary name and renamed, so readers never see half a file; a file that
+cannot be read or does not match is ignored and overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .templates import IMAGENET_TEMPLATES
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV_VAR = "NACLIP_CACHE"
+"""Environment variable naming the default cache directory."""
+CACHE_FORMAT = 1
+"""Version of the file layout and key; bumping it invalidates every entry."""
+SAMPLES_PER_TENSOR = 1024
+"""Elements of each text-tower tensor that enter the weight fingerprint."""
+_TENSOR_NAME = "text_embeds"
+_METADATA_KEY = "naclip_text_cache"
+_TOKENIZER_PROBE = "a photo of the naïve café-owner's 2 TV monitors."
+
+
+def default_cache_dir() -> Path:
+    """`$NACLIP_CACHE` if set, else `$XDG_CACHE_HOME/naclip_hf/text` (`~/.cache/naclip_hf/text`)."""
+    configured = os.environ.get(CACHE_ENV_VAR)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(base).expanduser() / "naclip_hf" / "text"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None:
+    """The cache directory meant by a `cache_dir` argument: `None`/`False` -> no cache, `True` -> the default
+    directory (see `default_cache_dir`), a path -> that directory."""
+    if cache_dir is None or cache_dir is False:
+        return None
+    if cache_dir is True:
+        return default_cache_dir()
+    return Path(cache_dir).expanduser()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().reshape(-1).contiguous().cpu()
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def _sampled_bytes(tensor: torch.Tensor, samples: int = SAMPLES_PER_TENSOR) -> bytes:
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() > samples:
+        index = torch.arange(samples, device=flat.device) * (flat.numel() - 1) // (samples - 1)
+        flat = flat[index]
+    return _tensor_bytes(flat)
+
+
+def text_weights_fingerprint(model: torch.nn.Module) -> str:
+    """Hex digest identifying the weights that class-name embeddings depend on (text model + text projection).
+
+    Cheap (a few milliseconds for ViT-B/16): every tensor is sampled, not read whole; see the module docstring.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    modules = {"text_model": model.text_model, "text_projection": model.text_projection}
+    fully_hashed = {"text_projection.weight", "text_model.final_layer_norm.weight", "text_model.final_layer_norm.bias"}
+    for prefix, module in modules.items():
+        tensors = dict(module.named_parameters(prefix=prefix))
+        tensors.update(module.named_buffers(prefix=prefix))
+        for name in sorted(tensors):
+            tensor = tensors[name]
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            digest.update(_tensor_bytes(tensor) if name in fully_hashed else _sampled_bytes(tensor))
+    return digest.hexdigest()
+
+
+def tokenizer_description(tokenizer: Any) -> dict[str, Any]:
+    """What identifies a tokenizer's behaviour, cheaply: its class, vocabulary size, maximum length and the ids it
+    gives a probe sentence."""
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "model_max_length": min(int(getattr(tokenizer, "model_max_length", 77)), 10**6),
+        "probe_ids": list(tokenizer(_TOKENIZER_PROBE)["input_ids"]),
+    }
+
+
+def _text_config_description(model: torch.nn.Module) -> dict[str, Any]:
+    config = model.config.text_config.to_dict()
+    ignored = {"transformers_version", "architectures", "dtype", "torch_dtype", "name_or_path"}
+    return {
+        key: value
+        for key, value in sorted(config.items())
+        if not key.startswith("_") and key not in ignored and isinstance(value, (str, int, float, bool, type(None)))
+    }
+
+
+def cache_entry_description(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    names: Sequence[str],
+    templates: Sequence[str] | None,
+) -> str:
+    """Canonical JSON of everything the embeddings of `names` depend on (the cache key is its hash)."""
+    description = {
+        "format": CACHE_FORMAT,
+        "checkpoint": str(getattr(model.config, "_name_or_path", "") or ""),
+        "text_weights": text_weights_fingerprint(model),
+        "text_config": _text_config_description(model),
+        "projection_dim": int(model.config.projection_dim),
+        "dtype": str(model.dtype),
+        "tokenizer": tokenizer_description(tokenizer),
+        "templates": list(IMAGENET_TEMPLATES if templates is None else templates),
+        "names": list(names),
+    }
+    return json.dumps(description, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def cache_key(description: str) -> str:
+    """File-name key of a cache entry: BLAKE2b (128 bits, hex) of its description."""
+    return hashlib.blake2b(description.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class TextEmbeddingCache:
+    """A directory of class-name embeddings, one safetensors file per entry (see the module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def path_for(self, key: str) -> Path:
+        """File of the entry with this key."""
+        return self.directory / f"{key}.safetensors"
+
+    def load(self, description: str, expected_rows: int | None = None) -> torch.Tensor | None:
+        """The stored embeddings [names, D] for this description, or None when there is no valid entry (a missing,
+        unreadable or mismatching file counts as no entry). The file is read whole into memory, so the returned
+        tensor does not depend on the file afterwards."""
+        from safetensors.torch import load as load_safetensors
+
+        path = self.path_for(cache_key(description))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            logger.warning("Ignoring unreadable text-embedding cache file %s (%s).", path, error)
+            return None
+        try:
+            header_size = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + header_size])
+            stored = (header.get("__metadata__") or {}).get(_METADATA_KEY)
+            embeddings = load_safetensors(data)[_TENSOR_NAME] if stored == description else None
+        except Exception as error:  # truncated or corrupt files raise various exception types
+            logger.warning("Ignoring corrupt text-embedding cache file %s (%s).", path, error)
+            return None
+        if embeddings is None:
+            logger.warning("Ignoring text-embedding cache file %s: it was written for other inputs.", path)
+            return None
+        rows = len(json.loads(description)["names"]) if expected_rows is None else expected_rows
+        if embeddings.ndim != 2 or embeddings.shape[0] != rows or not torch.isfinite(embeddings).all():
+            logger.warning("Ignoring text-embedding cache file %s: it holds a tensor of the wrong shape.", path)
+            return None
+        return embeddings
+
+    def save(self, description: str, embeddings: torch.Tensor) -> Path | None:
+        """Store embeddings for this description, atomically; returns the file, or None when the directory is not
+        writable (the failure is logged, not raised: the cache is an optimisation)."""
+        from safetensors.torch import save_file
+
+        path = self.path_for(cache_key(description))
+        temporary = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.directory)
+            os.close(handle)
+            tensors = {_TENSOR_NAME: embeddings.detach().to("cpu").contiguous()}
+            save_file(tensors, temporary, metadata={_METADATA_KEY: description})
+            os.replace(temporary, path)
+            temporary = None
+        except OSError as error:
+            logger.warning("Could not write the text-embedding cache file %s (%s).", path, error)
+            return None
+        finally:
+            if temporary is not None and os.path.exists(temporary):
+                os.unlink(temporary)
+        return path
+
+
+def load_or_compute_name_embeddings(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    names: Sequence[str],
+    templates: Sequence[str] | None,
+    cache_dir: str | os.PathLike,
+    compute: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """Embeddings of `names` from the cache in `cache_dir`, or from `compute()` (then stored).
+
+    Args:
+        model: the NACLIP model whose text tower `compute` runs.
+        tokenizer: the tokenizer `compute` uses.
+        names: every name, in the order of the embedding rows.
+        templates: the prompt templates (None: the 80 ImageNet templates).
+        cache_dir: the cache directory.
+        compute: returns the embeddings [len(names), D] when they are not cached.
+    Returns:
+        [len(names), D] on the model's device.
+    """
+    cache = TextEmbeddingCache(cache_dir)
+    description = cache_entry_description(model, tokenizer, names, templates)
+    embeddings = cache.load(description, expected_rows=len(names))
+    if embeddings is not None:
+        return embeddings.to(model.device)
+    embeddings = compute()
+    cache.save(description, embeddings)
+    return embeddings
+
+
+__all__ = [
+    "CACHE_ENV_VAR",
+    "TextEmbeddingCache",
+    "cache_entry_description",
+    "cache_key",
+    "default_cache_dir",
+    "load_or_compute_name_embeddings",
+    "resolve_cache_dir",
+    "text_weights_fingerprint",
+    "tokenizer_description",
+]

@@ -143,3 +143,21 @@ def test_convert_command_reports_errors_cleanly(tmp_path):
     )
     assert completed.returncode == 2
     assert "No weights file" in completed.stderr and "Traceback" not in completed.stderr
+
+
+def test_checkpoint_folder_with_missing_or_corrupt_weights(tmp_path, tiny_checkpoint):
+    import shutil
+
+    from naclip_hf.inference import load_model
+
+    missing = tmp_path / "missing"
+    shutil.copytree(tiny_checkpoint, missing)
+    (missing / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="naclip convert"):
+        load_model(missing)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_checkpoint, corrupt)
+    data = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(data[:1000])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_model(corrupt)

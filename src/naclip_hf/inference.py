@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from .configuration_naclip import NACLIPConfig
 from .labels import flatten_class_names, parse_class_entries
@@ -79,6 +80,11 @@ def load_model(
             "Give a local folder holding a transformers CLIP checkpoint (config.json + model.safetensors), "
             "download it while online (e.g. `hf download openai/clip-vit-base-patch16`), or convert OpenAI CLIP "
             "weights with `naclip convert ViT-B-16.pt OUT_DIR --tokenizer TOKENIZER_DIR`."
+        ) from error
+    except SafetensorError as error:
+        raise ValueError(
+            f"The weights file of {str(model_id_or_path)!r} is corrupt or truncated ({error}); download or convert "
+            "the checkpoint again."
         ) from error
     if device is not None:
         model = model.to(device)

@@ -21,6 +21,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.image_utils import load_image
 from transformers.utils import logging
 
+from .configuration_naclip import NACLIP_SETTINGS
 from .labels import parse_class_entries
 from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
 
@@ -28,10 +29,7 @@ logger = logging.get_logger(__name__)
 
 TASK = "naclip-segmentation"
 # NACLIP settings that can be overridden for one call (they are fields of the model's config).
-CALL_SETTINGS = (
-    "arch", "attn_strategy", "gaussian_std", "logit_scale", "prob_thd", "slide_crop", "slide_stride",
-    "slide_batch_size", "pamr_steps", "pamr_dilations", "pos_embed_interpolation",
-)  # fmt: skip
+CALL_SETTINGS = tuple(key for key in NACLIP_SETTINGS if key not in ("text_batch_size", "prompt_templates"))
 # How many label sets keep their text embeddings in a pipeline.
 LABEL_CACHE_SIZE = 32
 

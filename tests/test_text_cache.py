@@ -130,7 +130,7 @@ def test_checkpoint_overwritten_at_the_same_path_misses_the_cache(model, process
     first = NACLIPForSemanticSegmentation.from_pretrained(checkpoint).eval()
     before = encode_classes(first, processor, CLASSES, cache_dir=cache).text_embeds
     with torch.no_grad():
-        first.text_projection.weight.add_(0.01)
+        first.text_model.encoder.layers[-1].mlp.fc2.weight.mul_(1.5)
     first.save_pretrained(checkpoint)
     second = NACLIPForSemanticSegmentation.from_pretrained(checkpoint).eval()
     assert second.config._name_or_path == str(checkpoint)

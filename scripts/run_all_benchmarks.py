@@ -207,7 +207,9 @@ def run_benchmarks(
             continue
         try:
             dataset = load_benchmark_dataset(name, roots[name], split=split, limit=limit)
-            embeddings = encode_classes(model=model, processor=processor, classes=get_preset(name).class_names())
+            embeddings = encode_classes(
+                model=model, processor=processor, classes=get_preset(name).class_names(), cache_dir=True
+            )
             for pamr in pamr_modes:
                 result = evaluate_preset(
                     model, processor, name, dataset, pamr=pamr, short_side=short_side, overrides=overrides,

@@ -15,6 +15,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "golden"
 
 
+@pytest.fixture(autouse=True)
+def isolated_text_cache(tmp_path, monkeypatch) -> Path:
+    """Each test (and the commands it runs) gets its own, empty label-embedding cache."""
+    cache = tmp_path / "naclip-text-cache"
+    monkeypatch.setenv("NACLIP_CACHE", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN_DIR

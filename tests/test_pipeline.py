@@ -324,3 +324,25 @@ def test_mask_png_round_trip(pipe, image):
     buffer = io.BytesIO()
     segment["mask"].save(buffer, format="PNG")
     assert Image.open(buffer).mode == "L"
+
+
+def test_a_new_pipeline_reads_label_embeddings_from_the_disk_cache(tiny_checkpoint, image, isolated_text_cache):
+    first = pipeline("naclip-segmentation", model=str(tiny_checkpoint), pamr_steps=0)
+    expected = first(image, candidate_labels=LABELS, short_side=SHORT_SIDE, return_probabilities=True)
+    assert any(isolated_text_cache.rglob("*.safetensors")), "the label embeddings were written to the cache"
+    second = pipeline("naclip-segmentation", model=str(tiny_checkpoint), pamr_steps=0)
+    calls = []
+    handle = second.model.text_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        again = second(image, candidate_labels=LABELS, short_side=SHORT_SIDE, return_probabilities=True)
+    finally:
+        handle.remove()
+    assert not calls, "a label set embedded before is read from disk"
+    np.testing.assert_array_equal(again["probabilities"], expected["probabilities"])
+    uncached = pipeline("naclip-segmentation", model=str(tiny_checkpoint), pamr_steps=0, text_cache_dir=None)
+    handle = uncached.model.text_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        uncached(image, candidate_labels=LABELS, short_side=SHORT_SIDE)
+    finally:
+        handle.remove()
+    assert calls, "text_cache_dir=None turns the disk cache off"

@@ -256,7 +256,7 @@ def run_segment(args: argparse.Namespace) -> int:
     model_id = args.model or DEFAULT_MODEL_ID
     model = load_model(model_id, overrides)
     processor = load_processor(model_id)
-    embeddings = encode_classes(model=model, processor=processor, classes=classes)
+    embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
     if short_side is None:
         short_side = processor.image_processor.short_side
     from .configuration_naclip import NACLIP_SETTINGS

@@ -22,6 +22,7 @@ from transformers.image_utils import load_image
 from transformers.utils import logging
 
 from .configuration_naclip import NACLIP_SETTINGS
+from .inference import encode_classes
 from .labels import parse_class_entries
 from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
 
@@ -202,6 +203,8 @@ class NACLIPSegmentationPipeline(Pipeline):
                 )
         processor = _resolve_processor(model, tokenizer, image_processor, processor)
         self._label_cache: OrderedDict[tuple, _LabelSet] = OrderedDict()
+        # On-disk cache of label embeddings (see `encode_classes`): True = the default folder, None = off.
+        self.text_cache_dir = kwargs.pop("text_cache_dir", True)
         super().__init__(
             model=model,
             tokenizer=processor.tokenizer,
@@ -284,12 +287,8 @@ class NACLIPSegmentationPipeline(Pipeline):
         if cached is not None:
             self._label_cache.move_to_end(key)
             return cached
-        text = self.processor.tokenize_class_names(classes, templates)
-        with torch.no_grad():
-            text_embeds = self.model.get_name_embeddings(
-                text["input_ids"].to(self.device), text["attention_mask"].to(self.device), text["num_templates"]
-            )
-        label_set = _LabelSet([names[0] for names in classes], text_embeds, text["name_to_class"])
+        embeddings = encode_classes(self.model, self.processor, classes, cache_dir=self.text_cache_dir)
+        label_set = _LabelSet(embeddings.class_labels, embeddings.text_embeds, embeddings.name_to_class)
         self._label_cache[key] = label_set
         while len(self._label_cache) > LABEL_CACHE_SIZE:
             self._label_cache.popitem(last=False)

@@ -427,7 +427,9 @@ def evaluate_preset(
         try:
             embeddings = class_embeddings
             if embeddings is None:
-                embeddings = encode_classes(model=model, processor=processor, classes=preset.class_names())
+                embeddings = encode_classes(
+                    model=model, processor=processor, classes=preset.class_names(), cache_dir=True
+                )
             elif len(embeddings.classes) != preset.num_classes:
                 raise ValueError(
                     f"class_embeddings hold {len(embeddings.classes)} classes but {preset.name} has "

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from naclip_hf.fileio import write_text_atomic
 from naclip_hf.presets import PRESETS, get_preset
 
 PAPER_ORDER: tuple[str, ...] = (
@@ -166,16 +166,6 @@ def load_results(folder: Path) -> dict[tuple[str, bool], float | None]:
     return results
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
 def run_benchmarks(
     roots: Mapping[str, Path],
     model_id: str,
@@ -291,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     if args.limit is not None:
         print(f"(--limit {args.limit}: only the first {args.limit} images of each benchmark; not comparable.)")
-    _write_text_atomic(args.out_dir / "table.md", format_table(results, markdown=True) + "\n")
+    write_text_atomic(args.out_dir / "table.md", format_table(results, markdown=True) + "\n")
     summary = {
         "model": args.model,
         "limit": args.limit,
@@ -301,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "errors": errors,
         "published": {p: get_preset(p).published for p in PAPER_ORDER},
     }
-    _write_text_atomic(args.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(args.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"Wrote {args.out_dir / 'table.md'} and {args.out_dir / 'summary.json'}")
     if errors:
         print(f"{len(errors)} benchmark(s) failed: {', '.join(errors)}", file=sys.stderr)

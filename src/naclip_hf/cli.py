@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .fileio import write_atomic
 
 EPILOG_SET = (
     "Settings for --set: arch, attn_strategy, gaussian_std, logit_scale, prob_thd, slide_crop, slide_stride, "
@@ -445,9 +446,9 @@ def _write_outputs(
     segmentation = result.segmentation.numpy()
     palette = class_palette(len(labels))
     outputs = {"label_map": f"{stem}_labels.png", "overlay": f"{stem}_overlay.png"}
-    _write_atomic(out_dir / outputs["label_map"], lambda tmp: label_map_image(segmentation, palette).save(tmp, "PNG"))
+    write_atomic(out_dir / outputs["label_map"], lambda tmp: label_map_image(segmentation, palette).save(tmp, "PNG"))
     overlay = overlay_image(image, segmentation, labels, palette, alpha=args.alpha)
-    _write_atomic(out_dir / outputs["overlay"], lambda tmp: overlay.save(tmp, "PNG"))
+    write_atomic(out_dir / outputs["overlay"], lambda tmp: overlay.save(tmp, "PNG"))
     if args.scores:
         outputs["scores"] = f"{stem}.scores.safetensors"
         save_scores(out_dir / outputs["scores"], result, metadata)
@@ -463,22 +464,11 @@ def _write_outputs(
         "outputs": outputs,
     }
     text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
-    _write_atomic(out_dir / f"{stem}.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomic(out_dir / f"{stem}.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     top = ", ".join(f"{label} {share:.0%}" for label, share in list(shares.items())[:3])
     more = ", ..." if len(shares) > 3 else ""
     lines.append(f"{path} -> {out_dir / outputs['overlay']} ({top}{more})")
     return lines
-
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same folder, then move it into place with `os.replace`."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
 
 
 def _jsonable(value: Any) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .configuration_naclip import NACLIPConfig
+from .fileio import write_text_atomic
 from .presets import PRESETS
 
 DEFAULT_BASE_MODEL = "openai/clip-vit-base-patch16"
@@ -280,16 +281,7 @@ def write_model_card(
     """Render the card (see `render_model_card`) and write it atomically to `out` (default MODEL_DIR/README.md).
     Returns the path written."""
     text = render_model_card(model_dir, results, base_model, **kwargs)
-    out = Path(model_dir) / "README.md" if out is None else Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, out)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return out
+    return write_text_atomic(Path(model_dir) / "README.md" if out is None else Path(out), text)
 
 
 def write_model_card_from_args(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 
 from .configuration_naclip import NACLIPConfig
+from .fileio import write_atomic
 from .labels import flatten_class_names, parse_class_entries
 from .modeling_naclip import NACLIPForSemanticSegmentation
 from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
@@ -214,13 +215,7 @@ def save_scores(path: str | os.PathLike, result: SegmentationResult, metadata: M
         "segmentation": result.segmentation.to(torch.int64).contiguous(),
     }
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(temporary), metadata=meta)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata=meta))
 
 
 __all__ = ["ClassEmbeddings", "DEFAULT_CHECKPOINT", "SegmentationResult", "encode_classes", "load_model",

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..configuration_naclip import NACLIP_SETTINGS
+from ..fileio import write_text_atomic
 from ..presets import BenchmarkPreset, get_preset
 from .datasets import IGNORE_INDEX, check_label_map, load_benchmark_dataset, load_hub_dataset, read_label_map
 from .metric import MeanIoU
@@ -153,17 +154,7 @@ class EvaluationResult:
 
     def write_json(self, path: str | os.PathLike) -> Path:
         """Write `to_dict()` to `path` atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, path)
-        finally:
-            if temporary.exists():
-                temporary.unlink()
-        return path
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
     def format_table(self) -> str:
         """The per-class table: class name, IoU %, accuracy % ("-" for classes never seen)."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from .configuration_naclip import NACLIPConfig
+from .configuration_naclip import NACLIP_SETTINGS, NACLIPConfig
 from .fileio import write_atomic
 from .labels import flatten_class_names, parse_class_entries
 from .modeling_naclip import NACLIPForSemanticSegmentation
@@ -160,10 +160,7 @@ def parse_setting_overrides(pairs: Sequence[str]) -> tuple[dict[str, Any], int |
     Raises `ValueError` for an unknown key or a value of the wrong type, naming the valid keys.
     """
     fields = NACLIPConfig.__dataclass_fields__
-    settable = {
-        "arch", "attn_strategy", "gaussian_std", "logit_scale", "prob_thd", "slide_crop", "slide_stride",
-        "slide_batch_size", "pamr_steps", "pamr_dilations", "pos_embed_interpolation", "text_batch_size",
-    }  # fmt: skip
+    settable = set(NACLIP_SETTINGS) - {"prompt_templates"}
     overrides: dict[str, Any] = {}
     short_side = None
     for pair in pairs:

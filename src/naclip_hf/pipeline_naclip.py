@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from transformers.image_utils import load_image
 from transformers.utils import logging
 
 from .configuration_naclip import NACLIP_SETTINGS
-from .inference import encode_classes
+from .inference import ClassEmbeddings, encode_classes
 from .labels import parse_class_entries
 from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
 
@@ -33,15 +32,6 @@ TASK = "naclip-segmentation"
 CALL_SETTINGS = tuple(key for key in NACLIP_SETTINGS if key not in ("text_batch_size", "prompt_templates"))
 # How many label sets keep their text embeddings in a pipeline.
 LABEL_CACHE_SIZE = 32
-
-
-@dataclass
-class _LabelSet:
-    """Text side of a label set: one display label per class, `text_embeds` [names, D], `name_to_class` [names]."""
-
-    labels: list[str]
-    text_embeds: torch.Tensor
-    name_to_class: torch.Tensor
 
 
 def parse_candidate_labels(candidate_labels: Any) -> list[list[str]]:
@@ -202,7 +192,7 @@ class NACLIPSegmentationPipeline(Pipeline):
                     f"{type(model).__name__}."
                 )
         processor = _resolve_processor(model, tokenizer, image_processor, processor)
-        self._label_cache: OrderedDict[tuple, _LabelSet] = OrderedDict()
+        self._label_cache: OrderedDict[tuple, ClassEmbeddings] = OrderedDict()
         # On-disk cache of label embeddings (see `encode_classes`): True = the default folder, None = off.
         self.text_cache_dir = kwargs.pop("text_cache_dir", True)
         super().__init__(
@@ -279,7 +269,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         return super().__call__(inputs, batch_size=1, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- labels
-    def _label_set(self, classes: list[list[str]]) -> _LabelSet:
+    def _label_set(self, classes: list[list[str]]) -> ClassEmbeddings:
         """Embeddings of a parsed label set, from the cache when the same labels and templates were seen."""
         templates = self.model.config.prompt_templates
         key = (tuple(tuple(names) for names in classes), None if templates is None else tuple(templates))
@@ -287,8 +277,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         if cached is not None:
             self._label_cache.move_to_end(key)
             return cached
-        embeddings = encode_classes(self.model, self.processor, classes, cache_dir=self.text_cache_dir)
-        label_set = _LabelSet(embeddings.class_labels, embeddings.text_embeds, embeddings.name_to_class)
+        label_set = encode_classes(self.model, self.processor, classes, cache_dir=self.text_cache_dir)
         self._label_cache[key] = label_set
         while len(self._label_cache) > LABEL_CACHE_SIZE:
             self._label_cache.popitem(last=False)
@@ -342,7 +331,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         counts = torch.bincount(segmentation.flatten(), minlength=num_classes)
         sums = torch.bincount(segmentation.flatten(), weights=top, minlength=num_classes)
         return {
-            "labels": label_set.labels,
+            "labels": label_set.class_labels,
             "segmentation": segmentation,
             "scores": sums / counts.clamp(min=1),
             "probabilities": probabilities if keep_probabilities else None,

@@ -9,9 +9,7 @@ Usage: python scripts/convert_coco_object.py COCO_ROOT [--split val2017] [--over
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +17,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from naclip_hf.evaluation.datasets import coco_stuff_to_coco_object, read_label_map
+from naclip_hf.fileio import write_atomic
 
 STUFF_SUFFIX = "_labelTrainIds.png"
 OBJECT_SUFFIX = "_instanceTrainIds.png"
 
 
 def write_png_atomically(array: np.ndarray, destination: Path) -> None:
-    """Save `array` as a grayscale PNG at `destination` through a temporary file in the same folder."""
-    handle, temp_name = tempfile.mkstemp(
-        prefix=f".{destination.stem}.", suffix=".tmp", dir=destination.parent
-    )
-    os.close(handle)
-    try:
-        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(temp_name, format="PNG")
-        os.replace(temp_name, destination)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """Save `array` as a grayscale PNG at `destination`, complete or not at all."""
+    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    write_atomic(destination, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def convert_folder(folder: Path, overwrite: bool = False, show_progress: bool = True) -> tuple[int, int]:

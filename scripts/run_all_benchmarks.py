@@ -1,5 +1,6 @@
-"""Evaluate NACLIP on the eight benchmarks of the paper, with and without PAMR, and print the paper's table.
+"""Evaluate NACLIP on the benchmarks of the paper, with and without PAMR, and print the paper's table.
 
+The benchmarks, their order (the paper's Table 1) and the published numbers come from `naclip_hf.benchmarks`.
 Give each dataset folder with `--roots NAME=DIR` (NAME: a preset, or `voc` for voc21+voc20, `context` for
 context60+context59, `coco` for coco_object+coco_stuff) and/or a JSON file `--data-config roots.json` holding
 `{"NAME": "DIR", ...}`. Benchmarks without a folder are shown as "—" and skipped.
@@ -24,23 +25,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from naclip_hf.benchmarks import BENCHMARKS, PUBLISHED_KEYS, get_benchmark, paper_benchmarks
 from naclip_hf.fileio import write_text_atomic
-from naclip_hf.presets import PRESETS, get_preset
+from naclip_hf.options import DEFAULT_CHECKPOINT
 
-PAPER_ORDER: tuple[str, ...] = (
-    "voc21",
-    "context60",
-    "coco_object",
-    "voc20",
-    "cityscapes",
-    "context59",
-    "ade20k",
-    "coco_stuff",
-)
-"""Column order of Table 1 in the paper."""
+PAPER_ORDER: tuple[str, ...] = tuple(benchmark.name for benchmark in paper_benchmarks())
+"""The benchmarks with published numbers, in the column order of Table 1 in the paper."""
 
-PUBLISHED_AVERAGES: dict[str, float] = {"paper_no_pamr": 39.0, "paper_pamr": 41.9, "repo_pamr": 42.46}
-"""The published averages over the eight benchmarks (paper Table 1 and the official repository README)."""
+PUBLISHED_AVERAGES: dict[str, float] = {
+    key: sum(get_benchmark(name).published[key] for name in PAPER_ORDER) / len(PAPER_ORDER) for key in PUBLISHED_KEYS
+}
+"""The averages of the published numbers over those benchmarks (the paper's "avg" column, before rounding)."""
 
 ROOT_ALIASES: dict[str, tuple[str, ...]] = {
     "voc": ("voc21", "voc20"),
@@ -84,10 +79,10 @@ def parse_roots(pairs: Sequence[str], config: Mapping[str, str] | None = None) -
     for name, folder in items:
         if name in ROOT_ALIASES:
             presets = ROOT_ALIASES[name]
-        elif name in PRESETS:
+        elif name in BENCHMARKS:
             presets = (name,)
         else:
-            valid = ", ".join([*PRESETS, *ROOT_ALIASES])
+            valid = ", ".join([*BENCHMARKS, *ROOT_ALIASES])
             raise ValueError(f"Unknown benchmark {name!r} for a data folder; use one of: {valid}.")
         for preset in presets:
             roots[preset] = Path(folder).expanduser()
@@ -126,14 +121,14 @@ def build_table(results: Mapping[tuple[str, bool], float | None]) -> tuple[list[
             if done and len(done) < len(PAPER_ORDER):
                 paper_key = "paper_pamr" if key else "paper_no_pamr"
                 subset = [p for p, v in zip(PAPER_ORDER, values) if v is not None]
-                paper = sum(get_preset(p).published[paper_key] for p in subset) / len(subset)
+                paper = sum(get_benchmark(p).published[paper_key] for p in subset) / len(subset)
                 notes.append(
                     f"{label}: average over the {len(subset)} evaluated benchmarks {sum(done) / len(done):.2f} "
                     f"(paper on the same benchmarks: {paper:.2f})"
                 )
         else:
             decimals = 2 if key == "repo_pamr" else 1
-            values = [get_preset(preset).published[key] for preset in PAPER_ORDER]
+            values = [get_benchmark(preset).published[key] for preset in PAPER_ORDER]
             rows.append([label, *(_fmt(v, decimals) for v in values), _fmt(PUBLISHED_AVERAGES[key], decimals)])
     return header, rows, notes
 
@@ -181,14 +176,21 @@ def run_benchmarks(
     Returns `{(preset, pamr): mIoU %}` and `{preset: error message}` for presets that could not be evaluated
     (the others still run). Each run's result is written to `out_dir` on the main process.
     """
+    from naclip_hf.cli._common import parse_set_options
     from naclip_hf.evaluation.datasets import load_benchmark_dataset
-    from naclip_hf.evaluation.runner import distributed_accelerator, evaluate_preset
-    from naclip_hf.inference import encode_classes, load_model, load_processor, parse_setting_overrides
+    from naclip_hf.evaluation.runner import EvaluationFailed, distributed_accelerator, evaluate_preset
+    from naclip_hf.inference import encode_classes, load_model, load_processor
 
-    overrides, short_side = parse_setting_overrides(list(settings))
+    overrides = parse_set_options(list(settings))
+    short_side = overrides.get("short_side")
     accelerator = distributed_accelerator()
     is_main = accelerator is None or accelerator.is_main_process
-    model = load_model(model_id, device=accelerator.device if accelerator is not None else None)
+    # The settings given apply to every run; each benchmark's own and PAMR go to every call (the model is shared).
+    model = load_model(
+        model_id,
+        {key: value for key, value in overrides.items() if key != "short_side"},
+        device=accelerator.device if accelerator is not None else None,
+    )
     processor = load_processor(model_id)
     results: dict[tuple[str, bool], float | None] = {}
     errors: dict[str, str] = {}
@@ -198,7 +200,7 @@ def run_benchmarks(
         try:
             dataset = load_benchmark_dataset(name, roots[name], split=split, limit=limit)
             embeddings = encode_classes(
-                model=model, processor=processor, classes=get_preset(name).class_names(), cache_dir=True
+                model=model, processor=processor, classes=get_benchmark(name).class_names(), cache_dir=True
             )
             for pamr in pamr_modes:
                 result = evaluate_preset(
@@ -214,6 +216,12 @@ def run_benchmarks(
                         f"(paper {published:.1f})  {result.num_images} images, {result.elapsed_seconds:.0f} s",
                         flush=True,
                     )
+        except EvaluationFailed as failure:  # the scores of the images done are kept, marked partial
+            errors[name] = str(failure)
+            if is_main and failure.partial is not None:
+                failure.partial.write_json(out_dir / result_filename(name, failure.partial.pamr))
+            if is_main:
+                print(f"{name:<12} failed: {failure}", file=sys.stderr, flush=True)
         except (ValueError, OSError) as error:
             errors[name] = str(error)
             if is_main:
@@ -224,14 +232,15 @@ def run_benchmarks(
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the script."""
     parser = argparse.ArgumentParser(
-        description="Evaluate NACLIP on the paper's eight benchmarks and print Table 1 next to the published numbers.",
+        description="Evaluate NACLIP on the paper's benchmarks and print Table 1 next to the published numbers.",
     )
     parser.add_argument("--roots", nargs="*", default=[], metavar="NAME=DIR",
                         help="data folders: a preset (voc21, context60, ...) or voc / context / coco for both "
                         "presets of a dataset")  # fmt: skip
     parser.add_argument("--data-config", type=Path, default=None, metavar="JSON",
                         help='JSON file {"NAME": "DIR", ...}; --roots entries win')  # fmt: skip
-    parser.add_argument("--model", default="openai/clip-vit-base-patch16", help="checkpoint folder or Hub id")
+    parser.add_argument("--model", default=DEFAULT_CHECKPOINT,
+                        help="checkpoint folder or Hub id (default: %(default)s)")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=Path("benchmark_results"),
                         help="folder for the per-run JSON files, table.md and summary.json")  # fmt: skip
     parser.add_argument("--pamr", choices=tuple(PAMR_MODES), default="both", help="which PAMR settings to run")
@@ -289,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": list(args.settings),
         "miou_percent": {f"{p}_{'pamr' if m else 'no_pamr'}": v for (p, m), v in results.items()},
         "errors": errors,
-        "published": {p: get_preset(p).published for p in PAPER_ORDER},
+        "published": {p: dict(get_benchmark(p).published) for p in PAPER_ORDER},
     }
     write_text_atomic(args.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"Wrote {args.out_dir / 'table.md'} and {args.out_dir / 'summary.json'}")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from naclip_hf.benchmarks import get_benchmark
 from naclip_hf.evaluation.datasets import coco_stuff_to_coco_object
-from naclip_hf.presets import get_preset
 
 CITIES = ("frankfurt", "lindau", "munster")
 
@@ -45,7 +45,7 @@ def save_gray_png(label: np.ndarray, path: Path) -> None:
 
 def _raw_value_range(preset_name: str) -> tuple[int, int]:
     """Smallest and largest class id written on disk (before any reduce_zero_label) for a preset."""
-    preset = get_preset(preset_name)
+    preset = get_benchmark(preset_name)
     if preset.layout == "coco_object":
         return 0, 170  # COCO-Stuff train ids, converted to COCO-Object when written
     if preset.reduce_zero_label:
@@ -58,7 +58,7 @@ def make_label(preset_name: str, size: tuple[int, int], rng: np.random.Generator
     height, width = size
     low, high = _raw_value_range(preset_name)
     classes = [low, int(rng.integers(low + 1, high + 1)), high]
-    if get_preset(preset_name).layout == "coco_object":
+    if get_benchmark(preset_name).layout == "coco_object":
         classes = [int(rng.integers(80, 171)), int(rng.integers(0, 80)), 0]  # stuff, things
     rows = np.linspace(0, height, 4, dtype=int)
     cols = np.linspace(0, width, 4, dtype=int)
@@ -83,7 +83,7 @@ def make_image(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _ids(preset_name: str, num_images: int) -> list[str]:
-    layout = get_preset(preset_name).layout
+    layout = get_benchmark(preset_name).layout
     if layout in ("voc", "context"):
         year = 2007 if layout == "voc" else 2008
         return [f"{year}_{index + 1:06d}" for index in range(num_images)]
@@ -107,7 +107,7 @@ def make_benchmark_dataset(
     Labels are valid for the preset as stored on disk: ids in range, some 255 pixels, and id 0 present (which
     becomes ignore for reduce_zero_label presets).
     """
-    preset = get_preset(preset_name)
+    preset = get_benchmark(preset_name)
     layout = preset.layout
     root = Path(root)
     rng = np.random.default_rng(seed)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from naclip_hf.cli import DEFAULT_MODEL_ID, DEFAULT_OUT_DIR, main
-from naclip_hf.inference import DEFAULT_CHECKPOINT, encode_classes, load_model, load_processor, segment_image
-from naclip_hf.presets import PRESETS, get_preset
+from naclip_hf.benchmarks import BENCHMARKS, get_benchmark
+from naclip_hf.cli import DEFAULT_OUT_DIR, main
+from naclip_hf.inference import encode_classes, load_model, load_processor, segment_image
+from naclip_hf.options import DEFAULT_CHECKPOINT, SETTINGS
 from naclip_hf.visualization import class_palette, class_shares
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -153,7 +154,7 @@ def test_bad_files_are_reported_and_the_rest_is_written(tiny_checkpoint, images,
 
 
 def test_preset_classes_and_settings(tiny_checkpoint, images, tmp_path, capsys):
-    preset = get_preset("voc21")
+    preset = get_benchmark("voc21")
     out = tmp_path / "out"
     code, _, stderr = run(
         capsys, images / "halves.jpg", "--preset", "voc21", "--model", tiny_checkpoint,
@@ -243,8 +244,13 @@ def test_exif_orientation_is_applied(tiny_checkpoint, tmp_path, capsys):
         (["--labels", "cat", " , dog"], "empty or blank name"),
         (["--preset", "voc99"], "Unknown benchmark preset 'voc99'"),
         (["--labels", "cat", "--set", "colour=red"], "Unknown setting 'colour'"),
-        (["--labels", "cat", "--set", "gaussian_std=wide"], "gaussian_std needs a number"),
-        (["--labels", "cat", "--set", "short_side=-3"], "short_side=-3 must be >= 0"),
+        (["--labels", "cat", "--set", "gaussian_std=wide"], "gaussian_std='wide' is invalid: it must be a number > 0"),
+        (["--labels", "cat", "--set", "short_side=-3"], "short_side=-3 is invalid: it must be an integer >= 0"),
+        (["--labels", "cat", "--set", "pamr_dilations=8,x"], "pamr_dilations='8,x' is invalid"),
+        (["--labels", "cat", "--set", "attn_strategy=csa"], "set arch='vanilla'"),
+        (["--labels", "cat", "--set", "prompt_templates=a {}"], "--templates-file FILE"),
+        (["--labels", "cat", "--templates-file", "{tmp}/none.txt"], "none.txt does not exist"),
+        (["--labels", "cat", "--templates-file", "{tmp}/duplicates.txt"], "instead of exactly one empty '{}'"),
         (["--labels", "cat", "--set", "slide_stride=500"], "slide_stride=500"),
         (["--labels", "cat", "--set", "prob_thd"], "not of the form KEY=VALUE"),
         (["--labels", "cat", "--out", "{tmp}/file.txt"], "{tmp}/file.txt is an existing file"),
@@ -316,11 +322,16 @@ def test_help_lists_commands_and_explains_every_option(capsys):
                "--scores"]  # fmt: skip
     for option in options:
         assert option in text
-    for name in PRESETS:
+    for name in BENCHMARKS:
         assert name in text
     for output in ("_labels.png", "_overlay.png", ".json", ".scores.safetensors", DEFAULT_OUT_DIR):
         assert output in text
-    assert DEFAULT_MODEL_ID == DEFAULT_CHECKPOINT
+    assert f"(default: {DEFAULT_CHECKPOINT})" in text
+    # The settings' epilog is generated from naclip_hf.options: every key with its valid values.
+    for setting in SETTINGS:
+        if setting.name != "prompt_templates":
+            assert f" {setting.name} " in text and " ".join(setting.valid_range().split()) in text
+    assert "prompt_templates: set with --templates-file" in text
 
 
 def test_example_files():

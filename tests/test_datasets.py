@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from naclip_hf.configuration_naclip import NACLIPConfig
+from naclip_hf.benchmarks import BENCHMARKS, Benchmark, get_benchmark, paper_benchmarks, register_benchmark
 from naclip_hf.evaluation.datasets import (
     LAYOUTS,
     check_label_map,
@@ -22,24 +22,24 @@ from naclip_hf.evaluation.datasets import (
     load_hub_dataset,
     read_label_map,
 )
-from naclip_hf.presets import PRESETS, BenchmarkPreset, get_preset
+from naclip_hf.options import check_settings
 from synthetic_data import make_benchmark_dataset, save_gray_png, save_palette_png
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "convert_coco_object.py"
-PRESET_NAMES = [
+PRESET_NAMES = [  # the column order of Table 1 in the paper
     "voc21",
-    "voc20",
     "context60",
-    "context59",
     "coco_object",
-    "coco_stuff",
-    "ade20k",
+    "voc20",
     "cityscapes",
+    "context59",
+    "ade20k",
+    "coco_stuff",
 ]
 
 # preset: (classes file, #classes, reduce_zero_label, short side, slide crop, prob_thd, layout,
-#          paper no PAMR, paper PAMR, repo PAMR), as listed in PRESETS.md
+#          paper no PAMR, paper PAMR, repo PAMR), from the paper and the official repository
 EXPECTED = {
     "voc21": ("cls_voc21.txt", 21, False, 336, 0, 0.1, "voc", 58.8, 62.4, 64.07),
     "voc20": ("cls_voc20.txt", 20, True, 336, 0, 0.0, "voc", 77.1, 80.6, 83.03),
@@ -56,15 +56,15 @@ EXPECTED = {
 
 
 def test_presets_are_the_eight_benchmarks():
-    assert list(PRESETS) == PRESET_NAMES
-    assert {preset.layout for preset in PRESETS.values()} <= set(LAYOUTS)
+    assert list(BENCHMARKS) == PRESET_NAMES
+    assert {preset.layout for preset in BENCHMARKS.values()} <= set(LAYOUTS)
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_preset_values_match_the_table(name):
-    preset = get_preset(name)
+    preset = get_benchmark(name)
     classes_file, num_classes, reduce, short_side, crop, thd, layout, no_pamr, pamr, repo = EXPECTED[name]
-    assert isinstance(preset, BenchmarkPreset) and preset.name == name
+    assert isinstance(preset, Benchmark) and preset.name == name
     assert (preset.classes_file, preset.num_classes, preset.reduce_zero_label) == (
         classes_file,
         num_classes,
@@ -79,22 +79,57 @@ def test_preset_values_match_the_table(name):
     if crop:
         assert preset.slide_stride == 112
     assert preset.published == {"paper_no_pamr": no_pamr, "paper_pamr": pamr, "repo_pamr": repo}
-    settings = preset.model_settings()
-    assert settings == {
-        "slide_crop": crop,
-        "slide_stride": preset.slide_stride,
-        "prob_thd": thd,
-        "short_side": short_side,
-    }
-    overrides = {key: value for key, value in settings.items() if key != "short_side"}
-    config = NACLIPConfig(**overrides)
-    assert (config.slide_crop, config.prob_thd) == (crop, thd)
+    settings = preset.settings()
+    expected = {"slide_crop": crop, "prob_thd": thd, "short_side": short_side}
+    if crop:
+        expected["slide_stride"] = 112
+    assert settings == expected and check_settings(settings) == settings
+    assert preset.inference_mode == ("slide" if crop else "whole")
+
+
+def test_display_names_and_split_folders():
+    assert get_benchmark("voc21").display_name == "PASCAL VOC 2012 (21 classes, with background)"
+    assert get_benchmark("context59").dataset_type == "pascal_context"
+    assert get_benchmark("coco_stuff").split_folder("val") == "val2017"
+    assert get_benchmark("coco_object").split_folder("val2017") == "val2017"
+    assert get_benchmark("ade20k").split_folder("train") == "training"
+    assert get_benchmark("voc21").split_folder("val") == "val"
+    assert [b.name for b in paper_benchmarks()] == PRESET_NAMES
+
+
+def test_register_benchmark_checks_the_descriptor(tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("sky\nroad, street\n")
+
+    def make(**changes):
+        fields = dict(name="tiny_bench", display_name="Tiny", dataset_type="tiny", classes_file=str(classes),
+                      num_classes=2, reduce_zero_label=False, layout="ade20k", short_side=64, slide_crop=0)  # fmt: skip
+        fields.update(changes)
+        return Benchmark(**fields)
+
+    benchmark = make()
+    assert benchmark.class_names() == [["sky"], ["road", "street"]]
+    with pytest.raises(ValueError, match="holds 2 classes but num_classes is 3"):
+        make(num_classes=3).class_names()
+    with pytest.raises(ValueError, match="prob_thd=2.0 is invalid"):
+        make(prob_thd=2.0)
+    with pytest.raises(ValueError, match="slide_stride=300 is larger than slide_crop=224"):
+        make(slide_crop=224, slide_stride=300)
+    with pytest.raises(ValueError, match="published keys"):
+        make(published={"paper": 1.0})
+    with pytest.raises(ValueError, match="name"):
+        make(name="no spaces")
+    with pytest.raises(ValueError, match="already registered"):
+        register_benchmark(make(name="voc21"))
+    with pytest.raises(ValueError, match="not a known dataset layout"):
+        load_benchmark_dataset(make(layout="mystery"), tmp_path)
+    assert "tiny_bench" not in BENCHMARKS
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_class_file_has_one_line_per_class(name):
-    preset = get_preset(name)
-    text = resources.files("naclip_hf.benchmarks").joinpath(preset.classes_file).read_text(encoding="utf-8")
+    preset = get_benchmark(name)
+    text = resources.files("naclip_hf").joinpath("benchmark_classes", preset.classes_file).read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == preset.num_classes
     classes = preset.class_names()
@@ -104,20 +139,20 @@ def test_class_file_has_one_line_per_class(name):
 
 def test_published_averages_match_the_table():
     for key, average in (("paper_no_pamr", 39.0), ("paper_pamr", 41.9), ("repo_pamr", 42.46)):
-        mean = sum(preset.published[key] for preset in PRESETS.values()) / len(PRESETS)
+        mean = sum(preset.published[key] for preset in BENCHMARKS.values()) / len(BENCHMARKS)
         assert mean == pytest.approx(average, abs=0.05)  # the table rounds the averages
 
 
 def test_presets_are_frozen_and_hashable():
-    preset = get_preset("voc21")
+    preset = get_benchmark("voc21")
     with pytest.raises(AttributeError):
         preset.num_classes = 3  # type: ignore[misc]
-    assert hash(preset) == hash(get_preset("voc21"))
+    assert hash(preset) == hash(get_benchmark("voc21"))
 
 
 def test_unknown_preset_lists_valid_names():
     with pytest.raises(ValueError, match="Unknown benchmark preset 'voc'") as info:
-        get_preset("voc")
+        get_benchmark("voc")
     for name in PRESET_NAMES:
         assert name in str(info.value)
 
@@ -126,7 +161,7 @@ def test_unknown_preset_lists_valid_names():
 
 
 def _expected_paths(name: str, root: Path, image_id: str) -> tuple[Path, Path]:
-    layout = get_preset(name).layout
+    layout = get_benchmark(name).layout
     if layout == "voc":
         return root / "JPEGImages" / f"{image_id}.jpg", root / "SegmentationClass" / f"{image_id}.png"
     if layout == "context":
@@ -163,7 +198,7 @@ def test_loader_finds_the_pairs(name, tmp_path):
     assert len(dataset) == 3
     ids = dataset["id"]
     assert ids == sorted(ids) and len(set(ids)) == 3
-    preset = get_preset(name)
+    preset = get_benchmark(name)
     for row in dataset:
         image_path, label_path = _expected_paths(name, root.absolute(), row["id"])
         assert Path(row["image"]) == image_path and image_path.is_file()
@@ -181,7 +216,7 @@ def test_synthetic_reduce_zero_label_presets_contain_zero(name, tmp_path):
     root = make_benchmark_dataset(name, tmp_path)
     row = load_benchmark_dataset(name, root)[0]
     raw = read_label_map(row["label"], reduce_zero_label=False)
-    assert (raw == 0).any() and raw[raw != 255].max() <= get_preset(name).num_classes
+    assert (raw == 0).any() and raw[raw != 255].max() <= get_benchmark(name).num_classes
     reduced = read_label_map(row["label"], reduce_zero_label=True)
     assert np.array_equal(reduced == 255, (raw == 0) | (raw == 255))
 
@@ -330,7 +365,7 @@ def test_many_missing_labels_are_summarised(tmp_path):
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_no_images_found(name, tmp_path):
     root = make_benchmark_dataset(name, tmp_path, num_images=2)
-    layout = get_preset(name).layout
+    layout = get_benchmark(name).layout
     if layout in ("voc", "context"):
         folder = "Segmentation" if layout == "voc" else "SegmentationContext"
         (root / "ImageSets" / folder / "val.txt").write_text("\n")
@@ -429,8 +464,8 @@ def test_coco_stuff_to_coco_object():
 
 
 def test_coco_object_class_file_matches_the_mapping():
-    objects = get_preset("coco_object").class_names()
-    stuff = get_preset("coco_stuff").class_names()
+    objects = get_benchmark("coco_object").class_names()
+    stuff = get_benchmark("coco_stuff").class_names()
     thing_names = {name.replace(" ", "") for names in stuff[:80] for name in names}
     assert len(objects) == 81
     # line 0 is background, named by stuff words; the official file also lists "bed" there (a COCO thing)

@@ -103,7 +103,7 @@ def test_two_processes_match_one(fast_checkpoint, data_root, tmp_path, capsys):
     assert "cityscapes [2 processes]" in completed.stderr
 
 
-def test_error_on_one_process_stops_both(fast_checkpoint, data_root, tmp_path):
+def test_error_on_one_process_stops_both_and_keeps_partial_results(fast_checkpoint, data_root, tmp_path):
     root = tmp_path / "bad"
     shutil.copytree(data_root, root)
     # image 1 (processed by process 1 only) gets a label outside the 19 classes
@@ -118,4 +118,8 @@ def test_error_on_one_process_stops_both(fast_checkpoint, data_root, tmp_path):
     assert f"naclip evaluate: error: {label_path}" in completed.stderr
     assert "values 77 outside [0, 19)" in completed.stderr
     assert "failed on 1 other process" in completed.stderr
-    assert not out.exists()
+    # Process 0 evaluated its two images; the main process writes them, marked partial.
+    partial = json.loads(out.read_text())
+    assert partial["partial"] is True and partial["num_images_done"] == 2 and partial["num_images"] == 3
+    assert "failed on 1 other process" in partial["error"]
+    assert f'partial results (2 of 3 images) written to {out}, marked "partial": true' in completed.stderr

@@ -17,9 +17,9 @@ from PIL import Image
 
 import naclip_hf.inference as inference
 from naclip_hf import cli
+from naclip_hf.benchmarks import BENCHMARKS, Benchmark, get_benchmark, register_benchmark
 from naclip_hf.evaluation.datasets import load_benchmark_dataset
 from naclip_hf.evaluation.runner import class_display_names
-from naclip_hf.presets import PRESETS, get_preset
 from synthetic_data import make_benchmark_dataset, save_gray_png, save_palette_png
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,8 +98,8 @@ def run_naclip(argv: list[str]) -> subprocess.CompletedProcess:
 
 def independent_counts(checkpoint: Path, preset_name: str, root: Path, pamr: bool) -> np.ndarray:
     """Per class [true positives, reference pixels, predicted pixels] from `segment_image` and plain counting."""
-    preset = get_preset(preset_name)
-    settings = {"slide_crop": preset.slide_crop, "slide_stride": preset.slide_stride, "prob_thd": preset.prob_thd}
+    preset = get_benchmark(preset_name)
+    settings = {key: value for key, value in preset.settings().items() if key != "short_side"}
     model = inference.load_model(checkpoint, {**settings, "pamr_steps": 10 if pamr else 0})
     processor = inference.load_processor(checkpoint)
     embeddings = inference.encode_classes(model=model, processor=processor, classes=preset.class_names())
@@ -124,10 +124,11 @@ def independent_counts(checkpoint: Path, preset_name: str, root: Path, pamr: boo
 
 
 def check_result(result: dict, preset_name: str, checkpoint: Path, root: Path, pamr: bool) -> None:
-    preset = get_preset(preset_name)
+    preset = get_benchmark(preset_name)
     names = class_display_names(preset)
     assert RESULT_KEYS <= set(result)
     assert result["preset"] == preset_name and result["num_images"] == 2 and result["split"] == "val"
+    assert result["partial"] is False and result["num_images_done"] == 2 and result["error"] is None
     assert list(result["per_class_iou"]) == names and len(names) == preset.num_classes
     assert result["published"] == preset.published
     settings = result["settings"]
@@ -154,7 +155,7 @@ def check_result(result: dict, preset_name: str, checkpoint: Path, root: Path, p
 
 
 def check_report(stdout: str, preset_name: str, pamr: bool) -> None:
-    preset = get_preset(preset_name)
+    preset = get_benchmark(preset_name)
     for name in class_display_names(preset):
         assert f"| {name} " in stdout
     assert "mIoU" in stdout and "aAcc" in stdout and "mAcc" in stdout
@@ -164,7 +165,7 @@ def check_report(stdout: str, preset_name: str, pamr: bool) -> None:
     assert f"short_side               {SHORT_SIDE}" in stdout
 
 
-@pytest.mark.parametrize("preset_name", list(PRESETS))
+@pytest.mark.parametrize("preset_name", list(BENCHMARKS))
 def test_evaluate_every_preset(preset_name, tiny_checkpoint, fast_checkpoint, tmp_path, capsys):
     mode, pamr_flag = RUNS[preset_name]
     checkpoint = tiny_checkpoint if mode == "subprocess" else fast_checkpoint
@@ -272,17 +273,32 @@ def test_label_without_image(fast_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("preset_name", "value", "shown"), [("voc21", 99, "99"), ("ade20k", 200, "199")])
-def test_label_values_out_of_range(fast_checkpoint, tmp_path, capsys, preset_name, value, shown):
-    root = make_benchmark_dataset(preset_name, tmp_path / "data")
+def test_failure_during_the_run_keeps_partial_results(fast_checkpoint, tmp_path, capsys, preset_name, value, shown):
+    root = make_benchmark_dataset(preset_name, tmp_path / "data", num_images=3)
     label_path = sorted((root / ("SegmentationClass" if preset_name == "voc21" else "annotations")).rglob("*.png"))[1]
     with Image.open(label_path) as image:
         label, mode = np.array(image), image.mode
     label[3:6, 3:6] = value
     (save_palette_png if mode == "P" else save_gray_png)(label, label_path)
-    num_classes = get_preset(preset_name).num_classes
-    argv = evaluate_args(preset_name, root, fast_checkpoint, tmp_path / "r.json")
-    expect_error(capsys, argv, str(label_path), f"values {shown} outside [0, {num_classes})")
-    assert not (tmp_path / "r.json").exists()
+    num_classes = get_benchmark(preset_name).num_classes
+    out = tmp_path / "r.json"
+    argv = evaluate_args(preset_name, root, fast_checkpoint, out, "--limit", "3", "--pamr", "off")
+    code, stdout, err = run_in_process(argv, capsys)
+    assert code == 1 and "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith(f"naclip evaluate: error: {label_path} (image ")
+    assert f"values {shown} outside [0, {num_classes})" in message
+    assert f'partial results (1 of 3 images) written to {out}, marked "partial": true' in message
+    assert "PARTIAL RESULT: stopped after 1 of 3 images" in stdout
+    partial = json.loads(out.read_text())
+    assert partial["partial"] is True and partial["num_images_done"] == 1 and partial["num_images"] == 3
+    assert str(label_path) in partial["error"]
+    assert not list(out.parent.glob(".*tmp*"))
+    # The partial scores are those of the first image alone.
+    first = tmp_path / "first.json"
+    assert run_in_process(evaluate_args(preset_name, root, fast_checkpoint, first, "--limit", "1", "--pamr", "off"),
+                          capsys)[0] == 0  # fmt: skip
+    assert partial["confusion_matrix"] == json.loads(first.read_text())["confusion_matrix"]
 
 
 def test_label_size_differs_from_image(fast_checkpoint, tmp_path, capsys):
@@ -291,7 +307,68 @@ def test_label_size_differs_from_image(fast_checkpoint, tmp_path, capsys):
     with Image.open(label_path) as image:
         image.resize((30, 20), Image.NEAREST).save(label_path)
     argv = evaluate_args("coco_stuff", root, fast_checkpoint, tmp_path / "r.json")
-    expect_error(capsys, argv, str(label_path), "20x30", "40x56")
+    code, _, err = run_in_process(argv, capsys)
+    assert code == 2 and str(label_path) in err and "20x30" in err and "(40x56)" in err
+
+
+def test_every_data_problem_is_reported_before_loading_the_model(tmp_path, capsys):
+    root = make_benchmark_dataset("ade20k", tmp_path / "data", num_images=4)
+    images = sorted((root / "images" / "validation").glob("*.jpg"))
+    labels = sorted((root / "annotations" / "validation").glob("*.png"))
+    images[0].write_bytes(b"not a JPEG at all")
+    with Image.open(labels[1]) as image:
+        image.resize((30, 20), Image.NEAREST).save(labels[1])
+    with Image.open(labels[2]) as image:
+        image.convert("RGB").save(labels[2])
+    out = tmp_path / "r.json"
+    argv = ["evaluate", "--preset", "ade20k", "--data-root", str(root), "--model", str(tmp_path / "no-model"),
+            "--out", str(out)]  # fmt: skip
+    code, stdout, err = run_in_process(argv, capsys)
+    assert code == 2 and stdout == "" and "Traceback" not in err
+    assert err.startswith(f"naclip evaluate: error: 3 problem(s) in the ade20k data at {root}")
+    assert f"{images[0]}: the image cannot be read" in err
+    assert f"{labels[1]}: label map size 20x30 (HxW) differs from its image {images[1]} (40x56)" in err
+    assert f"{labels[2]}: the label map has mode 'RGB'" in err
+    assert "no such folder" not in err and not out.exists()  # the data is checked first
+
+
+def test_registered_benchmark_end_to_end(fast_checkpoint, tmp_path, capsys):
+    """A new benchmark is one descriptor: its class file, an existing layout, settings, published numbers."""
+    classes = tmp_path / "tiny_classes.txt"
+    classes.write_text("sky\nroad, street\ncar\n")
+    benchmark = Benchmark(
+        name="tiny_street", display_name="Tiny street scenes (3 classes)", dataset_type="tiny_street",
+        classes_file=str(classes), num_classes=3, reduce_zero_label=False, layout="ade20k", short_side=48,
+        slide_crop=32, slide_stride=16, prob_thd=0.2, split_folders={"val": "validation"},
+        published={"paper_no_pamr": 50.0},
+    )  # fmt: skip
+    register_benchmark(benchmark)
+    try:
+        root = tmp_path / "data"
+        make_benchmark_dataset("tiny_street", root, num_images=2)
+        out = tmp_path / "tiny.json"
+        argv = ["evaluate", "--preset", "tiny_street", "--data-root", str(root), "--model", str(fast_checkpoint),
+                "--pamr", "off", "--out", str(out)]  # fmt: skip
+        code, stdout, err = run_in_process(argv, capsys)
+        assert code == 0, err
+        result = json.loads(out.read_text())
+        assert result["class_names"] == ["background", "road", "car"]  # prob_thd > 0: class 0 is the background
+        settings = result["settings"]
+        assert (settings["short_side"], settings["slide_crop"], settings["slide_stride"]) == (48, 32, 16)
+        assert settings["prob_thd"] == 0.2
+        assert result["protocol_deviations"] == [  # the fast checkpoint's templates only
+            "prompt_templates: 2 custom templates (official: the 80 ImageNet templates)"
+        ]
+        assert result["published"] == {"paper_no_pamr": 50.0}
+        assert "50.00  ours - published:" in stdout
+        with pytest.raises(SystemExit):
+            cli.main(["evaluate", "--help"])
+        assert "tiny_street" in capsys.readouterr().out
+        from naclip_hf.hub_card import CardResult
+
+        assert CardResult("tiny_street", 1.0).dataset_name_and_type == ("Tiny street scenes (3 classes)", "tiny_street")
+    finally:
+        BENCHMARKS.pop("tiny_street", None)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from naclip_hf import NACLIPForSemanticSegmentation
-from naclip_hf.inference import encode_classes, load_processor
+from naclip_hf.inference import encode_classes, load_processor, split_options
 
 LOGITS_TOL = 1e-4
 PROBS_TOL = 1e-3
@@ -90,26 +90,39 @@ def test_text_features(tiny_checkpoint, golden, manifest, attn_implementation):
     assert embeddings.name_to_class.tolist() == golden["text/query_class"].tolist()
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize(
+    "attn_implementation,settings_in", [("sdpa", "config"), ("eager", "config"), ("sdpa", "call")]
+)
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_case_through_from_pretrained(tiny_checkpoint, golden, manifest, case_id, attn_implementation):
+def test_case_through_from_pretrained(tiny_checkpoint, golden, manifest, case_id, attn_implementation, settings_in):
+    """The case's settings given to `from_pretrained` (saved in the config), or given to each call of an unchanged
+    default model: `forward` takes the window and block options, the image processor the post-processing ones."""
     case, overrides = case_settings(manifest, case_id)
+    at_load = overrides if settings_in == "config" else {}
     model = NACLIPForSemanticSegmentation.from_pretrained(
-        tiny_checkpoint, attn_implementation=attn_implementation, **overrides
+        tiny_checkpoint, attn_implementation=attn_implementation, **at_load
     ).eval()
-    for key, value in overrides.items():
+    for key, value in at_load.items():
         assert getattr(model.config, key) == value
+    config_before = model.config.to_dict()
+    forward_options, post_options = split_options(model, overrides if settings_in == "call" else {})
     processor = load_processor(tiny_checkpoint)
     raw = golden[f"{case['image']}/raw"]
     fed = raw if case["short_side"] == 0 else golden[f"{case['image']}/resized_{case['short_side']}"]
     pixel_values = processor.image_processor(fed.numpy(), short_side=0)["pixel_values"]
     embeddings = encode_classes(model, processor, manifest["classes"])
     with torch.no_grad():
-        logits = model(pixel_values=pixel_values, text_embeds=embeddings.text_embeds).logits
-    probabilities, segmentation = model.post_process_logits(
-        logits, pixel_values, raw.shape[:2], embeddings.name_to_class
+        logits = model(pixel_values=pixel_values, text_embeds=embeddings.text_embeds, **forward_options).logits
+    (result,) = processor.image_processor.post_process_semantic_segmentation(
+        logits,
+        target_sizes=[raw.shape[:2]],
+        pixel_values=pixel_values,
+        name_to_class=embeddings.name_to_class,
+        return_probabilities=True,
+        **post_options,
     )
-    assert_matches_golden(golden, case_id, logits[0], probabilities[0], segmentation[0])
+    assert_matches_golden(golden, case_id, logits[0], result["probabilities"], result["segmentation"])
+    assert model.config.to_dict() == config_before
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)

@@ -31,8 +31,12 @@ from naclip_hf.inference import load_processor
 
 LABELS = ["sky, wall, tree, grass", "cat", "dog", "person, person in shirt", "car"]
 SHORT_SIDE = 96
-CODE_FILES = {"configuration_naclip.py", "modeling_naclip.py", "pamr.py", "pipeline_naclip.py", "processing_naclip.py",
-              "image_utils.py", "labels.py", "templates.py"}  # fmt: skip
+CODE_FILES = {
+    "configuration_naclip.py", "modeling_naclip.py", "options.py", "pipeline_naclip.py", "processing_naclip.py",
+    "image_processing_naclip.py", "image_io.py", "pamr.py", "image_utils.py", "labels.py", "templates.py",
+}  # fmt: skip
+# CLI, evaluation, conversion and card code stay in the installed package.
+NOT_SHIPPED = {"cli", "benchmarks.py", "conversion.py", "hub_card.py", "visualization.py", "evaluation"}
 # What the shipped code may import at module level (besides the standard library and its own siblings).
 ALLOWED_IMPORTS = {"torch", "transformers", "numpy", "PIL", "huggingface_hub", "safetensors"}
 
@@ -59,6 +63,7 @@ def image_path(golden, tmp_path_factory) -> Path:
 def assert_hub_folder_complete(folder: Path) -> None:
     names = {path.name for path in folder.iterdir()}
     assert CODE_FILES <= names, f"missing code files: {CODE_FILES - names}"
+    assert not NOT_SHIPPED & names, f"shipped code that only the installed package needs: {NOT_SHIPPED & names}"
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json"} <= names
     assert "tokenizer.json" in names or {"vocab.json", "merges.txt"} <= names
     config = json.loads((folder / "config.json").read_text())
@@ -77,7 +82,7 @@ def assert_hub_folder_complete(folder: Path) -> None:
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_naclip.NACLIPProcessor"
     image_processor = processor_config["image_processor"]
-    assert image_processor["auto_map"]["AutoImageProcessor"] == "processing_naclip.NACLIPImageProcessor"
+    assert image_processor["auto_map"]["AutoImageProcessor"] == "image_processing_naclip.NACLIPImageProcessor"
     assert image_processor["image_processor_type"] == "NACLIPImageProcessor"
 
 
@@ -139,7 +144,7 @@ def test_plain_model_save_writes_auto_map_and_code(tiny_checkpoint, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_naclip.NACLIPForSemanticSegmentation"
     assert config["auto_map"]["AutoConfig"] == "configuration_naclip.NACLIPConfig"
-    assert {"configuration_naclip.py", "modeling_naclip.py", "pamr.py"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"configuration_naclip.py", "modeling_naclip.py", "options.py"} <= {p.name for p in tmp_path.iterdir()}
     assert "custom_pipelines" not in config  # only Hub folders carry the pipeline (see save_for_hub)
 
 

@@ -9,6 +9,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
+from naclip_hf.image_processing_naclip import NACLIPImageProcessor
 from naclip_hf.modeling_naclip import gaussian_neighbourhood_bias, sliding_windows
 
 STRATEGIES = [
@@ -147,14 +148,14 @@ def test_sliding_windows_cover_every_pixel_once_or_more():
 
 def test_sliding_batch_size_does_not_change_logits():
     model = tiny_model(slide_crop=24, slide_stride=16, pamr_steps=0)
-    pixels, text = torch.randn(1, 3, 50, 70), torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    pixels, text = torch.randn(2, 3, 50, 70), torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
     with torch.no_grad():
-        model.config.slide_batch_size = 1
-        one = model(pixels, text_embeds=text).logits
-        model.config.slide_batch_size = 7
-        seven = model(pixels, text_embeds=text).logits
-    assert one.shape == (1, 4, 50, 70)
+        one = model(pixels, text_embeds=text, slide_batch_size=1).logits
+        seven = model(pixels, text_embeds=text, slide_batch_size=7).logits
+        alone = torch.cat([model(p[None], text_embeds=text, slide_batch_size=5).logits for p in pixels])
+    assert one.shape == (2, 4, 50, 70)
     torch.testing.assert_close(one, seven, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one, alone, rtol=1e-5, atol=1e-6)
 
 
 def test_prompts_padded_to_longest_equal_padded_to_max():
@@ -174,16 +175,31 @@ def test_prompts_padded_to_longest_equal_padded_to_max():
 
 
 def test_post_process_merges_synonyms_and_applies_threshold():
-    model = tiny_model(pamr_steps=0, logit_scale=1.0, prob_thd=0.5)
+    processor = NACLIPImageProcessor()
     # names: class 0 (one name), class 1 (two names)
     logits = torch.tensor([0.0, 1.0, 0.5]).view(1, 3, 1, 1).expand(1, 3, 2, 2).clone()
     logits[0, :, 1, 1] = torch.tensor([0.0, 0.0, 0.0])
-    probabilities, segmentation = model.post_process_logits(logits, None, (2, 2), [0, 1, 1])
+    (result,) = processor.post_process_semantic_segmentation(
+        logits, [(2, 2)], name_to_class=[0, 1, 1], pamr_steps=0, logit_scale=1.0, prob_thd=0.5,
+        return_probabilities=True,
+    )
+    probabilities, segmentation = result["probabilities"], result["segmentation"]
     names = torch.tensor([0.0, 1.0, 0.5]).softmax(0)
     expected = torch.stack([names[0], names[1:].max()])
-    torch.testing.assert_close(probabilities[0, :, 0, 0], expected / expected.sum())
-    assert segmentation[0, 0, 0] == 1
-    assert segmentation[0, 1, 1] == 0  # top probability 1/3 is below the threshold
+    torch.testing.assert_close(probabilities[:, 0, 0], expected / expected.sum())
+    assert segmentation[0, 0] == 1
+    assert segmentation[1, 1] == 0  # top probability 1/3 is below the threshold
+    labels_only = processor.post_process_semantic_segmentation(
+        logits, [(2, 2)], name_to_class=[0, 1, 1], pamr_steps=0, logit_scale=1.0, prob_thd=0.5
+    )
+    assert torch.equal(labels_only[0], segmentation)
+
+
+def test_post_process_needs_the_guide_image_for_pamr():
+    with pytest.raises(ValueError, match="PAMR needs the model input"):
+        NACLIPImageProcessor().post_process_semantic_segmentation(torch.randn(1, 2, 4, 4), pamr_steps=2)
+    with pytest.raises(TypeError, match="Unknown post-processing option"):
+        NACLIPImageProcessor.post_processing_options(pamr_step=2)
 
 
 def test_image_smaller_than_one_patch():
@@ -195,16 +211,21 @@ def test_image_smaller_than_one_patch():
 @pytest.mark.parametrize(
     "settings,message",
     [
-        ({"attn_strategy": "qq"}, "attn_strategy='qq' is not supported"),
-        ({"arch": "full"}, "arch='full' is not supported"),
-        ({"attn_strategy": "csa", "arch": "reduced"}, 'only works with arch="vanilla"'),
-        ({"gaussian_std": 0.0}, "gaussian_std=0.0 must be"),
-        ({"attn_strategy": "nonly", "gaussian_std": -1.0}, "gaussian_std=-1.0 must be"),
-        ({"slide_stride": 0}, "slide_stride=0 must satisfy"),
-        ({"slide_stride": 300}, "slide_stride=300 must satisfy"),
+        ({"attn_strategy": "bogus"}, "attn_strategy='bogus' is invalid: it must be one of naclip, gav"),
+        ({"arch": "full"}, "arch='full' is invalid: it must be one of reduced, vanilla"),
+        ({"attn_strategy": "csa", "arch": "reduced"}, "set arch='vanilla'"),
+        ({"gaussian_std": 0.0}, "gaussian_std=0.0 is invalid: it must be a number > 0"),
+        ({"attn_strategy": "nonly", "gaussian_std": -1.0}, "gaussian_std=-1.0 is invalid"),
+        ({"slide_stride": 0}, "slide_stride=0 is invalid: it must be an integer >= 1"),
+        ({"slide_stride": 300}, "slide_stride=300 is larger than slide_crop=224"),
+        ({"slide_stride": 56.5}, "slide_stride=56.5 is invalid: it must be an integer"),
         ({"slide_crop": -1}, "slide_crop=-1"),
-        ({"prob_thd": 2.0}, "prob_thd=2.0"),
+        ({"prob_thd": 2.0}, r"prob_thd=2.0 is invalid: it must be a number >= 0 and <= 1"),
+        ({"prob_thd": float("nan")}, "prob_thd=nan is invalid"),
         ({"pamr_steps": -1}, "pamr_steps=-1"),
+        ({"pamr_steps": "3"}, "pamr_steps='3' is invalid: it must be an integer >= 0"),
+        ({"pamr_steps": True}, "pamr_steps=True is invalid"),
+        ({"pamr_dilations": [8, 0]}, r"pamr_dilations=\[8, 0\] is invalid"),
         ({"pos_embed_interpolation": "nearest"}, "pos_embed_interpolation='nearest'"),
         ({"prompt_templates": ["a photo of a cat"]}, "exactly one"),
     ],
@@ -214,8 +235,13 @@ def test_invalid_settings_raise_value_error(settings, message):
         NACLIPConfig(**settings)
 
 
-def test_gaussian_std_may_be_zero_when_unused():
-    assert NACLIPConfig(attn_strategy="kk", gaussian_std=0.0).gaussian_std == 0.0
+def test_invalid_settings_are_refused_at_load_and_per_call(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="attn_strategy='bogus' is invalid"):
+        NACLIPForSemanticSegmentation.from_pretrained(tmp_path / "m", attn_strategy="bogus")
+    with pytest.raises(ValueError, match="slide_stride=56.5 is invalid"):
+        model(torch.randn(1, 3, 32, 32), text_embeds=torch.randn(2, 16), slide_stride=56.5)
 
 
 def test_settings_changed_after_loading_are_checked():

@@ -1,8 +1,8 @@
-"""The fast execution paths give what the baseline paths of `scripts/benchmark.py` give, on tiny models.
+"""The fast execution paths give what the plain or baseline paths give, on tiny models.
 
-Baseline = the official code's execution choices: one sliding window at a time with eager attention, the
-reference PAMR, and the text classifier run name by name with prompts padded to 77 tokens. Speed itself is
-measured by `scripts/benchmark.py`, never asserted here.
+Baseline (`scripts/baselines.py`) = the official code's execution choices: one sliding window at a time with eager
+attention, the reference PAMR, and the text classifier run name by name with prompts padded to 77 tokens. Speed
+itself is measured by `scripts/benchmark.py`, never asserted here.
 """
 
 from __future__ import annotations
@@ -17,13 +17,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from naclip_hf import NACLIPForSemanticSegmentation, modeling_naclip
-from naclip_hf.inference import encode_classes, load_processor
-from naclip_hf.pamr import pamr, pamr_reference
+from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation, modeling_naclip
+from naclip_hf.inference import encode_classes, load_processor, segment_image, split_options
+from naclip_hf.pamr import pamr
 from test_golden_parity import CASE_IDS, case_settings
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "scripts" / "benchmark.py"
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
+
+from baselines import (  # noqa: E402
+    baseline_logits,
+    baseline_segment_image,
+    eager_twin,
+    embed_names_one_by_one,
+    pamr_reference,
+)
+
 STRATEGIES = [
     ("reduced", "naclip"),
     ("reduced", "nonly"),
@@ -35,10 +46,15 @@ STRATEGIES = [
 ]
 BF16_MIN_CASE_AGREEMENT = 0.93
 BF16_MIN_MEAN_AGREEMENT = 0.975
+COCO_STUFF = next(
+    path
+    for folder in ("benchmark_classes", "benchmarks")
+    if (path := REPO / "src" / "naclip_hf" / folder / "cls_coco_stuff.txt").is_file()
+)
 
 
 @pytest.fixture(scope="module")
-def benchmark():
+def bench_script():
     """scripts/benchmark.py as a module."""
     spec = importlib.util.spec_from_file_location("naclip_benchmark_script", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
@@ -49,37 +65,42 @@ def benchmark():
 
 
 @pytest.fixture(scope="module")
-def quick_model(benchmark) -> NACLIPForSemanticSegmentation:
-    return benchmark.build_model(benchmark.QUICK)
+def quick_model(bench_script) -> NACLIPForSemanticSegmentation:
+    return bench_script.build_model(bench_script.QUICK)
 
 
 @pytest.fixture(scope="module")
-def quick_image(benchmark):
-    return benchmark.benchmark_image(benchmark.QUICK.image_size)
+def quick_image(bench_script):
+    return bench_script.benchmark_image(bench_script.QUICK.image_size)
+
+
+# ------------------------------------------------------------------------------------------------ vision
+def test_eager_twin_shares_the_weights_and_leaves_the_model_alone(quick_model):
+    twin = eager_twin(quick_model)
+    assert twin.config._attn_implementation == "eager"
+    assert twin.text_model.config._attn_implementation == "eager"
+    assert quick_model.config._attn_implementation == "sdpa"
+    ours = dict(quick_model.named_parameters())
+    assert all(tensor is ours[name] for name, tensor in twin.named_parameters())
+    assert all(buffer.device.type == "cpu" for buffer in twin.buffers())
 
 
 @pytest.mark.parametrize("arch,strategy", STRATEGIES)
-def test_batched_sdpa_windows_equal_one_eager_window_at_a_time(benchmark, quick_model, arch, strategy):
+def test_batched_sdpa_windows_equal_one_eager_window_at_a_time(quick_model, arch, strategy):
     model = quick_model
-    model.config.arch, model.config.attn_strategy = arch, strategy
-    batch_size = model.config.slide_batch_size
-    assert batch_size > 1
-    try:
-        torch.manual_seed(1)
-        pixels = torch.randn(2, 3, 112, 149)
-        text = F.normalize(torch.randn(5, model.config.projection_dim), dim=-1)
-        assert len(modeling_naclip.sliding_windows(112, 149, 64, 32)) == 12
-        with torch.no_grad():
-            fast = model(pixels, text_embeds=text).logits
-            with benchmark.baseline_mode(model):
-                assert model.config.slide_batch_size == 1
-                assert model.vision_model.config._attn_implementation == "eager"
-                slow = model(pixels, text_embeds=text).logits
-        assert model.config.slide_batch_size == batch_size
-        assert model.vision_model.config._attn_implementation == "sdpa"
-        torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
-    finally:
-        model.config.arch, model.config.attn_strategy = "reduced", "naclip"
+    assert model.config.slide_batch_size > 1
+    twin = eager_twin(model)
+    config_before = model.config.to_dict()
+    torch.manual_seed(1)
+    pixels = torch.randn(2, 3, 112, 149)
+    text = F.normalize(torch.randn(5, model.config.projection_dim), dim=-1)
+    assert len(modeling_naclip.sliding_windows(112, 149, 64, 32)) == 12
+    options = {"arch": arch, "attn_strategy": strategy, "slide_crop": 64, "slide_stride": 32}
+    with torch.no_grad():
+        fast = model(pixels, text_embeds=text, **options).logits
+    slow = baseline_logits(twin, pixels, text, **options)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
+    assert model.config.to_dict() == config_before
 
 
 def test_sdpa_with_the_gaussian_bias_as_float_mask_is_the_default(tiny_checkpoint, monkeypatch):
@@ -100,23 +121,24 @@ def test_sdpa_with_the_gaussian_bias_as_float_mask_is_the_default(tiny_checkpoin
     assert float_masks[0].shape == (21, 21)
 
 
-def realistic_pamr_inputs(benchmark, size, channels, batch=1) -> tuple[torch.Tensor, torch.Tensor]:
+# -------------------------------------------------------------------------------------------------- PAMR
+def realistic_pamr_inputs(bench_script, size, channels, batch=1) -> tuple[torch.Tensor, torch.Tensor]:
     """A normalised natural-looking guide image (the benchmark's test image) and smooth logit maps around 0.2,
     as upsampled patch logits are."""
-    processor = benchmark.load_processor(0)
-    image = processor.image_processor(benchmark.benchmark_image(size), short_side=0)["pixel_values"]
+    processor = bench_script.load_processor(0)
+    image = processor.image_processor(bench_script.benchmark_image(size), short_side=0)["pixel_values"]
     torch.manual_seed(0)
     coarse = torch.randn(batch, channels, max(size[0] // 16, 1), max(size[1] // 16, 1)) * 0.05 + 0.2
     scores = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
     return image.repeat(batch, 1, 1, 1), scores
 
 
-def test_pamr_matches_the_reference_with_a_quarter_of_its_memory(benchmark):
+def test_pamr_matches_the_reference_with_a_quarter_of_its_memory(bench_script):
     """At the benchmark's size (375x500, 12 names, 10 steps, dilations 8 and 16). Memory is the peak of live tensor
     bytes from the allocator's events, which is deterministic."""
-    image, scores = realistic_pamr_inputs(benchmark, (375, 500), 12)
-    fast_peak, fast = benchmark.peak_tensor_bytes(lambda: pamr(image, scores, 10, [8, 16]))
-    reference_peak, reference = benchmark.peak_tensor_bytes(lambda: pamr_reference(image, scores, 10, [8, 16]))
+    image, scores = realistic_pamr_inputs(bench_script, (375, 500), 12)
+    fast_peak, fast = bench_script.peak_tensor_bytes(lambda: pamr(image, scores, 10, [8, 16]))
+    reference_peak, reference = bench_script.peak_tensor_bytes(lambda: pamr_reference(image, scores, 10, [8, 16]))
     assert (fast - reference).abs().max().item() <= 1e-5
     if fast_peak is None:
         pytest.skip("this PyTorch does not expose the profiler's memory events")
@@ -124,40 +146,42 @@ def test_pamr_matches_the_reference_with_a_quarter_of_its_memory(benchmark):
 
 
 @pytest.mark.parametrize("size,channels,batch,dilations", [((61, 47), 5, 2, [1, 2, 4]), ((7, 9), 3, 1, [8, 16])])
-def test_pamr_matches_the_reference_on_other_shapes(benchmark, size, channels, batch, dilations):
-    image, scores = realistic_pamr_inputs(benchmark, size, channels, batch)
+def test_pamr_matches_the_reference_on_other_shapes(bench_script, size, channels, batch, dilations):
+    image, scores = realistic_pamr_inputs(bench_script, size, channels, batch)
     fast = pamr(image, scores, 10, dilations)
     reference = pamr_reference(image, scores, 10, dilations)
     assert (fast - reference).abs().max().item() <= 1e-5
 
 
-def test_pamr_in_post_processing_can_be_swapped_for_the_reference(benchmark, quick_model, quick_image):
-    processor = benchmark.load_processor(benchmark.QUICK.short_side)
+def test_segment_image_equals_the_baseline_end_to_end(bench_script, quick_model, quick_image):
+    """Ours (batched SDPA windows, our PAMR in post-processing) against the baseline (eager, one window per call,
+    the reference PAMR), with synonyms."""
+    processor = bench_script.load_processor(bench_script.QUICK.short_side)
     classes = encode_classes(quick_model, processor, ["sky", "cat", "dog, puppy"])
-    fast = benchmark.segment_image(quick_model, processor, quick_image, classes)
-    with benchmark.baseline_mode(quick_model):
-        assert modeling_naclip.pamr is pamr_reference
-        slow = benchmark.segment_image(quick_model, processor, quick_image, classes)
-    assert modeling_naclip.pamr is pamr
+    fast = segment_image(quick_model, processor, quick_image, classes)
+    slow = baseline_segment_image(eager_twin(quick_model), processor, quick_image, classes.text_embeds,
+                                  classes.name_to_class)  # fmt: skip
     torch.testing.assert_close(fast.logits, slow.logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(fast.probabilities, slow.probabilities, rtol=0, atol=1e-5)
+    assert fast.segmentation.shape == quick_image.shape[:2]
 
 
+# -------------------------------------------------------------------------------------------------- text
 @pytest.mark.parametrize("text_batch_size", [1024, 100])
 def test_sorted_trimmed_text_batches_equal_name_by_name_prompts_padded_to_77(
-    benchmark, tiny_checkpoint, manifest, text_batch_size
+    tiny_checkpoint, manifest, text_batch_size
 ):
     model = NACLIPForSemanticSegmentation.from_pretrained(tiny_checkpoint, text_batch_size=text_batch_size).eval()
     processor = load_processor(tiny_checkpoint)
     fast = encode_classes(model, processor, manifest["classes"])
     names = [name for entry in manifest["classes"] for name in entry]
-    with benchmark.baseline_mode(model):
-        slow = benchmark.embed_names_one_by_one(model, processor.tokenizer, names)
+    slow = embed_names_one_by_one(eager_twin(model), processor.tokenizer, names)
     assert fast.text_embeds.shape == slow.shape == (12, 64)
     assert (fast.text_embeds - slow).abs().max().item() <= 1e-6
 
 
-def test_sorting_prompts_by_length_keeps_their_order_in_the_result(quick_model):
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_sorting_prompts_by_length_keeps_their_order_in_the_result(quick_model, shared_prefix):
     """Prompts of different lengths, interleaved across names: each name still gets its own prompts' mean."""
     model = quick_model
     torch.manual_seed(2)
@@ -168,19 +192,117 @@ def test_sorting_prompts_by_length_keeps_their_order_in_the_result(quick_model):
         ids[row, 0] = 49406
         ids[row, 1 : length - 1] = torch.randint(1, 49000, (length - 2,))
         mask[row, :length] = 1
-    model.config.text_batch_size = 2
-    try:
-        with torch.no_grad():
-            batched = model.get_name_embeddings(ids, mask, num_templates=3)
-            one_by_one = [
-                F.normalize(model.get_text_features(ids[row : row + 1, : lengths[row]]), dim=-1) for row in range(9)
-            ]
-    finally:
-        model.config.text_batch_size = 1024
+    with torch.no_grad():
+        batched = model.get_name_embeddings(ids, mask, num_templates=3, text_batch_size=2,
+                                            shared_prefix=shared_prefix)  # fmt: skip
+        one_by_one = [
+            F.normalize(model.get_text_features(ids[row : row + 1, : lengths[row]]), dim=-1) for row in range(9)
+        ]
     expected = F.normalize(torch.cat(one_by_one).view(3, 3, -1).mean(dim=1), dim=-1)
     torch.testing.assert_close(batched, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_shared_prefix_equals_whole_prompts_on_the_golden_text_features(
+    tiny_checkpoint, golden, manifest, attn_implementation, with_mask
+):
+    model = NACLIPForSemanticSegmentation.from_pretrained(
+        tiny_checkpoint, attn_implementation=attn_implementation
+    ).eval()
+    text = load_processor(tiny_checkpoint).tokenize_class_names(manifest["classes"])
+    mask = text["attention_mask"] if with_mask else None
+    shared = model.get_name_embeddings(text["input_ids"], mask, text["num_templates"])
+    whole = model.get_name_embeddings(text["input_ids"], mask, text["num_templates"], shared_prefix=False)
+    assert (shared - whole).abs().max().item() <= 1e-6
+    assert (shared - golden["text/query_features"]).abs().max().item() <= 1e-5
+
+
+def test_shared_prefix_equals_whole_prompts_for_the_171_coco_stuff_names(tiny_checkpoint):
+    model = NACLIPForSemanticSegmentation.from_pretrained(tiny_checkpoint).eval()
+    names = [line.strip() for line in COCO_STUFF.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(names) == 171
+    text = load_processor(tiny_checkpoint).tokenize_class_names(names)
+    args = (text["input_ids"], text["attention_mask"], text["num_templates"])
+    shared = model.get_name_embeddings(*args, text_batch_size=4096)
+    whole = model.get_name_embeddings(*args, shared_prefix=False)
+    assert shared.shape == (171, 64)
+    assert (shared - whole).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "templates",
+    [["{}"], ["{}.", "a photo of a {}.", "a {} in a video game.", "the {} in a video game, seen from far away."]],
+)
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_shared_prefix_with_the_name_first_and_prompts_of_many_lengths(
+    tiny_checkpoint, templates, attn_implementation
+):
+    """Name at the very start (only the start token is shared), and templates of very different lengths padded
+    together; with and without the attention mask."""
+    model = NACLIPForSemanticSegmentation.from_pretrained(
+        tiny_checkpoint, attn_implementation=attn_implementation
+    ).eval()
+    classes = ["cat", "traffic light", "a", "person in a red shirt, person", "tv monitor"]
+    text = load_processor(tiny_checkpoint).tokenize_class_names(classes, templates)
+    for mask in (text["attention_mask"], None):
+        shared = model.get_name_embeddings(text["input_ids"], mask, len(templates), text_batch_size=7)
+        whole = model.get_name_embeddings(text["input_ids"], mask, len(templates), shared_prefix=False)
+        assert (shared - whole).abs().max().item() <= 1e-6
+
+
+def tiny_text_model(eos_token_id: int, attn_implementation: str = "sdpa") -> NACLIPForSemanticSegmentation:
+    config = NACLIPConfig(
+        projection_dim=16,
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+                     "vocab_size": 100, "max_position_embeddings": 20, "eos_token_id": eos_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "patch_size": 16, "image_size": 32},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return NACLIPForSemanticSegmentation._from_config(config, attn_implementation=attn_implementation).eval()
+
+
+@pytest.mark.parametrize("eos_token_id", [99, 2])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_shared_prefix_on_arbitrary_token_ids(eos_token_id, attn_implementation):
+    """Random prompts: template 0 shares 4 tokens, template 1 none (empty prefix), template 2 all but the pooled
+    token; the pooled token is found by CLIP's rule (the first `eos_token_id`, or the largest id when the config
+    says 2), after which come arbitrary tokens."""
+    model = tiny_text_model(eos_token_id, attn_implementation)
+    generator = torch.Generator().manual_seed(3)
+    names, num_templates, length = 6, 3, 18
+    ids = torch.randint(3, 90, (names, num_templates, length), generator=generator)
+    ids[:, 0, :4] = torch.tensor([5, 6, 7, 8])
+    ids[:, 2, :-1] = ids[0, 2, :-1]
+    pooled = torch.randint(4, length, (names, num_templates), generator=generator)
+    pooled[:, 2] = length - 1
+    ids.scatter_(2, pooled[..., None], 99)  # the end token, also the largest id
+    ids = ids.view(-1, length)
+    mask = (torch.arange(length)[None] <= pooled.view(-1, 1)).long()
+    for attention_mask in (None, mask):
+        shared = model.get_name_embeddings(ids, attention_mask, num_templates, text_batch_size=5)
+        whole = model.get_name_embeddings(ids, attention_mask, num_templates, shared_prefix=False)
+        assert (shared - whole).abs().max().item() <= 1e-6
+
+
+def test_padding_before_the_pooled_token_falls_back_to_whole_prompts(monkeypatch):
+    """Left padding changes what the pooled token sees: such inputs run whole, so the mask is honoured."""
+    model = tiny_text_model(99)
+    ids = torch.tensor([[1, 5, 6, 7, 99, 0], [1, 5, 8, 99, 0, 0]] * 2)
+    mask = torch.tensor([[0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]] * 2)
+    whole_calls = []
+    original = model._prompt_features
+    monkeypatch.setattr(model, "_prompt_features", lambda *a: whole_calls.append(1) or original(*a))
+    shared = model.get_name_embeddings(ids, mask, num_templates=2)
+    assert whole_calls == [1]
+    whole = model.get_name_embeddings(ids, mask, num_templates=2, shared_prefix=False)
+    torch.testing.assert_close(shared, whole, rtol=0, atol=0)
+    without_padding_first = model.get_name_embeddings(ids, None, num_templates=2)
+    assert (without_padding_first - whole).abs().max().item() > 1e-4  # the mask matters here
+
+
+# -------------------------------------------------------------------------------------------------- bf16
 def test_bfloat16_label_agreement(tiny_checkpoint, golden, manifest):
     """The tiny golden checkpoint loaded with `dtype=torch.bfloat16` runs on CPU; post-processing stays fp32.
 
@@ -196,20 +318,21 @@ def test_bfloat16_label_agreement(tiny_checkpoint, golden, manifest):
     agreements = {}
     for case_id in CASE_IDS:
         case, overrides = case_settings(manifest, case_id)
-        for key, value in overrides.items():  # the NACLIP settings are read at run time
-            setattr(model.config, key, value)
+        forward_options, post_options = split_options(model, overrides)
         raw = golden[f"{case['image']}/raw"]
         fed = raw if case["short_side"] == 0 else golden[f"{case['image']}/resized_{case['short_side']}"]
         pixel_values = processor.image_processor(fed.numpy(), short_side=0)["pixel_values"].to(torch.bfloat16)
         with torch.no_grad():
-            logits = model(pixel_values=pixel_values, text_embeds=classes.text_embeds).logits
-        probabilities, segmentation = model.post_process_logits(
-            logits, pixel_values, raw.shape[:2], classes.name_to_class
-        )
+            logits = model(pixel_values=pixel_values, text_embeds=classes.text_embeds, **forward_options).logits
+        (result,) = processor.image_processor.post_process_semantic_segmentation(
+            logits, target_sizes=[raw.shape[:2]], pixel_values=pixel_values, name_to_class=classes.name_to_class,
+            return_probabilities=True, **post_options,
+        )  # fmt: skip
+        probabilities = result["probabilities"]
         assert probabilities.dtype == torch.float32
-        torch.testing.assert_close(probabilities.sum(dim=1), torch.ones_like(probabilities[:, 0]))
+        torch.testing.assert_close(probabilities.sum(dim=0), torch.ones_like(probabilities[0]))
         expected = golden[f"{case_id}/pred"].long()  # = our fp32 labels (see test_golden_parity)
-        agreements[case_id] = (segmentation[0] == expected).float().mean().item()
+        agreements[case_id] = (result["segmentation"] == expected).float().mean().item()
     mean = sum(agreements.values()) / len(agreements)
     worst = min(agreements, key=agreements.get)
     print(f"bf16 label agreement with fp32: mean {mean:.2%}, worst {agreements[worst]:.2%} ({worst})")
@@ -217,22 +340,21 @@ def test_bfloat16_label_agreement(tiny_checkpoint, golden, manifest):
     assert mean >= BF16_MIN_MEAN_AGREEMENT, agreements
 
 
-def test_pamr_runs_in_fp32_for_a_bf16_model(monkeypatch, quick_model):
-    model = NACLIPForSemanticSegmentation(quick_model.config).eval().to(torch.bfloat16)
-    seen = []
-
-    def recording(image, scores, num_iter, dilations):
-        seen.append((image.dtype, scores.dtype))
-        return pamr(image, scores, num_iter, dilations)
-
-    monkeypatch.setattr(modeling_naclip, "pamr", recording)
-    logits = torch.randn(1, 3, 40, 50, dtype=torch.bfloat16)
-    pixels = torch.randn(1, 3, 40, 50, dtype=torch.bfloat16)
-    probabilities, _ = model.post_process_logits(logits, pixels, (45, 60), [0, 1, 1])
-    assert seen == [(torch.float32, torch.float32)]
-    assert probabilities.dtype == torch.float32
+def test_post_processing_of_bf16_inputs_runs_in_fp32(bench_script):
+    """bf16 logits and guide give what their fp32 copies give: post-processing (PAMR included) upcasts first."""
+    processor = bench_script.load_processor(0).image_processor
+    torch.manual_seed(4)
+    logits = (torch.randn(1, 3, 40, 50) * 0.05 + 0.2).to(torch.bfloat16)
+    pixels = torch.randn(1, 3, 40, 50).to(torch.bfloat16)
+    options = {"target_sizes": [(45, 60)], "name_to_class": [0, 1, 1], "return_probabilities": True}
+    (half,) = processor.post_process_semantic_segmentation(logits, pixel_values=pixels, **options)
+    (full,) = processor.post_process_semantic_segmentation(logits.float(), pixel_values=pixels.float(), **options)
+    assert half["probabilities"].dtype == torch.float32
+    torch.testing.assert_close(half["probabilities"], full["probabilities"], rtol=0, atol=0)
+    assert torch.equal(half["segmentation"], full["segmentation"])
 
 
+# ------------------------------------------------------------------------------------------------ script
 def test_benchmark_quick_runs(tmp_path):
     out = tmp_path / "results.json"
     completed = subprocess.run(
@@ -246,6 +368,20 @@ def test_benchmark_quick_runs(tmp_path):
     assert "| Stage |" in completed.stdout and "end to end" in completed.stdout
     results = json.loads(out.read_text())
     keys = {row["key"] for row in results["rows"]}
-    assert keys >= {"text", "text_cached", "whole", "sliding", "pamr", "end_to_end", "bf16"}
+    assert keys >= {"text", "text_cached", "whole", "sliding", "pamr", "end_to_end", "bf16", "cli_help", "cli_first",
+                    "cli_repeat"}  # fmt: skip
     assert all(row["ours_s"] > 0 for row in results["rows"])
-    assert {entry["target"] for entry in results["targets"]} >= {"end to end vs baseline", "PAMR time vs baseline"}
+    targets = {entry["target"] for entry in results["targets"]}
+    assert targets >= {"end to end vs baseline", "PAMR time vs baseline", "text classifier vs baseline",
+                       "`naclip segment` repeat call vs baseline command"}  # fmt: skip
+    titles = {table["title"] for table in results["tables"]}
+    assert titles >= {"Start-up", "Windows per batch", "Prompts per text batch", "Vision pass efficiency"}
+
+
+def test_benchmark_rejects_an_unknown_section(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--quick", "--sections", "text,nope"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert "nope" in completed.stderr and "startup" in completed.stderr

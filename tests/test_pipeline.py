@@ -98,19 +98,14 @@ def test_matches_segment_image(pipe, tiny_checkpoint, image):
     np.testing.assert_allclose(result["probabilities"], expected.probabilities.numpy(), atol=1e-6)
 
 
-def test_image_input_types(pipe, image, image_path, monkeypatch):
+def test_image_input_types(pipe, image, image_path, http_folder):
     expected = pipe(image, candidate_labels=LABELS, short_side=SHORT_SIDE, return_label_map=True)["label_map"]
-
-    class FakeResponse:
-        content = image_path.read_bytes()
-
-    import transformers.image_utils
-
-    monkeypatch.setattr(transformers.image_utils.httpx, "get", lambda url, **kwargs: FakeResponse())
+    folder, base_url = http_folder
+    (folder / "image.png").write_bytes(image_path.read_bytes())
     inputs = {
         "path": str(image_path),
         "pathlib": image_path,
-        "url": "https://example.com/image.png",
+        "url": f"{base_url}/image.png",
         "pil": Image.fromarray(image),
         "pil_rgba": Image.fromarray(image).convert("RGBA"),
         "tensor_chw": torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(),
@@ -238,8 +233,12 @@ def test_settings_for_one_call(pipe, image):
     with pytest.raises(ValueError, match="attn_strategy"):
         pipe(image, candidate_labels=LABELS, attn_strategy="bogus")
     assert config.attn_strategy == "naclip"
-    with pytest.raises(TypeError, match="Unknown argument"):
+    with pytest.raises(TypeError, match="Unknown option"):
         pipe(image, candidate_labels=LABELS, text_batch_size=4)
+    with pytest.raises(ValueError, match="slide_stride=56.5 is invalid: it must be an integer"):
+        pipe(image, candidate_labels=LABELS, slide_stride=56.5)
+    with pytest.raises(ValueError, match="pamr_steps='3' is invalid"):
+        pipe(image, candidate_labels=LABELS, pamr_steps="3")
     with pytest.raises(ValueError, match="short_side"):
         pipe(image, candidate_labels=LABELS, short_side=-1)
 
@@ -308,15 +307,9 @@ def test_default_checkpoint_offline_says_how_to_get_one(tmp_path):
     assert "naclip convert" in completed.stdout and "local folder" in completed.stdout
 
 
-def test_url_fetch_failure_is_reported(pipe, monkeypatch):
-    import transformers.image_utils
-
-    def refuse(url, **kwargs):
-        raise ConnectionError("network is unreachable")
-
-    monkeypatch.setattr(transformers.image_utils.httpx, "get", refuse)
-    with pytest.raises(ValueError, match="network is unreachable"):
-        pipe("https://example.com/cat.png", candidate_labels=LABELS)
+def test_url_fetch_failure_is_reported(pipe, closed_port_url):
+    with pytest.raises(ValueError, match=f"Could not read image {closed_port_url}.*network connection"):
+        pipe(closed_port_url, candidate_labels=LABELS, timeout=5)
 
 
 def test_mask_png_round_trip(pipe, image):

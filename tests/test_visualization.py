@@ -14,6 +14,7 @@ from naclip_hf.visualization import (
     blend,
     class_palette,
     class_shares,
+    draw_legend,
     label_map_image,
     overlay_image,
 )
@@ -152,3 +153,25 @@ def test_overlay_accepts_arrays_and_checks_palette():
     assert overlay_image(array, segmentation, ["a"], class_palette(1)).size == (100, 80)
     with pytest.raises(ValueError, match="palette"):
         overlay_image(array, segmentation, ["a", "b"], class_palette(1))
+
+
+def _legend_text_pixels(label: str) -> np.ndarray:
+    """The legend drawn for one class named `label` over a black image, as an array."""
+    image = Image.new("RGB", (200, 150), (0, 0, 0))
+    return np.asarray(draw_legend(image, [(label, "", (200, 30, 30))], font_size=20))
+
+
+def test_legend_draws_cjk_names_with_a_font_that_has_them():
+    from naclip_hf.visualization import fallback_font_paths, font_for_text
+
+    if not any(path for path in fallback_font_paths() if "CJK" in path or "cjk" in path):
+        pytest.skip("no CJK font on this system (Debian/Ubuntu: apt-get install fonts-noto-cjk)")
+    cat, dog = _legend_text_pixels("猫"), _legend_text_pixels("犬")
+    missing = _legend_text_pixels("\U0010fffd")  # a code point without a glyph in any font: the box
+    assert not np.array_equal(cat, dog), "two CJK names must not render as the same missing-glyph box"
+    assert not np.array_equal(cat, missing) and not np.array_equal(dog, missing)
+    assert "CJK" in getattr(font_for_text("猫", 20), "path", "").upper()
+    # Latin names keep Pillow's built-in font.
+    assert not isinstance(getattr(font_for_text("cat", 20), "path", None), str)
+    mixed = _legend_text_pixels("犬 dog")
+    assert not np.array_equal(mixed, dog)

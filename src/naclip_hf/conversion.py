@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
 from .configuration_naclip import NACLIPConfig
+from .fileio import staged_directory
 
 # OpenAI name (inside a residual block) -> transformers name (inside an encoder layer).
 _BLOCK_RENAMES = {
@@ -49,34 +49,50 @@ _REQUIRED = (
 )
 
 
+NOT_WEIGHTS_MESSAGE = (
+    "{path} is not a CLIP weights file; formats read: OpenAI .pt (TorchScript archive), torch.save state dict "
+    "(.pt/.pth/.bin), .safetensors"
+)
+
+
 def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read an OpenAI-layout CLIP state dict from `.safetensors`, or from a `.pt`/`.pth` file as OpenAI publishes
-    them (TorchScript archives) or as `torch.save` writes them. Pickled Python code is never executed: plain
-    files are read with `weights_only=True`, TorchScript archives by TorchScript's own loader."""
+    """Read an OpenAI-layout CLIP state dict from `.safetensors`, or from a `.pt`/`.pth`/`.bin` file as OpenAI
+    publishes them (TorchScript archives) or as `torch.save` writes them. The format is recognised from the
+    file's content. Pickled Python code is never executed: plain files are read with `weights_only=True`,
+    TorchScript archives by TorchScript's own loader.
+
+    Raises `FileNotFoundError` for a missing file, and `ValueError` for a file that is not one of these formats
+    (or is damaged), that holds no tensors, or that is not an OpenAI-layout ViT CLIP.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"No weights file at {path}; pass the path of an OpenAI CLIP .pt or .safetensors file."
         )
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" or _looks_like_safetensors(path):
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         elif _is_torchscript(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            with warnings.catch_warnings():  # e.g. about the pickle protocol of files that are not weights at all
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]
-    except Exception as error:  # corrupt or truncated files raise many different exception types
-        raise ValueError(
-            f"Could not read CLIP weights from {path}: the file is corrupt or not a weights file "
-            f"({type(error).__name__}: {error})."
-        ) from error
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__}).")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    except Exception:  # corrupt, truncated or foreign files raise many different exception types
+        # The loaders' own messages are left out on purpose: torch's suggest retrying with weights_only=False,
+        # which would run arbitrary pickled code from an unknown file.
+        raise ValueError(_not_weights(path)) from None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        if not isinstance(state, dict):
+            found = f"a {type(state).__name__}"
+        else:
+            found = "an empty dict" if not state else "a dict whose values are not all tensors"
+        raise ValueError(_not_weights(path, f"it holds {found}"))
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise ValueError(
@@ -84,6 +100,24 @@ def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "Transformers CLIP checkpoints need no conversion: load them with from_pretrained."
         )
     return state
+
+
+def _not_weights(path: Path, detail: str | None = None) -> str:
+    reason = f" ({detail})" if detail else ""
+    return (
+        NOT_WEIGHTS_MESSAGE.format(path=path)
+        + f"{reason}. If it is one of these, it is damaged or truncated: download or export it again. A pickled "
+        "model object is not read: save its state_dict() instead."
+    )
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with the 8-byte little-endian length of a JSON header that follows it."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -162,41 +196,42 @@ def convert_openai_checkpoint(
     source: str | os.PathLike, output_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None
 ) -> Path:
     """Write a transformers checkpoint folder (config, safetensors weights, tokenizer and processor) for OpenAI
-    CLIP weights at `source`. `tokenizer_dir` holds `vocab.json` and `merges.txt` of the CLIP BPE; without it
-    only the model is written. The folder appears complete or not at all. Returns the output folder."""
+    CLIP weights at `source`.
+
+    `tokenizer_dir` is a folder with `vocab.json` and `merges.txt` (or `tokenizer.json`) of the model's
+    tokenizer; without it, OpenAI CLIP's BPE shipped with naclip-hf is written, which fits any text tower with
+    OpenAI CLIP's 49,408-token vocabulary (other vocabulary sizes need `tokenizer_dir`). The folder appears
+    complete, with the usual permissions of a new folder, or not at all. Returns the output folder.
+    """
     from .modeling_naclip import NACLIPForSemanticSegmentation
+    from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
+    from .tokenization import has_tokenizer_files, load_clip_tokenizer
 
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} exists and is not empty; choose a new folder or empty it first.")
-    state = load_openai_state_dict(source)
-    processor = None
     if tokenizer_dir is not None:
-        from .processing_naclip import NACLIPProcessor
-
-        processor = NACLIPProcessor.from_tokenizer_dir(tokenizer_dir)
-    config = config_from_openai_state_dict(state)
-    model = NACLIPForSemanticSegmentation(config)
-    missing, unexpected = model.load_state_dict(convert_openai_state_dict(state), strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(f"Converted weights do not fit CLIP: missing {missing}, unexpected {unexpected}.")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+        tokenizer_dir = Path(tokenizer_dir)
+        if not tokenizer_dir.is_dir() or not has_tokenizer_files(tokenizer_dir):
+            raise FileNotFoundError(
+                f"Tokenizer folder {tokenizer_dir} does not exist or lacks vocab.json and merges.txt (or "
+                "tokenizer.json); give the folder of the model's tokenizer, or leave out --tokenizer to write "
+                "OpenAI CLIP's BPE."
+            )
+    with staged_directory(output_dir) as staging:
+        state = load_openai_state_dict(source)
+        config = config_from_openai_state_dict(state)
+        tokenizer = load_clip_tokenizer(tokenizer_dir, config.text_config, fallback=False)
+        model = NACLIPForSemanticSegmentation(config)
+        missing, unexpected = model.load_state_dict(convert_openai_state_dict(state), strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ValueError(f"Converted weights do not fit CLIP: missing {missing}, unexpected {unexpected}.")
         model.save_pretrained(staging)
-        if processor is not None:
-            processor.save_pretrained(staging)
-        if output_dir.exists():
-            output_dir.rmdir()
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        NACLIPProcessor(NACLIPImageProcessor(), tokenizer).save_pretrained(staging)
     return output_dir
 
 
 __all__ = [
+    "NOT_WEIGHTS_MESSAGE",
     "convert_openai_checkpoint",
     "convert_openai_state_dict",
     "load_openai_state_dict",

@@ -7,7 +7,6 @@ The template is `card_templates/model_card.md` in this package (`string.Template
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -16,32 +15,21 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .configuration_naclip import NACLIPConfig
+from .benchmarks import BENCHMARKS, paper_benchmarks
 from .fileio import write_text_atomic
-from .presets import PRESETS
+from .options import CONFIG_SETTINGS, DEFAULT_CHECKPOINT, DEFAULTS
 
-DEFAULT_BASE_MODEL = "openai/clip-vit-base-patch16"
+if TYPE_CHECKING:
+    from .configuration_naclip import NACLIPConfig
+
+DEFAULT_BASE_MODEL = DEFAULT_CHECKPOINT
 TEMPLATE_RESOURCE = ("naclip_hf", "card_templates/model_card.md")
-# Benchmark presets as datasets of the model-index: (display name, dataset type).
-PRESET_DATASETS: dict[str, tuple[str, str]] = {
-    "voc21": ("PASCAL VOC 2012 (21 classes, with background)", "pascal_voc"),
-    "voc20": ("PASCAL VOC 2012 (20 classes, no background)", "pascal_voc"),
-    "context60": ("PASCAL Context (60 classes, with background)", "pascal_context"),
-    "context59": ("PASCAL Context (59 classes, no background)", "pascal_context"),
-    "coco_object": ("COCO-Object (81 classes)", "coco_object"),
-    "coco_stuff": ("COCO-Stuff 164k (171 classes)", "coco_stuff"),
-    "ade20k": ("ADE20K (150 classes)", "ade20k"),
-    "cityscapes": ("Cityscapes (19 classes)", "cityscapes"),
-}
-# Settings shown in the card, in this order.
-CARD_SETTINGS = (
-    "arch", "attn_strategy", "gaussian_std", "logit_scale", "prob_thd", "slide_crop", "slide_stride", "pamr_steps",
-    "pamr_dilations", "pos_embed_interpolation", "prompt_templates",
-)  # fmt: skip
+# Settings shown in the card, in this order: every setting saved in the config.
+CARD_SETTINGS = CONFIG_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -63,8 +51,10 @@ class CardResult:
 
     @property
     def dataset_name_and_type(self) -> tuple[str, str]:
-        if self.preset in PRESET_DATASETS:
-            return PRESET_DATASETS[self.preset]
+        """The dataset's display name and model-index type: the benchmark's, else the dataset or preset name."""
+        benchmark = BENCHMARKS.get(self.preset)
+        if benchmark is not None:
+            return benchmark.display_name, benchmark.dataset_type
         name = self.dataset or self.preset
         return name, name
 
@@ -134,8 +124,10 @@ def _read_settings(model_dir: Path) -> tuple[NACLIPConfig, int]:
     """The checkpoint's NACLIP config and the image processor's short side."""
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json; give a saved NACLIP or CLIP model folder.")
+    from .configuration_naclip import NACLIPConfig
+
     config = NACLIPConfig.from_pretrained(str(model_dir))
-    short_side = 336
+    short_side = DEFAULTS["short_side"]
     for name in ("processor_config.json", "preprocessor_config.json"):
         path = model_dir / name
         if path.is_file():
@@ -150,7 +142,7 @@ def _read_settings(model_dir: Path) -> tuple[NACLIPConfig, int]:
 def _settings_table(config: NACLIPConfig, short_side: int) -> str:
     rows = []
     for key in CARD_SETTINGS:
-        value = getattr(config, key)
+        value = getattr(config, key, DEFAULTS[key])
         if key == "prompt_templates":
             value = "the 80 ImageNet templates" if value is None else f"{len(value)} custom templates"
         elif key == "pamr_dilations":
@@ -182,9 +174,9 @@ def _model_index(model_name: str, results: Sequence[CardResult]) -> str:
 
 def _published_table() -> str:
     lines = ["| Benchmark | Paper, no PAMR | Paper, PAMR |", "|---|---|---|"]
-    for preset in PRESETS.values():
-        published = preset.published
-        lines.append(f"| {PRESET_DATASETS.get(preset.name, (preset.name,))[0]} | {published['paper_no_pamr']:.1f} | "
+    for benchmark in paper_benchmarks():
+        published = benchmark.published
+        lines.append(f"| {benchmark.display_name} | {published['paper_no_pamr']:.1f} | "
                      f"{published['paper_pamr']:.1f} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -207,10 +199,9 @@ def _results_section(results: Sequence[CardResult]) -> str:
     notes = []
     for result in results:
         name, _ = result.dataset_name_and_type
-        preset = PRESETS.get(result.preset)
-        paper = "-"
-        if preset is not None:
-            paper = f"{preset.published['paper_pamr' if result.pamr else 'paper_no_pamr']:.1f}"
+        numbers = BENCHMARKS[result.preset].published if result.preset in BENCHMARKS else {}
+        key = "paper_pamr" if result.pamr else "paper_no_pamr"
+        paper = f"{numbers[key]:.1f}" if key in numbers else "-"
         images = "-" if result.num_images is None else str(result.num_images)
         lines.append(f"| {name} | {result.split or '-'} | {images} | {'on' if result.pamr else 'off'} | "
                      f"{result.miou:.2f} | {paper} |")  # fmt: skip
@@ -284,12 +275,11 @@ def write_model_card(
     return write_text_atomic(Path(model_dir) / "README.md" if out is None else Path(out), text)
 
 
-def write_model_card_from_args(args: argparse.Namespace) -> int:
-    """`naclip card`: `args.model_dir`, `args.results` (JSON files), `args.base_model`, `args.out`."""
-    path = write_model_card(args.model_dir, list(args.results or []), args.base_model, args.out)
-    print(f"Wrote {path}")
-    return 0
-
-
-__all__ = ["CardResult", "load_results", "parse_results", "read_template", "render_model_card", "write_model_card",
-           "write_model_card_from_args"]  # fmt: skip
+__all__ = [
+    "CardResult",
+    "load_results",
+    "parse_results",
+    "read_template",
+    "render_model_card",
+    "write_model_card",
+]

@@ -20,12 +20,17 @@ these formulas, so it needs no special case.
 
 from __future__ import annotations
 
-from typing import TypeVar
+import sys
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
-ImageT = TypeVar("ImageT", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    import torch
+
+# numpy and the standard library only at import time (the ONNX runtime imports this module without torch); a
+# tensor can only be given once torch is imported, so tensors are recognised through `sys.modules`.
+ImageT = TypeVar("ImageT", np.ndarray, "torch.Tensor")
 
 _COEF_BITS = 11
 _COEF_SCALE = 1 << _COEF_BITS  # 2048
@@ -114,7 +119,8 @@ def resize_bilinear_uint8(image: ImageT, size: tuple[int, int]) -> ImageT:
     out_height, out_width = int(size[0]), int(size[1])
     if out_height <= 0 or out_width <= 0:
         raise ValueError(f"output size must be positive, got {size}")
-    is_tensor = isinstance(image, torch.Tensor)
+    torch = sys.modules.get("torch")
+    is_tensor = torch is not None and isinstance(image, torch.Tensor)
     array = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
     if array.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image, got {array.dtype}")
@@ -148,3 +154,17 @@ def resize_short_side(image: ImageT, short_side: int, max_long_side: int = 2048)
     if size == (height, width):
         return image
     return resize_bilinear_uint8(image, size)
+
+
+def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Window boxes (y1, y2, x1, x2) covering an image, placed as the official NACLIP/MMSeg code places them:
+    a regular grid whose last row/column is shifted back to end at the border; windows are cropped to the image
+    when it is smaller than `crop`."""
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
+            boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return boxes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +13,16 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from .configuration_naclip import NACLIP_SETTINGS, NACLIPConfig
 from .fileio import write_atomic
+from .image_processing_naclip import POST_PROCESSING_OPTIONS
 from .labels import flatten_class_names, parse_class_entries
 from .modeling_naclip import NACLIPForSemanticSegmentation
-from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
+from .options import DEFAULT_CHECKPOINT, names_of_stage
+from .processing_naclip import NACLIPProcessor
 
-DEFAULT_CHECKPOINT = "openai/clip-vit-base-patch16"
+# Options of `forward` (sliding windows and the last block), by name.
+FORWARD_OPTIONS = names_of_stage("windows") + ("arch", "attn_strategy", "gaussian_std")
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 @dataclass
@@ -45,20 +49,33 @@ class SegmentationResult:
     segmentation: torch.Tensor
 
 
-def load_processor(model_id_or_path: str | os.PathLike, **kwargs: Any) -> NACLIPProcessor:
-    """The processor saved with a NACLIP model, or, for a plain CLIP checkpoint, its tokenizer with a default
-    [`NACLIPImageProcessor`]."""
-    from transformers import CLIPTokenizer
+def check_checkpoint_location(model_id_or_path: str | os.PathLike) -> None:
+    """Raise `OSError` for a local checkpoint path that cannot be one: a missing folder or one without
+    `config.json`, each with the fix. Hub ids ("name" or "namespace/name" not present on disk) pass."""
+    text = os.fspath(model_id_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise OSError(
+                f"The model folder {text} has no config.json, so it is not a transformers checkpoint. Give a folder "
+                "saved with save_pretrained (config.json + model.safetensors), or convert OpenAI CLIP weights with "
+                "`naclip convert WEIGHTS.pt OUT_DIR`."
+            )
+        return
+    if path.exists():
+        raise OSError(
+            f"{text} is a file, not a checkpoint folder; for OpenAI CLIP weights run `naclip convert {text} OUT_DIR` "
+            "and use OUT_DIR."
+        )
+    if not _HUB_ID.match(text) or text.startswith((".", "~")):
+        raise OSError(
+            f"No such model folder: {text}. Check the path, or give a Hub id such as '{DEFAULT_CHECKPOINT}'."
+        )
 
-    tokenizer = CLIPTokenizer.from_pretrained(str(model_id_or_path), **kwargs)
-    image_processor = NACLIPImageProcessor()
-    try:
-        saved = NACLIPImageProcessor.get_image_processor_dict(str(model_id_or_path), **kwargs)[0]
-    except OSError:
-        saved = {}
-    if saved.get("image_processor_type") == NACLIPImageProcessor.__name__:
-        image_processor = NACLIPImageProcessor.from_dict(saved)
-    return NACLIPProcessor(image_processor, tokenizer)
+
+def load_processor(model_id_or_path: str | os.PathLike, **kwargs: Any) -> NACLIPProcessor:
+    """`NACLIPProcessor.from_pretrained`: the processor of a NACLIP or plain CLIP checkpoint."""
+    return NACLIPProcessor.from_pretrained(model_id_or_path, **kwargs)
 
 
 def load_model(
@@ -67,25 +84,26 @@ def load_model(
     device: str | torch.device | None = None,
     **kwargs: Any,
 ) -> NACLIPForSemanticSegmentation:
-    """`NACLIPForSemanticSegmentation.from_pretrained` with NACLIP settings overridden, in eval mode.
+    """`NACLIPForSemanticSegmentation.from_pretrained` with NACLIP settings set at load time, in eval mode.
 
-    A missing local folder, or a Hub id that cannot be reached with no cached copy, raises an `OSError` that
-    says how to get a local checkpoint.
+    A missing local folder, a folder without `config.json`, or a Hub id that cannot be reached with no cached copy
+    raises an `OSError` that says how to get a checkpoint; invalid settings raise `ValueError`.
     """
+    check_checkpoint_location(model_id_or_path)
     overrides = dict(overrides or {})
     try:
-        model = NACLIPForSemanticSegmentation.from_pretrained(str(model_id_or_path), **overrides, **kwargs)
+        model = NACLIPForSemanticSegmentation.from_pretrained(os.fspath(model_id_or_path), **overrides, **kwargs)
     except OSError as error:
         raise OSError(
-            f"Could not load the CLIP checkpoint {str(model_id_or_path)!r}: {error}\n"
+            f"Could not load the CLIP checkpoint {os.fspath(model_id_or_path)!r}: {error}\n"
             "Give a local folder holding a transformers CLIP checkpoint (config.json + model.safetensors), "
             "download it while online (e.g. `hf download openai/clip-vit-base-patch16`), or convert OpenAI CLIP "
-            "weights with `naclip convert ViT-B-16.pt OUT_DIR --tokenizer TOKENIZER_DIR`."
+            "weights with `naclip convert ViT-B-16.pt OUT_DIR`."
         ) from error
     except SafetensorError as error:
         raise ValueError(
-            f"The weights file of {str(model_id_or_path)!r} is corrupt or truncated ({error}); download or convert "
-            "the checkpoint again."
+            f"The weights file of {os.fspath(model_id_or_path)!r} is corrupt or truncated ({error}); download or "
+            "convert the checkpoint again."
         ) from error
     if device is not None:
         model = model.to(device)
@@ -97,23 +115,37 @@ def encode_classes(
     processor: NACLIPProcessor,
     classes: Sequence[str | Sequence[str]],
     *,
+    templates: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | bool | None = None,
 ) -> ClassEmbeddings:
-    """Embed every name of every class with the model's prompt templates (see `get_name_embeddings`).
+    """Embed every name of every class with the prompt templates (see `get_name_embeddings`).
 
     Args:
         model, processor: the NACLIP model and its processor.
         classes: class entries (a string per class, synonyms separated by commas, or a list of names per class).
+        templates: prompt templates, each with one `{}` (default: the config's `prompt_templates`, else the 80
+            ImageNet templates).
         cache_dir: on-disk cache of the embeddings (see `naclip_hf.text_cache`): a directory, `True` for the
             default one (`$NACLIP_CACHE`, else `~/.cache/naclip_hf/text`), or `None`/`False` (default) for none.
             With a cache, a label set embedded before with the same text weights, tokenizer, templates and dtype
             is read back instead of running the text tower.
+
+    Example:
+
+    ```python
+    >>> classes = encode_classes(model, processor, ["sky", "tree", "road, street"])
+    >>> classes.text_embeds.shape, classes.name_to_class.tolist()  # (4, D), [0, 1, 2, 2]
+    ```
     """
+    from .options import check_settings
     from .text_cache import load_or_compute_name_embeddings, resolve_cache_dir
 
     parsed = parse_class_entries(classes)
     names, name_to_class = flatten_class_names(parsed)
-    templates = model.config.prompt_templates
+    if templates is None:
+        templates = model.config.prompt_templates
+    else:
+        templates = check_settings({"prompt_templates": templates})["prompt_templates"]
 
     def compute() -> torch.Tensor:
         text = processor.tokenize_class_names(parsed, templates)
@@ -132,6 +164,22 @@ def encode_classes(
     return ClassEmbeddings(text_embeds, torch.tensor(name_to_class, dtype=torch.long), parsed)
 
 
+def split_options(
+    model: NACLIPForSemanticSegmentation, options: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-call options -> (keywords of `forward`, keywords of post-processing), with the config's values for the
+    options not given. `method=NAME` (see `naclip_hf.methods`) gives that method's settings, under the other options.
+    Raises `ValueError`/`TypeError` for an unknown or invalid option."""
+    unknown = sorted(set(options) - set(FORWARD_OPTIONS) - set(POST_PROCESSING_OPTIONS) - {"method"})
+    if unknown:
+        valid = ", ".join((*FORWARD_OPTIONS, *POST_PROCESSING_OPTIONS, "short_side", "method"))
+        raise TypeError(f"Unknown option(s) {', '.join(unknown)}; valid options: {valid}.")
+    resolved = model.config.inference_options(**options)
+    forward = {name: resolved[name] for name in FORWARD_OPTIONS}
+    post = {name: resolved[name] for name in POST_PROCESSING_OPTIONS}
+    return forward, post
+
+
 @torch.no_grad()
 def segment_image(
     model: NACLIPForSemanticSegmentation,
@@ -139,66 +187,44 @@ def segment_image(
     image: Any,
     classes: ClassEmbeddings,
     short_side: int | None = None,
+    **options: Any,
 ) -> SegmentationResult:
-    """Segment one image (PIL, array or tensor) into the given classes."""
+    """Segment one image into the given classes.
+
+    Args:
+        image: a path, URL, PIL image, array or tensor (see `naclip_hf.image_io`).
+        classes: from `encode_classes`.
+        short_side: resize the short side to this (default: the image processor's).
+        **options: per-call settings of `forward` (`slide_crop`, `slide_stride`, `slide_batch_size`, `arch`,
+            `attn_strategy`, `gaussian_std`) and of post-processing (`logit_scale`, `prob_thd`, `pamr_steps`,
+            `pamr_dilations`); defaults: the model's config, which is not changed.
+
+    Example:
+
+    ```python
+    >>> result = segment_image(model, processor, "street.jpg", classes, pamr_steps=0)
+    >>> result.segmentation.shape  # (H, W) of the image
+    ```
+    """
+    forward_options, post_options = split_options(model, options)
+    if short_side is None and options.get("method") is not None:
+        short_side = model.config.inference_options(method=options["method"]).get("short_side")
     inputs = processor.image_processor(image, short_side=short_side)
     pixel_values = inputs["pixel_values"]
     if isinstance(pixel_values, list):
         pixel_values = pixel_values[0]
     pixel_values = pixel_values.to(model.device, model.dtype)
     text_embeds = classes.text_embeds.to(model.device)
-    logits = model(pixel_values=pixel_values, text_embeds=text_embeds).logits
-    probabilities, segmentation = model.post_process_logits(
-        logits, pixel_values, inputs["original_sizes"][0].tolist(), classes.name_to_class
+    logits = model(pixel_values=pixel_values, text_embeds=text_embeds, **forward_options).logits
+    (result,) = processor.image_processor.post_process_semantic_segmentation(
+        logits,
+        target_sizes=inputs["original_sizes"],
+        pixel_values=pixel_values,
+        name_to_class=classes.name_to_class,
+        return_probabilities=True,
+        **post_options,
     )
-    return SegmentationResult(logits[0].float().cpu(), probabilities[0].cpu(), segmentation[0].cpu())
-
-
-def parse_setting_overrides(pairs: Sequence[str]) -> tuple[dict[str, Any], int | None]:
-    """Parse `KEY=VALUE` strings into NACLIP config overrides (typed as the config field) and `short_side`.
-
-    Raises `ValueError` for an unknown key or a value of the wrong type, naming the valid keys.
-    """
-    fields = NACLIPConfig.__dataclass_fields__
-    settable = set(NACLIP_SETTINGS) - {"prompt_templates"}
-    overrides: dict[str, Any] = {}
-    short_side = None
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key:
-            raise ValueError(f"Setting {pair!r} is not of the form KEY=VALUE (e.g. --set attn_strategy=csa).")
-        if key == "short_side":
-            short_side = _parse_int(key, value)
-            if short_side < 0:
-                raise ValueError(f"short_side={short_side} must be >= 0 (0 keeps the original size).")
-            continue
-        if key not in settable:
-            raise ValueError(f"Unknown setting {key!r}; valid keys: {', '.join(sorted(settable | {'short_side'}))}.")
-        default = fields[key].default
-        if key == "pamr_dilations":
-            overrides[key] = [_parse_int(key, part) for part in value.replace(" ", "").split(",") if part]
-        elif isinstance(default, bool):
-            overrides[key] = value.lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, int):
-            overrides[key] = _parse_int(key, value)
-        elif isinstance(default, float):
-            try:
-                overrides[key] = float(value)
-            except ValueError:
-                raise ValueError(f"Setting {key} needs a number, got {value!r}.") from None
-        else:
-            overrides[key] = value
-    if overrides:
-        NACLIPConfig(**overrides)  # validates the values together, with ValueError
-    return overrides, short_side
-
-
-def _parse_int(key: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"Setting {key} needs an integer, got {value!r}.") from None
+    return SegmentationResult(logits[0].float().cpu(), result["probabilities"].cpu(), result["segmentation"].cpu())
 
 
 def save_scores(path: str | os.PathLike, result: SegmentationResult, metadata: Mapping[str, Any] | None = None) -> None:
@@ -215,5 +241,6 @@ def save_scores(path: str | os.PathLike, result: SegmentationResult, metadata: M
     write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata=meta))
 
 
-__all__ = ["ClassEmbeddings", "DEFAULT_CHECKPOINT", "SegmentationResult", "encode_classes", "load_model",
-           "load_processor", "parse_setting_overrides", "save_scores", "segment_image"]  # fmt: skip
+__all__ = ["ClassEmbeddings", "DEFAULT_CHECKPOINT", "FORWARD_OPTIONS", "SegmentationResult",
+           "check_checkpoint_location", "encode_classes", "load_model", "load_processor", "save_scores",
+           "segment_image", "split_options"]  # fmt: skip

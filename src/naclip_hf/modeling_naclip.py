@@ -1,98 +1,282 @@
 """NACLIP: CLIP with a neighbour-aware last vision layer, for training-free open-vocabulary segmentation.
 
 Everything but the last vision encoder layer is transformers' CLIP, under the same parameter names as
-`CLIPModel`, so any CLIP checkpoint loads with no missing or unexpected keys.
+`CLIPModel`, so any CLIP checkpoint loads with no missing or unexpected keys. The vision tower runs through
+`CLIPVisionModel.forward`; NACLIP replaces three pieces:
+
+- `NACLIPVisionEmbeddings`: the positional embeddings resized as the official code resizes them;
+- `NACLIPAttention`: the last layer's attention weights, chosen from `NACLIP_ATTENTION_FUNCTIONS`;
+- `NACLIPEncoderLayer`: the last layer run as the `reduced` block (attention output only) or the usual one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextModel, CLIPVisionModel
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer, CLIPPreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.modeling_clip import (
+    CLIPAttention,
+    CLIPEncoderLayer,
+    CLIPPreTrainedModel,
+    CLIPVisionEmbeddings,
+    eager_attention_forward,
+)
 from transformers.utils import ModelOutput
 
 from .configuration_naclip import NACLIPConfig
-from .pamr import pamr
+from .image_utils import sliding_windows  # torch-free: shared with the ONNX runtime
 
 
+@dataclass
+class NACLIPSemanticSegmenterOutput(ModelOutput):
+    """
+    Output of [`NACLIPForSemanticSegmentation`].
+
+    Args:
+        logits (`torch.FloatTensor` of shape `(batch_size, num_names, height, width)`):
+            Cosine similarity between every pixel's feature and every class name's text embedding, at the
+            resolution of `pixel_values` (patch logits upsampled bilinearly; windows averaged where they overlap).
+        text_embeds (`torch.FloatTensor` of shape `(num_names, projection_dim)`):
+            The L2-normalised class-name embeddings used.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The vision tower's hidden states as `CLIPVisionModel` returns them (the embeddings, then every layer's
+            output), each `(batch_size * num_windows, 1 + grid_height * grid_width, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            Attention maps of the vision layers, `(batch_size * num_windows, num_heads, tokens, tokens)` each, as
+            `CLIPVisionModel` records them (with SDPA, transformers records none for CLIP's own layers).
+            `attentions[-1]` is always NACLIP's last layer; for `csa` it is the sum of its two softmaxes (rows sum
+            to 2). Tokens are the CLS token, then the patches row by row.
+
+    With sliding windows, the windows of image 0 come first (in `sliding_windows` order), then those of image 1.
+    """
+
+    logits: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ------------------------------------------------------------------------------------- neighbourhood bias Ω
 def gaussian_neighbourhood_bias(grid_height: int, grid_width: int, std: float) -> torch.Tensor:
     """Ω for a patch grid, with a leading zero row and column for the CLS token.
 
     Ω[i, j] = exp(-‖pos_i - pos_j‖² / (2 std²)) between the (row, column) positions of patches i and j.
     Returns [1 + grid_height * grid_width, 1 + grid_height * grid_width] (float32).
     """
-    rows = torch.arange(grid_height, dtype=torch.float64).repeat_interleave(grid_width)
-    cols = torch.arange(grid_width, dtype=torch.float64).repeat(grid_height)
+    # Broadcast and flatten rather than repeat: with symbolic grid sizes (ONNX export) this stays shape-dependent.
+    shape = (grid_height, grid_width)
+    rows = torch.arange(grid_height, dtype=torch.float64)[:, None].expand(shape).reshape(-1)
+    cols = torch.arange(grid_width, dtype=torch.float64)[None, :].expand(shape).reshape(-1)
     dist2 = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2
     omega = torch.exp(-dist2 / (2.0 * std * std)).float()
     return F.pad(omega, (1, 0, 1, 0))
 
 
-class NACLIPAttention(CLIPAttention):
-    """CLIP attention with the attention weights of NACLIP and its ablations (same parameters as `CLIPAttention`).
+@lru_cache(maxsize=16)
+def _cached_neighbourhood_bias(grid: tuple[int, int], std: float, device: str) -> torch.Tensor:
+    # Shared by every caller: never modified in place.
+    return gaussian_neighbourhood_bias(grid[0], grid[1], std).to(device)
 
-    Strategies (s = head_dim^-0.5, Ω the Gaussian neighbourhood bias, CLS row and column zero):
-    `vanilla` softmax(s q kᵀ); `kk` softmax(s k kᵀ); `naclip` softmax(s k kᵀ + Ω);
-    `nonly` softmax(c Ω) with c = s · mean_h(mean_i ‖q_i‖ · mean_j ‖k_j‖) per image;
-    `csa` softmax(s q qᵀ) + softmax(s k kᵀ).
+
+def neighbourhood_bias(grid: tuple[int, int], std: float, like: torch.Tensor) -> torch.Tensor:
+    """Ω for `grid` (rows, columns) on the device and in the dtype of `like`, computed once per grid and σ."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return gaussian_neighbourhood_bias(grid[0], grid[1], std).to(like.device, like.dtype)
+    return _cached_neighbourhood_bias((int(grid[0]), int(grid[1])), float(std), str(like.device)).to(like.dtype)
+
+
+# ------------------------------------------------------------------------------------ attention strategies
+def attend(
+    module: nn.Module,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    value: torch.Tensor,
+    bias: torch.Tensor | None,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(s · left rightᵀ + bias) · value through transformers' attention interface.
+
+    `left`, `right`, `value` are [B, heads, T, head_dim]; `bias` broadcasts to [B, heads, T, T]. Returns the output
+    [B, T, heads, head_dim] and, when `output_attentions` (computed eagerly then), the weights [B, heads, T, T].
     """
+    implementation = module.config._attn_implementation
+    if output_attentions or implementation in (None, "eager"):
+        interface = eager_attention_forward
+    else:
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    mask = None if bias is None else bias.to(left.dtype)
+    return interface(module, left, right, value, mask, scaling=module.scale, dropout=0.0)
+
+
+def vanilla_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+    """CLIP's own attention: softmax(s·q·kᵀ)."""
+    return attend(module, query, key, value, None, output_attentions)
+
+
+def kk_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+    """Key-key attention: softmax(s·k·kᵀ)."""
+    return attend(module, key, key, value, None, output_attentions)
+
+
+def naclip_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+    """NACLIP: softmax(s·k·kᵀ + Ω), key-key similarity plus the Gaussian neighbourhood bias."""
+    return attend(module, key, key, value, neighbourhood_bias(grid, gaussian_std, key), output_attentions)
+
+
+def gav_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+    """Gaussian added to vanilla (the paper's GAV ablation): softmax(s·q·kᵀ + Ω)."""
+    return attend(module, query, key, value, neighbourhood_bias(grid, gaussian_std, key), output_attentions)
+
+
+def nonly_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+    """Neighbourhood only: softmax(c·Ω), with c = s · mean over heads of (mean_i ‖q_i‖ · mean_j ‖k_j‖), per image.
+
+    Runs as attention with zero queries (so s·q·kᵀ = 0) and c·Ω as the additive bias.
+    """
+    mean_q = query.norm(dim=-1).mean(dim=-1)  # [B, heads]
+    mean_k = key.norm(dim=-1).mean(dim=-1)
+    coefficient = module.scale * (mean_q * mean_k).mean(dim=-1)  # [B]
+    bias = coefficient.float().view(-1, 1, 1, 1) * neighbourhood_bias(grid, gaussian_std, coefficient.float())
+    return attend(module, torch.zeros_like(query), key, value, bias, output_attentions)
+
+
+def csa_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+    """SCLIP's correlative self-attention: softmax(s·q·qᵀ) + softmax(s·k·kᵀ), added, not renormalised."""
+    from_queries, weights_q = attend(module, query, query, value, None, output_attentions)
+    from_keys, weights_k = attend(module, key, key, value, None, output_attentions)
+    weights = weights_q + weights_k if output_attentions else None
+    return from_queries + from_keys, weights
+
+
+def qq_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+    """ClearCLIP's self-self attention: softmax(s·q·qᵀ)."""
+    return attend(module, query, query, value, None, output_attentions)
+
+
+def identity_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+    """MaskCLIP: every token attends only to itself, so the output is its value (weights: the identity)."""
+    weights = None
+    if output_attentions:
+        tokens = value.shape[-2]
+        weights = torch.eye(tokens, dtype=value.dtype, device=value.device).expand(*value.shape[:2], tokens, tokens)
+    return value.transpose(1, 2), weights
+
+
+# The attention strategies of the last layer, by name. Each function takes (module, query, key, value, grid,
+# gaussian_std, output_attentions) with query/key/value [B, heads, T, head_dim] and returns (output [B, T, heads,
+# head_dim], weights [B, heads, T, T] or None). A new strategy is one function and one entry here (or a call to
+# `register_attention`).
+NACLIP_ATTENTION_FUNCTIONS: dict[str, Callable] = {
+    "naclip": naclip_attention,
+    "gav": gav_attention,
+    "kk": kk_attention,
+    "nonly": nonly_attention,
+    "csa": csa_attention,
+    "vanilla": vanilla_attention,
+    "qq": qq_attention,
+    "identity": identity_attention,
+}
+
+
+def register_attention(name: str, function: Callable) -> None:
+    """Make `function` available as `attn_strategy=name` (see `NACLIP_ATTENTION_FUNCTIONS` for its signature)."""
+    NACLIP_ATTENTION_FUNCTIONS[name] = function
+
+
+# ------------------------------------------------------------------------------------------ vision pieces
+class NACLIPVisionEmbeddings(CLIPVisionEmbeddings):
+    """CLIP's vision embeddings whose positional embeddings are resized as `config.pos_embed_interpolation` says.
+
+    `"official"` resizes with the official code's bicubic scale factor `(grid + 0.1) / pretrained_grid` (not a
+    target size: the two differ by about 1e-3 in the logits); `"transformers"` uses CLIP's own
+    `interpolate_pos_encoding`. The resized table is cached per grid until the weights change.
+    """
+
+    def __init__(self, config, naclip_config: NACLIPConfig) -> None:
+        super().__init__(config)
+        self.naclip_config = naclip_config  # read only: the mode may be changed on the config after loading
+        self._cache: dict[tuple, torch.Tensor] = {}
+        self._cache_lock = threading.Lock()
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Positional embeddings [1, 1 + grid_height * grid_width, hidden] for an input of `height` × `width`."""
+        mode = self.naclip_config.pos_embed_interpolation
+        if mode == "transformers":
+            return super().interpolate_pos_encoding(embeddings, height, width)
+        table = self.position_embedding.weight
+        grid = (height // self.patch_size, width // self.patch_size)
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        key = (grid, table.device, table.dtype, table.data_ptr(), table._version)
+        if not tracing:
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+        resized = official_position_embeddings(table, grid)[None]
+        if not tracing and not torch.is_grad_enabled():
+            with self._cache_lock:
+                if len(self._cache) >= 8:
+                    self._cache.clear()
+                self._cache[key] = resized
+        return resized
+
+
+def official_position_embeddings(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """`table` [1 + n², hidden] resized to `grid` as the official code does: [1 + rows * columns, hidden]."""
+    pretrained = int(math.isqrt(table.shape[0] - 1))
+    if tuple(grid) == (pretrained, pretrained):
+        return table
+    patch_pos = table[1:].reshape(1, pretrained, pretrained, -1).permute(0, 3, 1, 2)
+    # Scale factors with +0.1 (DINO's guard against float error), not a target size: the two differ.
+    patch_pos = F.interpolate(
+        patch_pos.float(),
+        scale_factor=((grid[0] + 0.1) / pretrained, (grid[1] + 0.1) / pretrained),
+        mode="bicubic",
+        align_corners=False,
+        recompute_scale_factor=False,
+    )
+    patch_pos = patch_pos.to(table.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    return torch.cat([table[:1], patch_pos], dim=0)
+
+
+class NACLIPAttention(CLIPAttention):
+    """`CLIPAttention` (same parameters) whose weights come from `NACLIP_ATTENTION_FUNCTIONS[attn_strategy]`."""
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        strategy: str = "naclip",
-        neighbourhood_bias: torch.Tensor | None = None,
+        naclip_options: dict | None = None,
+        output_attentions: bool = False,
         **kwargs,
-    ) -> tuple[torch.Tensor, None]:
-        """hidden_states [B, T, D] -> ([B, T, D], None). `neighbourhood_bias` [T, T] is needed by naclip/nonly."""
-        batch, tokens, _ = hidden_states.shape
-        shape = (batch, tokens, self.num_heads, self.head_dim)
-        values = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        keys = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        needs_queries = strategy in ("vanilla", "csa", "nonly")
-        queries = self.q_proj(hidden_states).view(shape).transpose(1, 2) if needs_queries else None
-        use_sdpa = self.config._attn_implementation == "sdpa"
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, T, D] -> (output [B, T, D], weights [B, heads, T, T] with `output_attentions`).
 
-        def attend(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-            # softmax(s · left rightᵀ + bias) · values
-            if use_sdpa:
-                mask = None if bias is None else bias.to(left.dtype)
-                return F.scaled_dot_product_attention(left, right, values, attn_mask=mask, scale=self.scale)
-            weights = torch.matmul(left, right.transpose(-1, -2)) * self.scale
-            if bias is not None:
-                weights = weights + bias
-            return torch.matmul(weights.softmax(dim=-1, dtype=torch.float32).to(values.dtype), values)
-
-        if strategy == "vanilla":
-            output = attend(queries, keys)
-        elif strategy == "kk":
-            output = attend(keys, keys)
-        elif strategy == "naclip":
-            output = attend(keys, keys, neighbourhood_bias)
-        elif strategy == "csa":
-            output = attend(queries, queries) + attend(keys, keys)
-        elif strategy == "nonly":
-            mean_q = queries.norm(dim=-1).mean(dim=-1)  # [B, heads]
-            mean_k = keys.norm(dim=-1).mean(dim=-1)
-            coefficient = self.scale * (mean_q * mean_k).mean(dim=-1)  # [B]
-            weights = (coefficient.view(batch, 1, 1, 1) * neighbourhood_bias).softmax(dim=-1)
-            output = torch.matmul(weights.to(values.dtype), values)
-        else:
-            raise ValueError(f"Unknown attention strategy {strategy!r}.")
-        output = output.transpose(1, 2).reshape(batch, tokens, -1)
-        return self.out_proj(output), None
+        `naclip_options` holds `attn_strategy`, `gaussian_std` and `grid` (patch rows, columns) for this call.
+        """
+        options = naclip_options or {}
+        function = NACLIP_ATTENTION_FUNCTIONS[options.get("attn_strategy", "naclip")]
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        output, weights = function(
+            self, query, key, value, options["grid"], options.get("gaussian_std", 5.0), bool(output_attentions)
+        )
+        output = output.reshape(*hidden_states.shape[:-1], -1).contiguous()
+        return self.out_proj(output), weights
 
 
 class NACLIPEncoderLayer(CLIPEncoderLayer):
-    """The last CLIP vision encoder layer, run as NACLIP's `reduced` or the usual `vanilla` block."""
+    """The last CLIP vision encoder layer, run as NACLIP's `reduced` block or the usual `vanilla` one."""
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -102,59 +286,54 @@ class NACLIPEncoderLayer(CLIPEncoderLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        arch: str = "reduced",
-        strategy: str = "naclip",
-        neighbourhood_bias: torch.Tensor | None = None,
+        naclip_options: dict | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """hidden_states [B, T, D] -> [B, T, D]."""
-        attended, _ = self.self_attn(
-            self.layer_norm1(hidden_states), strategy=strategy, neighbourhood_bias=neighbourhood_bias
-        )
-        if arch == "reduced":
+        """hidden_states [B, T, D] -> [B, T, D]. `reduced`: out_proj(attention(layer_norm1(x))) only."""
+        options = naclip_options or {}
+        attended, _ = self.self_attn(self.layer_norm1(hidden_states), naclip_options=options, **kwargs)
+        if options.get("arch", "reduced") == "reduced":
             return attended
         hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.layer_norm2(hidden_states))
 
 
-@dataclass
-class NACLIPSemanticSegmenterOutput(ModelOutput):
-    """
-    Args:
-        logits (`torch.FloatTensor` of shape `(batch_size, num_names, height, width)`):
-            Cosine similarity between every pixel's feature and every class name's text embedding, at the
-            resolution of `pixel_values` (patch logits upsampled bilinearly; windows averaged where they overlap).
-        text_embeds (`torch.FloatTensor` of shape `(num_names, projection_dim)`):
-            The L2-normalised class-name embeddings used.
-    """
+# ------------------------------------------------------------------------------------------------ models
+class NACLIPPreTrainedModel(CLIPPreTrainedModel):
+    """Base class of NACLIP models: CLIP's weight initialisation and loading, with NACLIP's config.
 
-    logits: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-
-
-def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """Window boxes (y1, y2, x1, x2) covering an image, placed as the official NACLIP/MMSeg code places them:
-    a regular grid whose last row/column is shifted back to end at the border; windows are cropped to the image
-    when it is smaller than `crop`."""
-    rows = max(height - crop + stride - 1, 0) // stride + 1
-    cols = max(width - crop + stride - 1, 0) // stride + 1
-    boxes = []
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
-            boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
-    return boxes
-
-
-class NACLIPForSemanticSegmentation(CLIPPreTrainedModel):
-    """CLIP with NACLIP's last vision layer: per-pixel open-vocabulary segmentation with no training.
-
-    `forward` returns per-name logits at the processed resolution; `post_process_logits` turns them into class
-    probabilities and a label map at the original image size (PAMR, temperature softmax, synonyms merged).
+    Flash attention is not supported: NACLIP's attention adds a float bias (Ω) to the scores, which flash kernels do
+    not take. Eager and SDPA run the same attention functions.
     """
 
     config_class = NACLIPConfig
     config: NACLIPConfig
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+
+class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
+    """CLIP with NACLIP's last vision layer: per-pixel open-vocabulary segmentation with no training.
+
+    `forward` returns per-name logits at the processed resolution;
+    `NACLIPImageProcessor.post_process_semantic_segmentation` turns them into class probabilities and a label map
+    at the original image size (PAMR, temperature softmax, synonyms merged, `prob_thd`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from naclip_hf import NACLIPForSemanticSegmentation, NACLIPProcessor
+    >>> model = NACLIPForSemanticSegmentation.from_pretrained("openai/clip-vit-base-patch16")
+    >>> processor = NACLIPProcessor.from_pretrained("openai/clip-vit-base-patch16")
+    >>> inputs = processor(images=image, text=["sky", "tree", "road, street"])
+    >>> with torch.no_grad():
+    ...     outputs = model(**inputs.model_inputs())
+    >>> labels = processor.post_process_semantic_segmentation(outputs, inputs)[0]  # [H, W] class ids
+    ```
+    """
+
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
 
@@ -166,22 +345,25 @@ class NACLIPForSemanticSegmentation(CLIPPreTrainedModel):
         self.visual_projection = nn.Linear(vision_config.hidden_size, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-        layers = self.vision_model.encoder.layers
-        layers[-1] = NACLIPEncoderLayer(vision_config)
-        self._bias_cache: dict[tuple, torch.Tensor] = {}
+        self.vision_model.embeddings = NACLIPVisionEmbeddings(vision_config, config)
+        self.vision_model.encoder.layers[-1] = NACLIPEncoderLayer(vision_config)
+        config.check_naclip_settings()
         self.post_init()
 
     # ----------------------------------------------------------------------------------------------- text
-    def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [N, L] -> projected EOS features [N, projection_dim] (not normalised)."""
         pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
         return self.text_projection(pooled)
 
     @torch.no_grad()
     def get_name_embeddings(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_templates: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        num_templates: int,
+        text_batch_size: int | None = None,
+        shared_prefix: bool = True,
     ) -> torch.Tensor:
         """Embed class names from their prompts.
 
@@ -189,14 +371,40 @@ class NACLIPForSemanticSegmentation(CLIPPreTrainedModel):
             input_ids: [num_names * num_templates, L], the prompts of name 0 first, then name 1, ...
             attention_mask: [num_names * num_templates, L] or None.
             num_templates: prompts per name.
+            text_batch_size: prompts per text-tower call (default: the config's).
+            shared_prefix: run the tokens that all prompts of one template share (those before the name) once per
+                template instead of once per prompt. Exact (the text tower is causal); `False` runs every prompt
+                whole. Inputs whose padding precedes a pooled token fall back to whole prompts.
         Returns:
             [num_names, projection_dim]: per name, the mean of its L2-normalised prompt embeddings, normalised.
+
+        Example:
+
+        ```python
+        >>> text = processor.tokenize_class_names(["sky", "tree", "road, street"])
+        >>> model.get_name_embeddings(text["input_ids"], text["attention_mask"], text["num_templates"]).shape
+        torch.Size([4, 512])
+        ```
         """
-        if input_ids.shape[0] % num_templates:
+        if num_templates < 1 or input_ids.shape[0] % num_templates:
             raise ValueError(
                 f"{input_ids.shape[0]} prompts cannot be split into groups of {num_templates} templates."
             )
-        batch_size = self.config.text_batch_size
+        batch_size = self.config.text_batch_size if text_batch_size is None else int(text_batch_size)
+        if batch_size < 1:
+            raise ValueError(f"text_batch_size={text_batch_size!r} is invalid: it must be an integer >= 1.")
+        features = None
+        if shared_prefix:
+            features = self._prompt_features_shared_prefix(input_ids, attention_mask, num_templates, batch_size)
+        if features is None:
+            features = self._prompt_features(input_ids, attention_mask, batch_size)
+        per_prompt = features.view(-1, num_templates, features.shape[-1])
+        return F.normalize(per_prompt.mean(dim=1), dim=-1)
+
+    def _prompt_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, batch_size: int
+    ) -> torch.Tensor:
+        """Every prompt through the whole text tower: [N, L] -> L2-normalised features [N, projection_dim]."""
         num_prompts = input_ids.shape[0]
         lengths = order = None
         if attention_mask is not None:
@@ -216,93 +424,191 @@ class NACLIPForSemanticSegmentation(CLIPPreTrainedModel):
             if features is None:
                 features = batch_features.new_empty((num_prompts, batch_features.shape[-1]))
             features[rows] = batch_features
-        per_prompt = features.view(-1, num_templates, features.shape[-1])
-        return F.normalize(per_prompt.mean(dim=1), dim=-1)
+        return features
+
+    def _pooled_token_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[N, L] -> [N]: the position whose final hidden state `CLIPTextModel` pools (its rule: the first
+        `eos_token_id`, or the largest id for checkpoints whose config says `eos_token_id=2`)."""
+        ids = input_ids.to(torch.int)
+        if self.text_model.eos_token_id == 2:
+            return ids.argmax(dim=-1)
+        return (ids == self.text_model.eos_token_id).int().argmax(dim=-1)
+
+    def _text_layer(
+        self,
+        layer: nn.Module,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        query_positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One `CLIPEncoderLayer` of the text tower on new tokens that may attend to earlier tokens' keys/values.
+
+        Args:
+            hidden: [B, S, D], the new tokens.
+            mask: additive float mask [B, 1, queries, past + S].
+            past: keys and values [B, heads, P, head_dim] of earlier tokens, or None.
+            query_positions: [B] to compute the layer's output at one token per row only (the last layer).
+        Returns:
+            (output [B, S or 1, D], keys, values [B, heads, S, head_dim] of the new tokens).
+        """
+        attention = layer.self_attn
+        normed = layer.layer_norm1(hidden)
+        shape = (*hidden.shape[:-1], -1, attention.head_dim)
+        key = attention.k_proj(normed).view(shape).transpose(1, 2)
+        value = attention.v_proj(normed).view(shape).transpose(1, 2)
+        residual = hidden
+        if query_positions is not None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            normed = normed[rows, query_positions][:, None]
+            residual = hidden[rows, query_positions][:, None]
+        query = attention.q_proj(normed).view(*normed.shape[:-1], -1, attention.head_dim).transpose(1, 2)
+        all_keys, all_values = key, value
+        if past is not None:
+            all_keys, all_values = torch.cat([past[0], key], dim=2), torch.cat([past[1], value], dim=2)
+        implementation = attention.config._attn_implementation
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        output, _ = interface(attention, query, all_keys, all_values, mask, scaling=attention.scale, dropout=0.0)
+        hidden = residual + attention.out_proj(output.reshape(*normed.shape[:-1], -1).contiguous())
+        return hidden + layer.mlp(layer.layer_norm2(hidden)), key, value
+
+    def _prompt_features_shared_prefix(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        num_templates: int,
+        batch_size: int,
+    ) -> torch.Tensor | None:
+        """Like `_prompt_features`, with each template's shared prefix run once.
+
+        The prompts of one template (rows t, t + T, t + 2T, ...) start with the same tokens (start of text and the
+        template's words before the name). The text tower is causal, so the hidden states of those tokens are the
+        same in every prompt of the template: they run once per template, keeping every layer's keys and values,
+        and each prompt runs only its remaining tokens, attending to the prefix's keys and values and causally to
+        its own. Only the pooled token's state is needed, so tokens after it are ignored and the last layer runs
+        at that token only. Returns None when padding precedes a pooled token (the mask would then matter).
+        """
+        text = self.text_model
+        num_prompts, length = input_ids.shape
+        device = input_ids.device
+        pooled = self._pooled_token_positions(input_ids)
+        if attention_mask is not None:
+            before_pooled = torch.arange(length, device=device)[None] <= pooled[:, None]
+            if not bool((attention_mask.bool() | ~before_pooled).all()):
+                return None
+        by_template = input_ids.view(-1, num_templates, length)
+        same = (by_template == by_template[:1]).all(dim=0)  # [T, L]: column equal in all prompts of the template
+        prefix_lengths = same.int().cumprod(dim=1).sum(dim=1)
+        # The pooled token itself always runs with the prompt.
+        prefix_lengths = torch.minimum(prefix_lengths, pooled.view(-1, num_templates).amin(dim=0))
+        longest_prefix = int(prefix_lengths.max())
+        dtype = text.embeddings.token_embedding.weight.dtype
+        blocked = torch.finfo(dtype).min
+        layers = text.encoder.layers
+        positions = torch.arange(length, device=device)
+
+        prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if longest_prefix > 0:
+            ids = by_template[0, :, :longest_prefix]
+            hidden = text.embeddings(input_ids=ids)
+            causal = positions[:longest_prefix, None] >= positions[None, :longest_prefix]
+            mask = torch.zeros(causal.shape, dtype=dtype, device=device).masked_fill_(~causal, blocked)[None, None]
+            for layer in layers:
+                hidden, key, value = self._text_layer(layer, hidden, mask)
+                prefix_cache.append((key, value))
+
+        template = torch.arange(num_prompts, device=device) % num_templates
+        starts = prefix_lengths[template]  # [N]: first position each prompt runs itself
+        suffix_lengths = pooled + 1 - starts
+        order = torch.argsort(suffix_lengths, stable=True)
+        features = None
+        for first in range(0, num_prompts, batch_size):
+            rows = order[first : first + batch_size]
+            span = int(suffix_lengths[rows].max())
+            # Positions past a prompt's pooled token may hold any token: causally, the pooled state ignores them.
+            token_positions = (starts[rows, None] + positions[None, :span]).clamp_(max=length - 1)
+            ids = input_ids[rows[:, None], token_positions]
+            hidden = text.embeddings(input_ids=ids, position_ids=token_positions)
+            own = positions[:span, None] >= positions[None, :span]  # [S, S] causal
+            allowed = own.expand(len(rows), span, span)
+            if longest_prefix > 0:
+                visible_prefix = positions[None, :longest_prefix] < starts[rows, None]  # [B, P]
+                allowed = torch.cat([visible_prefix[:, None].expand(-1, span, -1), allowed], dim=2)
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, blocked)[:, None]
+            query_index = suffix_lengths[rows] - 1
+            batch_rows = torch.arange(len(rows), device=device)
+            for index, layer in enumerate(layers):
+                past = None
+                if prefix_cache:
+                    key, value = prefix_cache[index]
+                    past = (key[template[rows]], value[template[rows]])
+                if index == len(layers) - 1:
+                    hidden, _, _ = self._text_layer(layer, hidden, mask[batch_rows, :, query_index][:, :, None], past,
+                                                    query_index)  # fmt: skip
+                else:
+                    hidden, _, _ = self._text_layer(layer, hidden, mask, past)
+            batch_features = F.normalize(self.text_projection(text.final_layer_norm(hidden[:, 0])), dim=-1)
+            if features is None:
+                features = batch_features.new_empty((num_prompts, batch_features.shape[-1]))
+            features[rows] = batch_features
+        return features
 
     # --------------------------------------------------------------------------------------------- vision
-    def _position_embeddings(self, grid_height: int, grid_width: int) -> torch.Tensor:
-        """Positional embeddings [1 + gh*gw, width] for a patch grid, resized as the config says."""
-        table = self.vision_model.embeddings.position_embedding.weight
-        pretrained_grid = int(math.isqrt(table.shape[0] - 1))
-        if (grid_height, grid_width) == (pretrained_grid, pretrained_grid):
-            return table
-        cls_pos, patch_pos = table[:1], table[1:]
-        patch_pos = patch_pos.reshape(1, pretrained_grid, pretrained_grid, -1).permute(0, 3, 1, 2)
-        if self.config.pos_embed_interpolation == "official":
-            # Scale factors with +0.1 (DINO's guard against float error), not a target size: the two differ.
-            patch_pos = F.interpolate(
-                patch_pos.float(),
-                scale_factor=((grid_height + 0.1) / pretrained_grid, (grid_width + 0.1) / pretrained_grid),
-                mode="bicubic",
-                align_corners=False,
-                recompute_scale_factor=False,
-            )
-        else:
-            patch_pos = F.interpolate(
-                patch_pos.float(), size=(grid_height, grid_width), mode="bicubic", align_corners=False
-            )
-        patch_pos = patch_pos.to(table.dtype).permute(0, 2, 3, 1).reshape(grid_height * grid_width, -1)
-        return torch.cat([cls_pos, patch_pos], dim=0)
-
-    def _neighbourhood_bias(self, grid_height: int, grid_width: int, device, dtype) -> torch.Tensor:
-        key = (grid_height, grid_width, float(self.config.gaussian_std), str(device), dtype)
-        bias = self._bias_cache.get(key)
-        if bias is None:
-            bias = gaussian_neighbourhood_bias(grid_height, grid_width, self.config.gaussian_std).to(
-                device, dtype
-            )
-            self._bias_cache = {key: bias}  # keep one grid: sliding windows share it
-        return bias
-
     def encode_patches(
-        self, pixel_values: torch.Tensor, position_embeddings: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor,
+        arch: str | None = None,
+        attn_strategy: str | None = None,
+        gaussian_std: float | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
     ) -> BaseModelOutput:
-        """Run the vision tower with NACLIP's last layer.
+        """Run the vision tower (`CLIPVisionModel.forward`) with NACLIP's last layer.
 
         Args:
             pixel_values: [B, 3, H, W]; H and W need not be multiples of the patch size (the remainder is
                 dropped, as a strided convolution does).
-            position_embeddings: optional precomputed [1 + gh*gw, width] for this grid (reused across windows).
+            arch, attn_strategy, gaussian_std: the last block for this call (default: the config's).
+            output_attentions, output_hidden_states: as for `CLIPVisionModel`.
         Returns:
-            `last_hidden_state` [B, 1 + gh*gw, width]: output of the last block, before post-layernorm.
+            `last_hidden_state` [B, 1 + gh*gw, width]: output of the last block, before post-layernorm; and the
+            `hidden_states` / `attentions` asked for.
         """
-        embeddings = self.vision_model.embeddings
-        patch = embeddings.patch_size
-        grid_height, grid_width = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
-        if grid_height < 1 or grid_width < 1:
+        options = self.config.inference_options(arch=arch, attn_strategy=attn_strategy, gaussian_std=gaussian_std)
+        patch = self.config.vision_config.patch_size
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        if grid[0] < 1 or grid[1] < 1:
             raise ValueError(
                 f"Input of {tuple(pixel_values.shape[-2:])} pixels is smaller than one {patch}×{patch} patch; "
                 "use a larger image (or a larger short_side)."
             )
-        dtype = embeddings.patch_embedding.weight.dtype
-        tokens = embeddings.patch_embedding(pixel_values.to(dtype)).flatten(2).transpose(1, 2)
-        cls = embeddings.class_embedding.to(dtype).expand(tokens.shape[0], 1, -1)
-        if position_embeddings is None:
-            position_embeddings = self._position_embeddings(grid_height, grid_width)
-        hidden = torch.cat([cls, tokens], dim=1) + position_embeddings.to(dtype)
-        hidden = self.vision_model.pre_layrnorm(hidden)
-        *early_layers, last_layer = self.vision_model.encoder.layers
-        for layer in early_layers:
-            hidden = layer(hidden, None)
-        strategy = self.config.attn_strategy
-        bias = None
-        if strategy in ("naclip", "nonly"):
-            bias = self._neighbourhood_bias(grid_height, grid_width, hidden.device, torch.float32)
-        hidden = last_layer(hidden, None, arch=self.config.arch, strategy=strategy, neighbourhood_bias=bias)
-        return BaseModelOutput(last_hidden_state=hidden)
+        naclip_options = {
+            "arch": options["arch"],
+            "attn_strategy": options["attn_strategy"],
+            "gaussian_std": options["gaussian_std"],
+            "grid": grid,
+        }
+        outputs = self.vision_model(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=True,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            naclip_options=naclip_options,
+        )
+        return BaseModelOutput(
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions if output_attentions else None,
+        )
 
-    def _window_logits(
-        self, pixel_values: torch.Tensor, text_embeds: torch.Tensor, position_embeddings: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Per-name logits [B, names, H, W] of windows [B, 3, H, W]."""
-        hidden = self.encode_patches(pixel_values, position_embeddings).last_hidden_state
+    def _window_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`."""
         features = self.visual_projection(self.vision_model.post_layernorm(hidden))[:, 1:]
         features = F.normalize(features, dim=-1)
-        patch = self.vision_model.embeddings.patch_size
-        grid_height, grid_width = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+        patch = self.config.vision_config.patch_size
         logits = (features @ text_embeds.to(features.dtype).T).transpose(1, 2)
-        logits = logits.reshape(logits.shape[0], -1, grid_height, grid_width)
-        return F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        logits = logits.reshape(logits.shape[0], -1, size[0] // patch, size[1] // patch)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def forward(
         self,
@@ -311,106 +617,135 @@ class NACLIPForSemanticSegmentation(CLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
         num_templates: int | None = None,
+        slide_crop: int | None = None,
+        slide_stride: int | None = None,
+        slide_batch_size: int | None = None,
+        arch: str | None = None,
+        attn_strategy: str | None = None,
+        gaussian_std: float | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> NACLIPSemanticSegmenterOutput | tuple:
-        """Per-name logits at the resolution of `pixel_values`.
+        r"""Per-name logits at the resolution of `pixel_values`.
 
         Args:
-            pixel_values: [B, 3, H, W] normalised images of one size.
-            input_ids, attention_mask: [names * templates, L] prompts (see `get_name_embeddings`), or
-            text_embeds: [names, projection_dim] precomputed, normalised name embeddings.
-            num_templates: prompts per name with `input_ids` (default: the config's template count).
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                Normalised images of one size (see `NACLIPImageProcessor`).
+            input_ids, attention_mask (`torch.LongTensor` of shape `(num_names * num_templates, length)`):
+                The class names' prompts (see `NACLIPProcessor`); or
+            text_embeds (`torch.FloatTensor` of shape `(num_names, projection_dim)`):
+                Precomputed, normalised name embeddings (see `get_name_embeddings`).
+            num_templates (`int`, *optional*): prompts per name with `input_ids` (default: the config's templates).
+            slide_crop, slide_stride, slide_batch_size (`int`, *optional*): sliding windows for this call
+                (default: the config's; `slide_crop=0` = one whole-image pass).
+            arch, attn_strategy, gaussian_std (*optional*): the last block for this call (default: the config's).
+            output_attentions, output_hidden_states (`bool`, *optional*): return the vision tower's attention maps
+                / hidden states (see `NACLIPSemanticSegmenterOutput`).
+            return_dict (`bool`, *optional*): `False` returns a tuple instead of the output object.
+
         Returns:
-            `NACLIPSemanticSegmenterOutput` with `logits` [B, names, H, W] and `text_embeds`.
+            `NACLIPSemanticSegmenterOutput` with `logits` `(batch_size, num_names, height, width)` and `text_embeds`.
+
+        The config is never changed by a call; options given here apply to this call only.
+
+        Example:
+
+        ```python
+        >>> outputs = model(pixel_values=torch.randn(1, 3, 224, 336), text_embeds=text_embeds, slide_crop=0)
+        >>> outputs.logits.shape  # (1, num_names, 224, 336)
+        ```
         """
-        self.config.check_naclip_settings()
+        options = self.config.inference_options(
+            slide_crop=slide_crop,
+            slide_stride=slide_stride,
+            slide_batch_size=slide_batch_size,
+            arch=arch,
+            attn_strategy=attn_strategy,
+            gaussian_std=gaussian_std,
+        )
         if text_embeds is None:
             if input_ids is None:
-                raise ValueError(
-                    "Pass the class names' prompts as `input_ids` or their embeddings as `text_embeds`."
-                )
+                raise ValueError("Pass the class names' prompts as `input_ids` or their embeddings as `text_embeds`.")
             if num_templates is None:
                 templates = self.config.prompt_templates
                 num_templates = 80 if templates is None else len(templates)
             text_embeds = self.get_name_embeddings(input_ids, attention_mask, num_templates)
-        if pixel_values.ndim != 4:
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+            raise ValueError(f"pixel_values must be a tensor [batch, 3, height, width], got {shape}.")
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.vision_config.patch_size
+        if min(height, width) < patch:
             raise ValueError(
-                f"pixel_values must be [batch, 3, height, width], got shape {tuple(pixel_values.shape)}."
+                f"The processed image is {height}×{width} pixels, smaller than one {patch}×{patch} patch; use a "
+                f"larger image or a larger short_side (at least {patch})."
             )
-        if self.config.slide_crop > 0:
-            logits = self._slide(pixel_values, text_embeds)
+        block = {key: options[key] for key in ("arch", "attn_strategy", "gaussian_std")}
+        crop = options["slide_crop"]
+        if crop > 0:
+            boxes = sliding_windows(height, width, crop, options["slide_stride"])
+            # Slices of the whole batch, image 0's windows first.
+            windows = [(image, box) for image in range(pixel_values.shape[0]) for box in boxes]
         else:
-            logits = self._window_logits(pixel_values, text_embeds, None)
-        if return_dict is False:
-            return (logits, text_embeds)
-        return NACLIPSemanticSegmenterOutput(logits=logits, text_embeds=text_embeds)
-
-    def _slide(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """Sliding-window logits [B, names, H, W]: windows run in batches, summed, divided by their overlap."""
-        batch, _, height, width = pixel_values.shape
-        crop, stride = self.config.slide_crop, self.config.slide_stride
-        boxes = sliding_windows(height, width, crop, stride)
-        # Every window has the same size, so positional embeddings and the Gaussian bias are computed once.
-        y1, y2, x1, x2 = boxes[0]
-        patch = self.vision_model.embeddings.patch_size
-        position_embeddings = self._position_embeddings((y2 - y1) // patch, (x2 - x1) // patch)
-        total = pixel_values.new_zeros((batch, text_embeds.shape[0], height, width), dtype=torch.float32)
-        count = pixel_values.new_zeros((1, 1, height, width), dtype=torch.float32)
-        step = self.config.slide_batch_size
-        for image in range(batch):
-            for start in range(0, len(boxes), step):
-                chunk = boxes[start : start + step]
-                windows = torch.stack([pixel_values[image, :, a:b, c:d] for a, b, c, d in chunk])
-                logits = self._window_logits(windows, text_embeds, position_embeddings).float()
-                for (a, b, c, d), window_logits in zip(chunk, logits):
-                    total[image, :, a:b, c:d] += window_logits
-        for a, b, c, d in boxes:
-            count[..., a:b, c:d] += 1
-        return total / count
-
-    # ------------------------------------------------------------------------------------- post-processing
-    @torch.no_grad()
-    def post_process_logits(
-        self,
-        logits: torch.Tensor,
-        pixel_values: torch.Tensor | None,
-        original_size: Sequence[int],
-        name_to_class: Sequence[int] | torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """From per-name logits at the processed size to class probabilities and labels at the original size.
-
-        Args:
-            logits: [B, names, h, w] from `forward`.
-            pixel_values: [B, 3, h, w], the model input (PAMR's guide image); may be None if `pamr_steps == 0`.
-            original_size: (H, W) of the image before resizing.
-            name_to_class: [names] class index of each name (synonyms share a class).
-        Returns:
-            probabilities [B, classes, H, W] (summing to 1 over classes) and segmentation [B, H, W] (int64):
-            argmax over classes, with pixels whose top probability is below `prob_thd` set to class 0.
-        """
-        height, width = int(original_size[0]), int(original_size[1])
-        logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
-        if self.config.pamr_steps > 0:
-            if pixel_values is None:
-                raise ValueError(
-                    "PAMR needs the model input as guide image: pass pixel_values (or pamr_steps=0)."
-                )
-            guide = F.interpolate(
-                pixel_values.float(), size=(height, width), mode="bilinear", align_corners=False
+            windows = [(slice(None), (0, height, 0, width))]
+        logits = pixel_values.new_zeros((pixel_values.shape[0], len(text_embeds), height, width), dtype=torch.float32)
+        hidden_states: list[tuple] = []
+        attentions: list[tuple] = []
+        step = options["slide_batch_size"] if crop > 0 else 1
+        for start in range(0, len(windows), step):
+            chunk = windows[start : start + step]
+            y1, y2, x1, x2 = chunk[0][1]
+            if crop > 0:
+                batch = torch.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
+            else:
+                batch = pixel_values
+            encoded = self.encode_patches(
+                batch,
+                output_attentions=bool(output_attentions),
+                output_hidden_states=bool(output_hidden_states),
+                **block,
             )
-            logits = pamr(guide, logits, self.config.pamr_steps, self.config.pamr_dilations)
-        probs = (logits * self.config.logit_scale).softmax(dim=1)
-        index = torch.as_tensor(name_to_class, dtype=torch.long, device=probs.device)
-        if index.numel() != probs.shape[1]:
-            raise ValueError(f"name_to_class has {index.numel()} entries for {probs.shape[1]} names.")
-        num_classes = int(index.max()) + 1
-        if num_classes != probs.shape[1]:
-            merged = probs.new_full((probs.shape[0], num_classes, height, width), -1.0)
-            probs = merged.scatter_reduce_(1, index.view(1, -1, 1, 1).expand_as(probs), probs, reduce="amax")
-        segmentation = probs.argmax(dim=1)
-        segmentation[probs.amax(dim=1) < self.config.prob_thd] = 0
-        return probs / probs.sum(dim=1, keepdim=True), segmentation
+            window_logits = self._window_logits(encoded.last_hidden_state, text_embeds, (y2 - y1, x2 - x1)).float()
+            if crop > 0:
+                for (image, (a, b, c, d)), values in zip(chunk, window_logits):
+                    logits[image, :, a:b, c:d] += values
+            else:
+                logits = window_logits
+            if output_hidden_states:
+                hidden_states.append(encoded.hidden_states)
+            if output_attentions:
+                attentions.append(encoded.attentions)
+        if crop > 0:
+            count = logits.new_zeros((height, width))
+            for a, b, c, d in boxes:
+                count[a:b, c:d] += 1
+            logits = logits / count
+        output = NACLIPSemanticSegmenterOutput(
+            logits=logits,
+            text_embeds=text_embeds,
+            hidden_states=_concatenate_layers(hidden_states) if output_hidden_states else None,
+            attentions=_concatenate_layers(attentions) if output_attentions else None,
+        )
+        return output.to_tuple() if return_dict is False else output
 
 
-__all__ = ["NACLIPForSemanticSegmentation", "NACLIPSemanticSegmenterOutput", "gaussian_neighbourhood_bias"]
+def _concatenate_layers(per_chunk: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Per-layer tensors of several window batches, concatenated along the batch."""
+    if len(per_chunk) == 1:
+        return tuple(per_chunk[0])
+    return tuple(torch.cat(layer, dim=0) for layer in zip(*per_chunk))
+
+
+__all__ = [
+    "NACLIP_ATTENTION_FUNCTIONS",
+    "NACLIPAttention",
+    "NACLIPEncoderLayer",
+    "NACLIPForSemanticSegmentation",
+    "NACLIPPreTrainedModel",
+    "NACLIPSemanticSegmenterOutput",
+    "NACLIPVisionEmbeddings",
+    "gaussian_neighbourhood_bias",
+    "register_attention",
+    "sliding_windows",
+]

@@ -23,7 +23,7 @@ NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
     (1, 0),
     (1, 1),
 )
-# The full 3×3 window, centre included.
+# The full 3×3 window, centre included (the local spread of the affinity is taken over it).
 WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
 
 
@@ -104,39 +104,4 @@ def pamr(image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Se
     return scores
 
 
-def pamr_reference(
-    image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Sequence[int]
-) -> torch.Tensor:
-    """PAMR as the reference implementation computes it: every shifted copy of the scores for every dilation is
-    materialised at once ([B, C, 8·len(dilations), H, W]) in each iteration. Kept to check `pamr` against and to
-    measure it; use `pamr` for real work."""
-    if num_iter <= 0:
-        return scores
-    scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
-    batch, channels, height, width = image.shape
-
-    def neighbourhood(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        b, k = x.shape[:2]
-        flat = x.reshape(b * k, 1, height, width)
-        out = torch.cat(
-            [F.conv2d(F.pad(flat, [d] * 4, mode="replicate"), kernel, dilation=d) for d in dilations], dim=1
-        )
-        return out.view(b, k, -1, height, width)
-
-    def kernel_from(offsets, centre: float, neighbour: float) -> torch.Tensor:
-        kernel = torch.zeros(len(offsets), 1, 3, 3, dtype=image.dtype, device=image.device)
-        for i, (dy, dx) in enumerate(offsets):
-            kernel[i, 0, 1, 1] += centre
-            kernel[i, 0, 1 + dy, 1 + dx] += neighbour
-        return kernel
-
-    spread = neighbourhood(image, kernel_from(WINDOW_OFFSETS, 0.0, 1.0)).std(dim=2, keepdim=True)
-    diff = neighbourhood(image, kernel_from(NEIGHBOUR_OFFSETS, 1.0, -1.0)).abs()
-    affinity = (-diff / (1e-8 + 0.1 * spread)).mean(dim=1, keepdim=True).softmax(dim=2)
-    copy_kernel = kernel_from(NEIGHBOUR_OFFSETS, 0.0, 1.0).to(scores.dtype)
-    for _ in range(num_iter):
-        scores = (neighbourhood(scores, copy_kernel) * affinity).sum(dim=2)
-    return scores
-
-
-__all__ = ["pamr", "pamr_affinity", "pamr_reference"]
+__all__ = ["NEIGHBOUR_OFFSETS", "WINDOW_OFFSETS", "pamr", "pamr_affinity"]

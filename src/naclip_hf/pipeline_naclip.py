@@ -6,7 +6,9 @@ transformers, numpy, PIL and sibling modules of this package (never `naclip_hf` 
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,21 +17,22 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPTokenizer, Pipeline
+from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
-from transformers.image_utils import load_image
 from transformers.utils import logging
 
-from .configuration_naclip import NACLIP_SETTINGS
-from .inference import ClassEmbeddings, encode_classes
+from .fileio import apply_default_modes
+from .image_io import describe_input, load_image
+from .image_processing_naclip import NACLIPImageProcessor
+from .inference import ClassEmbeddings, encode_classes, load_model, split_options
 from .labels import parse_class_entries
-from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
+from .options import check_settings
+from .processing_naclip import NACLIPProcessor
+from .tokenization import load_clip_tokenizer
 
 logger = logging.get_logger(__name__)
 
 TASK = "naclip-segmentation"
-# NACLIP settings that can be overridden for one call (they are fields of the model's config).
-CALL_SETTINGS = tuple(key for key in NACLIP_SETTINGS if key not in ("text_batch_size", "prompt_templates"))
 # How many label sets keep their text embeddings in a pipeline.
 LABEL_CACHE_SIZE = 32
 
@@ -59,16 +62,6 @@ def parse_candidate_labels(candidate_labels: Any) -> list[list[str]]:
     return parse_class_entries(candidate_labels)
 
 
-def _describe(item: Any) -> str:
-    """A short description of a pipeline input, for error messages."""
-    if isinstance(item, (str, os.PathLike)):
-        text = os.fspath(item)
-        return repr(text if len(text) <= 200 else text[:200] + "...")
-    if isinstance(item, (np.ndarray, torch.Tensor)):
-        return f"{type(item).__name__} of shape {tuple(item.shape)}"
-    return type(item).__name__
-
-
 def _is_naclip_image_processor(image_processor: Any) -> bool:
     # By name: under remote code the class may come from another copy of this package's modules.
     return image_processor is not None and type(image_processor).__name__ == NACLIPImageProcessor.__name__
@@ -95,16 +88,10 @@ def _resolve_processor(model: Any, tokenizer: Any, image_processor: Any, process
         tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
         image_processor = image_processor if image_processor is not None else processor.image_processor
     source = getattr(model, "name_or_path", None) or None
-    if tokenizer is None:
-        if source is None:
-            raise ValueError("No tokenizer: pass tokenizer= (CLIP's) or processor= (a NACLIPProcessor).")
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(source)
-        except OSError as error:
-            raise OSError(
-                f"Could not load CLIP's tokenizer from {source!r}: {error}\nThe checkpoint needs its tokenizer files "
-                "(tokenizer.json, or vocab.json and merges.txt); `naclip convert --tokenizer DIR` saves them."
-            ) from error
+    text_config = model.config.text_config
+    if tokenizer is None or len(tokenizer) != text_config.vocab_size:
+        # A folder without tokenizer files yields an empty tokenizer: every prompt would get the same ids.
+        tokenizer = load_clip_tokenizer(source, text_config)
     if _is_naclip_image_processor(image_processor):
         if not isinstance(image_processor, NACLIPImageProcessor):
             image_processor = NACLIPImageProcessor.from_dict(image_processor.to_dict())
@@ -115,9 +102,8 @@ def _resolve_processor(model: Any, tokenizer: Any, image_processor: Any, process
 
 def _load_checkpoint(model_id_or_path: str | os.PathLike, **kwargs: Any) -> Any:
     """Load a checkpoint given to the pipeline class as an id or path (e.g. the registered default)."""
-    from .inference import load_model  # its OSError says how to get a checkpoint
-
     return load_model(os.fspath(model_id_or_path), **kwargs)
+
 
 
 class NACLIPSegmentationPipeline(Pipeline):
@@ -146,13 +132,15 @@ class NACLIPSegmentationPipeline(Pipeline):
             naming it (for a list, nothing is returned). With `skip_errors=True` its result is
             `{"error": "<message>"}` and the other images are still segmented.
         timeout (`float`, *optional*): timeout in seconds when fetching URLs.
-        NACLIP settings for this call only: `arch`, `attn_strategy`, `gaussian_std`, `logit_scale`, `prob_thd`,
-            `slide_crop`, `slide_stride`, `slide_batch_size`, `pamr_steps`, `pamr_dilations`,
-            `pos_embed_interpolation` (defaults: the model's config; see `NACLIPConfig`).
+        NACLIP options for this call only (defaults: the model's config, which is never changed): sliding windows
+            `slide_crop`, `slide_stride`, `slide_batch_size`; the last block `arch`, `attn_strategy`,
+            `gaussian_std`; post-processing `logit_scale`, `prob_thd`, `pamr_steps`, `pamr_dilations` (see
+            `naclip_hf.options`).
 
     Any of these can also be given when building the pipeline (`pipeline("naclip-segmentation", model=...,
-    candidate_labels=[...], pamr_steps=0)`); they then apply to every call (settings given at call time are
-    added on top) without changing the model's config.
+    candidate_labels=[...], pamr_steps=0)`); they then apply to every call (options given at call time are
+    added on top). Calls from several threads at once are safe: nothing a call does changes shared state but the
+    label-embedding cache, which is locked.
 
     Output, per image (a list of them for a list of images):
         - by default, as transformers' image-segmentation pipeline: a list with one dict per class present in the
@@ -164,8 +152,8 @@ class NACLIPSegmentationPipeline(Pipeline):
           `labels`) and `probabilities` (`np.ndarray` float32 [classes, H, W], summing to 1 over classes).
 
     The text embeddings of a label set are computed once per pipeline and reused by later calls with the same
-    labels (and prompt templates). Images are processed one at a time (`batch_size` is ignored); sliding windows
-    are batched inside the model (`slide_batch_size`).
+    labels. Images are processed one at a time (`batch_size` is ignored); sliding windows are batched inside the
+    model (`slide_batch_size`).
     """
 
     _load_tokenizer = None
@@ -185,14 +173,14 @@ class NACLIPSegmentationPipeline(Pipeline):
         if isinstance(model, (str, os.PathLike)):
             dtype = kwargs.get("dtype")
             model = _load_checkpoint(model, **({} if dtype in (None, "auto") else {"dtype": dtype}))
-        for method in ("get_name_embeddings", "post_process_logits"):
-            if not callable(getattr(model, method, None)):
-                raise TypeError(
-                    f"The naclip-segmentation pipeline needs a NACLIPForSemanticSegmentation model, got "
-                    f"{type(model).__name__}."
-                )
+        if not callable(getattr(model, "get_name_embeddings", None)):
+            raise TypeError(
+                f"The naclip-segmentation pipeline needs a NACLIPForSemanticSegmentation model, got "
+                f"{type(model).__name__}."
+            )
         processor = _resolve_processor(model, tokenizer, image_processor, processor)
         self._label_cache: OrderedDict[tuple, ClassEmbeddings] = OrderedDict()
+        self._label_cache_lock = threading.Lock()
         # On-disk cache of label embeddings (see `encode_classes`): True = the default folder, None = off.
         self.text_cache_dir = kwargs.pop("text_cache_dir", True)
         super().__init__(
@@ -214,35 +202,38 @@ class NACLIPSegmentationPipeline(Pipeline):
         timeout: float | None = None,
         **settings: Any,
     ) -> tuple[dict, dict, dict]:
-        unknown = sorted(set(settings) - set(CALL_SETTINGS))
-        if unknown:
-            valid = ["candidate_labels", "short_side", "return_label_map", "return_probabilities", "skip_errors",
-                     "timeout", *CALL_SETTINGS]  # fmt: skip
-            raise TypeError(f"Unknown argument(s) {unknown} for the {TASK} pipeline; valid ones: {', '.join(valid)}.")
         preprocess: dict[str, Any] = {}
         forward: dict[str, Any] = {}
         postprocess: dict[str, Any] = {}
         if candidate_labels is not None:
             forward["candidate_labels"] = parse_candidate_labels(candidate_labels)
         if short_side is not None:
-            if isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 0:
-                raise ValueError(f"short_side={short_side!r} must be an integer >= 0 (0 keeps the image size).")
-            preprocess["short_side"] = short_side
+            preprocess["short_side"] = check_settings({"short_side": short_side})["short_side"]
         if timeout is not None:
             preprocess["timeout"] = timeout
         if skip_errors is not None:
             preprocess["skip_errors"] = bool(skip_errors)
         if settings:
-            # Settings given at call time add to those given when the pipeline was built.
+            # Options given at call time add to those given when the pipeline was built; all are checked now,
+            # before any image is read.
             settings = {**getattr(self, "_forward_params", {}).get("settings", {}), **settings}
-            with self.model.config.temporary_settings(settings):  # validates them now, before any image is read
-                pass
+            try:
+                forward_options, post_options = split_options(self.model, settings)
+            except TypeError as error:
+                raise TypeError(f"{error} (for the {TASK} pipeline; also candidate_labels, short_side, "
+                                "return_label_map, return_probabilities, skip_errors, timeout)") from None
             forward["settings"] = settings
+            forward["forward_options"] = forward_options
+            postprocess["post_options"] = post_options
+            if settings.get("method") is not None and short_side is None:
+                # A method's own short side, unless one was given when the pipeline was built.
+                method_side = self.model.config.inference_options(method=settings["method"]).get("short_side")
+                if method_side is not None and "short_side" not in getattr(self, "_preprocess_params", {}):
+                    preprocess["short_side"] = method_side
         if return_label_map is not None:
             postprocess["return_label_map"] = bool(return_label_map)
         if return_probabilities is not None:
             postprocess["return_probabilities"] = bool(return_probabilities)
-            forward["keep_probabilities"] = bool(return_probabilities)
         return preprocess, forward, postprocess
 
     def __call__(self, inputs: Any = None, candidate_labels: Any = None, **kwargs: Any) -> Any:
@@ -273,14 +264,16 @@ class NACLIPSegmentationPipeline(Pipeline):
         """Embeddings of a parsed label set, from the cache when the same labels and templates were seen."""
         templates = self.model.config.prompt_templates
         key = (tuple(tuple(names) for names in classes), None if templates is None else tuple(templates))
-        cached = self._label_cache.get(key)
-        if cached is not None:
-            self._label_cache.move_to_end(key)
-            return cached
+        with self._label_cache_lock:
+            cached = self._label_cache.get(key)
+            if cached is not None:
+                self._label_cache.move_to_end(key)
+                return cached
         label_set = encode_classes(self.model, self.processor, classes, cache_dir=self.text_cache_dir)
-        self._label_cache[key] = label_set
-        while len(self._label_cache) > LABEL_CACHE_SIZE:
-            self._label_cache.popitem(last=False)
+        with self._label_cache_lock:
+            self._label_cache[key] = label_set
+            while len(self._label_cache) > LABEL_CACHE_SIZE:
+                self._label_cache.popitem(last=False)
         return label_set
 
     # ------------------------------------------------------------------------------------------------ steps
@@ -290,13 +283,9 @@ class NACLIPSegmentationPipeline(Pipeline):
         """One input -> `pixel_values` [1, 3, h, w] and `original_size` (H, W); or `{"error": ...}` when the
         input cannot be read and `skip_errors` is set."""
         try:
-            if isinstance(image, (str, os.PathLike)):
-                image = load_image(os.fspath(image), timeout=timeout)
-            elif isinstance(image, Image.Image):
-                image = image.convert("RGB")
-            encoded = self.processor.image_processor(image, short_side=short_side)
-        except Exception as error:
-            message = f"Could not read image {_describe(image)}: {error}"
+            encoded = self.image_processor(load_image(image, timeout=timeout), short_side=short_side)
+        except (OSError, ValueError, TypeError) as error:
+            message = f"Could not read image {describe_input(image)}: {error}"
             if not skip_errors:
                 raise ValueError(message + " (pass skip_errors=True to get an error entry for it instead)") from error
             logger.warning(message)
@@ -311,7 +300,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         model_inputs: dict[str, Any],
         candidate_labels: list[list[str]] | None = None,
         settings: Mapping[str, Any] | None = None,
-        keep_probabilities: bool = False,
+        forward_options: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         if "error" in model_inputs:
             return model_inputs
@@ -319,32 +308,41 @@ class NACLIPSegmentationPipeline(Pipeline):
             parse_candidate_labels(None)
         label_set = self._label_set(candidate_labels)
         pixel_values = model_inputs["pixel_values"].to(self.device, self.model.dtype)
-        with self.model.config.temporary_settings(settings or {}):
-            logits = self.model(pixel_values=pixel_values, text_embeds=label_set.text_embeds).logits
-            probabilities, segmentation = self.model.post_process_logits(
-                logits, pixel_values, model_inputs["original_size"], label_set.name_to_class
-            )
-        probabilities, segmentation = probabilities[0], segmentation[0]
-        num_classes = probabilities.shape[0]
-        # Mean probability of each class over the pixels labelled with it.
-        top = probabilities.gather(0, segmentation[None]).squeeze(0).double().flatten()
-        counts = torch.bincount(segmentation.flatten(), minlength=num_classes)
-        sums = torch.bincount(segmentation.flatten(), weights=top, minlength=num_classes)
+        outputs = self.model(pixel_values=pixel_values, text_embeds=label_set.text_embeds, **(forward_options or {}))
         return {
-            "labels": label_set.class_labels,
-            "segmentation": segmentation,
-            "scores": sums / counts.clamp(min=1),
-            "probabilities": probabilities if keep_probabilities else None,
+            "logits": outputs.logits,
+            "pixel_values": pixel_values,
+            "original_size": model_inputs["original_size"],
+            "label_set": label_set,
         }
 
     def postprocess(
-        self, model_outputs: dict[str, Any], return_label_map: bool = False, return_probabilities: bool = False
+        self,
+        model_outputs: dict[str, Any],
+        post_options: Mapping[str, Any] | None = None,
+        return_label_map: bool = False,
+        return_probabilities: bool = False,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         if "error" in model_outputs:
             return {"error": model_outputs["error"]}
-        labels = model_outputs["labels"]
-        label_map = model_outputs["segmentation"].cpu().numpy().astype(np.int64)
-        scores = model_outputs["scores"].tolist()
+        if post_options is None:
+            post_options = split_options(self.model, {})[1]
+        label_set = model_outputs["label_set"]
+        (result,) = self.image_processor.post_process_semantic_segmentation(
+            model_outputs["logits"],
+            target_sizes=[model_outputs["original_size"]],
+            pixel_values=model_outputs["pixel_values"],
+            name_to_class=label_set.name_to_class,
+            return_probabilities=True,
+            **post_options,
+        )
+        probabilities, segmentation = result["probabilities"], result["segmentation"]
+        labels = label_set.class_labels
+        # Mean probability of each class over the pixels labelled with it.
+        top = probabilities.gather(0, segmentation[None]).squeeze(0).double().flatten()
+        counts = torch.bincount(segmentation.flatten(), minlength=len(labels))
+        scores = (torch.bincount(segmentation.flatten(), weights=top, minlength=len(labels)) / counts.clamp(min=1))
+        label_map = segmentation.cpu().numpy().astype(np.int64)
         segments = []
         for class_id in np.unique(label_map).tolist():
             mask = Image.fromarray(np.where(label_map == class_id, 255, 0).astype(np.uint8))
@@ -355,7 +353,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         if return_label_map:
             output["label_map"] = label_map
         if return_probabilities:
-            output["probabilities"] = model_outputs["probabilities"].float().cpu().numpy()
+            output["probabilities"] = probabilities.float().cpu().numpy()
         return output
 
     # -------------------------------------------------------------------------------------------- saving
@@ -398,7 +396,7 @@ def save_for_hub(model: Any, processor: Any, save_directory: str | os.PathLike) 
 
     With naclip-hf imported, the auto classes know the model's code already; without it, `auto_map` points
     `AutoConfig`, `AutoModel`, `AutoImageProcessor` and `AutoProcessor` at the copied files and `custom_pipelines`
-    makes `pipeline(model=folder, trust_remote_code=True)` build this pipeline.
+    makes `pipeline(model=folder, trust_remote_code=True)` build this pipeline. The model's config is not changed.
     """
     save_directory = Path(save_directory)
     if save_directory.is_file():
@@ -410,20 +408,15 @@ def save_for_hub(model: Any, processor: Any, save_directory: str | os.PathLike) 
                 f"{component.__name__} is not registered for an auto class; import naclip_hf (which registers NACLIP "
                 "with transformers) before saving."
             )
-    config = model.config
-    previous = getattr(config, "custom_pipelines", None)
-    config.custom_pipelines = custom_pipelines_entry()
-    try:
-        model.save_pretrained(save_directory)
-    finally:
-        if previous is None:
-            del config.custom_pipelines
-        else:
-            config.custom_pipelines = previous
+    model.save_pretrained(save_directory)
+    config_path = save_directory / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["custom_pipelines"] = custom_pipelines_entry()
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     processor.save_pretrained(save_directory)
     custom_object_save(NACLIPSegmentationPipeline, save_directory)
+    apply_default_modes(save_directory)  # transformers writes the weights readable by their owner only
     return save_directory
 
 
-__all__ = ["CALL_SETTINGS", "TASK", "NACLIPSegmentationPipeline", "custom_pipelines_entry", "parse_candidate_labels",
-           "save_for_hub"]  # fmt: skip
+__all__ = ["TASK", "NACLIPSegmentationPipeline", "custom_pipelines_entry", "parse_candidate_labels", "save_for_hub"]

@@ -23,10 +23,11 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcesso
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_naclip import NACLIPConfig
-from .inference import DEFAULT_CHECKPOINT
+from .image_processing_naclip import NACLIPImageProcessor
 from .modeling_naclip import NACLIPForSemanticSegmentation
+from .options import DEFAULT_CHECKPOINT
 from .pipeline_naclip import TASK, NACLIPSegmentationPipeline
-from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
+from .processing_naclip import NACLIPProcessor
 
 
 class DefaultCheckpoint(os.PathLike):

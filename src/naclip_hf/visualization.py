@@ -1,7 +1,16 @@
-"""Pictures of a segmentation: a colour palette per class, palette label maps, and overlays with a legend."""
+"""Pictures of a segmentation: a colour palette per class, palette label maps, and overlays with a legend.
+
+Legend labels in scripts that Pillow's built-in font lacks (Chinese, Japanese, Korean, some symbols) are drawn
+with a system font that has their glyphs when one is installed: `$NACLIP_LEGEND_FONT` if set, else the Noto CJK
+fonts (Debian/Ubuntu package `fonts-noto-cjk`) or the usual CJK fonts of macOS and Windows, else what `fc-match`
+suggests. Without one, such characters show as boxes.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -93,11 +102,91 @@ def class_shares(segmentation: Any, class_labels: Sequence[str]) -> dict[str, fl
     return {str(class_labels[index]): share for index, share in _present_classes(segmentation, len(class_labels))}
 
 
+# Fonts with CJK glyphs at their usual places (Linux packages, macOS, Windows).
+FALLBACK_FONT_PATHS: tuple[str, ...] = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJKsc-Regular.otf",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/Hiragino Sans GB.ttc",
+    "/Library/Fonts/Arial Unicode.ttf",
+    "C:/Windows/Fonts/msyh.ttc",
+    "C:/Windows/Fonts/YuGothM.ttc",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+)
+# Families asked of fontconfig when none of the paths above exists.
+_FC_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Noto Sans")
+# Characters up to here (Latin, Latin-1, Latin Extended) are in Pillow's built-in font.
+_BUILT_IN_LAST = 0x24F
+# A code point no font has: its rendering is the font's "missing glyph" box.
+_NO_GLYPH = "\U0010fffd"
+_FONT_ENV = "NACLIP_LEGEND_FONT"
+
+
 def _load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font
         return ImageFont.load_default()
+
+
+@lru_cache(maxsize=1)
+def fallback_font_paths() -> tuple[str, ...]:
+    """Font files to try, in order, for characters Pillow's built-in font lacks: `$NACLIP_LEGEND_FONT`, the
+    existing files of `FALLBACK_FONT_PATHS`, then fontconfig's matches for Noto CJK (when `fc-match` exists)."""
+    paths = [os.environ[_FONT_ENV]] if os.environ.get(_FONT_ENV) else []
+    paths += [path for path in FALLBACK_FONT_PATHS if os.path.isfile(path)]
+    fc_match = shutil.which("fc-match")
+    if fc_match is not None:
+        for family in _FC_FAMILIES:
+            try:
+                found = subprocess.run(
+                    [fc_match, "-f", "%{file}", family], capture_output=True, text=True, timeout=5, check=False
+                ).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                break
+            if found and os.path.isfile(found):
+                paths.append(found)
+    return tuple(dict.fromkeys(paths))
+
+
+@lru_cache(maxsize=32)
+def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont | None:
+    try:
+        return ImageFont.truetype(path, size)
+    except OSError:
+        return None
+
+
+def _has_glyphs(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str) -> bool:
+    """Whether `font` draws every non-space character of `text` with a glyph of its own (not the box)."""
+    try:
+        missing = font.getmask(_NO_GLYPH)
+        missing_key = (missing.size, bytes(missing))
+        for character in set(text):
+            if character.isspace():
+                continue
+            mask = font.getmask(character)
+            if (mask.size, bytes(mask)) == missing_key:
+                return False
+    except (UnicodeEncodeError, OSError, ValueError):  # a bitmap font without Unicode support
+        return False
+    return True
+
+
+def font_for_text(text: str, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The font to draw `text` at `size`: Pillow's built-in font when it has every glyph, else the first of
+    `fallback_font_paths()` that has them, else the built-in font (missing glyphs then show as boxes)."""
+    default = _load_font(size)
+    if all(ord(character) <= _BUILT_IN_LAST for character in text) or _has_glyphs(default, text):
+        return default
+    for path in fallback_font_paths():
+        font = _truetype(path, size)
+        if font is not None and _has_glyphs(font, text):
+            return font
+    return default
 
 
 def _format_share(share: float) -> str:
@@ -133,9 +222,10 @@ def draw_legend(
     if len(shown) > max_rows:
         hidden = len(shown) - (max_rows - 1)
         shown = shown[: max_rows - 1] + [(f"+{hidden} more", "", None)]
+    label_fonts = [font_for_text(label, size) for label, _, _ in shown]
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
-    label_width = max(draw.textlength(label, font=font) for label, _, _ in shown)
+    label_width = max(draw.textlength(label, font=f) for (label, _, _), f in zip(shown, label_fonts))
     detail_width = max(draw.textlength(detail, font=font) for _, detail, _ in shown)
     column_gap = gap * 2 if detail_width else 0
     box_width = int(np.ceil(pad + swatch + gap + label_width + column_gap + detail_width + pad))
@@ -143,17 +233,19 @@ def draw_legend(
     left = top = gap
     draw.rectangle([left, top, left + box_width - 1, top + box_height - 1], fill=(0, 0, 0, 170))
     white = (255, 255, 255, 255)
-    for position, (label, detail, colour) in enumerate(shown):
+    for position, ((label, detail, colour), label_font) in enumerate(zip(shown, label_fonts)):
         x, y = left + pad, top + pad + position * row
         if colour is not None:
             draw.rectangle([x, y, x + swatch - 1, y + swatch - 1], fill=(*colour, 255), outline=white)
-        for text, text_x in (
-            (label, x + swatch + gap),
-            (detail, left + box_width - pad - draw.textlength(detail, font=font)),
+        for text, text_x, text_font in (
+            (label, x + swatch + gap, label_font),
+            (detail, left + box_width - pad - draw.textlength(detail, font=font), font),
         ):
             if text:
-                bbox = draw.textbbox((0, 0), text, font=font)
-                draw.text((text_x, y + (swatch - (bbox[3] - bbox[1])) / 2 - bbox[1]), text, font=font, fill=white)
+                bbox = draw.textbbox((0, 0), text, font=text_font)
+                draw.text(
+                    (text_x, y + (swatch - (bbox[3] - bbox[1])) / 2 - bbox[1]), text, font=text_font, fill=white
+                )
     return Image.alpha_composite(base, layer).convert("RGB")
 
 
@@ -194,6 +286,7 @@ def overlay_image(
 
 
 __all__ = [
+    "FALLBACK_FONT_PATHS",
     "MAX_PALETTE_SIZE",
     "MIN_LEGEND_SIDE",
     "LegendEntry",
@@ -201,6 +294,8 @@ __all__ = [
     "class_palette",
     "class_shares",
     "draw_legend",
+    "fallback_font_paths",
+    "font_for_text",
     "label_map_image",
     "overlay_image",
 ]

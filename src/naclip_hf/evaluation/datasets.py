@@ -1,4 +1,5 @@
-"""Benchmark dataset loaders (MMSeg folder layouts and Hub datasets) and label-map helpers."""
+"""Benchmark dataset loaders (MMSeg folder layouts and Hub datasets), a check of every image/label pair before
+a run, and label-map helpers."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..presets import get_preset
+from ..benchmarks import Benchmark, get_benchmark
 
 IGNORE_INDEX = 255
 COCO_STUFF_NUM_THINGS = 80
@@ -90,15 +91,6 @@ _LAYOUTS: dict[str, _Layout] = {
 }
 
 
-def _normalize_split(layout: str, split: str) -> str:
-    """Map the common split names onto the folder names of a layout ("val" -> "val2017" / "validation")."""
-    if layout in ("coco_object", "coco_stuff"):
-        return split if split.endswith("2017") else f"{split}2017"
-    if layout == "ade20k":
-        return {"val": "validation", "train": "training"}.get(split, split)
-    return split
-
-
 def _name_some(paths: Sequence[Path | str]) -> str:
     names = [Path(p).name for p in paths[:_MAX_NAMED]]
     more = f" (and {len(paths) - _MAX_NAMED} more)" if len(paths) > _MAX_NAMED else ""
@@ -150,19 +142,21 @@ def _load_listed_pairs(root: Path, spec: _Layout, split: str) -> list[tuple[str,
         raise ValueError(f"No images found: the split list {list_path} is empty; list one image id per line.")
     pairs = [(i, image_dir / f"{i}{spec.image_suffix}", label_dir / f"{i}{spec.label_suffix}") for i in ids]
     no_image = [image for _, image, _ in pairs if not image.is_file()]
+    no_label = [label for _, _, label in pairs if not label.is_file()]
+    problems = []
     if no_image:
-        raise FileNotFoundError(
-            f"{len(no_image)} image(s) listed in {list_path} are missing from {image_dir}: "
-            f"{_name_some(no_image)}. "
+        problems.append(
+            f"{len(no_image)} image(s) listed in {list_path} are missing from {image_dir}: {_name_some(no_image)}. "
             "Add the missing images or remove their ids from the split list."
         )
-    no_label = [label for _, _, label in pairs if not label.is_file()]
     if no_label:
-        raise FileNotFoundError(
+        problems.append(
             f"{len(no_label)} image(s) listed in {list_path} have no label file in {label_dir}: "
             f"{_name_some(no_label)}. Add the missing label maps or remove their ids from the split list. "
             f"{spec.label_hint}".rstrip()
         )
+    if problems:
+        raise FileNotFoundError(" ".join(problems))
     return pairs
 
 
@@ -178,20 +172,23 @@ def _load_globbed_pairs(root: Path, spec: _Layout, split: str) -> list[tuple[str
             "Check the data root and the split."
         )
     no_label = sorted(key for key in images if key not in labels)
+    no_image = sorted(key for key in labels if key not in images)
+    problems = []
     if no_label:
-        raise FileNotFoundError(
+        problems.append(
             f"{len(no_label)} image(s) in {image_dir} have no label file '<name>{spec.label_suffix}' "
             f"in {label_dir}: {_name_some([images[k] for k in no_label])}. "
             "Add the missing label maps or remove those images. "
             f"{spec.label_hint}".rstrip()
         )
-    no_image = sorted(key for key in labels if key not in images)
     if no_image:
-        raise FileNotFoundError(
+        problems.append(
             f"{len(no_image)} label file(s) in {label_dir} have no image '<name>{spec.image_suffix}' "
             f"in {image_dir}: {_name_some([labels[k] for k in no_image])}. "
             "Add the missing images or remove those label files."
         )
+    if problems:
+        raise FileNotFoundError(" ".join(problems))
     return [(Path(key).name, images[key], labels[key]) for key in images]
 
 
@@ -201,23 +198,30 @@ def _check_limit(limit: int | None) -> None:
 
 
 def load_benchmark_dataset(
-    preset_name: str, data_root: str | os.PathLike, split: str = "val", limit: int | None = None
+    benchmark: str | Benchmark, data_root: str | os.PathLike, split: str = "val", limit: int | None = None
 ) -> datasets.Dataset:
     """Image/label file pairs of a benchmark on disk, as a `datasets.Dataset` with columns image, label, id.
 
-    `data_root` is the folder that directly contains the layout's subfolders (e.g. `VOCdevkit/VOC2012` for
-    voc21, `ADEChallengeData2016` for ade20k). Rows are sorted by id; `limit` keeps the first rows only.
+    `benchmark` is a name of `naclip_hf.benchmarks.BENCHMARKS` (or the descriptor). `data_root` is the folder
+    that directly contains the layout's subfolders (e.g. `VOCdevkit/VOC2012` for voc21, `ADEChallengeData2016`
+    for ade20k). `split` is mapped to its folder by the benchmark ("val" -> "val2017" for COCO). Rows are sorted
+    by id; `limit` keeps the first rows only. Missing images and missing labels are reported together.
     """
-    preset = get_preset(preset_name)
+    preset = get_benchmark(benchmark)
     _check_limit(limit)
-    spec = _LAYOUTS[preset.layout]
+    spec = _LAYOUTS.get(preset.layout)
+    if spec is None:
+        raise ValueError(
+            f"Benchmark {preset.name!r} has layout {preset.layout!r}, which is not a known dataset layout; use "
+            f"one of {', '.join(_LAYOUTS)}."
+        )
     root = Path(data_root).expanduser().absolute()
     if not root.is_dir():
         raise FileNotFoundError(
             f"Data root {root} does not exist (or is not a folder); pass the folder that directly "
             f"contains the {preset.name} data (e.g. .../{spec.example_root})."
         )
-    folder_split = _normalize_split(preset.layout, split)
+    folder_split = preset.split_folder(split)
     if spec.list_file is not None:
         pairs = _load_listed_pairs(root, spec, folder_split)
     else:
@@ -408,6 +412,78 @@ def check_label_map(
         )
 
 
+_LABEL_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")
+
+
+def _describe_value(value: Any, column: str, index: int) -> str:
+    """The file behind a dataset cell (its path), or the column and row for in-memory data."""
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return f"{column} of row {index}"
+
+
+def _header(value: Any) -> tuple[tuple[int, int], str | None]:
+    """(height, width) and PIL mode of an image cell, reading only the file's header where there is a file."""
+    if isinstance(value, np.ndarray):
+        return (int(value.shape[0]), int(value.shape[1])) if value.ndim >= 2 else (0, 0), None
+    if isinstance(value, Image.Image):
+        return (value.height, value.width), value.mode
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            value = io.BytesIO(value["bytes"])
+        elif value.get("path") is not None:
+            value = value["path"]
+        else:
+            raise ValueError("the cell has neither 'bytes' nor 'path'")
+    if isinstance(value, (str, os.PathLike)) and not Path(value).is_file():
+        raise FileNotFoundError("the file does not exist")
+    with Image.open(value) as image:  # reads the header only; pixels are decoded on .load()
+        return (image.height, image.width), image.mode
+
+
+def find_dataset_problems(dataset: datasets.Dataset, max_problems: int = 50) -> list[str]:
+    """Every problem that can be seen without decoding the images: unreadable image or label files, label maps
+    that are not single-channel, and labels whose size differs from their image's. One message per problem,
+    naming the file; empty if none. Stops after `max_problems` (the last message then says so).
+
+    The dataset has columns "image" and "label" (paths, `{"bytes"/"path"}` dicts, PIL images or arrays);
+    `datasets.Image` columns are read without decoding.
+    """
+    for column in ("image", "label"):
+        if column not in dataset.column_names:
+            return [f"The dataset has no {column!r} column; its columns are {dataset.column_names}."]
+        if isinstance(dataset.features.get(column), datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    problems: list[str] = []
+    for index, row in enumerate(dataset):
+        sizes = {}
+        for column in ("image", "label"):
+            where = _describe_value(row[column], column, index)
+            try:
+                sizes[column], mode = _header(row[column])
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                problems.append(f"{where}: the {column} cannot be read ({error}); replace or remove it.")
+                continue
+            if column == "label" and mode is not None and mode not in _LABEL_MODES:
+                problems.append(
+                    f"{where}: the label map has mode {mode!r}; label maps must be single-channel PNGs of class ids "
+                    "(grayscale or palette). Convert colour-coded maps to class ids first."
+                )
+        if len(sizes) == 2 and sizes["image"] != sizes["label"]:
+            (ih, iw), (lh, lw) = sizes["image"], sizes["label"]
+            problems.append(
+                f"{_describe_value(row['label'], 'label', index)}: label map size {lh}x{lw} (HxW) differs from its "
+                f"image {_describe_value(row['image'], 'image', index)} ({ih}x{iw}); each label map must be "
+                "pixel-aligned with its image."
+            )
+        if len(problems) >= max_problems:
+            problems.append(f"(stopped after {max_problems} problems; {len(dataset) - index - 1} rows not checked)")
+            break
+    return problems
+
+
 def coco_stuff_to_coco_object(label: np.ndarray) -> np.ndarray:
     """COCO-Stuff train ids (0..79 things, 80..170 stuff, 255 ignore) to COCO-Object ids.
 
@@ -435,6 +511,7 @@ __all__ = [
     "LAYOUTS",
     "check_label_map",
     "coco_stuff_to_coco_object",
+    "find_dataset_problems",
     "load_benchmark_dataset",
     "load_hub_dataset",
     "read_label_map",

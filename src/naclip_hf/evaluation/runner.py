@@ -1,17 +1,19 @@
 """Benchmark evaluation following the official NACLIP protocol, on one process or split across several.
 
-For every image of a split: segment it with the preset's settings (short side, sliding window, probability
+For every image of a split: segment it with the benchmark's settings (short side, sliding window, probability
 threshold, PAMR on or off), compare the prediction at the original image size with the label map (label ids
 reduced per preset, 255 ignored), and add the pixel counts to one confusion matrix. mIoU, per-class IoU and
 accuracies come from the matrix accumulated over the whole split.
 
 Under `accelerate launch` or `torchrun` (`WORLD_SIZE > 1`), image `i` goes to process `i % world_size`, and the
 per-process confusion matrices are summed (integer counts), so the result is the same as on one process.
+
+The model's config is never changed: settings of the run that differ from it are passed to `segment_image` for
+each call. When an image fails, `EvaluationFailed` carries the scores of the images done so far.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -23,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..configuration_naclip import NACLIP_SETTINGS
+from ..benchmarks import PUBLISHED_KEYS, Benchmark, get_benchmark
 from ..fileio import write_text_atomic
-from ..presets import BenchmarkPreset, get_preset
+from ..options import CONFIG_SETTINGS, DEFAULTS, SETTINGS_BY_NAME
 from .datasets import IGNORE_INDEX, check_label_map, load_benchmark_dataset, load_hub_dataset, read_label_map
 from .metric import MeanIoU
 
@@ -37,34 +39,29 @@ if TYPE_CHECKING:
     from ..modeling_naclip import NACLIPForSemanticSegmentation
     from ..processing_naclip import NACLIPProcessor
 
-NACLIP_SETTING_KEYS = NACLIP_SETTINGS
+NACLIP_SETTING_KEYS = CONFIG_SETTINGS
 """The NACLIP settings of the model config recorded with every result."""
 
-PAMR_STEPS_ON = 10
-"""PAMR iterations of the official evaluation when PAMR is on."""
+PAMR_STEPS_ON = DEFAULTS["pamr_steps"]
+"""PAMR iterations of the official evaluation when PAMR is on (the default)."""
 
-# Settings of the official evaluation shared by all presets (the preset adds crop, stride, threshold, short side).
-_OFFICIAL_COMMON: dict[str, Any] = {
-    "arch": "reduced",
-    "attn_strategy": "naclip",
-    "gaussian_std": 5.0,
-    "logit_scale": 40.0,
-    "pamr_dilations": [8, 16],
-    "pos_embed_interpolation": "official",
-    "prompt_templates": None,
-}
-
-_PUBLISHED_LABELS = {
-    "paper_no_pamr": "paper (Table 1), no PAMR",
-    "paper_pamr": "paper (Table 1), PAMR",
-    "repo_pamr": "official repo README, PAMR",
-}
+# Settings that change speed or memory only; they never make a run differ from the official protocol.
+_SPEED_ONLY = ("slide_batch_size", "text_batch_size")
 
 
-def class_display_names(preset: BenchmarkPreset) -> list[str]:
+class EvaluationFailed(RuntimeError):
+    """An image could not be evaluated. The message names the file; `partial` holds the scores of the images
+    done before (`partial.partial` is True), or None when none were."""
+
+    def __init__(self, message: str, partial: EvaluationResult | None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+def class_display_names(preset: Benchmark) -> list[str]:
     """One short name per class of the preset: its first synonym.
 
-    Class 0 of a preset with a probability threshold is where low-confidence pixels go, i.e. the background;
+    Class 0 of a benchmark with a probability threshold is where low-confidence pixels go, i.e. the background;
     it is called "background" even when its synonyms list background things ("sky, wall, tree, ...").
     """
     names = [synonyms[0] for synonyms in preset.class_names()]
@@ -86,7 +83,8 @@ class EvaluationResult:
     `confusion_matrix` is int64 `[num_classes, num_classes]` (rows = ground truth, columns = prediction).
     Fractions (`mean_iou`, ...) are in [0, 1]; NaN when undefined (nothing counted, class never seen).
     `settings` holds every NACLIP setting, the short side, the model, split and preset; `published` the
-    preset's published mIoU (%) under "paper_no_pamr", "paper_pamr", "repo_pamr".
+    benchmark's published mIoU (%) under "paper_no_pamr", "paper_pamr", "repo_pamr". A run stopped by an error
+    has `partial=True`, `num_images_done` images counted (of `num_images`) and the `error`.
     """
 
     preset: str
@@ -102,6 +100,9 @@ class EvaluationResult:
     published: dict[str, float]
     protocol_deviations: list[str] = field(default_factory=list)
     elapsed_seconds: float = 0.0
+    partial: bool = False
+    num_images_done: int | None = None
+    error: str | None = None
 
     @property
     def miou_percent(self) -> float | None:
@@ -132,9 +133,12 @@ class EvaluationResult:
         """JSON-ready dict: NaN becomes None, arrays become lists."""
         return {
             "preset": self.preset,
+            "partial": self.partial,
             "model": self.settings.get("model"),
             "split": self.settings.get("split"),
             "num_images": self.num_images,
+            "num_images_done": self.num_images if self.num_images_done is None else self.num_images_done,
+            "error": self.error,
             "miou_percent": self.miou_percent,
             "mean_iou": None if math.isnan(self.mean_iou) else self.mean_iou,
             "aacc_percent": _percent(self.overall_accuracy),
@@ -181,7 +185,12 @@ class EvaluationResult:
             f"NACLIP evaluation: {self.preset} ({settings.get('split')} split, {self.num_images} images, "
             f"{settings.get('num_processes', 1)} process(es), {self.elapsed_seconds:.1f} s)"
         )
-        lines = [header, self.format_table()]
+        lines = [header]
+        if self.partial:
+            lines.append(
+                f"PARTIAL RESULT: stopped after {self.num_images_done} of {self.num_images} images ({self.error})"
+            )
+        lines.append(self.format_table())
         lines.append(
             f"mIoU {pct(self.mean_iou)}  |  aAcc {pct(self.overall_accuracy)}  |  mAcc {pct(self.mean_accuracy)}"
         )
@@ -214,7 +223,7 @@ class EvaluationResult:
             compared = key == comparison["paper_key"] or (key == "repo_pamr" and self.pamr)
             delta = f"  ours - published: {ours - published:+.2f}" if compared and ours is not None else ""
             marker = "*" if compared else " "
-            lines.append(f" {marker} {_PUBLISHED_LABELS[key]:<28} {published:6.2f}{delta}")
+            lines.append(f" {marker} {PUBLISHED_KEYS[key]:<28} {published:6.2f}{delta}")
         lines.append(f"  (* = same PAMR setting as this run: PAMR {'on' if self.pamr else 'off'})")
         if self.protocol_deviations:
             lines.append("Differs from the official protocol: " + "; ".join(self.protocol_deviations) + ".")
@@ -222,22 +231,17 @@ class EvaluationResult:
 
 
 def resolve_settings(
-    preset: BenchmarkPreset, pamr: bool | None = None, overrides: Mapping[str, Any] | None = None
+    preset: Benchmark | str, pamr: bool | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """NACLIP config overrides for a run: the preset's crop/stride/threshold, then PAMR, then `overrides`.
+    """The settings of a run (names from `naclip_hf.options`): the benchmark's (crop, stride, threshold, short
+    side), then PAMR, then `overrides`.
 
     `pamr=True/False` sets `pamr_steps` to 10 / 0; `None` keeps the model's setting. Explicit `overrides` win.
     """
-    settings: dict[str, Any] = {
-        "slide_crop": preset.slide_crop,
-        "slide_stride": preset.slide_stride,
-        "prob_thd": preset.prob_thd,
-    }
+    settings = get_benchmark(preset).settings()
     if pamr is not None:
         settings["pamr_steps"] = PAMR_STEPS_ON if pamr else 0
     settings.update(overrides or {})
-    if "short_side" in settings:
-        raise ValueError("short_side is not a model setting; pass it as short_side=... instead.")
     return settings
 
 
@@ -315,12 +319,15 @@ def _describe_row(row: Mapping[str, Any], column: str) -> str:
 
 
 def _protocol_deviations(
-    preset: BenchmarkPreset, settings: Mapping[str, Any], short_side: int, limit: int | None
+    preset: Benchmark, settings: Mapping[str, Any], short_side: int, limit: int | None
 ) -> list[str]:
-    official = dict(_OFFICIAL_COMMON)
-    official.update(slide_crop=preset.slide_crop, prob_thd=preset.prob_thd)
-    if preset.slide_crop > 0:
-        official["slide_stride"] = preset.slide_stride
+    """How the run's settings differ from the benchmark's official protocol (the defaults of
+    `naclip_hf.options`, which are the official code's, with the benchmark's own settings)."""
+    official = {key: _plain(DEFAULTS[key]) for key in CONFIG_SETTINGS if key not in _SPEED_ONLY}
+    official.pop("pamr_steps")
+    official.update({key: value for key, value in preset.settings().items() if key != "short_side"})
+    if preset.slide_crop == 0:
+        official.pop("slide_stride")
     notes = []
     if short_side != preset.short_side:
         notes.append(f"short_side={short_side} (official {preset.short_side})")
@@ -342,22 +349,45 @@ def _protocol_deviations(
     return notes
 
 
-def _sum_across_processes(matrix: np.ndarray, failed: bool, accelerator: Accelerator | None) -> tuple[np.ndarray, int]:
-    """Sum the confusion matrices of all processes; also returns how many processes failed."""
+def _sum_across_processes(
+    values: np.ndarray, accelerator: Accelerator | None
+) -> np.ndarray:
+    """The element-wise sum of an int64 array over all processes (the array itself on one process)."""
     if accelerator is None or accelerator.num_processes <= 1:
-        return matrix, int(failed)
+        return values
     import torch
 
-    flat = np.concatenate([matrix.reshape(-1), np.array([int(failed)], dtype=np.int64)])
-    tensor = torch.from_numpy(flat).to(accelerator.device)
-    total = accelerator.reduce(tensor, reduction="sum").cpu().numpy().astype(np.int64)
-    return total[:-1].reshape(matrix.shape), int(total[-1])
+    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(accelerator.device)
+    return accelerator.reduce(tensor, reduction="sum").cpu().numpy().astype(np.int64)
+
+
+def split_call_options(
+    model: NACLIPForSemanticSegmentation, settings: Mapping[str, Any]
+) -> tuple[dict[str, Any], int | None]:
+    """The per-call options of `segment_image` for a run's `settings` (those that differ from the model's
+    config), and the short side (None if not among the settings).
+
+    Text settings cannot change per call: one that differs from the model's raises `ValueError` (load the model
+    with it instead)."""
+    options: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key == "short_side":
+            continue
+        if _plain(getattr(model.config, key)) == _plain(value):
+            continue
+        if SETTINGS_BY_NAME[key].stage == "text":
+            raise ValueError(
+                f"{key} differs from the model's ({key}={value!r}); load the model with it, e.g. "
+                f"load_model(..., overrides={{{key!r}: ...}})."
+            )
+        options[key] = value
+    return options, settings.get("short_side")
 
 
 def evaluate_preset(
     model: NACLIPForSemanticSegmentation,
     processor: NACLIPProcessor,
-    preset: BenchmarkPreset | str,
+    preset: Benchmark | str,
     dataset: datasets.Dataset,
     *,
     pamr: bool | None = None,
@@ -369,25 +399,29 @@ def evaluate_preset(
     accelerator: Accelerator | None = None,
     progress: bool = True,
 ) -> EvaluationResult:
-    """Evaluate `model` on `dataset` (columns image, label, id) with the official protocol of `preset`.
+    """Evaluate `model` on `dataset` (columns image, label, id) with the official protocol of a benchmark.
 
-    The preset's `slide_crop`, `slide_stride` and `prob_thd` are set on the model config for the run (and
-    restored afterwards); `pamr=True/False` sets `pamr_steps` to 10 / 0 (None keeps the model's value);
-    `overrides` (NACLIP config settings) win over both. `short_side` defaults to the preset's. `limit` keeps
-    the first images. `class_embeddings` (from `encode_classes` on the preset's classes) skips embedding the
-    class names again, e.g. when running a preset with and without PAMR. Labels are read with the preset's
-    `reduce_zero_label`, checked against their image (`ValueError` naming the file otherwise); 255 is ignored.
+    The run's settings are the benchmark's `slide_crop`, `slide_stride` and `prob_thd`; `pamr=True/False` sets
+    `pamr_steps` to 10 / 0 (None keeps the model's value); `overrides` (settings of `naclip_hf.options`) win over
+    both. Those that differ from the model's config are passed to `segment_image` per call; the config is not
+    changed. `short_side` defaults to the benchmark's. `limit` keeps the first images. `class_embeddings` (from
+    `encode_classes` on the benchmark's classes) skips embedding the class names again, e.g. when running a
+    benchmark with and without PAMR. Labels are read with the benchmark's `reduce_zero_label` and checked against
+    their image; 255 is ignored.
 
     When launched on several processes (`accelerator`, or `WORLD_SIZE > 1`, which creates one), image `i` is
     segmented by process `i % num_processes` and the confusion matrices are summed: every process returns the
     same result, equal to a single-process run. The progress bar shows on the main process only.
+
+    Raises `EvaluationFailed` (naming the file) when an image cannot be evaluated, on every process, with the
+    scores of the images done so far in its `partial`.
     """
     from tqdm.auto import tqdm
 
     from ..inference import encode_classes, segment_image
 
     start = time.perf_counter()
-    preset = get_preset(preset) if isinstance(preset, str) else preset
+    preset = get_benchmark(preset)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit={limit!r} must be a positive integer (or None for the whole split).")
@@ -398,9 +432,13 @@ def evaluate_preset(
         raise ValueError(f"The dataset has no {missing} column(s); its columns are {dataset.column_names}.")
     if len(dataset) == 0:
         raise ValueError("The dataset has no images to evaluate.")
-    short_side = preset.short_side if short_side is None else int(short_side)
+    run_settings = resolve_settings(preset, pamr, overrides)
+    if short_side is not None:
+        run_settings["short_side"] = short_side
+    short_side = int(run_settings["short_side"])
     if short_side < 0:
         raise ValueError(f"short_side={short_side} must be >= 0 (0 keeps the original size).")
+    options, _ = split_call_options(model, run_settings)
     if accelerator is None:
         accelerator = distributed_accelerator()
     if accelerator is not None and model.device != accelerator.device:
@@ -412,46 +450,49 @@ def evaluate_preset(
     names = class_display_names(preset)
     metric = MeanIoU(num_labels=preset.num_classes, ignore_index=IGNORE_INDEX)
     indices = range(rank, len(dataset), world_size)
-    error: BaseException | None = None
-    with model.config.temporary_settings(resolve_settings(preset, pamr, overrides)):
-        settings = {key: _plain(getattr(model.config, key)) for key in NACLIP_SETTING_KEYS}
+    settings = {key: _plain(getattr(model.config, key)) for key in NACLIP_SETTING_KEYS}
+    settings.update({key: _plain(value) for key, value in options.items()})
+    error: str | None = None
+    done = 0
+    try:
+        embeddings = class_embeddings
+        if embeddings is None:
+            embeddings = encode_classes(model=model, processor=processor, classes=preset.class_names(), cache_dir=True)
+        elif len(embeddings.classes) != preset.num_classes:
+            raise ValueError(
+                f"class_embeddings hold {len(embeddings.classes)} classes but {preset.name} has "
+                f"{preset.num_classes}; embed the benchmark's class_names()."
+            )
+    except Exception as problem:  # every process meets the same problem: no need to tell the others
+        raise ValueError(f"{preset.name}: could not embed the class names ({problem})") from problem
+    description = preset.name if world_size == 1 else f"{preset.name} [{world_size} processes]"
+    for index in tqdm(indices, desc=description, unit="img", disable=not (progress and is_main)):
+        row = dataset[index]
+        where = f"{_describe_row(row, 'image')} (label {_describe_row(row, 'label')})"
         try:
-            embeddings = class_embeddings
-            if embeddings is None:
-                embeddings = encode_classes(
-                    model=model, processor=processor, classes=preset.class_names(), cache_dir=True
-                )
-            elif len(embeddings.classes) != preset.num_classes:
-                raise ValueError(
-                    f"class_embeddings hold {len(embeddings.classes)} classes but {preset.name} has "
-                    f"{preset.num_classes}; embed preset.class_names()."
-                )
-            description = preset.name if world_size == 1 else f"{preset.name} [{world_size} processes]"
-            for index in tqdm(indices, desc=description, unit="img", disable=not (progress and is_main)):
-                row = dataset[index]
-                image = _open_image(row["image"])
-                label = read_label_map(row["label"], preset.reduce_zero_label)
-                size = (image.height, image.width) if hasattr(image, "height") else image.shape[:2]
-                try:
-                    check_label_map(label, preset.num_classes, size, IGNORE_INDEX)
-                except ValueError as problem:
-                    raise ValueError(
-                        f"{_describe_row(row, 'label')} (image {_describe_row(row, 'image')}): {problem}"
-                    ) from None
-                result = segment_image(model, processor, image, embeddings, short_side)
-                metric.update(result.segmentation.numpy(), label)
-        except Exception as problem:  # re-raised below, once the other processes know about it
-            if world_size == 1:
-                raise
-            error = problem
-        matrix, failures = _sum_across_processes(metric.confusion_matrix, error is not None, accelerator)
-    if error is not None:
-        raise error
-    if failures:
-        raise ValueError(
+            image = _open_image(row["image"])
+            label = read_label_map(row["label"], preset.reduce_zero_label)
+            size = (image.height, image.width) if hasattr(image, "height") else image.shape[:2]
+            try:
+                check_label_map(label, preset.num_classes, size, IGNORE_INDEX)
+            except ValueError as problem:
+                where = f"{_describe_row(row, 'label')} (image {_describe_row(row, 'image')})"
+                raise problem
+            result = segment_image(model, processor, image, embeddings, short_side=short_side, **options)
+            metric.update(result.segmentation.numpy(), label)
+        except Exception as problem:  # reported with the file, once the other processes know about it
+            error = f"{where}: {problem}"
+            break
+        done += 1
+    flat = np.concatenate([metric.confusion_matrix.reshape(-1), np.array([done, int(error is not None)])])
+    total_flat = _sum_across_processes(flat.astype(np.int64), accelerator)
+    matrix = total_flat[:-2].reshape(metric.confusion_matrix.shape)
+    done_total, failures = int(total_flat[-2]), int(total_flat[-1])
+
+    if error is None and failures:
+        error = (
             f"The evaluation failed on {failures} other process(es); see the error message printed by that process."
         )
-
     total = MeanIoU(num_labels=preset.num_classes, ignore_index=IGNORE_INDEX)
     total.add_confusion_matrix(matrix)
     scores = total.compute()
@@ -472,7 +513,7 @@ def evaluate_preset(
             "overrides": {key: _plain(value) for key, value in (overrides or {}).items()},
         }
     )
-    return EvaluationResult(
+    result = EvaluationResult(
         preset=preset.name,
         class_names=names,
         confusion_matrix=scores["confusion_matrix"],
@@ -486,18 +527,24 @@ def evaluate_preset(
         published=dict(preset.published),
         protocol_deviations=_protocol_deviations(preset, settings, short_side, limit),
         elapsed_seconds=time.perf_counter() - start,
+        partial=error is not None,
+        num_images_done=done_total,
+        error=error,
     )
+    if error is not None:
+        raise EvaluationFailed(error, result if done_total > 0 else None)
+    return result
 
 
 def _plain(value: Any) -> Any:
-    """A JSON-friendly copy of a config value (tuples become lists)."""
+    """A JSON-friendly copy of a setting's value (tuples become lists)."""
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
 
 
 def load_evaluation_dataset(
-    preset: BenchmarkPreset,
+    preset: Benchmark | str,
     data_root: str | os.PathLike | None = None,
     dataset: str | os.PathLike | None = None,
     split: str = "val",
@@ -506,6 +553,7 @@ def load_evaluation_dataset(
     limit: int | None = None,
 ) -> datasets.Dataset:
     """The images and labels to evaluate: a benchmark folder (`data_root`) or a Hub/saved dataset (`dataset`)."""
+    preset = get_benchmark(preset)
     if data_root is not None and dataset is not None:
         raise ValueError("Give either --data-root (a dataset folder) or --dataset (a Hub dataset), not both.")
     if data_root is None and dataset is None:
@@ -514,80 +562,18 @@ def load_evaluation_dataset(
             "--dataset ID_OR_PATH for a Hub or saved dataset."
         )
     if data_root is not None:
-        return load_benchmark_dataset(preset.name, data_root, split=split, limit=limit)
+        return load_benchmark_dataset(preset, data_root, split=split, limit=limit)
     return load_hub_dataset(dataset, split, image_column, label_column, limit=limit)
-
-
-def evaluate_from_args(args: argparse.Namespace) -> int:
-    """Run `naclip evaluate` from parsed arguments; prints the report (main process) and returns 0."""
-    from ..inference import DEFAULT_CHECKPOINT, load_model, load_processor, parse_setting_overrides
-
-    preset = get_preset(args.preset)
-    overrides, short_side = parse_setting_overrides(list(getattr(args, "settings", None) or []))
-    pamr = {"on": True, "off": False, None: None}[getattr(args, "pamr", None)]
-    settings = resolve_settings(preset, pamr, overrides)
-    _check_settings(settings)
-    split = getattr(args, "split", None) or "val"
-    limit = getattr(args, "limit", None)
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit {limit} must be a positive number of images.")
-    out = getattr(args, "out", None)
-    if out is not None and Path(out).is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name such as {Path(out) / 'results.json'}.")
-    dataset = load_evaluation_dataset(
-        preset,
-        data_root=getattr(args, "data_root", None),
-        dataset=getattr(args, "dataset", None),
-        split=split,
-        image_column=getattr(args, "image_column", "image"),
-        label_column=getattr(args, "label_column", "label"),
-        limit=limit,
-    )
-    accelerator = distributed_accelerator()
-    is_main = accelerator is None or accelerator.is_main_process
-    if not is_main:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-    model_id = getattr(args, "model", None) or DEFAULT_CHECKPOINT
-    model = load_model(model_id, device=accelerator.device if accelerator is not None else None)
-    processor = load_processor(model_id)
-    result = evaluate_preset(
-        model,
-        processor,
-        preset,
-        dataset,
-        pamr=pamr,
-        short_side=short_side,
-        limit=limit,
-        overrides=overrides,
-        split=split,
-        accelerator=accelerator,
-    )
-    data_root = getattr(args, "data_root", None)
-    result.settings["data"] = str(data_root) if data_root is not None else str(args.dataset)
-    if is_main:
-        print(result.format_report(), flush=True)
-        if out is not None:
-            result.write_json(out)
-            print(f"Wrote {out}", flush=True)
-    return 0
-
-
-def _check_settings(settings: Mapping[str, Any]) -> None:
-    """Raise `ValueError` if the combined settings are invalid together (e.g. a stride above the crop)."""
-    from ..configuration_naclip import NACLIPConfig
-
-    NACLIPConfig(**settings)
 
 
 __all__ = [
     "NACLIP_SETTING_KEYS",
+    "EvaluationFailed",
     "EvaluationResult",
     "class_display_names",
     "distributed_accelerator",
-    "evaluate_from_args",
     "evaluate_preset",
     "load_evaluation_dataset",
     "resolve_settings",
+    "split_call_options",
 ]

@@ -1,0 +1,134 @@
+"""`naclip compare`: one image segmented by several methods side by side (the NACLIP paper's Figure 2), or, with
+`--attention-at X,Y`, each method's last-layer attention for the patch under that pixel (its Figure 1)."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+
+from ..methods import METHODS, describe_methods
+from ._common import (
+    add_model_option,
+    add_set_option,
+    check_model_source,
+    parse_set_options,
+    read_templates_option,
+    settings_epilog,
+)
+
+DEFAULT_METHODS = ("clip", "maskclip", "sclip", "clearclip", "naclip")
+DEFAULT_OUT = "compare.png"
+EXAMPLES = """Examples:
+  naclip compare photo.jpg --labels cat "dog, puppy" grass --methods clip sclip naclip --out compare.png
+  naclip compare photo.jpg --labels cat dog --attention-at 120,80 --out attention.png"""
+
+
+def _point(text: str) -> tuple[int, int]:
+    """argparse type for --attention-at: "X,Y" in pixels."""
+    parts = text.replace(" ", "").split(",")
+    try:
+        x, y = (int(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pixel X,Y (two integers, e.g. 120,80)") from None
+    if x < 0 or y < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: X and Y must be >= 0")
+    return x, y
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `naclip compare` to the subparsers of `naclip`."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="segment one image with several methods side by side, or compare their attention maps",
+        description=textwrap.fill(
+            "Draw one figure comparing methods on one image: the image, then each method's segmentation blended "
+            "over it, with one legend (the NACLIP paper's Figure 2). With --attention-at X,Y, draw instead each "
+            "method's last-layer attention of the patch under that pixel, over the whole image (its Figure 1). "
+            "Each method runs with its own settings; --set applies to all of them. Methods: " + describe_methods(),
+            width=100,
+        ),
+        epilog=settings_epilog() + "\n\n" + EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("image", metavar="IMAGE", help="an image file or http(s) URL")
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--labels", nargs="+", default=None, metavar="CLASS",
+                        help='class names, one argument per class; synonyms separated by commas ("dog, puppy")')
+    labels.add_argument("--labels-file", type=Path, default=None, metavar="FILE",
+                        help="text file, one class per line, synonyms separated by ', '")  # fmt: skip
+    parser.add_argument(
+        "--methods", nargs="+", default=list(DEFAULT_METHODS), choices=tuple(METHODS), metavar="NAME",
+        help=f"methods to compare, in order (default: {' '.join(DEFAULT_METHODS)}); one of {', '.join(METHODS)}",
+    )  # fmt: skip
+    parser.add_argument("--attention-at", type=_point, default=None, metavar="X,Y",
+                        help="draw attention maps for the patch under this pixel (column X, row Y of the image)")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="FILE.png",
+                        help="the figure to write (PNG; default: %(default)s)")  # fmt: skip
+    parser.add_argument("--panel-height", type=int, default=256, metavar="PIXELS",
+                        help="height of each panel in the figure (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--alpha", type=float, default=0.6, metavar="A",
+                        help="opacity of the colours over the image, 0 to 1 (default: %(default)s)")  # fmt: skip
+    add_model_option(parser)
+    add_set_option(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """`naclip compare`: check the arguments, load the model once, run every method, write the figure."""
+    from ..labels import parse_class_entries, read_labels_file
+    from .segment import ensure_writable_dir
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha {args.alpha} must be between 0 and 1.")
+    if args.panel_height < 64:
+        raise ValueError(f"--panel-height {args.panel_height} is too small; use at least 64 pixels.")
+    if args.out.suffix.lower() != ".png":
+        raise ValueError(f"--out {args.out}: the figure is a PNG; give a file name ending in .png.")
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name such as {args.out / DEFAULT_OUT}.")
+    methods = list(dict.fromkeys(args.methods))
+    overrides = parse_set_options(args.settings)
+    templates = read_templates_option(args.templates_file)
+    if args.attention_at is None:
+        if args.labels is not None:
+            classes = parse_class_entries(args.labels)
+        elif args.labels_file is not None:
+            classes = read_labels_file(args.labels_file)
+        else:
+            raise ValueError('No labels given; name the classes with --labels cat "dog, puppy" ... or --labels-file '
+                             "FILE (attention maps with --attention-at X,Y need none).")  # fmt: skip
+    ensure_writable_dir(args.out.parent if str(args.out.parent) else Path("."), "--out FILE.png",
+                        "folder of the figure")  # fmt: skip
+    check_model_source(args.model)
+
+    from ..figures import attention_figure, attention_maps, segment_with_methods, segmentation_figure
+    from ..fileio import write_atomic
+    from ..image_io import load_image
+    from ..inference import encode_classes, load_model, load_processor
+    from ..options import SETTINGS_BY_NAME
+
+    image = load_image(args.image)
+    # Settings that are not per call (text, positional embeddings) go into the model's config, for every method.
+    config_overrides = {k: v for k, v in overrides.items() if SETTINGS_BY_NAME[k].stage in ("text",)
+                        or k == "pos_embed_interpolation"}  # fmt: skip
+    if templates is not None:
+        config_overrides["prompt_templates"] = templates
+    per_call = {k: v for k, v in overrides.items() if k not in config_overrides}
+    model = load_model(args.model, config_overrides)
+    processor = load_processor(args.model)
+    if args.attention_at is not None:
+        maps = attention_maps(model, processor, image, args.attention_at, methods, per_call)
+        figure = attention_figure(image, maps, args.attention_at, alpha=args.alpha, panel_height=args.panel_height)
+    else:
+        embeddings = encode_classes(model, processor, classes, cache_dir=True)
+        results = segment_with_methods(model, processor, image, embeddings, methods, per_call)
+        segmentations = {name: result.segmentation.numpy() for name, result in results.items()}
+        figure = segmentation_figure(image, segmentations, embeddings.class_labels, alpha=args.alpha,
+                                     panel_height=args.panel_height)  # fmt: skip
+    write_atomic(args.out, lambda temporary: figure.save(temporary, "PNG"))
+    print(f"Wrote {args.out} ({', '.join(methods)})")
+    return 0
+
+
+__all__ = ["DEFAULT_METHODS", "add_parser", "run"]

@@ -1,0 +1,90 @@
+"""`naclip demo`: serve the interactive demo (Gradio) on a checkpoint: a Segment tab, an Attention tab and the
+`/segment` API endpoint. Needs the `demo` extra (`pip install "naclip-hf[demo]"`); `--help` imports neither Gradio
+nor torch."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+from ._common import CommandError, add_model_option, check_model_source
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+INSTALL_HINT = 'pip install "naclip-hf[demo]"'
+
+DESCRIPTION = textwrap.fill(
+    "Serve the NACLIP demo in the browser: segment an image into classes typed as text (or a benchmark's classes), "
+    "with the attention strategy, PAMR and threshold of your choice; and compare where one clicked patch looks "
+    "under CLIP, SCLIP and NACLIP. The app also answers API calls at /segment (gradio_client). It runs offline on a "
+    f"local checkpoint. Needs the demo's dependencies: {INSTALL_HINT}.",
+    width=100,
+)
+EXAMPLES = """Examples:
+  naclip demo                                   # openai/clip-vit-base-patch16, http://127.0.0.1:7860
+  naclip demo --model ./clip-b16 --port 8080    # a local checkpoint (e.g. written by naclip convert)
+  naclip demo --host 0.0.0.0                    # reachable from other machines
+  naclip space my-space --model openai/clip-vit-base-patch16   # the same app as a Hugging Face Space"""
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of requests")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `naclip demo` to the subparsers of `naclip`."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="serve the interactive demo in the browser (Gradio; extra [demo])",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_option(parser)
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT,
+        help="port to listen on (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--share", action="store_true", help="also make a temporary public link through Gradio's share servers"
+    )
+    parser.add_argument(
+        "--concurrency", type=_concurrency, default=None, metavar="N",
+        help="requests computed at once (default: naclip_hf.demo.app.DEFAULT_CONCURRENCY); more wait in a queue",
+    )  # fmt: skip
+    parser.add_argument("--device", default=None, help="torch device for the model, e.g. cuda (default: the CPU)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, build the app and serve it until interrupted."""
+    check_model_source(args.model)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise CommandError(f"the demo needs Gradio, which is not installed; install it with: {INSTALL_HINT}") from None
+    from ..demo.app import DEFAULT_CONCURRENCY, build_demo
+
+    demo = build_demo(args.model, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    return 0
+
+
+__all__ = ["add_parser", "run"]

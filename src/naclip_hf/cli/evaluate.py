@@ -1,0 +1,141 @@
+"""`naclip evaluate`: mIoU of NACLIP on a benchmark, on one process or split across several (`accelerate launch`,
+torchrun).
+
+Order of work: arguments and settings (no torch), then the whole dataset is checked (every pair present, every
+header readable, label and image sizes equal; all problems reported at once, exit 2), then the model is loaded
+once with the run's settings, then the images are evaluated. A failure during the run names the file and, with
+`--out`, writes the scores of the images done so far, marked `"partial": true` (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+
+from ..benchmarks import BENCHMARKS, get_benchmark
+from ._common import (
+    CommandError,
+    add_model_option,
+    add_set_option,
+    check_model_source,
+    parse_set_options,
+    read_templates_option,
+    settings_epilog,
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `naclip evaluate` to the subparsers of `naclip`."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score mIoU on a benchmark (runs on several processes under `accelerate launch` or torchrun)",
+        description=textwrap.fill(
+            "Evaluate NACLIP on a benchmark (or a Hub dataset) and report mIoU next to the published number. The "
+            "whole dataset is checked before the model is loaded. Under `accelerate launch` / torchrun the images "
+            "are split across processes and the confusion matrices summed. Exit status: 0 done, 1 an image failed "
+            "during the run (with --out, the results so far are written, marked partial), 2 a usage, setup or data "
+            "error, 130 interrupted.",
+            width=100,
+        ),
+        epilog=settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset", required=True, metavar="NAME", help=f"benchmark: {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="dataset folder in its usual layout (e.g. VOCdevkit/VOC2012)")  # fmt: skip
+    parser.add_argument("--dataset", default=None, metavar="ID_OR_PATH",
+                        help="a Hub dataset id or saved dataset folder instead of --data-root")  # fmt: skip
+    parser.add_argument("--image-column", default="image", help="image column of --dataset (default: image)")
+    parser.add_argument("--label-column", default="label", help="label column of --dataset (default: label)")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    add_model_option(parser)
+    parser.add_argument("--pamr", choices=("on", "off"), default=None,
+                        help="PAMR refinement on or off (default: the model's setting)")  # fmt: skip
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
+    add_set_option(parser)
+    parser.add_argument("--out", type=Path, default=None, metavar="results.json",
+                        help="write mIoU, per-class IoU, settings and the published number as JSON")  # fmt: skip
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """`naclip evaluate`: check, load the data and check it, load the model, evaluate, report (main process)."""
+    benchmark = get_benchmark(args.preset)
+    user = parse_set_options(args.settings)
+    templates = read_templates_option(args.templates_file)
+    if templates is not None:
+        user["prompt_templates"] = templates
+    pamr = {"on": True, "off": False, None: None}[args.pamr]
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit} must be a positive number of images.")
+    out = args.out
+    if out is not None and out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'results.json'}.")
+
+    from ..evaluation.datasets import find_dataset_problems
+    from ..evaluation.runner import (
+        EvaluationFailed,
+        distributed_accelerator,
+        evaluate_preset,
+        load_evaluation_dataset,
+        resolve_settings,
+    )
+    from ..options import check_settings
+
+    run_settings = check_settings(resolve_settings(benchmark, pamr, user))
+    dataset = load_evaluation_dataset(
+        benchmark, data_root=args.data_root, dataset=args.dataset, split=args.split,
+        image_column=args.image_column, label_column=args.label_column, limit=args.limit,
+    )  # fmt: skip
+    problems = find_dataset_problems(dataset)
+    if problems:
+        source = args.data_root if args.data_root is not None else args.dataset
+        raise CommandError(
+            f"{len(problems)} problem(s) in the {benchmark.name} data at {source}; fix or remove these files, "
+            "then run again:\n  - " + "\n  - ".join(problems)
+        )
+    check_model_source(args.model)
+
+    from ..inference import load_model, load_processor
+
+    accelerator = distributed_accelerator()
+    is_main = accelerator is None or accelerator.is_main_process
+    if not is_main:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    overrides = {key: value for key, value in run_settings.items() if key != "short_side"}
+    model = load_model(args.model, overrides, device=accelerator.device if accelerator is not None else None)
+    processor = load_processor(args.model)
+    data = str(args.data_root) if args.data_root is not None else str(args.dataset)
+    try:
+        result = evaluate_preset(
+            model, processor, benchmark, dataset, pamr=pamr, short_side=run_settings["short_side"],
+            limit=args.limit, overrides=user, split=args.split, accelerator=accelerator,
+        )  # fmt: skip
+    except EvaluationFailed as failure:
+        message = str(failure)
+        partial = failure.partial
+        if is_main and partial is not None:
+            partial.settings["data"] = data
+            print(partial.format_report(), flush=True)
+            if out is not None:
+                partial.write_json(out)
+                message += (
+                    f"; partial results ({partial.num_images_done} of {partial.num_images} images) written to {out}, "
+                    'marked "partial": true'
+                )
+        raise CommandError(message, exit_status=1) from None
+    result.settings["data"] = data
+    if is_main:
+        print(result.format_report(), flush=True)
+        if out is not None:
+            result.write_json(out)
+            print(f"Wrote {out}", flush=True)
+    return 0
+
+
+__all__ = ["add_parser", "run"]

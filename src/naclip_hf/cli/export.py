@@ -1,0 +1,110 @@
+"""`naclip export`: write a model as ONNX, with its settings, processor files and (optionally) the text embeddings
+of a label set, for onnxruntime (Python, `naclip_hf.export.runtime`) and onnxruntime-web / transformers.js.
+
+Labels, settings and the output folder are checked before torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from ..benchmarks import BENCHMARKS, get_benchmark
+from ._common import add_set_option, check_model_source, parse_set_options, read_templates_option, stage_split
+
+DESCRIPTION = textwrap.fill(
+    "Export a NACLIP model to ONNX for inference without PyTorch: OUT/onnx/model.onnx (one window of the model: "
+    "pixel_values [B, 3, H, W] and text_embeds [N, D] in, logits [B, N, H, W] out, any B, N, H, W), config.json "
+    "and preprocessor_config.json with the inference settings, the tokenizer files, and with labels classes.json "
+    "and class_embeddings.safetensors (the names' text embeddings, so no text tower is needed). `naclip segment "
+    "--model OUT` then runs it with onnxruntime. Needs the extra [onnx] (pip install 'naclip-hf[onnx]').",
+    width=100,
+)
+EXAMPLES = """Examples:
+  naclip export openai/clip-vit-base-patch16 naclip-onnx --labels-file labels.txt --quantize
+  naclip export ./clip-b16 voc21-onnx --preset voc21 --set pamr_steps=0
+  naclip segment photo.jpg --model naclip-onnx --labels-file labels.txt"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `naclip export` to the subparsers of `naclip`."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX (with the text embeddings of a label set) for onnxruntime and the web",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="checkpoint folder (config.json + weights) or Hub id")
+    parser.add_argument("out", type=Path, metavar="OUT", help="new (or empty) folder to write")
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--labels", nargs="+", default=None, metavar="CLASS",
+        help='class names to embed and store, one argument per class, synonyms separated by commas (e.g. --labels '
+        'cat "dog, puppy" sky)',
+    )  # fmt: skip
+    labels.add_argument(
+        "--labels-file", type=Path, default=None, metavar="FILE",
+        help="text file, one class per line, synonyms separated by ', '",
+    )  # fmt: skip
+    parser.add_argument(
+        "--preset", default=None, metavar="NAME",
+        help=f"a benchmark's classes and inference settings: {', '.join(BENCHMARKS)}; --set overrides its "
+        "settings, --labels / --labels-file replace its classes",
+    )  # fmt: skip
+    add_set_option(parser)
+    parser.add_argument(
+        "--quantize", action="store_true",
+        help="also write onnx/model_quantized.onnx (weights in 8-bit integers, about 4x smaller)",
+    )  # fmt: skip
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """`naclip export`: check the options and the output folder, load the model, export, print what was written."""
+    from ..labels import parse_class_entries, read_labels_file
+
+    benchmark = get_benchmark(args.preset) if args.preset is not None else None
+    settings = parse_set_options(args.settings, benchmark.settings() if benchmark is not None else None)
+    templates = read_templates_option(args.templates_file)
+    if templates is not None:
+        settings["prompt_templates"] = templates
+    classes = None
+    if args.labels is not None:
+        classes = parse_class_entries(args.labels)
+    elif args.labels_file is not None:
+        classes = read_labels_file(args.labels_file)
+    elif benchmark is not None:
+        classes = benchmark.class_names()
+    overrides, short_side = stage_split(settings)
+    out = args.out
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise OSError(f"{out} exists and is not an empty folder; choose a new folder for the export.")
+    check_model_source(args.model, "MODEL")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise OSError(
+            f"naclip export needs onnx, onnxscript and onnxruntime ({error}); install them with "
+            "`pip install 'naclip-hf[onnx]'`."
+        ) from None
+
+    from ..export.onnx_export import export_onnx
+
+    report = export_onnx(args.model, out, classes, overrides=overrides, short_side=short_side,
+                         quantize=args.quantize)  # fmt: skip
+    for name, size in report.files.items():
+        print(f"  {name:<36} {size / 2**20:9.2f} MiB")
+    what = f"{len(classes)} classes" if classes is not None else "no class embeddings"
+    print(
+        f"Wrote {out} ({what}) in {report.seconds:.1f} s; ONNX logits within {report.max_abs_diff:.1e} of PyTorch.",
+        file=sys.stdout,
+    )
+    return 0
+
+
+__all__ = ["add_parser", "run"]

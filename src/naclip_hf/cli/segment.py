@@ -1,0 +1,426 @@
+"""`naclip segment`: segment images (files, folders, URLs) into named classes; write label maps, overlays and
+JSON summaries.
+
+Everything that can be checked without the model (labels, templates, settings, inputs, output folders, the model
+folder) is checked before torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import textwrap
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..benchmarks import BENCHMARKS, get_benchmark
+from ..methods import METHODS, combine_settings, describe_methods
+from ..options import DEFAULTS
+from ._common import (
+    add_model_option,
+    add_set_option,
+    check_model_source,
+    jsonable,
+    parse_set_options,
+    read_templates_option,
+    settings_epilog,
+    stage_split,
+)
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+DEFAULT_OUT_DIR = "naclip_out"
+URL_PREFIXES = ("http://", "https://")
+
+DESCRIPTION = textwrap.fill(
+    "Segment images into any classes named in text. For every image (a file, a folder of images, or an http(s) "
+    "URL), write into --out a palette label map, an overlay of the class colours with a legend naming the classes "
+    "present, and a JSON summary (see 'Outputs' below). The model is loaded once for all images. Exit status: 0 "
+    "when every image was segmented, 1 when some input could not be read, downloaded, segmented or written (the "
+    "others are still processed and each failure is reported on stderr), 2 for a usage or setup error (labels, "
+    "settings, output folder, model), 130 when interrupted.",
+    width=100,
+)
+EXAMPLES = """Examples:
+  naclip segment photo.jpg --labels cat "dog, puppy" grass sky
+  naclip segment photos/ --labels-file labels.txt --out results/ --set short_side=448
+  naclip segment https://example.com/street.png --preset cityscapes --set slide_stride=224
+  naclip segment photo.jpg --labels-file labels.txt --save-scores photo.safetensors
+
+Outputs per image in --out (stem = file name without extension, for a URL the file name of its path; repeated
+stems get -2, -3, ...):
+  <stem>_labels.png   palette PNG, pixel value = class id (16-bit greyscale above 256 classes)
+  <stem>_overlay.png  the image blended with the class colours, legend in the top-left corner
+  <stem>.json         image, size, classes, pixel share of each class present, settings, model
+  <stem>.scores.safetensors  with --scores"""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One image to segment: a file path or a URL, and the stem of its outputs."""
+
+    location: str
+    is_url: bool
+
+    @property
+    def stem(self) -> str:
+        if self.is_url:
+            name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(self.location).path)).name
+            return Path(name).stem or "image"
+        return Path(self.location).stem or "image"
+
+    def describe(self) -> str:
+        return self.location
+
+    def summary_name(self) -> str:
+        return self.location if self.is_url else str(Path(self.location).resolve())
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `naclip segment` to the subparsers of `naclip`."""
+    presets = ", ".join(BENCHMARKS)
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment images into the classes you name (label maps, overlays, JSON summaries)",
+        description=DESCRIPTION,
+        epilog=settings_epilog() + "\n\n" + EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "images", nargs="*", metavar="IMAGE",
+        help="image files, folders and/or http(s) URLs; a folder contributes its images (by extension: "
+        f"{', '.join(IMAGE_EXTENSIONS)}), sorted by name, not recursing into subfolders",
+    )  # fmt: skip
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--labels", nargs="+", default=None, metavar="CLASS",
+        help="class names, one argument per class (class id = position); synonyms of a class go in the same "
+        'argument, separated by commas, e.g. --labels cat "dog, puppy" sky. Put the images before --labels '
+        "(or end the list with --)",
+    )  # fmt: skip
+    labels.add_argument(
+        "--labels-file", type=Path, default=None, metavar="FILE",
+        help="text file, one class per line (line index = class id), synonyms separated by ', '",
+    )  # fmt: skip
+    parser.add_argument(
+        "--preset", default=None, metavar="NAME",
+        help=f"use a benchmark's classes and inference settings (slide_crop, slide_stride, prob_thd, short_side): "
+        f"{presets}. --set overrides its settings; --labels / --labels-file replace its classes",
+    )  # fmt: skip
+    parser.add_argument(
+        "--method", default=None, choices=tuple(METHODS), metavar="NAME",
+        help=f"use a method's settings (over the preset's; --set overrides them): {describe_methods()}",
+    )  # fmt: skip
+    add_model_option(parser)
+    add_set_option(parser)
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="DIR",
+        help=f"folder for the label maps, overlays and JSON summaries, created if missing (default: "
+        f"./{DEFAULT_OUT_DIR}; when --save-scores is given without --out, only the scores file is written)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--alpha", type=_opacity, default=0.5, metavar="A",
+        help="opacity of the class colours in the overlay, 0 to 1 (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save-scores", type=Path, default=None, metavar="OUT.safetensors",
+        help="for a single image: write its logits [names, h, w], probabilities [classes, H, W] and "
+        "segmentation [H, W] to this file (see --scores for several images)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scores", action="store_true",
+        help="write <stem>.scores.safetensors (logits, probabilities, segmentation) into --out for every image",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=_seconds, default=None, metavar="SECONDS",
+        help="seconds to wait for each URL (default: naclip_hf.image_io.DEFAULT_URL_TIMEOUT)",
+    )  # fmt: skip
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """`naclip segment`: check labels, settings, inputs, outputs and the model folder, load the model once,
+    segment every image.
+
+    Returns 0 when every image was segmented and 1 when some failed (each failure is reported on stderr as it
+    happens); problems found before loading the model raise `ValueError` / `OSError`.
+    """
+    settings, classes, preset = _settings_and_classes(args)
+    overrides, short_side = stage_split(settings)
+    out_dir = args.out
+    if out_dir is None and args.save_scores is None:
+        out_dir = Path(DEFAULT_OUT_DIR)
+    if args.scores and out_dir is None:
+        raise ValueError("--scores writes <stem>.scores.safetensors into the output folder; pass --out DIR.")
+    if not args.images:
+        raise ValueError(_no_images_message(args.labels))
+    sources, failures = collect_sources(args.images, out_dir)
+    total = len(sources) + len(failures)
+    if args.save_scores is not None and total != 1:
+        raise ValueError(
+            f"--save-scores {args.save_scores} writes one file but {total} images were given; pass a single "
+            "image, or use --scores (with --out DIR) to write <stem>.scores.safetensors for every image."
+        )
+    if out_dir is not None:
+        ensure_writable_dir(out_dir, "--out DIR")
+    if args.save_scores is not None:
+        if args.save_scores.is_dir():
+            raise ValueError(f"--save-scores {args.save_scores} is a folder; give a file name (OUT.safetensors).")
+        ensure_writable_dir(args.save_scores.parent, "--save-scores OUT.safetensors", "folder of the scores file")
+    for source, reason in failures:
+        _report_failure(source, reason)
+    if not sources:
+        return _finish(total, failures)
+    check_model_source(args.model)
+
+    from tqdm import tqdm
+
+    from ..image_io import load_image
+    from ..inference import encode_classes, load_model, load_processor, segment_image
+    from ..options import CONFIG_SETTINGS
+
+    model = load_model(args.model, overrides)
+    processor = load_processor(args.model)
+    embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
+    if short_side is None:
+        short_side = getattr(processor.image_processor, "short_side", DEFAULTS["short_side"])
+    recorded = {key: jsonable(getattr(model.config, key)) for key in CONFIG_SETTINGS}
+    recorded["short_side"] = short_side
+    context = {"model": str(args.model), "preset": preset, "method": args.method, "settings": recorded}
+    progress = tqdm(
+        sources, desc="naclip segment", unit="image", file=sys.stderr, disable=len(sources) < 2, dynamic_ncols=True
+    )
+    for source, stem in zip(progress, output_stems(sources)):
+        try:
+            image = load_image(source.location, timeout=args.timeout)
+        except (OSError, ValueError) as error:
+            what = "download failed" if source.is_url and isinstance(error, OSError) else "not a readable image"
+            failures.append((source, f"{what} ({error})"))
+            _report_failure(*failures[-1], progress)
+            continue
+        try:
+            result = segment_image(model, processor, image, embeddings, short_side=short_side)
+        except (RuntimeError, ValueError) as error:
+            failures.append((source, f"segmentation failed ({error})"))
+            _report_failure(*failures[-1], progress)
+            continue
+        try:
+            lines = write_outputs(args, out_dir, stem, source, image, result, embeddings, context)
+        except OSError as error:
+            failures.append((source, f"could not write the outputs ({error})"))
+            _report_failure(*failures[-1], progress)
+            continue
+        for line in lines:
+            progress.write(line, file=sys.stdout)
+    progress.close()
+    return _finish(total, failures)
+
+
+def _opacity(text: str) -> float:
+    """argparse type for --alpha: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type for --timeout: a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
+    return value
+
+
+def _settings_and_classes(args: argparse.Namespace) -> tuple[dict[str, Any], list[list[str]], str | None]:
+    """Settings, classes and preset name from --preset, --set, --templates-file and the label options.
+
+    The preset's settings come first so that --set overrides them; --labels / --labels-file replace its classes.
+    """
+    from ..labels import parse_class_entries, read_labels_file
+
+    benchmark = get_benchmark(args.preset) if args.preset is not None else None
+    base = combine_settings(benchmark, args.method) if benchmark is not None or args.method is not None else None
+    settings = parse_set_options(args.settings, base)
+    templates = read_templates_option(args.templates_file)
+    if templates is not None:
+        settings["prompt_templates"] = templates
+    if args.labels is not None:
+        classes = parse_class_entries(args.labels)
+    elif args.labels_file is not None:
+        classes = read_labels_file(args.labels_file)
+    elif benchmark is not None:
+        classes = benchmark.class_names()
+    else:
+        raise ValueError(
+            'No labels given; name the classes with --labels cat "dog, puppy" ..., --labels-file FILE (one class '
+            "per line) or --preset NAME (a benchmark's classes)."
+        )
+    return settings, classes, None if benchmark is None else benchmark.name
+
+
+def _no_images_message(labels: Sequence[str] | None) -> str:
+    message = "No images given; name image files, folders or URLs, e.g. naclip segment photo.jpg --labels cat dog."
+    taken = [label for label in labels or [] if Path(label).exists() or label.startswith(URL_PREFIXES)]
+    if taken:
+        message += (
+            f" {taken[0]!r} was read as a class name: put the images before --labels, or end the label list with --."
+        )
+    return message
+
+
+def collect_sources(
+    inputs: Sequence[str | os.PathLike], out_dir: Path | None
+) -> tuple[list[Source], list[tuple[Source, str]]]:
+    """The images named (files and URLs) or found in the named folders (sorted by name), and the inputs that
+    are missing.
+
+    In a folder only files with an image extension count; in the output folder itself the label maps and
+    overlays of an earlier run are skipped. A file or URL named twice is segmented once.
+    """
+    sources: list[Source] = []
+    failures: list[tuple[Source, str]] = []
+    seen: set[str] = set()
+    out_resolved = out_dir.resolve() if out_dir is not None else None
+    for item in inputs:
+        text = os.fspath(item)
+        if text.lower().startswith(URL_PREFIXES):
+            if text not in seen:
+                seen.add(text)
+                sources.append(Source(text, True))
+            continue
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(
+                (entry for entry in path.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS and entry.is_file()),
+                key=lambda entry: entry.name,
+            )
+            if path.resolve() == out_resolved:
+                found = [entry for entry in found if not entry.name.endswith(("_labels.png", "_overlay.png"))]
+            if not found:
+                failures.append((Source(text, False), f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})"))
+        elif path.exists():
+            found = [path]
+        else:
+            failures.append((Source(text, False), "no such file or folder"))
+            continue
+        for entry in found:
+            key = str(entry.resolve())
+            if key not in seen:
+                seen.add(key)
+                sources.append(Source(str(entry), False))
+    return sources, failures
+
+
+def ensure_writable_dir(path: Path, option: str, what: str = "output folder") -> None:
+    """Create the folder if needed and check that a file can be written in it (before any model is loaded)."""
+    if path.exists() and not path.is_dir():
+        raise OSError(f"The {what} {path} is an existing file, not a folder; choose a folder with {option}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".naclip-write-check-", dir=path)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise OSError(
+            f"Cannot write to the {what} {path} ({error.strerror or error}); make it writable or choose "
+            f"another folder with {option}."
+        ) from None
+
+
+def output_stems(sources: Sequence[Source]) -> list[str]:
+    """File stems for the outputs, made unique (case-insensitively) with -2, -3, ... in input order."""
+    used: set[str] = set()
+    stems = []
+    for source in sources:
+        stem = source.stem
+        candidate, number = stem, 2
+        while candidate.casefold() in used:
+            candidate, number = f"{stem}-{number}", number + 1
+        used.add(candidate.casefold())
+        stems.append(candidate)
+    return stems
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    out_dir: Path | None,
+    stem: str,
+    source: Source,
+    image: Any,
+    result: Any,
+    embeddings: Any,
+    context: dict[str, Any],
+) -> list[str]:
+    """Write the scores file and/or the label map, overlay (and scores) and JSON summary of one image, each
+    atomically, the JSON summary last; return the lines to print."""
+    from ..fileio import write_atomic
+    from ..inference import save_scores
+    from ..visualization import class_palette, class_shares, label_map_image, overlay_image
+
+    metadata = {"classes": embeddings.classes, "image": source.describe()}
+    lines = []
+    if args.save_scores is not None:
+        save_scores(args.save_scores, result, metadata)
+        lines.append(f"Wrote {args.save_scores}")
+    if out_dir is None:
+        return lines
+    labels = embeddings.class_labels
+    segmentation = result.segmentation.numpy()
+    palette = class_palette(len(labels))
+    outputs = {"label_map": f"{stem}_labels.png", "overlay": f"{stem}_overlay.png"}
+    write_atomic(out_dir / outputs["label_map"], lambda tmp: label_map_image(segmentation, palette).save(tmp, "PNG"))
+    overlay = overlay_image(image, segmentation, labels, palette, alpha=args.alpha)
+    write_atomic(out_dir / outputs["overlay"], lambda tmp: overlay.save(tmp, "PNG"))
+    if args.scores:
+        outputs["scores"] = f"{stem}.scores.safetensors"
+        save_scores(out_dir / outputs["scores"], result, metadata)
+    shares = class_shares(segmentation, labels)
+    height, width = segmentation.shape
+    summary = {
+        "image": source.summary_name(),
+        "size": {"width": int(width), "height": int(height)},
+        "model": context["model"],
+        "preset": context["preset"],
+        "method": context["method"],
+        "classes": [{"id": index, "label": names[0], "names": names} for index, names in enumerate(embeddings.classes)],
+        "class_shares": shares,
+        "settings": context["settings"],
+        "outputs": outputs,
+    }
+    text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(out_dir / f"{stem}.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    top = ", ".join(f"{label} {share:.0%}" for label, share in list(shares.items())[:3])
+    more = ", ..." if len(shares) > 3 else ""
+    lines.append(f"{source.describe()} -> {out_dir / outputs['overlay']} ({top}{more})")
+    return lines
+
+
+def _report_failure(source: Source, reason: str, progress: Any = None) -> None:
+    message = f"naclip segment: error: {source.describe()}: {reason}"
+    if progress is not None:
+        progress.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
+
+
+def _finish(total: int, failures: Sequence[tuple[Source, str]]) -> int:
+    if not failures:
+        return 0
+    names = ", ".join(source.describe() for source, _ in failures)
+    print(f"naclip segment: {len(failures)} of {total} inputs failed: {names}", file=sys.stderr)
+    return 1
+
+
+__all__ = ["DEFAULT_OUT_DIR", "IMAGE_EXTENSIONS", "Source", "add_parser", "collect_sources", "run", "write_outputs"]

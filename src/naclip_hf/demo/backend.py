@@ -1,0 +1,404 @@
+"""What the demo computes, without any user interface: segmenting an image into classes typed as text, and the last
+layer's attention map of one clicked patch under several attention strategies.
+
+The demo's Gradio app (`naclip_hf.demo.app`) only turns widgets into these calls and their results into widgets,
+so everything here is usable (and tested) without Gradio. Every call carries its own options: the model's config
+is never changed, so many requests can run at once on one model.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from ..image_io import describe_input, load_image
+from ..labels import parse_class_entries
+from ..options import DEFAULTS, check_settings
+from ..pipeline_naclip import NACLIPSegmentationPipeline
+from ..visualization import class_palette, label_map_image, overlay_image
+
+Report = Callable[[float, str], None]
+"""A progress callback: (fraction done in [0, 1], what is happening)."""
+
+ATTENTION_COMPARISONS: tuple[tuple[str, Mapping[str, str]], ...] = (
+    ("CLIP", {"attn_strategy": "vanilla", "arch": "vanilla"}),
+    ("SCLIP", {"attn_strategy": "csa", "arch": "vanilla"}),
+    ("NACLIP", {"attn_strategy": "naclip", "arch": "reduced"}),
+)
+"""The attention maps shown side by side in the Attention tab, as in Figure 1 of the NACLIP paper: a label and the
+options of the model's last block (`attn_strategy`, `arch`, optionally `gaussian_std`) for each map."""
+
+# A vision tower narrower than every published CLIP (ViT-B: 768) is a test model with no useful weights.
+SMALLEST_REAL_VISION_WIDTH = 384
+
+# Colour ramp of the attention heat maps (dark = little attention, bright = most), sampled at equal steps.
+_HEAT_RAMP = np.array(
+    [[10, 7, 40], [70, 15, 110], [150, 35, 110], [220, 75, 70], [250, 150, 40], [252, 230, 120]], dtype=np.float32
+)
+EXAMPLE_LABELS = "table, wooden table\nsaucer, plate\ncoffee cup, cup\nspoon\ncoffee"
+"""The classes of the example photo (the same as `examples/labels.txt`)."""
+
+
+def example_image_path() -> Path:
+    """The example photo shipped with the package (`coffee.jpg`, a CC0 photo, 450 × 300 pixels)."""
+    return Path(str(resources.files(__package__).joinpath("coffee.jpg")))
+
+
+def parse_labels_text(text: str | None) -> list[list[str]]:
+    """Classes typed in a text box: one class per line, synonyms after commas (`"cup, mug"`); blank lines are
+    skipped. Raises `ValueError` saying how to fix an empty box, a blank synonym or a class given twice.
+
+    >>> parse_labels_text("sky\\ncup, mug\\n")
+    [['sky'], ['cup', 'mug']]
+    """
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(
+            "No classes given: type the classes to find, one per line (synonyms after commas, e.g. 'cup, mug'), or "
+            "pick a benchmark preset."
+        )
+    try:
+        return parse_class_entries(lines)
+    except ValueError as error:
+        raise ValueError(f"Classes: {error}") from None
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] of any shape [...] -> RGB colours [..., 3] uint8 of the heat-map ramp."""
+    position = np.clip(values, 0.0, 1.0) * (len(_HEAT_RAMP) - 1)
+    low = np.floor(position).astype(np.int64).clip(0, len(_HEAT_RAMP) - 2)
+    fraction = (position - low)[..., None]
+    colours = _HEAT_RAMP[low] * (1.0 - fraction) + _HEAT_RAMP[low + 1] * fraction
+    return np.rint(colours).astype(np.uint8)
+
+
+def legend_rows(
+    segmentation: np.ndarray, class_labels: Sequence[str], palette: np.ndarray
+) -> list[dict[str, Any]]:
+    """Each class present: `{"label", "share", "colour"}` (share of the pixels in [0, 1], colour "#rrggbb"), largest
+    share first (ties in class order). The shares sum to 1."""
+    counts = np.bincount(segmentation.reshape(-1), minlength=len(class_labels))
+    order = sorted(np.flatnonzero(counts).tolist(), key=lambda index: (-counts[index], index))
+    return [
+        {
+            "label": str(class_labels[index]),
+            "share": float(counts[index] / segmentation.size),
+            "colour": "#{:02x}{:02x}{:02x}".format(*(int(c) for c in palette[index])),
+        }
+        for index in order
+    ]
+
+
+def legend_html(rows: Sequence[Mapping[str, Any]] | None) -> str:
+    """The classes found as an HTML table: colour swatch, class, share of the pixels in percent."""
+    if not rows:
+        return "<p class='naclip-legend-empty'>Run a segmentation to see the classes found.</p>"
+    body = "".join(
+        "<tr>"
+        f"<td><span style='display:inline-block;width:1.1em;height:1.1em;border-radius:3px;"
+        f"background:{html.escape(str(row['colour']))};border:1px solid #0003'></span></td>"
+        f"<td class='naclip-class'>{html.escape(str(row['label']))}</td>"
+        f"<td style='text-align:right'>{100 * float(row['share']):.1f}%</td>"
+        "</tr>"
+        for row in rows
+    )
+    return (
+        "<table class='naclip-legend' style='width:100%'>"
+        "<thead><tr><th></th><th style='text-align:left'>class</th><th style='text-align:right'>share of pixels</th>"
+        f"</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+@dataclass
+class Segmentation:
+    """One segmented image: `overlay` (RGB, the image's size, legend drawn in its corner), `label_map` (palette
+    PNG-ready image, pixel value = class id), `rows` (see `legend_rows`), the class labels, the options used and
+    notes for the user (e.g. an option that was adjusted)."""
+
+    overlay: Image.Image
+    label_map: Image.Image
+    rows: list[dict[str, Any]]
+    class_labels: list[str]
+    options: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AttentionMaps:
+    """The attention of one clicked patch: per comparison `(label, heat map image)` and its head-averaged weights on
+    the patch grid (`weights`, [rows, columns] float32 each), the patch (row, column) and the grid (rows, columns)."""
+
+    maps: list[tuple[str, Image.Image]]
+    weights: list[np.ndarray]
+    patch: tuple[int, int]
+    grid: tuple[int, int]
+
+
+class DemoBackend:
+    """The demo's computations on one loaded model, safe to call from many threads at once.
+
+    Args:
+        segmenter: a `NACLIPSegmentationPipeline` (its label-embedding cache makes a second image with the same
+            classes fast).
+        model_name: how to name the model in the page (e.g. its Hub id or folder).
+
+    Example:
+        >>> backend = DemoBackend.from_pretrained("openai/clip-vit-base-patch16")  # doctest: +SKIP
+        >>> result = backend.segment("examples/coffee.jpg", "cup\\ntable")  # doctest: +SKIP
+        >>> [(row["label"], round(row["share"], 2)) for row in result.rows]  # doctest: +SKIP
+    """
+
+    def __init__(self, segmenter: NACLIPSegmentationPipeline, model_name: str | None = None) -> None:
+        self.segmenter = segmenter
+        self.model = segmenter.model
+        self.image_processor = segmenter.image_processor
+        self.model_name = model_name or getattr(self.model, "name_or_path", "") or "the model"
+        # Embedding a label set is the slow part of a first request; one at a time keeps the CPU for the others,
+        # and later requests with the same classes read the pipeline's cache.
+        self._embedding_lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, model_id_or_path: str, device: str | None = None) -> DemoBackend:
+        """Load a checkpoint (Hub id or folder) with its processor; `OSError` with the fix when it cannot be found."""
+        from ..inference import load_model, load_processor
+
+        model = load_model(model_id_or_path, device=device)
+        processor = load_processor(model_id_or_path)
+        segmenter = NACLIPSegmentationPipeline(model=model, processor=processor, device=model.device)
+        return cls(segmenter, model_name=str(model_id_or_path))
+
+    # ------------------------------------------------------------------------------------------- defaults
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The model's own settings (the starting values of the page's controls)."""
+        config = self.model.config
+        return {
+            "attn_strategy": config.attn_strategy,
+            "arch": config.arch,
+            "pamr": config.pamr_steps > 0,
+            "prob_thd": float(config.prob_thd),
+            "short_side": int(getattr(self.image_processor, "short_side", DEFAULTS["short_side"])),
+            "slide_crop": int(config.slide_crop),
+            "gaussian_std": float(config.gaussian_std),
+        }
+
+    @property
+    def is_test_model(self) -> bool:
+        """Whether the model is too small to be a real CLIP (e.g. the random test checkpoint)."""
+        return self.model.config.vision_config.hidden_size < SMALLEST_REAL_VISION_WIDTH
+
+    def attention_strategies(self) -> list[str]:
+        """The registered attention strategies of the last block."""
+        from ..modeling_naclip import NACLIP_ATTENTION_FUNCTIONS
+
+        return list(NACLIP_ATTENTION_FUNCTIONS)
+
+    # ------------------------------------------------------------------------------------------- options
+    def call_options(
+        self,
+        attn_strategy: str | None = None,
+        arch: str | None = None,
+        pamr: bool | None = None,
+        prob_thd: float | None = None,
+        slide_crop: int | None = None,
+        gaussian_std: float | None = None,
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The pipeline options of one request (None = the model's own) and notes on what was adjusted.
+
+        A strategy that needs another `arch` (SCLIP's `csa` keeps the block's residual and MLP) gets it, with a note.
+        Sliding windows overlap by half a window. Raises `ValueError` naming an invalid option.
+        """
+        config = self.model.config
+        options: dict[str, Any] = {}
+        notes: list[str] = []
+        if attn_strategy is not None:
+            known = self.attention_strategies()
+            if attn_strategy not in known:
+                raise ValueError(f"Unknown attention strategy {attn_strategy!r}; choose one of {', '.join(known)}.")
+            options["attn_strategy"] = attn_strategy
+        if arch is not None:
+            options["arch"] = arch
+        if pamr is not None:
+            options["pamr_steps"] = (config.pamr_steps or DEFAULTS["pamr_steps"]) if pamr else 0
+        if prob_thd is not None:
+            options["prob_thd"] = float(prob_thd)
+        if slide_crop is not None:
+            slide_crop = _integer(slide_crop, "Sliding window")
+            options["slide_crop"] = slide_crop
+            if slide_crop > 0:
+                options["slide_stride"] = max(1, slide_crop // 2)
+        if gaussian_std is not None:
+            options["gaussian_std"] = float(gaussian_std)
+        context = {"arch": config.arch, "attn_strategy": config.attn_strategy, "slide_crop": config.slide_crop,
+                   "slide_stride": config.slide_stride}  # fmt: skip
+        try:
+            return check_settings(options, context), notes
+        except ValueError as error:
+            strategy = options.get("attn_strategy", config.attn_strategy)
+            other = {"reduced": "vanilla", "vanilla": "reduced"}[options.get("arch", config.arch)]
+            try:
+                checked = check_settings({**options, "arch": other}, context)
+            except ValueError:
+                raise error from None
+            notes.append(f"The attention strategy {strategy!r} needs arch={other!r}; this run used it.")
+            return checked, notes
+
+    # ------------------------------------------------------------------------------------------- segment
+    def segment(
+        self,
+        image: Any,
+        labels_text: str | None,
+        attn_strategy: str | None = None,
+        arch: str | None = None,
+        pamr: bool | None = None,
+        prob_thd: float | None = None,
+        short_side: int | None = None,
+        slide_crop: int | None = None,
+        gaussian_std: float | None = None,
+        report: Report | None = None,
+    ) -> Segmentation:
+        """Segment `image` (path, URL, PIL image or array) into the classes of `labels_text` (one per line).
+
+        Raises `ValueError` with the fix for no classes, an unreadable image or an invalid option.
+        """
+        report = report or (lambda fraction, message: None)
+        classes = parse_labels_text(labels_text)
+        options, notes = self.call_options(attn_strategy, arch, pamr, prob_thd, slide_crop, gaussian_std)
+        if short_side is not None:
+            options["short_side"] = check_settings({"short_side": _integer(short_side, "Short side")})["short_side"]
+        if image is None:
+            raise ValueError("No image given: upload an image (JPEG, PNG, WebP, ...) or pick the example.")
+        report(0.05, "Reading the image")
+        rgb = _read_image(image)
+        report(0.15, f"Embedding {len(classes)} classes (once per set of classes)")
+        with self._embedding_lock:
+            self.segmenter._label_set(classes)  # fills the pipeline's cache that the call below reads
+        report(0.4, "Segmenting")
+        output = self.segmenter(
+            Image.fromarray(rgb), candidate_labels=classes, return_label_map=True, **options
+        )
+        report(0.9, "Drawing")
+        labels = list(output["labels"])
+        label_map = np.asarray(output["label_map"])
+        palette = class_palette(len(labels))
+        return Segmentation(
+            overlay=overlay_image(rgb, label_map, labels, palette),
+            label_map=label_map_image(label_map, palette),
+            rows=legend_rows(label_map, labels, palette),
+            class_labels=labels,
+            options=options,
+            notes=notes,
+        )
+
+    # ------------------------------------------------------------------------------------------- attention
+    @torch.inference_mode()
+    def attention_maps(
+        self,
+        image: Any,
+        point: tuple[float, float],
+        comparisons: Sequence[tuple[str, Mapping[str, Any]]] = ATTENTION_COMPARISONS,
+        short_side: int | None = None,
+        alpha: float = 0.6,
+    ) -> AttentionMaps:
+        """The last layer's attention of the patch under `point` (x, y in the image's pixels), head-averaged, for
+        each `(label, options)` of `comparisons`, drawn as heat maps over the image.
+
+        The image goes through the model in one whole-image pass. For every comparison, the last layer's weights
+        [1, heads, T, T] (T = 1 + rows × columns, CLS first) are averaged over heads; the clicked patch's row
+        (token 1 + row × columns + column) without the CLS entry is reshaped to the patch grid, upsampled to the
+        image and scaled to its own maximum.
+        """
+        if image is None:
+            raise ValueError("No image given: upload an image, then click a point on it.")
+        rgb = _read_image(image)
+        height, width = rgb.shape[:2]
+        x, y = float(point[0]), float(point[1])
+        if not (0 <= x < width and 0 <= y < height):
+            raise ValueError(f"The point ({x:g}, {y:g}) is outside the image of {width} × {height} pixels.")
+        encoded = self.image_processor(rgb, short_side=short_side)
+        pixel_values = encoded["pixel_values"]
+        if isinstance(pixel_values, list):
+            pixel_values = pixel_values[0]
+        pixel_values = pixel_values.to(self.model.device, self.model.dtype)
+        processed_h, processed_w = pixel_values.shape[-2:]
+        patch = self.model.config.vision_config.patch_size
+        rows, columns = processed_h // patch, processed_w // patch
+        if rows < 1 or columns < 1:
+            raise ValueError(f"The image is smaller than one {patch} × {patch} patch after resizing; use a larger one.")
+        row = min(int(y * processed_h / height) // patch, rows - 1)
+        column = min(int(x * processed_w / width) // patch, columns - 1)
+        token = 1 + row * columns + column
+        maps, grids = [], []
+        for label, options in comparisons:
+            outputs = self.model.encode_patches(pixel_values, output_attentions=True, **dict(options))
+            weights = outputs.attentions[-1][0].float().mean(dim=0)  # [T, T], head-averaged
+            grid = weights[token, 1:].reshape(1, 1, rows, columns)
+            grids.append(grid[0, 0].cpu().numpy())
+            covered = F.interpolate(grid, size=(rows * patch, columns * patch), mode="bilinear", align_corners=False)
+            # The grid covers the processed image but its last partial patch, which takes its neighbour's value.
+            pad = (0, processed_w - columns * patch, 0, processed_h - rows * patch)
+            covered = F.pad(covered, pad, mode="replicate")
+            heat = F.interpolate(covered, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+            heat = heat - heat.min()
+            heat = (heat / heat.max().clamp(min=1e-12)).cpu().numpy()
+            maps.append((label, _heat_overlay(rgb, heat, (x, y), alpha)))
+        return AttentionMaps(maps=maps, weights=grids, patch=(row, column), grid=(rows, columns))
+
+
+def _heat_overlay(rgb: np.ndarray, heat: np.ndarray, point: tuple[float, float], alpha: float) -> Image.Image:
+    """The image blended with the heat map's colours, the clicked point marked by a ring."""
+    mixed = (1.0 - alpha) * rgb.astype(np.float32) + alpha * heat_colours(heat).astype(np.float32)
+    image = Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    radius = max(5, round(min(image.size) / 40))
+    x, y = point
+    for colour, width in (((0, 0, 0), radius // 2 + 2), ((255, 255, 255), max(1, radius // 3))):
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=colour, width=width)
+    return image
+
+
+def _read_image(image: Any) -> np.ndarray:
+    """`load_image`, with every failure as a `ValueError` naming the input and what to upload instead."""
+    try:
+        return load_image(image)
+    except (OSError, ValueError, TypeError) as error:
+        message = str(error)
+        if describe_input(image) not in message:
+            message = f"Could not read the image {_short_description(image)}: {message}"
+        raise ValueError(message.rstrip(".") + ". Upload a JPEG, PNG, WebP, BMP or TIFF image.") from None
+
+
+def _integer(value: Any, what: str) -> int:
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"{what} must be a whole number of pixels, got {value!r}.")
+    return int(number)
+
+
+def _short_description(image: Any) -> str:
+    text = describe_input(image)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+__all__ = [
+    "ATTENTION_COMPARISONS",
+    "AttentionMaps",
+    "DemoBackend",
+    "EXAMPLE_LABELS",
+    "Segmentation",
+    "example_image_path",
+    "heat_colours",
+    "legend_html",
+    "legend_rows",
+    "parse_labels_text",
+]

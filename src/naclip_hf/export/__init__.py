@@ -1,0 +1,34 @@
+"""NACLIP as ONNX: the export (`onnx_export`, needs torch) and a runtime that needs neither torch nor
+transformers (`runtime`: numpy, onnxruntime and Pillow).
+
+An exported folder (`naclip export MODEL OUT`) holds:
+
+- `onnx/model.onnx`: one window of the model, `pixel_values` [B, 3, H, W] and `text_embeds` [N, D] in,
+  `logits` [B, N, H, W] out (any B, N, H, W); `onnx/model_quantized.onnx` with `--quantize` (int8 weights);
+- `config.json` (the settings the graph was built with and the inference defaults), `preprocessor_config.json`
+  and the tokenizer files;
+- with labels, `classes.json` and `class_embeddings.safetensors` (the names' text embeddings), so that no text
+  tower is needed.
+
+This package imports nothing heavy itself: `naclip_hf.export.runtime` can be imported where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "export_onnx": "onnx_export",
+    "ExportedSegmenter": "runtime",
+    "is_exported_folder": "runtime",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

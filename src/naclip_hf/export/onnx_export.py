@@ -1,0 +1,421 @@
+"""Export NACLIP to ONNX: one window of the model as a graph with dynamic batch, class count and image size.
+
+The graph is `NACLIPForSemanticSegmentation`'s own computation for one window (`slide_crop=0`):
+`encode_patches` with the config's last block, then `_window_logits`. It is traced with `torch.onnx.export`
+(the `torch.export`-based exporter) on a view of the model in which one piece is replaced:
+
+- The positional embeddings. PyTorch's `F.interpolate(scale_factor=...)` is traced with the scale factors of the
+  example input as constants, so the ONNX graph would resize every grid with the example's factors. Here the
+  official resize (bicubic, `scale = (grid + 0.1) / pretrained_grid`, no resize at the pretrained grid) is written
+  as two resize matrices built from the grid size inside the graph; `official_position_embeddings` stays the
+  reference, and `verify_graph` / the tests check the two against each other at several sizes.
+
+The Gaussian bias Ω is built from the grid inside the graph by `gaussian_neighbourhood_bias` (its cache is skipped
+while tracing). Sliding windows and post-processing run outside the graph (see `naclip_hf.export.runtime`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..fileio import staged_directory
+from ..modeling_naclip import NACLIPForSemanticSegmentation, NACLIPVisionEmbeddings
+from .runtime import (
+    CLASS_EMBEDDINGS_FILE,
+    CLASSES_FILE,
+    CONFIG_FILE,
+    GRAPH_INPUTS,
+    GRAPH_OUTPUT,
+    MODEL_FILE,
+    ONNX_DIR,
+    PREPROCESSOR_FILE,
+    QUANTIZED_MODEL_FILE,
+)
+
+logger = logging.getLogger(__name__)
+
+# ONNX opset of the exported graph (LayerNormalization needs 17; onnxruntime and onnxruntime-web run 18).
+ONNX_OPSET = 18
+# Largest |ONNX - PyTorch| accepted by `verify_graph` on the logits (cosine similarities, in [-1, 1]).
+VERIFY_TOLERANCE = 1e-4
+# Input sizes `verify_graph` checks after an export, in patches: a non-square grid that needs positional
+# interpolation, the pretrained grid (no interpolation) and one with an odd remainder of pixels.
+_VERIFY_GRIDS = ((3, 5), None, (4, 3))
+
+
+# --------------------------------------------------------------------------------- positional embeddings
+def bicubic_resize_matrix(out_size: Any, in_size: int, inverse_scale: torch.Tensor) -> torch.Tensor:
+    """Weights [out_size, in_size] of PyTorch's bicubic resize (`align_corners=False`, A = -0.75) along one axis.
+
+    Output index i reads the source at `inverse_scale * (i + 0.5) - 0.5` with the four cubic-convolution taps,
+    clamped to the border, as `F.interpolate(mode="bicubic")` does. `out_size` may be symbolic (under export);
+    `inverse_scale` is a float32 scalar tensor (the source step per output pixel).
+    """
+    a = -0.75
+    position = inverse_scale * (torch.arange(out_size, dtype=torch.float32) + 0.5) - 0.5
+    index = torch.clamp(torch.floor(position), max=in_size - 1)
+    t = torch.clamp(position - index, 0.0, 1.0)
+
+    def near(x: torch.Tensor) -> torch.Tensor:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: torch.Tensor) -> torch.Tensor:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    coefficients = (far(t + 1), near(t), near(1 - t), far(2 - t))
+    source = torch.arange(in_size, dtype=torch.long)
+    weights = torch.zeros((), dtype=torch.float32)
+    for tap, coefficient in enumerate(coefficients):
+        column = torch.clamp(index.long() + (tap - 1), 0, in_size - 1)
+        weights = weights + coefficient[:, None] * (column[:, None] == source[None, :]).to(torch.float32)
+    return weights
+
+
+def graph_position_embeddings(table: torch.Tensor, grid_height: Any, grid_width: Any, mode: str) -> torch.Tensor:
+    """`table` [1 + n², hidden] resized to the grid with shape-dependent ops: [1 + grid_height * grid_width, hidden].
+
+    `mode` is the config's `pos_embed_interpolation`: "official" (scale factor `(grid + 0.1) / n`, no resize at
+    the pretrained grid; reference: `modeling_naclip.official_position_embeddings`) or "transformers" (target size,
+    as CLIP's `interpolate_pos_encoding`).
+    """
+    pretrained = int(round((table.shape[0] - 1) ** 0.5))
+    patches = table[1:].float().reshape(pretrained, pretrained, -1)
+    matrices = []
+    for size in (grid_height, grid_width):
+        size_f64 = torch.scalar_tensor(size, dtype=torch.float64)
+        if mode == "official":
+            inverse = (1.0 / ((size_f64 + 0.1) / pretrained)).to(torch.float32)
+        else:
+            inverse = torch.scalar_tensor(pretrained, dtype=torch.float32) / size_f64.to(torch.float32)
+        matrices.append(bicubic_resize_matrix(size, pretrained, inverse))
+    if mode == "official":
+        # The official code keeps the table as it is at the pretrained grid (a resize by 14.1/14 would not).
+        keep = (torch.scalar_tensor(grid_height) == pretrained) & (torch.scalar_tensor(grid_width) == pretrained)
+        source = torch.arange(pretrained)
+        matrices = [
+            torch.where(keep, (torch.arange(size)[:, None] == source[None, :]).to(torch.float32), matrix)
+            for size, matrix in zip((grid_height, grid_width), matrices)
+        ]
+    rows, columns = matrices
+    resized = torch.matmul(rows, patches.reshape(pretrained, -1)).reshape(-1, pretrained, patches.shape[-1])
+    resized = torch.matmul(columns, resized)  # [grid_height, grid_width, hidden]
+    resized = resized.reshape(-1, patches.shape[-1]).to(table.dtype)
+    return torch.cat([table[:1], resized], dim=0)
+
+
+class GraphVisionEmbeddings(NACLIPVisionEmbeddings):
+    """`NACLIPVisionEmbeddings` whose positional embeddings are resized with `graph_position_embeddings`."""
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Positional embeddings [1, 1 + grid_height * grid_width, hidden] for an input of `height` × `width`."""
+        grid_height, grid_width = height // self.patch_size, width // self.patch_size
+        mode = self.naclip_config.pos_embed_interpolation
+        return graph_position_embeddings(self.position_embedding.weight, grid_height, grid_width, mode)[None]
+
+
+def _shallow_copy(module: nn.Module, cls: type | None = None) -> nn.Module:
+    """A new module object with the same parameters, buffers and submodules, and its own table of submodules."""
+    copy = (cls or type(module)).__new__(cls or type(module))
+    copy.__dict__.update(module.__dict__)
+    copy.__dict__["_modules"] = dict(module._modules)
+    return copy
+
+
+def _graph_view(model: NACLIPForSemanticSegmentation) -> NACLIPForSemanticSegmentation:
+    """`model` with its vision embeddings as `GraphVisionEmbeddings`, sharing every weight; `model` is unchanged."""
+    path = next(name for name, module in model.named_modules() if isinstance(module, NACLIPVisionEmbeddings))
+    *parents, leaf = path.split(".")
+    view = _shallow_copy(model)
+    holder = view
+    for name in parents:
+        child = _shallow_copy(holder._modules[name])
+        holder._modules[name] = child
+        holder = child
+    holder._modules[leaf] = _shallow_copy(holder._modules[leaf], GraphVisionEmbeddings)
+    return view
+
+
+# ------------------------------------------------------------------------------------------------- graph
+class SegmentationGraph(nn.Module):
+    """The exported computation: per-name logits of one window.
+
+    `forward(pixel_values [B, 3, H, W], text_embeds [N, D]) -> logits [B, N, H, W]`, equal to
+    `model(pixel_values, text_embeds=text_embeds, slide_crop=0).logits` with the config's last block.
+    """
+
+    def __init__(self, model: NACLIPForSemanticSegmentation) -> None:
+        super().__init__()
+        self.model = _graph_view(model)
+        options = model.config.inference_options()
+        self.block = {key: options[key] for key in ("arch", "attn_strategy", "gaussian_std")}
+
+    def forward(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.encode_patches(pixel_values, **self.block).last_hidden_state
+        return self.model._window_logits(hidden, text_embeds, pixel_values.shape[-2:]).float()
+
+
+def export_graph(
+    model: NACLIPForSemanticSegmentation, path: str | os.PathLike, opset_version: int = ONNX_OPSET
+) -> Path:
+    """Write the ONNX graph of one window of `model` (see `SegmentationGraph`) to `path`, as a single file.
+
+    Inputs `pixel_values` [batch, 3, height, width] and `text_embeds` [num_names, projection_dim] (float32), output
+    `logits` [batch, num_names, height, width]; every dimension but the channels and `projection_dim` is dynamic.
+    """
+    if model.dtype != torch.float32:
+        raise ValueError(f"Export a float32 model (got {model.dtype}); load it without `dtype=`.")
+    graph = SegmentationGraph(model).eval()
+    patch = model.config.vision_config.patch_size
+    example = (
+        torch.randn(2, 3, 3 * patch, 5 * patch),
+        torch.nn.functional.normalize(torch.randn(3, model.config.projection_dim), dim=-1),
+    )
+    dynamic = torch.export.Dim.DYNAMIC
+    dynamic_shapes = {"pixel_values": {0: dynamic, 2: dynamic, 3: dynamic}, "text_embeds": {0: dynamic}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            example,
+            dynamo=True,
+            input_names=list(GRAPH_INPUTS),
+            output_names=[GRAPH_OUTPUT],
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset_version,
+            optimize=True,
+            verbose=False,
+        )
+    path = Path(path)
+    program.save(path, external_data=False)
+    _name_dimensions(path)
+    return path
+
+
+def _name_dimensions(path: Path) -> None:
+    """Give the dynamic dimensions of the graph's inputs and output readable names."""
+    import onnx
+
+    model = onnx.load(str(path))
+    names = {
+        GRAPH_INPUTS[0]: ("batch", None, "height", "width"),
+        GRAPH_INPUTS[1]: ("num_names", None),
+        GRAPH_OUTPUT: ("batch", "num_names", "height", "width"),
+    }
+    for value in [*model.graph.input, *model.graph.output]:
+        for dim, name in zip(value.type.tensor_type.shape.dim, names.get(value.name, ())):
+            if name is not None:
+                dim.dim_param = name
+    onnx.save(model, str(path))
+
+
+def verify_graph(
+    model: NACLIPForSemanticSegmentation, path: str | os.PathLike, tolerance: float = VERIFY_TOLERANCE
+) -> float:
+    """Run the graph at `path` with onnxruntime and `model` with PyTorch on random inputs of a few sizes; return the
+    largest |difference| of the logits, or raise `RuntimeError` when it exceeds `tolerance`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    patch = model.config.vision_config.patch_size
+    pretrained = model.config.vision_config.image_size // patch
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for number, grid in enumerate(_VERIFY_GRIDS):
+        rows, columns = grid or (pretrained, pretrained)
+        extra = number  # a few pixels past the last full patch for some sizes
+        pixel_values = torch.randn(1, 3, rows * patch + extra, columns * patch + extra, generator=generator)
+        text_embeds = torch.nn.functional.normalize(torch.randn(2 + number, model.config.projection_dim,
+                                                                generator=generator), dim=-1)  # fmt: skip
+        with torch.no_grad():
+            expected = model(pixel_values.to(model.device), text_embeds=text_embeds.to(model.device), slide_crop=0)
+        feed = {GRAPH_INPUTS[0]: pixel_values.numpy(), GRAPH_INPUTS[1]: text_embeds.numpy()}
+        (logits,) = session.run([GRAPH_OUTPUT], feed)
+        difference = float(np.abs(logits - expected.logits.float().cpu().numpy()).max())
+        worst = max(worst, difference)
+        if not difference <= tolerance:
+            raise RuntimeError(
+                f"The exported graph disagrees with PyTorch by {difference:.2e} (> {tolerance:.0e}) on a "
+                f"{tuple(pixel_values.shape[-2:])} input; the export is not usable with this torch/onnx version "
+                "(try another torch version)."
+            )
+    return worst
+
+
+# ----------------------------------------------------------------------------------------- quantization
+def quantize_graph(source: str | os.PathLike, target: str | os.PathLike) -> dict[str, int]:
+    """Dynamic int8 quantization of the graph at `source` into `target`; returns the count of quantized nodes by type.
+
+    Weights of the matrix products with constant weights and of the patch-embedding convolution are stored as
+    unsigned int8 (`QUInt8`): onnxruntime's `ConvInteger` takes unsigned weights only, on the CPU and on the web.
+    Activations are quantized per call (dynamic). The products between activations (attention, the final
+    comparison with `text_embeds`) stay in float.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source))
+    initializers = {initializer.name for initializer in graph.graph.initializer}
+    weighted = [
+        node.name for node in graph.graph.node
+        if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.input) > 1 and node.input[1] in initializers
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(
+            str(source),
+            str(target),
+            op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+            nodes_to_quantize=weighted,
+            weight_type=QuantType.QUInt8,
+            per_channel=False,
+        )
+    quantized = onnx.load(str(target))
+    counts: dict[str, int] = {}
+    for node in quantized.graph.node:
+        if node.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------------------------- the folder
+@dataclass
+class ExportReport:
+    """What `export_onnx` wrote: the folder, its files with their sizes in bytes, the verified |ONNX - PyTorch|
+    difference, the quantized node counts and the time taken."""
+
+    output_dir: Path
+    files: dict[str, int]
+    max_abs_diff: float
+    quantized_nodes: dict[str, int]
+    seconds: float
+
+
+def export_onnx(
+    model: str | os.PathLike | NACLIPForSemanticSegmentation,
+    output_dir: str | os.PathLike,
+    classes: Sequence[str | Sequence[str]] | None = None,
+    *,
+    processor: Any = None,
+    overrides: Mapping[str, Any] | None = None,
+    short_side: int | None = None,
+    quantize: bool = False,
+    verify: bool = True,
+    opset_version: int = ONNX_OPSET,
+) -> ExportReport:
+    """Export a NACLIP model to a folder that `naclip_hf.export.runtime` (numpy + onnxruntime) and onnxruntime-web
+    can run without torch, transformers or a text tower.
+
+    Args:
+        model: a checkpoint folder or Hub id, or a loaded `NACLIPForSemanticSegmentation` (float32; not changed).
+        output_dir: a new (or empty) folder; it appears complete or not at all.
+        classes: class entries to embed and store (synonyms as for `encode_classes`); without them the folder holds
+            no text embeddings and callers feed their own `text_embeds`.
+        processor: the model's `NACLIPProcessor` (default: `load_processor(model)`; needed when `model` is a loaded
+            model and `classes` are given, or to keep its image settings).
+        overrides: settings for the config (e.g. `{"attn_strategy": "nonly", "slide_crop": 0}`, or
+            `prompt_templates` for the class embeddings), applied when loading `model` from a path; the last
+            block's settings are fixed in the graph.
+        short_side: the image processor's short side stored in the folder (default: the processor's).
+        quantize: also write `onnx/model_quantized.onnx` (int8 weights, see `quantize_graph`).
+        verify: compare the graph with PyTorch at a few input sizes (`verify_graph`) before writing the folder.
+        opset_version: ONNX opset of the graph.
+
+    Returns:
+        An `ExportReport`.
+
+    Example:
+
+    ```python
+    >>> report = export_onnx("openai/clip-vit-base-patch16", "naclip-onnx", ["sky", "tree", "road, street"])
+    >>> sorted(report.files)[:2]  # ['class_embeddings.safetensors', 'classes.json']
+    ```
+    """
+    from ..image_processing_naclip import NACLIPImageProcessor
+    from ..inference import encode_classes, load_model, load_processor
+
+    start = time.perf_counter()
+    if isinstance(model, NACLIPForSemanticSegmentation):
+        if overrides:
+            raise ValueError("overrides apply when loading a model; load it with them (load_model(path, overrides)).")
+        if processor is None and classes is not None:
+            raise ValueError("Pass the model's processor (processor=load_processor(path)) to embed the classes.")
+    else:
+        source = model
+        model = load_model(source, overrides)
+        processor = processor if processor is not None else load_processor(source)
+    model = model.eval()
+    embeddings = None
+    if classes is not None:
+        embeddings = encode_classes(model, processor, classes, cache_dir=True)
+    output_dir = Path(output_dir)
+    with staged_directory(output_dir) as staging:
+        (staging / ONNX_DIR).mkdir()
+        graph_path = export_graph(model, staging / ONNX_DIR / MODEL_FILE, opset_version)
+        worst = verify_graph(model, graph_path) if verify else float("nan")
+        quantized = quantize_graph(graph_path, staging / ONNX_DIR / QUANTIZED_MODEL_FILE) if quantize else {}
+        # JSON only: the folder holds no Python code, so the configs name none (`auto_map` dropped).
+        _write_json(staging / CONFIG_FILE, json.loads(model.config.to_json_string()))
+        image_processor = processor.image_processor if processor is not None else NACLIPImageProcessor()
+        image_settings = json.loads(image_processor.to_json_string())
+        if short_side is not None:
+            image_settings["short_side"] = NACLIPImageProcessor(short_side=short_side).short_side  # checked
+        _write_json(staging / PREPROCESSOR_FILE, image_settings)
+        if processor is not None:
+            processor.tokenizer.save_pretrained(staging)
+        if embeddings is not None:
+            _write_classes(staging, embeddings, model.config.prompt_templates)
+        files = {
+            str(path.relative_to(staging)): path.stat().st_size for path in sorted(staging.rglob("*")) if path.is_file()
+        }
+    return ExportReport(output_dir, files, worst, quantized, time.perf_counter() - start)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    data.pop("auto_map", None)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_classes(folder: Path, embeddings: Any, templates: Sequence[str] | None) -> None:
+    """`classes.json` (classes, names, name_to_class, templates) and `class_embeddings.safetensors`."""
+    from safetensors.numpy import save_file
+
+    from ..labels import flatten_class_names
+
+    names, name_to_class = flatten_class_names(embeddings.classes)
+    text_embeds = embeddings.text_embeds.float().cpu().numpy()
+    save_file({"text_embeds": np.ascontiguousarray(text_embeds)}, str(folder / CLASS_EMBEDDINGS_FILE))
+    description = {
+        "classes": embeddings.classes,
+        "names": names,
+        "name_to_class": name_to_class,
+        "templates": None if templates is None else list(templates),
+        "embedding_dim": int(text_embeds.shape[1]),
+    }
+    text = json.dumps(description, indent=2, ensure_ascii=False) + "\n"
+    (folder / CLASSES_FILE).write_text(text, encoding="utf-8")
+
+
+__all__ = [
+    "ExportReport",
+    "GraphVisionEmbeddings",
+    "ONNX_OPSET",
+    "SegmentationGraph",
+    "bicubic_resize_matrix",
+    "export_graph",
+    "export_onnx",
+    "graph_position_embeddings",
+    "quantize_graph",
+    "verify_graph",
+]

@@ -1,0 +1,578 @@
+"""Run an exported NACLIP folder with numpy, onnxruntime and Pillow only: no torch, no transformers, no text tower.
+
+`ExportedSegmenter` reproduces `naclip segment` (and `naclip_hf.inference.segment_image`) step by step:
+
+1. read the image (`naclip_hf.image_io.load_image`), resize its short side (`image_utils.resize_short_side`, the
+   same code as the image processor's) and normalise it with the stored mean and std;
+2. run the ONNX graph of one window on the whole image or on the sliding windows of `image_utils.sliding_windows`
+   (the boxes `NACLIPForSemanticSegmentation.forward` uses), summing overlapping windows and dividing by the count;
+3. post-process in numpy as `image_processing_naclip.post_process_logits` does in PyTorch: bilinear upsampling to
+   the original size, PAMR, temperature softmax over names, synonyms merged by their maximum, `prob_thd`.
+
+The PyTorch functions are the reference; the numpy ones here follow them operation by operation and are checked
+against them by the tests. The functions `load_model`, `load_processor`, `encode_classes`, `segment_image` and
+`save_scores` mirror `naclip_hf.inference` so that the command line runs either backend with the same code.
+
+Example:
+
+```python
+>>> from naclip_hf.export.runtime import ExportedSegmenter
+>>> segmenter = ExportedSegmenter("naclip-onnx")  # a folder written by `naclip export`
+>>> result = segmenter.segment("photo.jpg")  # the stored classes; or classes=["sky", "road, street"]
+>>> result.segmentation.shape, result.probabilities.shape  # (H, W), (classes, H, W)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from ..image_io import load_image
+from ..image_utils import resize_short_side, sliding_windows
+from ..labels import flatten_class_names, parse_class_entries
+from ..options import CONFIG_SETTINGS, DEFAULTS, SETTINGS_BY_NAME, check_settings
+from ..templates import IMAGENET_TEMPLATES
+
+# The layout of an exported folder (relative paths).
+ONNX_DIR = "onnx"
+MODEL_FILE = "model.onnx"
+QUANTIZED_MODEL_FILE = "model_quantized.onnx"
+CLASSES_FILE = "classes.json"
+CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
+CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+# Names of the graph's inputs and output.
+GRAPH_INPUTS = ("pixel_values", "text_embeds")
+GRAPH_OUTPUT = "logits"
+# Settings fixed in the graph when it was exported.
+GRAPH_SETTINGS = tuple(name for name in CONFIG_SETTINGS if SETTINGS_BY_NAME[name].stage == "model")
+# Settings a call may change: sliding windows, post-processing and the short side.
+CALL_SETTINGS = tuple(name for name, item in SETTINGS_BY_NAME.items() if item.stage in ("windows", "post", "image"))
+
+_EXPORT_HINT = "export the model again with `naclip export MODEL OUT` (naclip-hf installed with `pip install .[onnx]`)"
+
+
+def is_exported_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder written by `naclip export` (it holds `onnx/model.onnx`)."""
+    return (Path(path).expanduser() / ONNX_DIR / MODEL_FILE).is_file()
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class ClassSet:
+    """The text side of a label set: `text_embeds` [names, D] float32, `name_to_class` [names] int64 and the
+    classes' names (as `naclip_hf.inference.ClassEmbeddings`, in numpy)."""
+
+    text_embeds: np.ndarray
+    name_to_class: np.ndarray
+    classes: list[list[str]]
+
+    @property
+    def class_labels(self) -> list[str]:
+        """One display label per class: its first name."""
+        return [names[0] for names in self.classes]
+
+
+@dataclass(frozen=True)
+class RuntimeSegmentation:
+    """`logits` [names, h, w] at the processed size; `probabilities` [classes, H, W] (float32) and `segmentation`
+    [H, W] (int64 class ids) at the original size (as `naclip_hf.inference.SegmentationResult`, in numpy)."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    segmentation: np.ndarray
+
+
+class ExportedConfig:
+    """Read-only view of an export's settings with attribute access (`config.slide_crop`), like a model config."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_values", MappingProxyType(dict(values)))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("The settings of an exported model are read-only; pass options per call instead.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+# ------------------------------------------------------------------------------------- the segmenter
+class ExportedSegmenter:
+    """An exported NACLIP folder, ready to segment images with onnxruntime.
+
+    Args:
+        folder: a folder written by `naclip export` (or `naclip_hf.export.export_onnx`).
+        overrides: settings for every call (sliding windows, post-processing, `short_side`), on top of the stored
+            ones; the last block's settings (`arch`, `attn_strategy`, `gaussian_std`, `pos_embed_interpolation`)
+            are fixed in the graph and may only be repeated with their exported values.
+        quantized: run `onnx/model_quantized.onnx` (written by `naclip export --quantize`).
+        providers, session_options: passed to `onnxruntime.InferenceSession` (default: the CPU provider).
+
+    Calls never change the segmenter; one instance may serve several threads.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        overrides: Mapping[str, Any] | None = None,
+        quantized: bool = False,
+        providers: Sequence[Any] | None = None,
+        session_options: Any = None,
+    ) -> None:
+        import onnxruntime
+
+        self.folder = Path(folder).expanduser()
+        if not is_exported_folder(self.folder):
+            raise OSError(
+                f"{self.folder} holds no {ONNX_DIR}/{MODEL_FILE}, so it is not an exported model; {_EXPORT_HINT}."
+            )
+        config = _read_json(self.folder / CONFIG_FILE, "model config")
+        image = _read_json(self.folder / PREPROCESSOR_FILE, "image processor config")
+        try:
+            stored = {name: config.get(name, DEFAULTS[name]) for name in CONFIG_SETTINGS}
+            stored["short_side"] = image.get("short_side", DEFAULTS["short_side"])
+            stored = {**stored, **check_settings(stored)}
+            self.patch_size = int(config["vision_config"]["patch_size"])
+            self.embedding_dim = int(config["projection_dim"])
+            self.max_long_side = int(image.get("max_long_side", 2048))
+            self.do_resize = bool(image.get("do_resize", True))
+            self.do_normalize = bool(image.get("do_normalize", True))
+            self.image_mean = np.asarray(image["image_mean"], dtype=np.float32)
+            self.image_std = np.asarray(image["image_std"], dtype=np.float32)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"The exported model {self.folder} has an invalid {CONFIG_FILE} or {PREPROCESSOR_FILE} ({error}); "
+                f"{_EXPORT_HINT}."
+            ) from None
+        self.stored_classes, self._stored_embeds, templates = _read_classes(self.folder, self.embedding_dim)
+        if self.stored_classes is not None:
+            stored["prompt_templates"] = templates  # those of the stored embeddings
+        given = dict(overrides or {})
+        _check_call_settings(given, stored, "overrides")
+        self.config = ExportedConfig({**stored, **check_settings(given, context=stored)})
+        self._stored_templates = templates
+        graph = self.folder / ONNX_DIR / (QUANTIZED_MODEL_FILE if quantized else MODEL_FILE)
+        if not graph.is_file():
+            raise OSError(f"{graph} does not exist; export with `naclip export MODEL OUT --quantize` to write it.")
+        self.graph_path = graph
+        self.session = onnxruntime.InferenceSession(
+            str(graph), sess_options=session_options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+
+    # ---------------------------------------------------------------------------------------------- text
+    def encode_classes(
+        self, classes: Sequence[str | Sequence[str]] | None = None, templates: Sequence[str] | None = None
+    ) -> ClassSet:
+        """The stored text embeddings of `classes` (default: the stored classes, in their order).
+
+        Every name of `classes` must be one of the stored names (any order, any grouping into classes), and
+        `templates` (default: `config.prompt_templates`; `None` = the 80 ImageNet templates) the templates they were
+        embedded with: the folder holds no text tower to embed others.
+        """
+        if self.stored_classes is None:
+            raise ValueError(
+                f"The exported model {self.folder} stores no class embeddings; export it with labels "
+                "(`naclip export MODEL OUT --labels ...`) or pass text_embeds to `forward` yourself."
+            )
+        templates = self.config.prompt_templates if templates is None else templates
+        if list(templates or IMAGENET_TEMPLATES) != list(self._stored_templates or IMAGENET_TEMPLATES):
+            raise ValueError(
+                f"The class embeddings of the exported model {self.folder} were made with other prompt templates; "
+                "leave the templates out, or export the model again with these templates (--templates-file)."
+            )
+        parsed = self.stored_classes if classes is None else parse_class_entries(classes)
+        names, name_to_class = flatten_class_names(parsed)
+        stored_names, _ = flatten_class_names(self.stored_classes)
+        row = {name: index for index, name in enumerate(stored_names)}
+        missing = [name for name in names if name not in row]
+        if missing:
+            raise ValueError(
+                f"The exported model {self.folder} has no text embedding for {', '.join(map(repr, missing))} (it "
+                f"stores {', '.join(map(repr, stored_names))}); export it again with these labels, e.g. "
+                "`naclip export MODEL OUT --labels-file FILE`."
+            )
+        text_embeds = self._stored_embeds[[row[name] for name in names]]
+        return ClassSet(text_embeds, np.asarray(name_to_class, dtype=np.int64), parsed)
+
+    # ----------------------------------------------------------------------------------------- images
+    def preprocess(self, image: Any, short_side: int | None = None, timeout: float | None = None) -> np.ndarray:
+        """One image (path, URL, PIL image, array) -> `pixel_values` [1, 3, h, w] float32, as the image processor."""
+        array = load_image(image, timeout=timeout)
+        short_side = self.config.short_side if short_side is None else check_settings({"short_side": short_side})[
+            "short_side"
+        ]
+        if self.do_resize and short_side > 0:
+            array = resize_short_side(array, short_side, self.max_long_side)
+        return normalize_image(array, self.image_mean, self.image_std, self.do_normalize)[None]
+
+    def forward(
+        self,
+        pixel_values: np.ndarray,
+        text_embeds: np.ndarray,
+        slide_crop: int | None = None,
+        slide_stride: int | None = None,
+        slide_batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Per-name logits [B, N, h, w] of `pixel_values` [B, 3, h, w] against `text_embeds` [N, D], whole-image or
+        by sliding windows as `NACLIPForSemanticSegmentation.forward` (defaults: the stored settings)."""
+        given = {"slide_crop": slide_crop, "slide_stride": slide_stride, "slide_batch_size": slide_batch_size}
+        options = {**self.config.to_dict(), **check_settings({k: v for k, v in given.items() if v is not None},
+                                                              context=self.config.to_dict())}  # fmt: skip
+        pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        text_embeds = np.ascontiguousarray(text_embeds, dtype=np.float32)
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be an array [batch, 3, height, width], got {pixel_values.shape}.")
+        if text_embeds.ndim != 2 or text_embeds.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"text_embeds must be an array [names, {self.embedding_dim}], got {text_embeds.shape}."
+            )
+        batch, _, height, width = pixel_values.shape
+        if min(height, width) < self.patch_size:
+            raise ValueError(
+                f"The processed image is {height}×{width} pixels, smaller than one {self.patch_size}×"
+                f"{self.patch_size} patch; use a larger image or a larger short_side (at least {self.patch_size})."
+            )
+        crop = options["slide_crop"]
+        if crop <= 0:
+            return self._run(pixel_values, text_embeds)
+        boxes = sliding_windows(height, width, crop, options["slide_stride"])
+        windows = [(image, box) for image in range(batch) for box in boxes]
+        logits = np.zeros((batch, len(text_embeds), height, width), dtype=np.float32)
+        step = options["slide_batch_size"]
+        for start in range(0, len(windows), step):
+            chunk = windows[start : start + step]
+            crops = np.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
+            for (image, (a, b, c, d)), values in zip(chunk, self._run(crops, text_embeds)):
+                logits[image, :, a:b, c:d] += values
+        count = np.zeros((height, width), dtype=np.float32)
+        for a, b, c, d in boxes:
+            count[a:b, c:d] += 1
+        return logits / count
+
+    def _run(self, pixel_values: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
+        feed = {GRAPH_INPUTS[0]: np.ascontiguousarray(pixel_values), GRAPH_INPUTS[1]: text_embeds}
+        return self.session.run([GRAPH_OUTPUT], feed)[0]
+
+    def segment(
+        self,
+        image: Any,
+        classes: Sequence[str | Sequence[str]] | ClassSet | None = None,
+        short_side: int | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> RuntimeSegmentation:
+        """Segment one image (path, URL, PIL image or array) into `classes` (default: the stored classes).
+
+        `options`: sliding windows and post-processing settings for this call (defaults: the stored ones); see
+        `naclip_hf.inference.segment_image`.
+        """
+        short_side = options.pop("short_side", short_side)
+        _check_call_settings(options, self.config.to_dict(), "options")
+        resolved = {**self.config.to_dict(), **check_settings(options, context=self.config.to_dict())}
+        class_set = classes if isinstance(classes, ClassSet) else self.encode_classes(classes)
+        original = load_image(image, timeout=timeout)
+        pixel_values = self.preprocess(original, short_side)
+        logits = self.forward(
+            pixel_values, class_set.text_embeds, resolved["slide_crop"], resolved["slide_stride"],
+            resolved["slide_batch_size"],
+        )  # fmt: skip
+        probabilities, segmentation = post_process_logits(
+            logits, pixel_values, original.shape[:2], class_set.name_to_class, resolved["logit_scale"],
+            resolved["prob_thd"], resolved["pamr_steps"], resolved["pamr_dilations"],
+        )  # fmt: skip
+        return RuntimeSegmentation(logits[0], probabilities[0], segmentation[0])
+
+
+def _check_call_settings(values: Mapping[str, Any], stored: Mapping[str, Any], what: str) -> None:
+    """Refuse settings that the graph fixed (unless equal to the exported value) and settings a call cannot take."""
+    for name, value in values.items():
+        if name in GRAPH_SETTINGS:
+            if SETTINGS_BY_NAME[name].check(value) != stored[name]:
+                raise ValueError(
+                    f"{name}={value!r} cannot be changed on an exported model: its graph was built with "
+                    f"{name}={stored[name]!r}. Export it again with `naclip export MODEL OUT --set {name}=...`."
+                )
+        elif name not in CALL_SETTINGS and name not in ("text_batch_size", "prompt_templates"):
+            valid = ", ".join(CALL_SETTINGS)
+            raise TypeError(f"Unknown {what} {name!r} for an exported model; valid: {valid}.")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except FileNotFoundError:
+        raise OSError(f"The exported model has no {path.name} ({what}) in {path.parent}; {_EXPORT_HINT}.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} ({what}) is not valid JSON ({error}); {_EXPORT_HINT}.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} ({what}) does not hold a JSON object; {_EXPORT_HINT}.")
+    return value
+
+
+def _read_classes(folder: Path, dim: int) -> tuple[list[list[str]] | None, np.ndarray | None, list[str] | None]:
+    """The stored classes, their names' embeddings [names, dim] and templates, or Nones when none are stored."""
+    if not (folder / CLASSES_FILE).is_file():
+        return None, None, None
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    description = _read_json(folder / CLASSES_FILE, "stored classes")
+    try:
+        classes = parse_class_entries(description["classes"])
+        tensors = load_file(str(folder / CLASS_EMBEDDINGS_FILE))
+        text_embeds = np.ascontiguousarray(tensors["text_embeds"], dtype=np.float32)
+    except (KeyError, TypeError, ValueError, OSError, SafetensorError) as error:
+        raise ValueError(
+            f"The class embeddings of {folder} ({CLASSES_FILE}, {CLASS_EMBEDDINGS_FILE}) are missing or invalid "
+            f"({error}); {_EXPORT_HINT}."
+        ) from None
+    names, _ = flatten_class_names(classes)
+    if text_embeds.shape != (len(names), dim):
+        raise ValueError(
+            f"{folder / CLASS_EMBEDDINGS_FILE} holds embeddings of shape {text_embeds.shape}, expected "
+            f"({len(names)}, {dim}) for the {len(names)} names of {CLASSES_FILE}; {_EXPORT_HINT}."
+        )
+    templates = description.get("templates")
+    return classes, text_embeds, None if templates is None else list(templates)
+
+
+# ------------------------------------------------------------------------ numpy pre- and post-processing
+def normalize_image(image: np.ndarray, mean: np.ndarray, std: np.ndarray, do_normalize: bool = True) -> np.ndarray:
+    """[h, w, 3] uint8 -> [3, h, w] float32 `(pixel - mean) / std` (reference:
+    `NACLIPImageProcessor.normalize_image`)."""
+    pixels = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    if do_normalize:
+        pixels = (pixels - mean.reshape(3, 1, 1)) / std.reshape(3, 1, 1)
+    return pixels
+
+
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of bilinear resizing along one axis, as PyTorch's CPU kernel computes them."""
+    if in_size == out_size:
+        index = np.arange(out_size)
+        return index, index, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
+    first = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+    weight1 = np.clip(position - first.astype(np.float32), 0, 1).astype(np.float32)
+    second = first + (first < in_size - 1)
+    return first, second, (np.float32(1) - weight1).astype(np.float32), weight1
+
+
+def resize_bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[B, C, h, w] float32 -> [B, C, H, W]: bilinear with `align_corners=False` (reference:
+    `F.interpolate(values, size, mode="bilinear", align_corners=False)`)."""
+    height, width = int(size[0]), int(size[1])
+    values = np.asarray(values, dtype=np.float32)
+    x0, x1, wx0, wx1 = _linear_taps(values.shape[-1], width)
+    y0, y1, wy0, wy1 = _linear_taps(values.shape[-2], height)
+    rows = values[..., x0] * wx0 + values[..., x1] * wx1  # [B, C, h, W]
+    return rows[..., y0, :] * wy0[:, None] + rows[..., y1, :] * wy1[:, None]
+
+
+# The eight neighbours of a 3×3 window, in the order of `naclip_hf.pamr.NEIGHBOUR_OFFSETS`.
+_NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _neighbour_views(values: np.ndarray, dilation: int) -> list[np.ndarray]:
+    """Views holding, at each pixel, its neighbour at each offset × `dilation` (edges repeated)."""
+    height, width = values.shape[-2:]
+    padded = np.pad(values, [(0, 0)] * (values.ndim - 2) + [(dilation, dilation)] * 2, mode="edge")
+    return [
+        padded[..., dilation + dy * dilation : dilation + dy * dilation + height,
+               dilation + dx * dilation : dilation + dx * dilation + width]
+        for dy, dx in _NEIGHBOUR_OFFSETS
+    ]  # fmt: skip
+
+
+def pamr_affinity(image: np.ndarray, dilations: Sequence[int]) -> np.ndarray:
+    """Affinity [B, 8 * len(dilations), H, W] of each pixel to its neighbours in the guide `image` [B, K, H, W]
+    (reference: `naclip_hf.pamr.pamr_affinity`)."""
+    neighbours = [view for d in dilations for view in _neighbour_views(image, d)]
+    repeats, count = len(dilations), len(neighbours) + len(dilations)
+    mean = image * np.float32(repeats)
+    for neighbour in neighbours:
+        mean += neighbour
+    mean /= np.float32(count)
+    variance = np.square(image - mean) * np.float32(repeats)
+    for neighbour in neighbours:
+        variance += np.square(neighbour - mean)
+    del mean
+    inverse_scale = np.float32(1) / (np.sqrt(variance / np.float32(count - 1)) * np.float32(0.1) + np.float32(1e-8))
+    logits = np.empty((image.shape[0], len(neighbours), *image.shape[-2:]), dtype=np.float32)
+    for p, neighbour in enumerate(neighbours):
+        logits[:, p] = (np.abs(image - neighbour) * inverse_scale).sum(axis=1)
+    logits *= np.float32(-1.0 / image.shape[1])
+    return softmax(logits, axis=1)
+
+
+def pamr(image: np.ndarray, scores: np.ndarray, num_iter: int, dilations: Sequence[int]) -> np.ndarray:
+    """Refine `scores` [B, C, H, W] with the guide `image` [B, K, H, W] of the same size (reference:
+    `naclip_hf.pamr.pamr`)."""
+    if num_iter <= 0:
+        return scores
+    affinity = pamr_affinity(np.asarray(image, dtype=np.float32), dilations)[:, :, None]  # [B, P, 1, H, W]
+    scores = np.asarray(scores, dtype=np.float32)
+    product = np.empty_like(scores)
+    for _ in range(num_iter):
+        refined = np.zeros_like(scores)
+        p = 0
+        for d in dilations:
+            for neighbour in _neighbour_views(scores, d):
+                np.multiply(neighbour, affinity[:, p], out=product)
+                refined += product
+                p += 1
+        scores = refined
+    return scores
+
+
+def softmax(values: np.ndarray, axis: int) -> np.ndarray:
+    """Softmax of float32 `values` along `axis`."""
+    shifted = np.exp(values - values.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def post_process_logits(
+    logits: np.ndarray,
+    pixel_values: np.ndarray | None,
+    size: tuple[int, int],
+    name_to_class: np.ndarray,
+    logit_scale: float,
+    prob_thd: float,
+    pamr_steps: int,
+    pamr_dilations: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities [B, classes, H, W] and labels [B, H, W] (int64) from per-name logits [B, names, h, w]
+    (reference: `naclip_hf.image_processing_naclip.post_process_logits`); `pixel_values` [B, 3, h, w] guides PAMR."""
+    height, width = int(size[0]), int(size[1])
+    logits = resize_bilinear(logits, (height, width))
+    if pamr_steps > 0:
+        if pixel_values is None:
+            raise ValueError("PAMR needs the model input as guide image: pass pixel_values (or pamr_steps=0).")
+        guide = resize_bilinear(pixel_values, (height, width))
+        logits = pamr(guide, logits, pamr_steps, pamr_dilations)
+    probabilities = softmax(logits * np.float32(logit_scale), axis=1)
+    index = np.asarray(name_to_class, dtype=np.int64)
+    if index.size != probabilities.shape[1]:
+        raise ValueError(f"name_to_class has {index.size} entries for {probabilities.shape[1]} names.")
+    num_classes = int(index.max()) + 1
+    if num_classes != probabilities.shape[1]:
+        merged = np.full((probabilities.shape[0], num_classes, height, width), -1.0, dtype=np.float32)
+        for name, klass in enumerate(index):
+            np.maximum(merged[:, klass], probabilities[:, name], out=merged[:, klass])
+        probabilities = merged
+    segmentation = probabilities.argmax(axis=1)
+    segmentation[probabilities.max(axis=1) < prob_thd] = 0
+    return probabilities / probabilities.sum(axis=1, keepdims=True), segmentation.astype(np.int64)
+
+
+# ------------------------------------------------------------ the `naclip_hf.inference` functions, mirrored
+def load_model(
+    model_path: str | os.PathLike, overrides: Mapping[str, Any] | None = None, quantized: bool = False, **kwargs: Any
+) -> ExportedSegmenter:
+    """An `ExportedSegmenter` for an exported folder (as `naclip_hf.inference.load_model` for checkpoints)."""
+    return ExportedSegmenter(model_path, overrides, quantized=quantized, **kwargs)
+
+
+@dataclass(frozen=True)
+class _ImageSettings:
+    short_side: int
+
+
+@dataclass(frozen=True)
+class ExportedProcessor:
+    """What the command line reads from a processor: `image_processor.short_side`."""
+
+    image_processor: _ImageSettings
+
+
+def load_processor(model_path: str | os.PathLike) -> ExportedProcessor:
+    """The stored image settings of an exported folder (as `naclip_hf.inference.load_processor`)."""
+    image = _read_json(Path(model_path).expanduser() / PREPROCESSOR_FILE, "image processor config")
+    return ExportedProcessor(_ImageSettings(int(image.get("short_side", DEFAULTS["short_side"]))))
+
+
+def encode_classes(
+    model: ExportedSegmenter,
+    processor: Any,
+    classes: Sequence[str | Sequence[str]],
+    *,
+    templates: Sequence[str] | None = None,
+    cache_dir: Any = None,
+) -> ClassSet:
+    """The stored embeddings of `classes` (as `naclip_hf.inference.encode_classes`; `processor` and `cache_dir`
+    are not needed: nothing is computed)."""
+    if templates is None and model.config.prompt_templates is not None:
+        templates = model.config.prompt_templates
+    return model.encode_classes(classes, templates)
+
+
+def segment_image(
+    model: ExportedSegmenter,
+    processor: Any,
+    image: Any,
+    classes: ClassSet,
+    short_side: int | None = None,
+    **options: Any,
+) -> RuntimeSegmentation:
+    """Segment one image (as `naclip_hf.inference.segment_image`)."""
+    return model.segment(image, classes, short_side=short_side, **options)
+
+
+def save_scores(path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
+    """Write `logits`, `probabilities` and `segmentation` to a safetensors file, atomically (the format of
+    `naclip_hf.inference.save_scores`)."""
+    from safetensors.numpy import save_file
+
+    from ..fileio import write_atomic
+
+    arrays = {
+        "logits": np.ascontiguousarray(result.logits, dtype=np.float32),
+        "probabilities": np.ascontiguousarray(result.probabilities, dtype=np.float32),
+        "segmentation": np.ascontiguousarray(result.segmentation, dtype=np.int64),
+    }
+    meta = {key: json.dumps(value) for key, value in (metadata or {}).items()}
+    write_atomic(Path(path), lambda temporary: save_file(arrays, str(temporary), metadata=meta))
+
+
+__all__ = [
+    "CLASSES_FILE",
+    "CLASS_EMBEDDINGS_FILE",
+    "ClassSet",
+    "ExportedConfig",
+    "ExportedProcessor",
+    "ExportedSegmenter",
+    "GRAPH_INPUTS",
+    "GRAPH_OUTPUT",
+    "MODEL_FILE",
+    "ONNX_DIR",
+    "QUANTIZED_MODEL_FILE",
+    "RuntimeSegmentation",
+    "encode_classes",
+    "is_exported_folder",
+    "load_model",
+    "load_processor",
+    "normalize_image",
+    "pamr",
+    "pamr_affinity",
+    "post_process_logits",
+    "resize_bilinear",
+    "save_scores",
+    "segment_image",
+    "softmax",
+]

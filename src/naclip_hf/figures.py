@@ -1,0 +1,240 @@
+"""Side-by-side figures of several methods on one image, in the layouts of the NACLIP paper's Figures 1 and 2.
+
+- `segmentation_figure`: the image, then one segmentation per method, with one legend shared by all (Figure 2).
+- `attention_figure`: the image with a marked pixel, then, per method, the last layer's attention of the patch
+  under that pixel over the whole image (Figure 1).
+
+`segment_with_methods` and `attention_maps` compute what they draw: one model, one set of class embeddings, and
+each method's settings per call (`naclip_hf.methods`), so the model's config is never changed. The drawing
+functions need only numpy and Pillow.
+
+Example:
+
+```python
+>>> results = segment_with_methods(model, processor, image, classes, ["clip", "sclip", "naclip"])
+>>> segmentation_figure(image, {name: r.segmentation for name, r in results.items()}, classes.class_labels)
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .image_io import load_image
+from .methods import combine_settings, get_method
+from .visualization import blend, class_palette, draw_legend, font_for_text
+
+# Colours of the attention heat map from low to high (a dark-to-bright sequential scale).
+HEAT_COLOURS = np.array(
+    [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21), (250, 193, 39),
+     (252, 255, 164)], dtype=np.float64,
+)  # fmt: skip
+DEFAULT_PANEL_HEIGHT = 256
+_BACKGROUND = (255, 255, 255)
+_TEXT = (0, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------- computing
+def _method_options(method: str, overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], int | None]:
+    """A method's per-call options (its settings with `overrides` on top) and its short side (None: default)."""
+    from .image_processing_naclip import POST_PROCESSING_OPTIONS
+    from .inference import FORWARD_OPTIONS
+
+    settings = combine_settings(None, method, overrides)
+    options = {k: v for k, v in settings.items() if k in FORWARD_OPTIONS or k in POST_PROCESSING_OPTIONS}
+    return options, settings.get("short_side")
+
+
+def segment_with_methods(
+    model: Any,
+    processor: Any,
+    image: Any,
+    classes: Any,
+    methods: Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Segment `image` with each method: {method name: `naclip_hf.inference.SegmentationResult`}.
+
+    `classes` comes from `naclip_hf.inference.encode_classes`; each method runs with its own settings (and its own
+    short side), `overrides` on top of every method's (e.g. `{"pamr_steps": 0}`).
+    """
+    from .inference import segment_image
+
+    array = load_image(image)
+    results = {}
+    for name in methods:
+        options, short_side = _method_options(name, overrides)
+        results[name] = segment_image(model, processor, array, classes, short_side=short_side, **options)
+    return results
+
+
+def attention_maps(
+    model: Any,
+    processor: Any,
+    image: Any,
+    point: tuple[int, int],
+    methods: Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """For the patch under pixel `point` = (x, y) of `image` (original pixel coordinates), each method's last-layer
+    attention over the image: {method name: [H, W] float array at the image's size, in [0, 1]}.
+
+    The image runs as one whole-image pass at the method's short side. The map is the row of that patch's token in
+    the last layer's attention, averaged over heads, without the CLS column, on the patch grid, upsampled
+    bilinearly to the image and scaled to [0, 1].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    array = load_image(image)
+    height, width = array.shape[:2]
+    x, y = point
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(
+            f"The pixel ({x}, {y}) is outside the image, which is {width}×{height} pixels; give x in 0..{width - 1} "
+            f"and y in 0..{height - 1}."
+        )
+    patch = model.config.vision_config.patch_size
+    maps = {}
+    for name in methods:
+        options, short_side = _method_options(name, overrides)
+        pixel_values = processor.image_processor(array, short_side=short_side)["pixel_values"]
+        if isinstance(pixel_values, list):
+            pixel_values = pixel_values[0]
+        pixel_values = pixel_values.to(model.device, model.dtype)
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        row = min(int(y * pixel_values.shape[-2] / height) // patch, grid[0] - 1)
+        column = min(int(x * pixel_values.shape[-1] / width) // patch, grid[1] - 1)
+        block = {key: options[key] for key in ("arch", "attn_strategy", "gaussian_std") if key in options}
+        with torch.no_grad():
+            weights = model.encode_patches(pixel_values, output_attentions=True, **block).attentions[-1]
+        attention = weights[0].float().mean(dim=0)[1 + row * grid[1] + column, 1:].reshape(1, 1, *grid)
+        resized = F.interpolate(attention, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        low, high = resized.min(), resized.max()
+        scaled = (resized - low) / (high - low) if high > low else torch.zeros_like(resized)
+        maps[name] = scaled.cpu().numpy()
+    return maps
+
+
+# ------------------------------------------------------------------------------------------------ drawing
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """[H, W] values in [0, 1] -> [H, W, 3] uint8 colours of `HEAT_COLOURS` (interpolated)."""
+    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0) * (len(HEAT_COLOURS) - 1)
+    low = np.floor(values).astype(np.int64).clip(max=len(HEAT_COLOURS) - 2)
+    fraction = (values - low)[..., None]
+    colours = HEAT_COLOURS[low] * (1.0 - fraction) + HEAT_COLOURS[low + 1] * fraction
+    return np.rint(colours).astype(np.uint8)
+
+
+def _panel(picture: Image.Image, height: int) -> Image.Image:
+    width = max(1, round(picture.width * height / picture.height))
+    resample = Image.NEAREST if height >= picture.height else Image.BILINEAR
+    return picture.resize((width, height), resample)
+
+
+def _titled_row(panels: Sequence[tuple[str, Image.Image]], extra: Image.Image | None = None) -> Image.Image:
+    """Panels side by side with their titles above them (and `extra`, e.g. a legend, at the right)."""
+    height = panels[0][1].height
+    font_size = max(12, min(28, height // 12))
+    gap = max(4, font_size // 2)
+    title_height = font_size + 2 * gap
+    width = sum(panel.width for _, panel in panels) + gap * (len(panels) + 1)
+    if extra is not None:
+        width += extra.width + gap
+    canvas = Image.new("RGB", (width, title_height + height + gap), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for title, panel in panels:
+        font = font_for_text(title, font_size)
+        text_width = draw.textlength(title, font=font)
+        draw.text((x + (panel.width - text_width) / 2, gap), title, font=font, fill=_TEXT)
+        canvas.paste(panel, (x, title_height))
+        x += panel.width + gap
+    if extra is not None:
+        canvas.paste(extra, (x, title_height))
+    return canvas
+
+
+def _titles(methods: Sequence[str]) -> list[str]:
+    return [get_method(name).title if _known(name) else name for name in methods]
+
+
+def _known(name: str) -> bool:
+    try:
+        get_method(name)
+    except ValueError:
+        return False
+    return True
+
+
+def segmentation_figure(
+    image: Any,
+    segmentations: Mapping[str, Any],
+    class_labels: Sequence[str],
+    alpha: float = 0.6,
+    panel_height: int = DEFAULT_PANEL_HEIGHT,
+    palette: np.ndarray | None = None,
+) -> Image.Image:
+    """The paper's Figure 2 layout: the image, then each segmentation ([H, W] class ids, keyed by method name) blended
+    over it, titled with the method's name, and one legend of the classes present in any of them at the right."""
+    array = load_image(image)
+    if not segmentations:
+        raise ValueError("No segmentations to draw; give at least one method.")
+    palette = class_palette(len(class_labels)) if palette is None else np.asarray(palette, dtype=np.uint8)
+    panels = [("image", _panel(Image.fromarray(array), panel_height))]
+    present: set[int] = set()
+    for title, segmentation in zip(_titles(list(segmentations)), segmentations.values()):
+        labels = np.asarray(segmentation)
+        present.update(np.unique(labels).tolist())
+        panels.append((title, _panel(blend(array, labels, palette[: len(class_labels)], alpha), panel_height)))
+    entries = [(str(class_labels[index]), "", tuple(int(c) for c in palette[index])) for index in sorted(present)]
+    legend_width = max(160, panel_height * 3 // 4)
+    legend = draw_legend(Image.new("RGB", (legend_width, panel_height), _BACKGROUND), entries)
+    return _titled_row(panels, legend)
+
+
+def attention_figure(
+    image: Any,
+    maps: Mapping[str, np.ndarray],
+    point: tuple[int, int],
+    alpha: float = 0.6,
+    panel_height: int = DEFAULT_PANEL_HEIGHT,
+) -> Image.Image:
+    """The paper's Figure 1 layout: the image with the chosen pixel marked, then each method's attention map
+    ([H, W] in [0, 1], keyed by method name) as a heat map over the image, with the pixel marked."""
+    array = load_image(image)
+    if not maps:
+        raise ValueError("No attention maps to draw; give at least one method.")
+
+    def marked(picture: Image.Image) -> Image.Image:
+        panel = _panel(picture, panel_height)
+        scale = panel.height / array.shape[0]
+        cx, cy = (point[0] + 0.5) * scale, (point[1] + 0.5) * scale
+        radius = max(3, panel_height // 40)
+        draw = ImageDraw.Draw(panel)
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=(0, 255, 0), width=2)
+        return panel
+
+    panels = [("image", marked(Image.fromarray(array)))]
+    for title, (name, values) in zip(_titles(list(maps)), maps.items()):
+        values = np.asarray(values)
+        if values.shape != array.shape[:2]:
+            raise ValueError(f"The attention map of {name} is {values.shape}, the image {array.shape[:2]} (H, W).")
+        mixed = (1.0 - alpha) * array.astype(np.float64) + alpha * heat_colours(values)
+        panels.append((title, marked(Image.fromarray(np.rint(mixed).astype(np.uint8)))))
+    return _titled_row(panels)
+
+
+__all__ = [
+    "DEFAULT_PANEL_HEIGHT",
+    "HEAT_COLOURS",
+    "attention_figure",
+    "attention_maps",
+    "heat_colours",
+    "segment_with_methods",
+    "segmentation_figure",
+]

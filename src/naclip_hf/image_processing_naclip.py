@@ -1,0 +1,581 @@
+"""Image processor of NACLIP: resize the short side and normalise; post-process logits into label maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+
+from .image_io import load_image
+from .image_utils import resize_short_side
+from .options import DEFAULTS, check_settings, names_of_stage
+from .pamr import NEIGHBOUR_OFFSETS, pamr_affinity
+
+# Pixel statistics of CLIP's training data, on the 0-255 scale, RGB.
+CLIP_PIXEL_MEAN = (122.771, 116.746, 104.094)
+CLIP_PIXEL_STD = (68.501, 66.632, 70.323)
+# The options of `post_process_semantic_segmentation` (see naclip_hf.options).
+POST_PROCESSING_OPTIONS = names_of_stage("post")
+
+
+class NACLIPImageProcessor(BaseImageProcessor):
+    r"""
+    Prepares images for NACLIP as the official evaluation does: resize so that the short side is `short_side`
+    (long side at most `max_long_side`, aspect ratio kept, bilinear like OpenCV's `INTER_LINEAR`), then normalise
+    with CLIP's mean and std on the 0-255 scale. `post_process_semantic_segmentation` turns the model's logits into
+    label maps at the original size.
+
+    Args:
+        short_side (`int`, defaults to 336): target short side; 0 keeps the image size.
+        max_long_side (`int`, defaults to 2048): cap on the long side after resizing.
+        do_resize (`bool`, defaults to `True`), do_normalize (`bool`, defaults to `True`).
+        image_mean, image_std (`list[float]`): per-channel RGB statistics on the 0-255 scale.
+
+    Example:
+
+    ```python
+    >>> processor = NACLIPImageProcessor(short_side=336)
+    >>> inputs = processor(image)  # pixel_values [1, 3, h, w], original_sizes [1, 2]
+    ```
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        short_side: int = DEFAULTS["short_side"],
+        max_long_side: int = 2048,
+        do_resize: bool = True,
+        do_normalize: bool = True,
+        image_mean: Sequence[float] = CLIP_PIXEL_MEAN,
+        image_std: Sequence[float] = CLIP_PIXEL_STD,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.short_side = check_settings({"short_side": short_side})["short_side"]
+        if isinstance(max_long_side, bool) or not isinstance(max_long_side, int) or max_long_side < 1:
+            raise ValueError(f"max_long_side={max_long_side!r} is invalid: it must be an integer >= 1.")
+        self.max_long_side = max_long_side
+        self.do_resize = bool(do_resize)
+        self.do_normalize = bool(do_normalize)
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+
+    # ----------------------------------------------------------------------------------------- pre-processing
+    def resize_image(self, image: np.ndarray, short_side: int | None = None) -> np.ndarray:
+        """[H, W, 3] uint8 -> [h, w, 3] uint8 with the short side resized (`short_side` default: this processor's)."""
+        short_side = self.short_side if short_side is None else check_settings({"short_side": short_side})["short_side"]
+        if not self.do_resize or short_side == 0:
+            return image
+        return resize_short_side(image, short_side, self.max_long_side)
+
+    def normalize_image(self, image: np.ndarray) -> torch.Tensor:
+        """[h, w, 3] uint8 -> [3, h, w] float32 pixel values."""
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        if self.do_normalize:
+            mean = torch.tensor(self.image_mean).view(3, 1, 1)
+            std = torch.tensor(self.image_std).view(3, 1, 1)
+            pixels = (pixels - mean) / std
+        return pixels
+
+    def preprocess(
+        self,
+        images: Any,
+        short_side: int | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Process one image or a list of them (paths, URLs, PIL images, arrays or tensors; see `image_io`).
+
+        Returns a `BatchFeature` with `pixel_values` ([B, 3, h, w] when all processed images share a size, else a
+        list of [1, 3, h, w]) and `original_sizes` ([B, 2], (H, W) before resizing).
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected arguments {sorted(kwargs)} for {type(self).__name__}.")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r} is not supported; NACLIP works on PyTorch tensors.")
+        batch = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not batch:
+            raise ValueError("No images given.")
+        arrays = [load_image(image) for image in batch]
+        original_sizes = torch.tensor([array.shape[:2] for array in arrays], dtype=torch.long)
+        pixels = [self.normalize_image(self.resize_image(array, short_side)) for array in arrays]
+        if len({tuple(p.shape) for p in pixels}) == 1:
+            pixel_values: Any = torch.stack(pixels)
+        else:
+            pixel_values = [p[None] for p in pixels]
+        return BatchFeature(data={"pixel_values": pixel_values, "original_sizes": original_sizes})
+
+    # ---------------------------------------------------------------------------------------- post-processing
+    @torch.no_grad()
+    def post_process_semantic_segmentation(
+        self,
+        outputs: Any,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        name_to_class: Sequence[int] | torch.Tensor | None = None,
+        logit_scale: float | None = None,
+        prob_thd: float | None = None,
+        pamr_steps: int | None = None,
+        pamr_dilations: Sequence[int] | None = None,
+        return_probabilities: bool = False,
+        *,
+        area_thd: float | None = None,
+        return_class_scores: bool = False,
+        max_tile_bytes: int | None = None,
+        tile_shape: tuple[int, int] | None = None,
+    ) -> list[torch.Tensor] | list[dict[str, torch.Tensor]]:
+        r"""From per-name logits to class label maps (and probabilities) at the original image sizes.
+
+        For each image: logits upsampled bilinearly to its target size; PAMR (when `pamr_steps > 0`, guided by
+        `pixel_values` upsampled to that size); softmax over names of `logit_scale · logits`; each class's
+        probability = the maximum over its names (synonyms); label = argmax over classes, and 0 where the top
+        probability is below `prob_thd`. Runs in fp32 whatever the model's dtype.
+
+        Args:
+            outputs: the model's output (its `logits`, `(batch_size, num_names, h, w)`), or that tensor.
+            target_sizes: `(batch_size, 2)` (height, width) per image; default: the logits' size.
+            pixel_values (`(batch_size, 3, h, w)`): the model input, PAMR's guide image (needed when PAMR is on).
+            name_to_class (`(num_names,)`): class index of each name; default: every name its own class.
+            logit_scale, prob_thd, pamr_steps, pamr_dilations: post-processing options (default: the defaults of
+                `naclip_hf.options`; pass the model config's with `**model.config.inference_options()`).
+            return_probabilities: also return the class probabilities (the only full-size float output: without
+                it, memory does not grow with classes × height × width).
+            return_class_scores: also return `class_scores` `(num_classes,)` float64, the mean probability of each
+                class over the pixels labelled with it (0 for absent classes), and `class_pixel_counts`.
+            max_tile_bytes, tile_shape: the work runs in tiles of at most `max_tile_bytes` (default 1 GiB) or of
+                `tile_shape` (rows, cols), with the context PAMR needs around each; this changes speed and memory,
+                never the result (see `post_process_image`).
+
+        Returns:
+            One `torch.LongTensor` `(height, width)` of class ids per image; with `return_probabilities` or
+            `return_class_scores`, one dict per image with `segmentation` and, as asked, `probabilities`
+            `(num_classes, height, width)` (summing to 1 over classes), `class_scores` and `class_pixel_counts`.
+
+        Example:
+
+        ```python
+        >>> outputs = model(**inputs.model_inputs())
+        >>> labels = image_processor.post_process_semantic_segmentation(
+        ...     outputs, target_sizes=inputs["original_sizes"], pixel_values=inputs["pixel_values"],
+        ...     name_to_class=inputs["name_to_class"])[0]
+        ```
+        """
+        logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
+        options = self.post_processing_options(
+            logit_scale=logit_scale, prob_thd=prob_thd, pamr_steps=pamr_steps, pamr_dilations=pamr_dilations,
+            area_thd=area_thd,
+        )
+        if logits.ndim != 4:
+            raise ValueError(f"logits must be [batch, names, height, width], got shape {tuple(logits.shape)}.")
+        batch, num_names = logits.shape[:2]
+        if target_sizes is None:
+            target_sizes = [tuple(logits.shape[-2:])] * batch
+        if len(target_sizes) != batch:
+            raise ValueError(f"target_sizes has {len(target_sizes)} entries for a batch of {batch} images.")
+        if options["pamr_steps"] > 0 and pixel_values is None:
+            raise ValueError("PAMR needs the model input as guide image: pass pixel_values (or pamr_steps=0).")
+        index = torch.arange(num_names) if name_to_class is None else torch.as_tensor(name_to_class, dtype=torch.long)
+        if index.numel() != num_names:
+            raise ValueError(f"name_to_class has {index.numel()} entries for {num_names} names.")
+        results: list[Any] = []
+        for image in range(batch):
+            height, width = (int(v) for v in target_sizes[image])
+            guide = None if pixel_values is None else pixel_values[image : image + 1]
+            result = post_process_image(
+                logits[image : image + 1], guide, (height, width), index, **options,
+                return_probabilities=return_probabilities, max_tile_bytes=max_tile_bytes, tile_shape=tile_shape,
+            )  # fmt: skip
+            if not (return_probabilities or return_class_scores):
+                results.append(result.segmentation)
+                continue
+            entry = {"segmentation": result.segmentation}
+            if return_probabilities:
+                entry["probabilities"] = result.probabilities
+            if return_class_scores:
+                entry["class_scores"] = result.class_scores()
+                entry["class_pixel_counts"] = result.class_pixel_counts
+            results.append(entry)
+        return results
+
+    @staticmethod
+    def post_processing_options(**options: Any) -> dict[str, Any]:
+        """The post-processing options with `None` replaced by the defaults, checked (`ValueError` otherwise)."""
+        unknown = sorted(set(options) - set(POST_PROCESSING_OPTIONS))
+        if unknown:
+            valid = ", ".join(POST_PROCESSING_OPTIONS)
+            raise TypeError(f"Unknown post-processing option(s) {unknown}; valid: {valid}.")
+        given = {name: value for name, value in options.items() if value is not None}
+        return {**{name: DEFAULTS[name] for name in POST_PROCESSING_OPTIONS}, **check_settings(given)}
+
+
+def post_process_logits(
+    logits: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    size: tuple[int, int],
+    name_to_class: torch.Tensor,
+    logit_scale: float,
+    prob_thd: float,
+    pamr_steps: int,
+    pamr_dilations: Sequence[int],
+    *,
+    area_thd: float = 0.0,
+    max_tile_bytes: int | None = None,
+    tile_shape: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities [B, classes, H, W] and labels [B, H, W] (int64) from per-name logits [B, names, h, w].
+
+    See `NACLIPImageProcessor.post_process_semantic_segmentation`; `pixel_values` [B, 3, h, w] guides PAMR.
+    The work runs in tiles (see `post_process_image`); `max_tile_bytes` / `tile_shape` change speed and memory only.
+    """
+    results = [
+        post_process_image(
+            logits[image : image + 1],
+            None if pixel_values is None else pixel_values[image : image + 1],
+            size,
+            name_to_class,
+            logit_scale=logit_scale,
+            prob_thd=prob_thd,
+            pamr_steps=pamr_steps,
+            pamr_dilations=pamr_dilations,
+            area_thd=area_thd,
+            return_probabilities=True,
+            max_tile_bytes=max_tile_bytes,
+            tile_shape=tile_shape,
+        )
+        for image in range(logits.shape[0])
+    ]
+    probabilities = torch.stack([result.probabilities for result in results])
+    return probabilities, torch.stack([result.segmentation for result in results])
+
+
+# ------------------------------------------------------------------------------------------------ tiled post-processing
+DEFAULT_MAX_TILE_BYTES = 1 << 30
+"""Default memory budget of one post-processing tile (speed and memory only: results do not depend on it)."""
+PAMR_NAME_CHUNK = 8
+"""Names refined by PAMR at a time inside a tile (PAMR treats every name on its own)."""
+_AFFINITY_FLOATS = 53  # floats per guide pixel while `pamr_affinity` runs (its padded copies and temporaries)
+
+
+@dataclass
+class ImagePostProcessing:
+    """What `post_process_image` returns for one image.
+
+    `segmentation` [H, W] int64 class ids; `probabilities` [classes, H, W] (summing to 1 over classes) or None
+    when not asked for; `class_pixel_counts` [classes] int64 pixels per class; `class_probability_sums` [classes]
+    float64, the sum of each class's probability over its pixels (so that sums / counts is its mean score).
+    """
+
+    segmentation: torch.Tensor
+    probabilities: torch.Tensor | None
+    class_pixel_counts: torch.Tensor
+    class_probability_sums: torch.Tensor
+
+    def class_scores(self) -> torch.Tensor:
+        """[classes] float64: mean probability of each class over the pixels labelled with it (0 when absent)."""
+        return self.class_probability_sums / self.class_pixel_counts.clamp(min=1)
+
+
+def pamr_halo(pamr_steps: int, pamr_dilations: Sequence[int]) -> int:
+    """Rows (and columns) of context a tile needs around it so that PAMR gives exactly the whole-image result.
+
+    One PAMR step reads neighbours at most `max(dilations)` pixels away, and so does the affinity (from the
+    guide). A wrong value (from padding a tile's cut edge instead of reading the real neighbour) therefore moves
+    inward by at most `max(dilations)` per step: the affinity is wrong within `max(dilations)` of a cut edge,
+    step 1 also within `max(dilations)`, step k within `k · max(dilations)`. After `steps` steps the pixels
+    farther than `steps · max(dilations)` from a cut edge are exact. At the image border the tile pads exactly as
+    the whole image does (replicate), so no context is needed there.
+    """
+    return pamr_steps * max(pamr_dilations) if pamr_steps > 0 else 0
+
+
+def _tile_floats(
+    out_rows: int, out_cols: int, ext_rows: int, ext_cols: int, names: int, classes: int, pamr_on: bool,
+    dilations: int,
+) -> int:
+    """Peak number of float32 values alive while one tile is processed (a slight overestimate)."""
+    out, ext = out_rows * out_cols, ext_rows * ext_cols
+    chunk = min(names, PAMR_NAME_CHUNK)
+    post = out * (2 * names + 2 * classes + 6)  # logits, softmax, merged and normalised probabilities, labels
+    if not pamr_on:
+        return post + out * names
+    neighbours = 8 * dilations
+    affinity = ext * (_AFFINITY_FLOATS * dilations // 2 + 3)
+    refine = ext * (neighbours + 4 * chunk) + out * names  # affinity, a chunk (scores, refined, padded), results
+    return max(affinity, refine, post)
+
+
+def plan_tiles(
+    height: int,
+    width: int,
+    num_names: int,
+    num_classes: int,
+    pamr_steps: int,
+    pamr_dilations: Sequence[int],
+    max_tile_bytes: int | None = None,
+    tile_shape: tuple[int, int] | None = None,
+) -> list[tuple[int, int, int, int]]:
+    """The tiles `(row_start, row_stop, col_start, col_stop)` covering an image of `height` × `width`, in row-major
+    order, each small enough that its work fits `max_tile_bytes` (default `DEFAULT_MAX_TILE_BYTES`); or of
+    `tile_shape` (rows, cols) when given. Images that fit are one tile. Tiles are as square as the budget allows
+    (full rows when the width fits), since PAMR's context around a tile costs less around squares."""
+    if tile_shape is not None:
+        rows, cols = (int(v) for v in tile_shape)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"tile_shape={tile_shape!r} must be two positive integers (rows, cols).")
+    else:
+        budget = (DEFAULT_MAX_TILE_BYTES if max_tile_bytes is None else int(max_tile_bytes)) // 4
+        if budget < 1:
+            raise ValueError(f"max_tile_bytes={max_tile_bytes!r} must be a positive number of bytes.")
+        halo = pamr_halo(pamr_steps, pamr_dilations)
+
+        def fits(rows: int, cols: int) -> bool:
+            ext_rows, ext_cols = min(height, rows + 2 * halo), min(width, cols + 2 * halo)
+            return _tile_floats(rows, cols, ext_rows, ext_cols, num_names, num_classes, pamr_steps > 0,
+                                len(pamr_dilations)) <= budget  # fmt: skip
+
+        def largest(limit: int, shape) -> int:
+            low, high = 1, limit  # the largest n in [1, limit] with fits(*shape(n)), or 1
+            while low < high:
+                middle = (low + high + 1) // 2
+                low, high = (middle, high) if fits(*shape(middle)) else (low, middle - 1)
+            return low
+
+        side = largest(max(height, width), lambda n: (min(height, n), min(width, n)))
+        rows, cols = min(height, side), min(width, side)
+        if cols == width and rows < height:
+            rows = largest(height, lambda n: (n, width))
+    return [
+        (top, min(top + rows, height), left, min(left + cols, width))
+        for top in range(0, height, rows)
+        for left in range(0, width, cols)
+    ]
+
+
+def estimate_post_processing_bytes(
+    height: int,
+    width: int,
+    num_names: int,
+    num_classes: int,
+    pamr_steps: int,
+    pamr_dilations: Sequence[int],
+    return_probabilities: bool = False,
+    max_tile_bytes: int | None = None,
+) -> int:
+    """Peak bytes of `post_process_image` on an image of `height` × `width`: the largest tile's work plus the
+    full-size outputs (labels, and probabilities when asked for)."""
+    tiles = plan_tiles(height, width, num_names, num_classes, pamr_steps, pamr_dilations, max_tile_bytes)
+    halo = pamr_halo(pamr_steps, pamr_dilations)
+    top, bottom, left, right = tiles[0]
+    ext_rows, ext_cols = min(height, bottom - top + 2 * halo), min(width, right - left + 2 * halo)
+    tile = 4 * _tile_floats(bottom - top, right - left, ext_rows, ext_cols, num_names, num_classes, pamr_steps > 0,
+                            len(pamr_dilations))  # fmt: skip
+    outputs = height * width * (8 + (4 * num_classes if return_probabilities else 0))
+    return tile + outputs
+
+
+def _source_positions(
+    in_size: int, out_size: int, start: int, stop: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For output positions `start..stop-1` of a bilinear resize `in_size -> out_size` (`align_corners=False`):
+    the two source indices and their weights, computed as PyTorch's CPU kernel does (float32 scale, the source
+    position rounded once as a fused multiply-add gives it)."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    centres = torch.arange(start, stop, dtype=torch.float32) + 0.5
+    # scale * centre - 0.5 in float64 is exact (24-bit operands), so rounding it once to float32 equals an FMA
+    source = (scale.double() * centres.double() - 0.5).float().clamp_(min=0.0)
+    first = source.floor().long().clamp_(max=in_size - 1)
+    weight = (source - first.float()).clamp_(0.0, 1.0)
+    second = first + (first < in_size - 1).long()
+    if in_size == out_size:  # PyTorch copies when the size does not change
+        first = second = torch.arange(start, stop)
+        weight = torch.zeros(stop - start)
+    return first.to(device), second.to(device), (1.0 - weight).to(device), weight.to(device)
+
+
+def upsample_region(
+    values: torch.Tensor, size: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]
+) -> torch.Tensor:
+    """Rows `rows[0]:rows[1]` and columns `cols[0]:cols[1]` of `values` [B, C, h, w] resized bilinearly
+    (`align_corners=False`) to `size` (H, W), computed from the source pixels they need only: [B, C, rows, cols].
+
+    A region equals the same region of the whole resized image exactly, whatever the tiling. It agrees with
+    `F.interpolate(values, size, mode="bilinear")` to float32 rounding (PyTorch's kernels differ among themselves
+    by that much, depending on sizes and threads)."""
+    height, width = size
+    in_height, in_width = values.shape[-2:]
+    r_first, r_second, r_w0, r_w1 = _source_positions(in_height, height, rows[0], rows[1], values.device)
+    c_first, c_second, c_w0, c_w1 = _source_positions(in_width, width, cols[0], cols[1], values.device)
+    low, high = int(r_first.min()), int(r_second.max()) + 1
+    source = values[..., low:high, :].float()
+    across = source[..., c_first].mul_(c_w0).addcmul_(source[..., c_second], c_w1)  # [B, C, high - low, cols]
+    r_first, r_second = r_first - low, r_second - low
+    return across[..., r_first, :].mul_(r_w0[:, None]).addcmul_(across[..., r_second, :], r_w1[:, None])
+
+
+def _pamr_refine(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilations: Sequence[int]) -> torch.Tensor:
+    """`steps` PAMR iterations of `scores` [B, C, H, W] with a precomputed `affinity` [B, P, 1, H, W] (see
+    `naclip_hf.pamr.pamr`, which this equals step for step)."""
+    height, width = scores.shape[-2:]
+    for _ in range(steps):
+        refined = torch.zeros_like(scores)
+        p = 0
+        for dilation in dilations:
+            padded = F.pad(scores, [dilation] * 4, mode="replicate")
+            for dy, dx in NEIGHBOUR_OFFSETS:
+                top, left = dilation + dy * dilation, dilation + dx * dilation
+                refined.addcmul_(padded[..., top : top + height, left : left + width], affinity[:, p])
+                p += 1
+            del padded
+        scores = refined
+    return scores
+
+
+def area_threshold_keep(class_pixel_counts: torch.Tensor, area_thd: float) -> torch.Tensor:
+    """The classes SCLIP's area threshold keeps: [classes] bool from the pixel count of each top class [classes].
+
+    The counts are of each pixel's most probable class, before `prob_thd`. Class 0 (background) is always kept;
+    a class c >= 1 is kept when its count is above `area_thd` times the count of all classes >= 1 (the
+    foreground), as in SCLIP's `postprocess_result`.
+
+    Example:
+
+    ```python
+    >>> area_threshold_keep(torch.tensor([50, 45, 5]), 0.1)  # class 2 holds 5 / 50 of the foreground
+    tensor([ True,  True, False])
+    ```
+    """
+    counts = class_pixel_counts.double()
+    keep = counts > area_thd * counts[1:].sum()
+    keep[0] = True
+    return keep
+
+
+def drop_classes(probabilities: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`probabilities` [..., classes, H, W] with the classes not in `keep` [classes] (bool) set to 0, in place.
+
+    The argmax then gives every pixel of a dropped class its most probable kept class (background included),
+    and `prob_thd` compares that class's probability, as SCLIP's area threshold does.
+    """
+    return probabilities.mul_(keep.to(probabilities.dtype).view(-1, 1, 1))
+
+
+def apply_area_threshold(probabilities: torch.Tensor, area_thd: float) -> torch.Tensor:
+    """SCLIP's area threshold on whole-image class probabilities [classes, H, W]: a copy with the classes that
+    `area_threshold_keep` drops set to 0 (`post_process_image` applies it tile by tile with the same result)."""
+    counts = torch.bincount(probabilities.argmax(dim=0).reshape(-1), minlength=probabilities.shape[0])
+    return drop_classes(probabilities.clone(), area_threshold_keep(counts, area_thd))
+
+
+@torch.no_grad()
+def post_process_image(
+    logits: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    size: tuple[int, int],
+    name_to_class: Sequence[int] | torch.Tensor,
+    logit_scale: float,
+    prob_thd: float,
+    pamr_steps: int,
+    pamr_dilations: Sequence[int],
+    *,
+    area_thd: float = 0.0,
+    return_probabilities: bool = False,
+    max_tile_bytes: int | None = None,
+    tile_shape: tuple[int, int] | None = None,
+) -> ImagePostProcessing:
+    """Labels (and probabilities) of one image at `size` (H, W) from its per-name logits [1, names, h, w], in tiles.
+
+    Upsampling, PAMR (guided by `pixel_values` [1, 3, h, w]), the softmax, merging synonyms, `prob_thd` and the
+    argmax run tile by tile, each tile with the context PAMR needs around it (`pamr_halo`), so the result is the
+    same for any tiling while memory is bounded by `max_tile_bytes` (default `DEFAULT_MAX_TILE_BYTES`) plus the
+    full-size outputs: the labels, and the probabilities only when `return_probabilities` is set.
+
+    Example:
+
+    ```python
+    >>> result = post_process_image(logits, pixel_values, (9000, 12000), [0, 1, 2], 40.0, 0.0, 10, [8, 16])
+    >>> result.segmentation.shape, result.class_scores()
+    ```
+    """
+    if logits.ndim != 4 or logits.shape[0] != 1:
+        raise ValueError(f"logits must be [1, names, height, width], got shape {tuple(logits.shape)}.")
+    height, width = (int(v) for v in size)
+    num_names = logits.shape[1]
+    device = logits.device
+    index = torch.as_tensor(name_to_class, dtype=torch.long).to(device)
+    num_classes = int(index.max()) + 1
+    if pamr_steps > 0 and pixel_values is None:
+        raise ValueError("PAMR needs the model input as guide image: pass pixel_values (or pamr_steps=0).")
+    halo = pamr_halo(pamr_steps, pamr_dilations)
+    segmentation = torch.empty((height, width), dtype=torch.long, device=device)
+    probabilities = (
+        torch.empty((num_classes, height, width), dtype=torch.float32, device=device) if return_probabilities else None
+    )
+    counts = torch.zeros(num_classes, dtype=torch.long, device=device)
+    sums = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    tiles = plan_tiles(height, width, num_names, num_classes, pamr_steps, pamr_dilations, max_tile_bytes, tile_shape)
+    keep = None
+    if area_thd > 0 and len(tiles) > 1:
+        # The area threshold needs every class's area over the whole image before any tile is labelled: a first
+        # pass without thresholds counts the pixels of each top class.
+        areas = post_process_image(
+            logits, pixel_values, size, index, logit_scale, 0.0, pamr_steps, pamr_dilations,
+            max_tile_bytes=max_tile_bytes, tile_shape=tile_shape,
+        ).class_pixel_counts  # fmt: skip
+        keep = area_threshold_keep(areas, area_thd)
+    for top, bottom, left, right in tiles:
+        if pamr_steps > 0:
+            ext_top, ext_bottom = max(0, top - halo), min(height, bottom + halo)
+            ext_left, ext_right = max(0, left - halo), min(width, right + halo)
+            guide = upsample_region(pixel_values, (height, width), (ext_top, ext_bottom), (ext_left, ext_right))
+            affinity = pamr_affinity(guide, pamr_dilations).unsqueeze(2)  # [1, P, 1, rows, cols]
+            del guide
+            scores = logits.new_empty((1, num_names, bottom - top, right - left), dtype=torch.float32)
+            crop = (slice(top - ext_top, bottom - ext_top), slice(left - ext_left, right - ext_left))
+            for first in range(0, num_names, PAMR_NAME_CHUNK):
+                chunk = upsample_region(
+                    logits[:, first : first + PAMR_NAME_CHUNK], (height, width), (ext_top, ext_bottom),
+                    (ext_left, ext_right),
+                )  # fmt: skip
+                scores[:, first : first + PAMR_NAME_CHUNK] = _pamr_refine(
+                    chunk, affinity, pamr_steps, pamr_dilations
+                )[..., crop[0], crop[1]]
+                del chunk
+            del affinity
+        else:
+            scores = upsample_region(logits, (height, width), (top, bottom), (left, right))
+        probs = scores.mul_(logit_scale).softmax(dim=1)
+        del scores
+        if num_classes != num_names:
+            merged = probs.new_full((1, num_classes, *probs.shape[-2:]), -1.0)
+            probs = merged.scatter_reduce_(1, index.view(1, -1, 1, 1).expand_as(probs), probs, reduce="amax")
+        if area_thd > 0:
+            if keep is None:  # one tile: the whole image
+                keep = area_threshold_keep(torch.bincount(probs.argmax(dim=1).reshape(-1), minlength=num_classes),
+                                           area_thd)  # fmt: skip
+            probs = drop_classes(probs, keep)
+        labels = probs.argmax(dim=1)
+        labels[probs.amax(dim=1) < prob_thd] = 0
+        probs = probs.div_(probs.sum(dim=1, keepdim=True).clamp_(min=torch.finfo(probs.dtype).tiny))[0]
+        labels = labels[0]
+        segmentation[top:bottom, left:right] = labels
+        if probabilities is not None:
+            probabilities[:, top:bottom, left:right] = probs
+        flat = labels.reshape(-1)
+        counts += torch.bincount(flat, minlength=num_classes)
+        top_probability = probs.gather(0, labels[None]).reshape(-1).double()
+        sums += torch.bincount(flat, weights=top_probability, minlength=num_classes)
+        del probs, labels
+    return ImagePostProcessing(segmentation, probabilities, counts, sums)
+
+
+__all__ = ["CLIP_PIXEL_MEAN", "CLIP_PIXEL_STD", "DEFAULT_MAX_TILE_BYTES", "ImagePostProcessing", "NACLIPImageProcessor",
+           "POST_PROCESSING_OPTIONS", "apply_area_threshold", "area_threshold_keep", "drop_classes",
+           "estimate_post_processing_bytes", "pamr_halo", "plan_tiles", "post_process_image",
+           "post_process_logits", "upsample_region"]  # fmt: skip

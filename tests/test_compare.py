@@ -1,0 +1,99 @@
+"""`naclip compare` end to end on the tiny checkpoint (both figure layouts), and the figure functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from naclip_hf.cli import main
+from naclip_hf.figures import attention_figure, attention_maps, heat_colours, segmentation_figure
+from naclip_hf.inference import load_model, load_processor
+from naclip_hf.methods import get_method
+from naclip_hf.visualization import class_palette
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    path = tmp_path / "photo.png"
+    pixels = np.zeros((40, 56, 3), dtype=np.uint8)
+    pixels[:, :28] = (30, 90, 200)
+    pixels[:, 28:] = (200, 160, 60)
+    pixels += np.random.default_rng(0).integers(0, 30, size=pixels.shape, dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_compare_writes_the_segmentation_figure(tiny_checkpoint, image_path, tmp_path, capsys):
+    out = tmp_path / "figs" / "compare.png"
+    code = main(["compare", str(image_path), "--labels", "sky", "dog, puppy", "--methods", "clip", "sclip", "naclip",
+                 "--model", str(tiny_checkpoint), "--set", "short_side=32", "--panel-height", "96",
+                 "--out", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"Wrote {out}" in captured.out
+    with Image.open(out) as figure:
+        assert figure.format == "PNG" and figure.mode == "RGB"
+        pixels = np.asarray(figure)
+    # four panels (image + three methods) of 96 × 134 pixels, and a legend, in one row
+    assert pixels.shape[0] > 96 and pixels.shape[1] > 4 * 134
+    palette = class_palette(2)
+    colours = {tuple(c) for c in pixels.reshape(-1, 3)}
+    assert any(tuple(int(v) for v in c) in colours for c in palette), "the legend shows the class colours"
+
+
+def test_compare_attention_figure(tiny_checkpoint, image_path, tmp_path, capsys):
+    out = tmp_path / "attention.png"
+    code = main(["compare", str(image_path), "--attention-at", "10,20", "--methods", "maskclip", "naclip",
+                 "--model", str(tiny_checkpoint), "--set", "short_side=32", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    with Image.open(out) as figure:
+        assert figure.size[0] > 3 * figure.size[1] * 0.9  # three panels side by side
+
+
+def test_attention_maps_follow_the_clicked_patch(tiny_checkpoint, image_path):
+    model, processor = load_model(str(tiny_checkpoint)), load_processor(str(tiny_checkpoint))
+    maps = attention_maps(model, processor, image_path, (50, 35), ["maskclip", "naclip"], {"short_side": 32})
+    # MaskCLIP's token attends only to itself: the map is brightest at the clicked patch (bottom right).
+    maskclip = maps["maskclip"]
+    assert maskclip.shape == (40, 56) and maskclip.max() == 1.0
+    row, column = np.unravel_index(np.argmax(maskclip), maskclip.shape)
+    assert row >= 20 and column >= 28
+    # NACLIP's map equals the head-averaged row of that patch recomputed from the model.
+    pixel_values = processor.image_processor(str(image_path), short_side=32)["pixel_values"]
+    with torch.no_grad():
+        weights = model.encode_patches(pixel_values, output_attentions=True).attentions[-1][0].mean(0)
+    grid = (pixel_values.shape[-2] // 8, pixel_values.shape[-1] // 8)
+    token = 1 + (35 * 32 // 40 // 8) * grid[1] + (50 * pixel_values.shape[-1] // 56 // 8)
+    row_map = weights[token, 1:].reshape(1, 1, *grid)
+    resized = torch.nn.functional.interpolate(row_map, size=(40, 56), mode="bilinear", align_corners=False)[0, 0]
+    expected = (resized - resized.min()) / (resized.max() - resized.min())
+    np.testing.assert_allclose(maps["naclip"], expected.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match=r"outside the image, which is 56×40 pixels"):
+        attention_maps(model, processor, image_path, (56, 3), ["naclip"])
+
+
+def test_figure_functions_without_a_model():
+    image = np.full((30, 40, 3), 128, dtype=np.uint8)
+    first = np.zeros((30, 40), dtype=np.int64)
+    second = first.copy()
+    second[:, 20:] = 2
+    figure = segmentation_figure(image, {"clip": first, "naclip": second}, ["a", "b", "c"], panel_height=64)
+    assert figure.height > 64
+    assert heat_colours(np.array([[0.0, 1.0]])).tolist() == [[[0, 0, 4], [252, 255, 164]]]
+    maps = {"sclip": np.linspace(0, 1, 30 * 40).reshape(30, 40)}
+    assert attention_figure(image, maps, (5, 5), panel_height=64).height > 64
+    with pytest.raises(ValueError, match="is \\(3, 3\\), the image \\(30, 40\\)"):
+        attention_figure(image, {"sclip": np.zeros((3, 3))}, (5, 5))
+    assert get_method("sclip").title == "SCLIP"
+
+
+def test_compare_errors_before_loading(image_path, tmp_path, capsys):
+    code = main(["compare", str(image_path), "--model", "/nonexistent/model", "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "No labels given" in capsys.readouterr().err
+    code = main(["compare", str(image_path), "--labels", "a", "--out", str(tmp_path / "x.jpg")])
+    assert code == 2 and "ending in .png" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", str(image_path), "--labels", "a", "--methods", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

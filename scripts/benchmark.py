@@ -13,6 +13,8 @@ Sections (run in this order; `--sections` picks some, default all)
     startup       `naclip --help` vs `import torch`, import and load times, `naclip segment` first and repeat
                   calls vs the baseline command
     batch_sizes   sweeps of `slide_batch_size` and `text_batch_size` (the defaults in naclip_hf.options)
+    scale         large images end to end (peak RSS, 12000x9000 and 4000x3000 with 150 classes) and images/s
+                  of `naclip segment` on 1 vs 2 processes (see bench/scale.py)
     kept_memory   PAMR and end to end again with malloc keeping freed memory (last: it cannot be undone)
 The image sections run first, in the fresh process, as for the first image a user segments: whether large
 blocks are page-faulted in again depends on what the process allocated before.
@@ -76,7 +78,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from bench import batch_sizes, e2e, kept_memory, pamr, startup, text, vision  # noqa: E402
+from bench import batch_sizes, e2e, kept_memory, onnx, pamr, scale, startup, text, vision  # noqa: E402
 from bench.common import (  # noqa: E402
     QUICK,
     Context,
@@ -101,7 +103,9 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "bf16": e2e.run_bf16,
     "text": text.run,
     "startup": startup.run,
+    "onnx": onnx.run,
     "batch_sizes": batch_sizes.run,
+    "scale": scale.run,
     "kept_memory": kept_memory.run,
 }
 

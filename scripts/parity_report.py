@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from naclip_hf import NACLIPForSemanticSegmentation
 from naclip_hf.conversion import convert_openai_checkpoint
-from naclip_hf.inference import encode_classes, load_processor
+from naclip_hf.inference import encode_classes, load_processor, split_options
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden"
 # manifest key -> NACLIPConfig field
@@ -64,16 +64,24 @@ def main() -> None:
             raw = golden[f"{case['image']}/raw"]
             fed = raw if case["short_side"] == 0 else golden[f"{case['image']}/resized_{case['short_side']}"]
             pixel_values = processor.image_processor(fed.numpy(), short_side=0)["pixel_values"]
+            forward_options, post_options = split_options(model, {})  # the case's settings, from the config
             with torch.no_grad():
-                logits = model(pixel_values=pixel_values, text_embeds=classes.text_embeds).logits
-            probs, labels = model.post_process_logits(logits, pixel_values, raw.shape[:2], classes.name_to_class)
+                logits = model(pixel_values=pixel_values, text_embeds=classes.text_embeds, **forward_options).logits
+            (result,) = processor.image_processor.post_process_semantic_segmentation(
+                logits,
+                target_sizes=[raw.shape[:2]],
+                pixel_values=pixel_values,
+                name_to_class=classes.name_to_class,
+                return_probabilities=True,
+                **post_options,
+            )
             case_id = case["id"]
             rows.append(
                 (
                     case_id,
                     (logits[0][:, ::4, ::4] - golden[f"{case_id}/logits_processed"]).abs().max().item(),
-                    (probs[0][:, ::4, ::4] - golden[f"{case_id}/probs_sub4"]).abs().max().item(),
-                    (labels[0] == golden[f"{case_id}/pred"].long()).float().mean().item(),
+                    (result["probabilities"][:, ::4, ::4] - golden[f"{case_id}/probs_sub4"]).abs().max().item(),
+                    (result["segmentation"] == golden[f"{case_id}/pred"].long()).float().mean().item(),
                 )
             )
 

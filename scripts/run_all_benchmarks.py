@@ -27,6 +27,7 @@ from typing import Any
 
 from naclip_hf.benchmarks import BENCHMARKS, PUBLISHED_KEYS, get_benchmark, paper_benchmarks
 from naclip_hf.fileio import write_text_atomic
+from naclip_hf.methods import METHODS, comparison_table, get_method
 from naclip_hf.options import DEFAULT_CHECKPOINT
 
 PAPER_ORDER: tuple[str, ...] = tuple(benchmark.name for benchmark in paper_benchmarks())
@@ -170,8 +171,12 @@ def run_benchmarks(
     split: str = "val",
     settings: Sequence[str] = (),
     progress: bool = True,
+    method: str | None = None,
 ) -> tuple[dict[tuple[str, bool], float | None], dict[str, str]]:
     """Evaluate every preset that has a data folder, in the paper's order, once per PAMR mode.
+
+    With `method` (a name of `naclip_hf.methods`), each benchmark runs with that method's settings for it (PAMR
+    as the mode says; the `settings` given win).
 
     Returns `{(preset, pamr): mIoU %}` and `{preset: error message}` for presets that could not be evaluated
     (the others still run). Each run's result is written to `out_dir` on the main process.
@@ -202,18 +207,28 @@ def run_benchmarks(
             embeddings = encode_classes(
                 model=model, processor=processor, classes=get_benchmark(name).class_names(), cache_dir=True
             )
+            run_overrides = dict(overrides)
+            if method is not None:
+                own = get_method(method).settings_for(name)
+                own.pop("pamr_steps", None)  # each run sets PAMR on or off
+                run_overrides = {**own, **overrides}
             for pamr in pamr_modes:
                 result = evaluate_preset(
-                    model, processor, name, dataset, pamr=pamr, short_side=short_side, overrides=overrides,
+                    model, processor, name, dataset, pamr=pamr, short_side=run_overrides.get("short_side", short_side),
+                    overrides=run_overrides,
                     split=split, class_embeddings=embeddings, accelerator=accelerator, progress=progress and is_main,
                 )  # fmt: skip
                 results[(name, pamr)] = result.miou_percent
                 if is_main:
                     result.write_json(out_dir / result_filename(name, pamr))
-                    published = result.published["paper_pamr" if pamr else "paper_no_pamr"]
+                    published = result.published.get("paper_pamr" if pamr else "paper_no_pamr")
+                    if method not in (None, "naclip"):
+                        reference = get_method(method).published_result(pamr)
+                        published = None if reference is None else reference.miou.get(name)
                     print(
-                        f"{name:<12} PAMR {'on ' if pamr else 'off'}  mIoU {_fmt(result.miou_percent, 2):>6}  "
-                        f"(paper {published:.1f})  {result.num_images} images, {result.elapsed_seconds:.0f} s",
+                        f"{method or ''} {name:<12} PAMR {'on ' if pamr else 'off'}  mIoU "
+                        f"{_fmt(result.miou_percent, 2):>6}  (paper {_fmt(published, 1)})  {result.num_images} "
+                        f"images, {result.elapsed_seconds:.0f} s".lstrip(),
                         flush=True,
                     )
         except EvaluationFailed as failure:  # the scores of the images done are kept, marked partial
@@ -252,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-results", type=Path, default=None, metavar="DIR",
                         help="print the table from the JSON files in DIR without evaluating")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--methods", nargs="+", default=None, choices=tuple(METHODS), metavar="NAME",
+                        help="compare these methods (naclip_hf.methods), each with its own settings per benchmark, "
+                        "in a table of methods × benchmarks next to their published numbers")  # fmt: skip
     return parser
 
 
@@ -273,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             print(f"No data folder for {', '.join(missing)}: shown as {MISSING}.", flush=True)
         args.out_dir.mkdir(parents=True, exist_ok=True)
+        if args.methods is not None:
+            return _compare_methods(args, roots)
         results, errors = run_benchmarks(
             roots, args.model, args.out_dir, PAMR_MODES[args.pamr], limit=args.limit, split=args.split,
             settings=args.settings, progress=not args.no_progress,
@@ -304,6 +324,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Wrote {args.out_dir / 'table.md'} and {args.out_dir / 'summary.json'}")
     if errors:
         print(f"{len(errors)} benchmark(s) failed: {', '.join(errors)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _compare_methods(args: argparse.Namespace, roots: Mapping[str, Path]) -> int:
+    """Run every method of `--methods` on the benchmarks and print the table of methods × benchmarks."""
+    from naclip_hf.evaluation.runner import distributed_accelerator
+
+    measured: dict[tuple[str, bool], dict[str, float]] = {}
+    errors: dict[str, str] = {}
+    for method in dict.fromkeys(args.methods):
+        results, failed = run_benchmarks(
+            roots, args.model, args.out_dir / method, PAMR_MODES[args.pamr], limit=args.limit, split=args.split,
+            settings=args.settings, progress=not args.no_progress, method=method,
+        )  # fmt: skip
+        for (name, pamr), miou in results.items():
+            if miou is not None:
+                measured.setdefault((method, pamr), {})[name] = miou
+        errors.update({f"{method}/{name}": message for name, message in failed.items()})
+    accelerator = distributed_accelerator()
+    if accelerator is not None and not accelerator.is_main_process:
+        return 1 if errors else 0
+    table = comparison_table(measured, PAPER_ORDER)
+    print()
+    print(table)
+    write_text_atomic(args.out_dir / "methods_table.md", table + "\n")
+    print(f"Wrote {args.out_dir / 'methods_table.md'}")
+    if errors:
+        print(f"{len(errors)} run(s) failed: {', '.join(errors)}", file=sys.stderr)
         return 1
     return 0
 

@@ -54,18 +54,21 @@ def test_compare_attention_figure(tiny_checkpoint, image_path, tmp_path, capsys)
 
 def test_attention_maps_follow_the_clicked_patch(tiny_checkpoint, image_path):
     model, processor = load_model(str(tiny_checkpoint)), load_processor(str(tiny_checkpoint))
-    maps = attention_maps(model, processor, image_path, (50, 35), ["maskclip", "naclip"], {"short_side": 32})
+    maps = attention_maps(model, processor, image_path, (50, 35), ["maskclip", "naclip"], {"short_side": 64})
     # MaskCLIP's token attends only to itself: the map is brightest at the clicked patch (bottom right).
     maskclip = maps["maskclip"]
     assert maskclip.shape == (40, 56) and maskclip.max() == 1.0
     row, column = np.unravel_index(np.argmax(maskclip), maskclip.shape)
     assert row >= 20 and column >= 28
     # NACLIP's map equals the head-averaged row of that patch recomputed from the model.
-    pixel_values = processor.image_processor(str(image_path), short_side=32)["pixel_values"]
+    pixel_values = processor.image_processor(str(image_path), short_side=64)["pixel_values"]
     with torch.no_grad():
         weights = model.encode_patches(pixel_values, output_attentions=True).attentions[-1][0].mean(0)
-    grid = (pixel_values.shape[-2] // 8, pixel_values.shape[-1] // 8)
-    token = 1 + (35 * 32 // 40 // 8) * grid[1] + (50 * pixel_values.shape[-1] // 56 // 8)
+    patch = model.config.vision_config.patch_size
+    height, width = pixel_values.shape[-2:]
+    grid = (height // patch, width // patch)
+    row, column = min(int(35 * height / 40) // patch, grid[0] - 1), min(int(50 * width / 56) // patch, grid[1] - 1)
+    token = 1 + row * grid[1] + column
     row_map = weights[token, 1:].reshape(1, 1, *grid)
     resized = torch.nn.functional.interpolate(row_map, size=(40, 56), mode="bilinear", align_corners=False)[0, 0]
     expected = (resized - resized.min()) / (resized.max() - resized.min())

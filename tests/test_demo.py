@@ -1,6 +1,7 @@
-"""The demo without a browser: its computations (segment, attention of a clicked patch), the `/segment` API called
-with gradio_client from several threads, clear errors for bad input, the `naclip demo` / `naclip space` commands and
-a written Space folder that starts and answers."""
+"""The demo without a browser: its computations (segment with a method, attention of a clicked patch under the
+methods chosen), the `/segment` API called with gradio_client from several threads, the methods offered by the page,
+clear errors for bad input, the `naclip demo` / `naclip space` commands and a written Space folder that starts and
+answers."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from naclip_hf.demo.backend import (  # noqa: E402
     EXAMPLE_LABELS,
     DemoBackend,
     example_image_path,
+    last_block_settings,
     parse_labels_text,
 )
+from naclip_hf.methods import METHODS, Method, method_names, register_method  # noqa: E402
 
 LABELS_A = "table, wooden table\nsaucer, plate\ncoffee cup, cup"
 LABELS_B = "spoon\ncoffee\nwall\nsky"
@@ -64,6 +67,33 @@ def _classes(rows) -> dict[str, float]:
     return {row["label"]: row["share"] for row in rows}
 
 
+def _shares(output) -> dict[str, float]:
+    """The share of the pixels of each class present in a pipeline output with a label map."""
+    label_map = output["label_map"]
+    return {
+        label: float((label_map == index).mean()) for index, label in enumerate(output["labels"])
+        if (label_map == index).any()
+    }  # fmt: skip
+
+
+@pytest.fixture
+def neighbours_method():
+    """A method registered for the test: `nonly` attention, the Gaussian of the distance to the query patch only."""
+    method = register_method(
+        Method("demo_test_neighbours", "Neighbours only", "attention to the nearest patches only",
+               settings={"arch": "reduced", "attn_strategy": "nonly", "gaussian_std": 3.0})
+    )  # fmt: skip
+    try:
+        yield method
+    finally:
+        METHODS.pop(method.name, None)
+
+
+def _component(demo, elem_id: str):
+    (component,) = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == elem_id]
+    return component
+
+
 # ----------------------------------------------------------------------------------------------- computations
 def test_labels_text_parsing_and_its_errors():
     assert parse_labels_text("sky\n\n cup, mug \n") == [["sky"], ["cup", "mug"]]
@@ -81,13 +111,8 @@ def test_segment_matches_the_pipeline_and_leaves_the_config_alone(backend):
         str(example_image_path()), candidate_labels=LABELS_A.splitlines(), return_label_map=True,
         attn_strategy="kk", pamr_steps=0, prob_thd=0.2,
     )  # fmt: skip
-    label_map = direct["label_map"]
-    expected = {
-        label: float((label_map == index).mean()) for index, label in enumerate(direct["labels"])
-        if (label_map == index).any()
-    }  # fmt: skip
-    assert _classes(result.rows) == pytest.approx(expected)
-    assert np.array_equal(np.asarray(result.label_map), label_map)
+    assert _classes(result.rows) == pytest.approx(_shares(direct))
+    assert np.array_equal(np.asarray(result.label_map), direct["label_map"])
     assert result.overlay.size == (450, 300) and result.label_map.mode == "P"
 
 
@@ -98,10 +123,29 @@ def test_csa_runs_with_the_vanilla_block_and_says_so(backend):
     assert backend.model.config.arch == "reduced"
 
 
+def test_a_method_with_settings_over_it_matches_the_pipeline(backend):
+    # SCLIP's settings (csa, its logit scale, windows and short side), the threshold given over them.
+    result = backend.segment(example_image_path(), LABELS_A, method="sclip", prob_thd=0.3)
+    assert result.options == {"method": "sclip", "prob_thd": 0.3} and not result.notes
+    direct = backend.segmenter(str(example_image_path()), candidate_labels=LABELS_A.splitlines(),
+                               return_label_map=True, method="sclip", prob_thd=0.3)  # fmt: skip
+    assert np.array_equal(np.asarray(result.label_map), direct["label_map"])
+    plain = backend.segmenter(str(example_image_path()), candidate_labels=LABELS_A.splitlines(),
+                              return_label_map=True, prob_thd=0.3)  # fmt: skip
+    assert not np.array_equal(direct["label_map"], plain["label_map"])  # the method did change the result
+    # The controls left at "the method's" stand for the method's values over the model's.
+    assert backend.method_settings("sclip") == {"attn_strategy": "csa", "arch": "vanilla", "pamr": False,
+                                                "prob_thd": 0.0, "short_side": 336, "slide_crop": 224,
+                                                "gaussian_std": backend.model.config.gaussian_std}  # fmt: skip
+    with pytest.raises(ValueError, match="Unknown method 'nope'.*sclip"):
+        backend.segment(example_image_path(), LABELS_A, method="nope")
+
+
 @pytest.mark.parametrize("point", [(0, 0), (449, 299), (300, 151)])
-def test_attention_of_the_clicked_patch_peaks_at_that_patch(backend, point):
+def test_attention_of_the_clicked_patch_peaks_at_that_patch(backend, neighbours_method, point):
     # `nonly` attention is the Gaussian of the distance to the query patch only: its maximum is the clicked patch.
-    maps = backend.attention_maps(example_image_path(), point, [("neighbours", {"attn_strategy": "nonly"})])
+    maps = backend.attention_maps(example_image_path(), point, [neighbours_method.name])
+    assert [label for label, _ in maps.maps] == ["Neighbours only"]
     (weights,) = maps.weights
     rows, columns = maps.grid
     assert weights.shape == (rows, columns)
@@ -114,12 +158,84 @@ def test_attention_of_the_clicked_patch_peaks_at_that_patch(backend, point):
 
 def test_attention_comparisons_are_three_maps_of_the_image_size(backend):
     maps = backend.attention_maps(example_image_path(), (100, 150))
+    assert maps.methods == ["clip", "sclip", "naclip"]
     assert [label for label, _ in maps.maps] == ["CLIP", "SCLIP", "NACLIP"]
     assert all(image.size == (450, 300) for _, image in maps.maps)
     # Different strategies attend differently (CLIP vs NACLIP).
     assert not np.allclose(maps.weights[0], maps.weights[2])
     with pytest.raises(ValueError, match="outside the image"):
         backend.attention_maps(example_image_path(), (450, 10))
+    with pytest.raises(ValueError, match="pick at least one method"):
+        backend.attention_maps(example_image_path(), (10, 10), [])
+    with pytest.raises(ValueError, match="Unknown method 'nope'"):
+        backend.attention_maps(example_image_path(), (10, 10), ["nope"])
+
+
+def test_attention_maps_of_chosen_methods_are_the_models_rows_and_the_figures(backend, neighbours_method):
+    import torch
+
+    from naclip_hf.figures import attention_maps
+
+    methods = ["maskclip", "clearclip", neighbours_method.name, "clip"]
+    point = (200, 100)
+    maps = backend.attention_maps(example_image_path(), point, methods)
+    assert maps.methods == methods
+    assert [label for label, _ in maps.maps] == ["MaskCLIP", "ClearCLIP", "Neighbours only", "CLIP"]
+    # Recomputed from the model: each method's last block, head-averaged row of the clicked patch's token.
+    pixel_values = backend.image_processor(np.asarray(load_example()))["pixel_values"]
+    rows, columns = maps.grid
+    token = 1 + maps.patch[0] * columns + maps.patch[1]
+    for name, weights in zip(methods, maps.weights):
+        with torch.no_grad():
+            attention = backend.model.encode_patches(pixel_values, output_attentions=True,
+                                                     **last_block_settings(name)).attentions[-1]  # fmt: skip
+        expected = attention[0].float().mean(dim=0)[token, 1:].reshape(rows, columns).numpy()
+        np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(maps.weights[0], maps.weights[2])
+    # On an image whose processed size is whole patches (336 × 336), the heat maps are those of the figures module
+    # for the methods processed at that size (ClearCLIP's own short side is 448, so it is left out there).
+    square = np.asarray(load_example())[:300, :300]
+    same_size = [name for name in methods if name != "clearclip"]
+    maps = backend.attention_maps(square, point[::-1], same_size)
+    figures = attention_maps(backend.model, backend.segmenter.processor, square, point[::-1], same_size)
+    for name, heat in zip(same_size, maps.heat):
+        np.testing.assert_allclose(heat, figures[name], atol=1e-5)
+
+
+def load_example():
+    from PIL import Image
+
+    return Image.open(example_image_path()).convert("RGB")
+
+
+def test_page_offers_the_registered_methods(backend, neighbours_method):
+    from naclip_hf.demo import build_demo
+
+    demo = build_demo(backend, method="sclip", attention_methods=["naclip", neighbours_method.name])
+    try:
+        offered = [value for _, value in _component(demo, "method").choices]
+        assert offered == list(method_names()) and neighbours_method.name in offered
+        assert _component(demo, "method").value == "sclip"
+        compared = _component(demo, "attention-methods")
+        assert [value for _, value in compared.choices] == offered
+        assert compared.value == ["naclip", neighbours_method.name]
+        # The controls start at "the method's", showing SCLIP's values.
+        assert _component(demo, "strategy").value == "" and _component(demo, "strategy").choices[0][0] == (
+            "the method's (csa)"
+        )
+        assert _component(demo, "prob-thd").value == ""
+        assert _component(demo, "short-side").placeholder == "the method's (336)"
+        assert "SCLIP" in _component(demo, "method-note").value
+    finally:
+        demo.close()
+    with pytest.raises(ValueError, match="Unknown method 'nope'"):
+        build_demo(backend, method="nope")
+    with pytest.raises(ValueError, match="Method 'bad_block'.*arch='vanilla'"):
+        bad = register_method(Method("bad_block", "Bad", "csa in the reduced block", {"attn_strategy": "csa"}))
+        try:
+            build_demo(backend, attention_methods=[bad.name])
+        finally:
+            METHODS.pop(bad.name)
 
 
 def test_test_model_is_flagged(backend):
@@ -131,9 +247,9 @@ def test_segment_endpoint_from_two_threads_gets_each_calls_own_classes(client, b
     from gradio_client import handle_file
 
     image = str(example_image_path())
-    jobs = [(LABELS_A, "naclip", True), (LABELS_B, "kk", False)]
+    jobs = [(LABELS_A, "naclip", "on"), (LABELS_B, "kk", "off")]
     expected = [
-        _classes(backend.segment(image, labels, attn_strategy=strategy, pamr=pamr).rows)
+        _classes(backend.segment(image, labels, method="naclip", attn_strategy=strategy, pamr=pamr == "on").rows)
         for labels, strategy, pamr in jobs
     ]
 
@@ -156,6 +272,30 @@ def test_segment_endpoint_defaults_are_the_models_settings(client, backend):
 
     _, rows, _ = client.predict(handle_file(str(example_image_path())), EXAMPLE_LABELS, api_name="/segment")
     assert _classes(rows) == pytest.approx(_classes(backend.segment(example_image_path(), EXAMPLE_LABELS).rows))
+    (info,) = [e for name, e in client.view_api(print_info=False, return_format="dict")["named_endpoints"].items()
+               if name == "/segment"]  # fmt: skip
+    parameters = [(p["parameter_name"], p["parameter_default"]) for p in info["parameters"]]
+    assert [name for name, _ in parameters[:3]] == ["image", "labels", "method"]
+    assert parameters[2:] == [("method", "naclip"), ("attn_strategy", ""), ("arch", ""), ("pamr", ""),
+                              ("prob_thd", ""), ("short_side", ""), ("slide_crop", ""), ("gaussian_std", "")]
+
+
+def test_segment_endpoint_with_a_method_equals_the_pipeline_with_it(client, backend):
+    from gradio_client import handle_file
+
+    image = str(example_image_path())
+    overlay, rows, label_map = client.predict(handle_file(image), LABELS_A, method="sclip", api_name="/segment")
+    direct = backend.segmenter(image, candidate_labels=LABELS_A.splitlines(), return_label_map=True, method="sclip")
+    assert _classes(rows) == pytest.approx(_shares(direct))
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(label_map)), direct["label_map"])
+    # A setting given over the method overrides it, as in the pipeline.
+    _, rows, label_map = client.predict(handle_file(image), LABELS_A, method="sclip", prob_thd=0.4, pamr="on",
+                                        api_name="/segment")  # fmt: skip
+    direct = backend.segmenter(image, candidate_labels=LABELS_A.splitlines(), return_label_map=True,
+                               method="sclip", prob_thd=0.4, pamr_steps=backend.model.config.pamr_steps)  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(label_map)), direct["label_map"])
 
 
 def test_bad_inputs_give_clear_messages(client, tmp_path):
@@ -171,10 +311,14 @@ def test_bad_inputs_give_clear_messages(client, tmp_path):
     not_an_image.write_text("this is text, not a picture")
     with pytest.raises(AppError, match=r"Could not read notes\.png as an image.*Upload a JPEG"):
         client.predict(handle_file(str(not_an_image)), "cup", api_name="/segment")
-    with pytest.raises(AppError, match="1.5 is greater than maximum value 1"):
+    with pytest.raises(AppError, match=r"prob_thd=1.5 is invalid: it must be a number >= 0 and <= 1"):
         client.predict(image, "cup", prob_thd=1.5, api_name="/segment")
+    with pytest.raises(AppError, match=r"Probability threshold: 'high' is not a number; type one.*or empty the box"):
+        client.predict(image, "cup", prob_thd="high", api_name="/segment")
     with pytest.raises(AppError, match="smaller than one 16×16 patch"):
         client.predict(image, "cup", slide_crop=8, api_name="/segment")
+    with pytest.raises(AppError, match="nope is not in the list of choices.*'sclip'"):
+        client.predict(image, "cup", method="nope", api_name="/segment")
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -186,6 +330,7 @@ def test_demo_help_imports_neither_gradio_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert "--share" in out.stdout and "naclip-hf[demo]" in out.stdout
+    assert "--method NAME" in out.stdout and all(name in out.stdout for name in method_names())
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
@@ -194,6 +339,29 @@ def test_demo_command_reports_a_missing_model_folder(tmp_path, capsys):
 
     assert main(["demo", "--model", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_demo_command_sets_the_pages_method(tiny_checkpoint, monkeypatch, capsys):
+    import naclip_hf.demo.app as app
+    from naclip_hf.cli import main
+
+    built = {}
+
+    class Served:
+        def launch(self, **kwargs):
+            built["launch"] = kwargs
+
+    def build(model, **kwargs):
+        built.update(kwargs, model=model)
+        return Served()
+
+    monkeypatch.setattr(app, "build_demo", build)
+    assert main(["demo", "--model", str(tiny_checkpoint), "--method", "clearclip", "--port", "7999"]) == 0
+    assert built["method"] == "clearclip" and built["model"] == str(tiny_checkpoint)
+    assert built["launch"]["server_port"] == 7999
+    with pytest.raises(SystemExit):
+        main(["demo", "--model", str(tiny_checkpoint), "--method", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 def test_space_command_refuses_a_non_empty_folder(tmp_path, tiny_checkpoint, capsys):

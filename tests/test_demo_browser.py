@@ -1,5 +1,6 @@
 """The demo driven in a real headless Chromium (Debian's /usr/bin/chromium) with Playwright, as a user would: upload
-the example photo, type classes, segment, read the table; click a point in the Attention tab and get three maps.
+the example photo, type classes, segment, read the table; click a point in the Attention tab and get three maps;
+pick another method and see its settings in the controls.
 
 Screenshots of both tabs go to `$NACLIP_ARTIFACTS` (default: a folder under the system's temp folder); the README's
 screenshots are made with `NACLIP_ARTIFACTS=docs python -m pytest tests/test_demo_browser.py`.
@@ -118,6 +119,12 @@ def test_attention_tab_shows_three_maps_for_a_clicked_point(page, artifacts):
     for label in ("CLIP", "SCLIP", "NACLIP"):
         assert label in captions
     page.screenshot(path=str(artifacts / "demo_attention.jpg"), full_page=True, type="jpeg", quality=80)
+    # Another choice of methods redraws the maps of the same point.
+    token = page.locator("#attention-methods .token").filter(has_text="SCLIP")
+    token.locator(".token-remove").click()
+    sync_api.expect(thumbnails).to_have_count(2)
+    captions = page.locator("#attention-maps").inner_text()
+    assert "SCLIP" not in captions and "NACLIP" in captions
 
 
 def test_bad_input_shows_a_message_not_a_trace(page):
@@ -127,3 +134,20 @@ def test_bad_input_shows_a_message_not_a_trace(page):
     message = page.get_by_text("No classes given").first
     message.wait_for()
     assert "Traceback" not in page.content()
+
+
+def test_picking_a_method_shows_its_settings_in_the_controls(page):
+    page.get_by_role("tab", name="Segment").click()
+    threshold = page.locator("#prob-thd").locator("textarea, input").first
+    assert threshold.input_value() == "" and threshold.get_attribute("placeholder") == "the method's (0)"
+    threshold.fill("0.3")
+    page.locator("#method input").click()
+    page.get_by_role("option", name="SCLIP", exact=True).click()
+    page.locator("#method-note").get_by_text("correlative self-attention").wait_for()
+    # Every control is back to "the method's", showing SCLIP's values; the threshold typed before is cleared.
+    assert page.locator("#strategy input").input_value() == "the method's (csa)"
+    assert page.locator("#arch").get_by_label("the method's (vanilla)").is_checked()
+    assert threshold.input_value() == ""
+    page.get_by_text("More settings").click()
+    short_side = page.locator("#short-side").locator("textarea, input").first
+    assert short_side.get_attribute("placeholder") == "the method's (336)"

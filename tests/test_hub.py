@@ -36,7 +36,7 @@ CODE_FILES = {
     "image_processing_naclip.py", "image_io.py", "pamr.py", "image_utils.py", "labels.py", "templates.py",
 }  # fmt: skip
 # CLI, evaluation, conversion and card code stay in the installed package.
-NOT_SHIPPED = {"cli", "benchmarks.py", "conversion.py", "hub_card.py", "visualization.py", "evaluation"}
+NOT_SHIPPED = {"cli", "conversion.py", "hub_card.py", "visualization.py", "figures.py", "evaluation", "demo", "export"}
 # What the shipped code may import at module level (besides the standard library and its own siblings).
 ALLOWED_IMPORTS = {"torch", "transformers", "numpy", "PIL", "huggingface_hub", "safetensors"}
 

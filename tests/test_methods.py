@@ -288,3 +288,46 @@ def test_a_new_method_is_one_entry_and_reaches_segment(tiny_checkpoint, tmp_path
         assert settings["logit_scale"] == 30.0  # --set wins over the method
     finally:
         METHODS.pop("tiny_test_method", None)
+
+
+def test_evaluate_with_a_method_prints_its_table(tiny_checkpoint, tmp_path, capsys):
+    from synthetic_data import make_benchmark_dataset
+
+    root = make_benchmark_dataset("voc21", tmp_path / "data", num_images=2)
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "--preset", "voc21", "--data-root", str(root), "--model", str(tiny_checkpoint),
+                 "--method", "sclip", "--pamr", "on", "--set", "short_side=32", "--set", "pamr_steps=2",
+                 "--out", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(out.read_text())
+    settings = result["settings"]
+    assert settings["method"] == "sclip"
+    # SCLIP's own VOC21 settings, --pamr on over its PAMR off, --set over both
+    assert (settings["attn_strategy"], settings["arch"], settings["logit_scale"]) == ("csa", "vanilla", 65.0)
+    assert (settings["area_thd"], settings["prob_thd"], settings["slide_crop"]) == (0.1, 0.1, 224)
+    assert settings["pamr_steps"] == 2 and settings["short_side"] == 32
+    ours = f"{result['miou_percent']:.1f}"
+    assert f"| SCLIP | yes | {ours} (61.7) | {ours} (61.7) |" in captured.out
+
+
+def test_run_all_benchmarks_compares_methods(tiny_checkpoint, tmp_path, capsys):
+    from synthetic_data import make_benchmark_dataset
+    from test_evaluate_cli import load_script
+
+    script = load_script()
+    voc = make_benchmark_dataset("voc21", tmp_path / "voc", num_images=1)
+    out_dir = tmp_path / "out"
+    code = script.main(["--roots", f"voc21={voc}", "--model", str(tiny_checkpoint), "--out-dir", str(out_dir),
+                        "--pamr", "off", "--set", "short_side=32", "--no-progress",
+                        "--methods", "sclip", "clearclip"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = [line for line in captured.out.splitlines() if line.startswith(("| SCLIP", "| ClearCLIP"))]
+    assert len(rows) == 2
+    sclip = json.loads((out_dir / "sclip" / "voc21_no_pamr.json").read_text())
+    assert (sclip["settings"]["logit_scale"], sclip["settings"]["area_thd"]) == (65.0, 0.1)
+    assert rows[0].startswith(f"| SCLIP | no | {sclip['miou_percent']:.1f} (59.1) | – (30.4) |")
+    clearclip = json.loads((out_dir / "clearclip" / "voc21_no_pamr.json").read_text())
+    assert (clearclip["settings"]["attn_strategy"], clearclip["settings"]["prob_thd"]) == ("qq", 0.5)
+    assert (out_dir / "methods_table.md").read_text().strip() in captured.out

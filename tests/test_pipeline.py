@@ -172,7 +172,7 @@ def test_labels_given_when_building_the_pipeline(tiny_checkpoint, image):
 def test_text_embeddings_are_computed_once_per_label_set(tiny_checkpoint, image):
     segmenter = pipeline("naclip-segmentation", model=str(tiny_checkpoint), pamr_steps=0)
     calls = []
-    handle = segmenter.model.text_model.register_forward_hook(lambda *args: calls.append(1))
+    handle = segmenter.model.text_projection.register_forward_hook(lambda *args: calls.append(1))
     try:
         first = segmenter(image, candidate_labels=LABELS, short_side=SHORT_SIDE, return_probabilities=True)
         after_first = len(calls)
@@ -325,7 +325,7 @@ def test_a_new_pipeline_reads_label_embeddings_from_the_disk_cache(tiny_checkpoi
     assert any(isolated_text_cache.rglob("*.safetensors")), "the label embeddings were written to the cache"
     second = pipeline("naclip-segmentation", model=str(tiny_checkpoint), pamr_steps=0)
     calls = []
-    handle = second.model.text_model.register_forward_hook(lambda *args: calls.append(1))
+    handle = second.model.text_projection.register_forward_hook(lambda *args: calls.append(1))
     try:
         again = second(image, candidate_labels=LABELS, short_side=SHORT_SIDE, return_probabilities=True)
     finally:
@@ -333,7 +333,7 @@ def test_a_new_pipeline_reads_label_embeddings_from_the_disk_cache(tiny_checkpoi
     assert not calls, "a label set embedded before is read from disk"
     np.testing.assert_array_equal(again["probabilities"], expected["probabilities"])
     uncached = pipeline("naclip-segmentation", model=str(tiny_checkpoint), pamr_steps=0, text_cache_dir=None)
-    handle = uncached.model.text_model.register_forward_hook(lambda *args: calls.append(1))
+    handle = uncached.model.text_projection.register_forward_hook(lambda *args: calls.append(1))
     try:
         uncached(image, candidate_labels=LABELS, short_side=SHORT_SIDE)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +16,24 @@ from naclip_hf.options import DEFAULT_CHECKPOINT, SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-# A block preceded by this comment is not run (it needs what the tests cannot have, e.g. network or a GPU).
-SKIP_MARKER = "<!-- readme-test: skip -->"
+# A comment on the line before a block can say:
+#   <!-- readme-test: skip (reason) -->        the block is not run (it needs a running server, network, a GPU);
+#   <!-- readme-test: after COMMAND -->        `naclip COMMAND` runs first (e.g. an export the block reads); such
+#                                              blocks are slow tests.
+MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|after)\b(.*?)-->")
 
 
-def python_blocks() -> list[tuple[str, str]]:
-    """(id, code) of every ```python block of the README that is not marked to skip."""
+def python_blocks() -> list[pytest.param]:
+    """A test parameter per ```python block of the README that is not marked to skip."""
     blocks = []
-    for match in re.finditer(r"(<!--[^\n]*-->\s*\n)?```python\n(.*?)```", README, flags=re.S):
-        if match.group(1) and SKIP_MARKER in match.group(1):
+    for match in re.finditer(r"(<!--[^\n]*-->[ \t]*\n)?```python\n(.*?)```", README, flags=re.S):
+        marker = MARKER.search(match.group(1) or "")
+        if marker and marker.group(1) == "skip":
             continue
+        before = shlex.split(marker.group(2)) if marker else []
         line = README[: match.start(2)].count("\n") + 1
-        blocks.append((f"README.md:{line}", match.group(2)))
+        marks = [pytest.mark.slow] if before else []
+        blocks.append(pytest.param(match.group(2), before, id=f"README.md:{line}", marks=marks))
     return blocks
 
 
@@ -37,13 +44,22 @@ def test_the_readme_has_python_examples():
     assert len(BLOCKS) >= 3
 
 
-@pytest.mark.parametrize("code", [code for _, code in BLOCKS], ids=[block_id for block_id, _ in BLOCKS])
-def test_python_example_runs(code, tiny_checkpoint, tmp_path):
-    assert DEFAULT_CHECKPOINT in code or "naclip" in code
-    script = tmp_path / "example.py"
-    script.write_text(code.replace(DEFAULT_CHECKPOINT, str(tiny_checkpoint)), encoding="utf-8")
+@pytest.mark.parametrize("code,before", BLOCKS)
+def test_python_example_runs(code, before, tiny_checkpoint, tmp_path):
+    """Each block runs in a fresh folder holding the README's `examples/` (and what its `after` command made)."""
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NACLIP_CACHE": str(tmp_path / "cache")}
-    completed = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, env=env,
+
+    def with_tiny_model(text: str) -> str:
+        return text.replace(DEFAULT_CHECKPOINT, str(tiny_checkpoint))
+
+    if before:
+        command = [sys.executable, "-m", "naclip_hf.cli", *(with_tiny_model(arg) for arg in before)]
+        prepared = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
+        assert prepared.returncode == 0, prepared.stderr[-3000:]
+    script = tmp_path / "example.py"
+    script.write_text(with_tiny_model(code), encoding="utf-8")
+    completed = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
                                timeout=600)  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
 

@@ -33,11 +33,11 @@ def model(tiny_checkpoint) -> NACLIPForSemanticSegmentation:
 
 
 class TextTowerCalls:
-    """Counts forward calls of the text tower."""
+    """Counts calls of the text projection (the last step of every way of running the text tower)."""
 
     def __init__(self, model: NACLIPForSemanticSegmentation) -> None:
         self.count = 0
-        self.handle = model.text_model.register_forward_hook(self._hook)
+        self.handle = model.text_projection.register_forward_hook(self._hook)
 
     def _hook(self, *args) -> None:
         self.count += 1

@@ -175,3 +175,16 @@ def test_legend_draws_cjk_names_with_a_font_that_has_them():
     assert not isinstance(getattr(font_for_text("cat", 20), "path", None), str)
     mixed = _legend_text_pixels("犬 dog")
     assert not np.array_equal(mixed, dog)
+
+
+def test_blend_in_row_bands_equals_the_whole_image_formula(monkeypatch):
+    from naclip_hf import visualization
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    segmentation = rng.integers(0, 5, (37, 23))
+    palette = visualization.class_palette(5)
+    expected = np.clip(np.rint(0.6 * image.astype(np.float32) + 0.4 * palette[segmentation].astype(np.float32)), 0, 255)
+    monkeypatch.setattr(visualization, "_BLEND_BAND_PIXELS", 23 * 4)  # bands of 4 rows, the last one shorter
+    banded = np.asarray(visualization.blend(image, segmentation, palette, alpha=0.4))
+    np.testing.assert_array_equal(banded, expected.astype(np.uint8))

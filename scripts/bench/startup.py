@@ -43,8 +43,9 @@ def wall_time(command: Sequence[str], env: dict[str, str], cwd: Path) -> float:
     return elapsed
 
 
-def median_time(command: Sequence[str], runs: int, env: dict[str, str], cwd: Path) -> float:
-    wall_time(command, env, cwd)  # warm-up: file-system caches
+def median_time(command: Sequence[str], runs: int, env: dict[str, str], cwd: Path, warm_up: bool = True) -> float:
+    if warm_up:
+        wall_time(command, env, cwd)  # file-system caches
     return statistics.median(wall_time(command, env, cwd) for _ in range(runs))
 
 
@@ -59,9 +60,10 @@ def run(context: Context) -> SectionResult:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "NACLIP_CACHE": str(work / "text-cache"),
                "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
         python = sys.executable
-        torch_s = median_time([python, "-c", "import torch"], runs, env, work)
-        help_s = median_time([*_naclip_command(), "--help"], runs, env, work)
-        import_s = median_time([python, "-c", "import naclip_hf.inference"], runs, env, work)
+        warm_up = not context.quick  # a smoke test needs no precision
+        torch_s = median_time([python, "-c", "import torch"], runs, env, work, warm_up)
+        help_s = median_time([*_naclip_command(), "--help"], runs, env, work, warm_up)
+        import_s = median_time([python, "-c", "import naclip_hf.inference"], runs, env, work, warm_up)
 
         checkpoint = work / "checkpoint"
         build_model(context.setting).save_pretrained(checkpoint)
@@ -79,6 +81,7 @@ def run(context: Context) -> SectionResult:
         repeat_s = statistics.median(wall_time(ours, env, work) for _ in range(max(runs // 2, 1)))
         baseline = [python, str(SCRIPTS / "baselines.py"), "segment", *common, "--out", str(work / "baseline")]
         baseline_s = wall_time(baseline, env, work)
+        context.shared["baseline_command_s"] = baseline_s  # the onnx section compares with the same command
 
     classes = context.setting.cli_classes
     rows = [

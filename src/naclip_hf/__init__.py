@@ -118,7 +118,7 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
     @classmethod
     def module_loaded(cls, loaded: str) -> None:
         """Called when the module `loaded` has run (it still counts as being imported until this returns)."""
-        if _state["registered"] or _state["registering"] or "transformers" not in sys.modules:
+        if _state["registered"] or _state["registering"] or sys.modules.get("transformers") is None:
             return
         if loaded != "transformers" and _initializing("transformers"):
             return
@@ -152,7 +152,7 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
                 cls._installed = None
 
 
-if "transformers" in sys.modules:
+if sys.modules.get("transformers") is not None:  # None: its import is blocked
     _register()
 else:
     _RegisterAfterImport.install()

@@ -143,7 +143,8 @@ class NACLIPImageProcessor(BaseImageProcessor):
             target_sizes: `(batch_size, 2)` (height, width) per image; default: the logits' size.
             pixel_values (`(batch_size, 3, h, w)`): the model input, PAMR's guide image (needed when PAMR is on).
             name_to_class (`(num_names,)`): class index of each name; default: every name its own class.
-            logit_scale, prob_thd, pamr_steps, pamr_dilations: post-processing options (default: the defaults of
+            logit_scale, prob_thd, pamr_steps, pamr_dilations, area_thd: post-processing options (`area_thd`:
+                SCLIP's area threshold, see `area_threshold_keep`; default: the defaults of
                 `naclip_hf.options`; pass the model config's with `**model.config.inference_options()`).
             return_probabilities: also return the class probabilities (the only full-size float output: without
                 it, memory does not grow with classes × height × width).
@@ -308,7 +309,9 @@ def _tile_floats(
     neighbours = 8 * dilations
     affinity = ext * (_AFFINITY_FLOATS * dilations // 2 + 3)
     refine = ext * (neighbours + 4 * chunk) + out * names  # affinity, a chunk (scores, refined, padded), results
-    return max(affinity, refine, post)
+    # Resident memory measured while tiles run reaches about twice the live tensors counted here (freed blocks the
+    # allocator keeps, kernels' scratch buffers): budget for that.
+    return 2 * max(affinity, refine, post)
 
 
 def plan_tiles(

@@ -41,11 +41,12 @@ class ClassEmbeddings:
 
 @dataclass
 class SegmentationResult:
-    """`logits` [names, h, w] at the processed size; `probabilities` [classes, H, W] and `segmentation` [H, W]
-    (int64 class ids) at the original size."""
+    """`logits` [names, h, w] at the processed size; `probabilities` [classes, H, W] (None when
+    `segment_image(..., return_probabilities=False)`) and `segmentation` [H, W] (int64 class ids) at the original
+    size."""
 
     logits: torch.Tensor
-    probabilities: torch.Tensor
+    probabilities: torch.Tensor | None
     segmentation: torch.Tensor
 
 
@@ -187,6 +188,9 @@ def segment_image(
     image: Any,
     classes: ClassEmbeddings,
     short_side: int | None = None,
+    *,
+    return_probabilities: bool = True,
+    max_tile_bytes: int | None = None,
     **options: Any,
 ) -> SegmentationResult:
     """Segment one image into the given classes.
@@ -195,6 +199,9 @@ def segment_image(
         image: a path, URL, PIL image, array or tensor (see `naclip_hf.image_io`).
         classes: from `encode_classes`.
         short_side: resize the short side to this (default: the image processor's).
+        return_probabilities: also return the full-size probabilities; without them post-processing memory does
+            not grow with classes × height × width (see `post_process_semantic_segmentation`).
+        max_tile_bytes: memory budget of one post-processing tile (speed and memory only).
         **options: per-call settings of `forward` (`slide_crop`, `slide_stride`, `slide_batch_size`, `arch`,
             `attn_strategy`, `gaussian_std`) and of post-processing (`logit_scale`, `prob_thd`, `pamr_steps`,
             `pamr_dilations`); defaults: the model's config, which is not changed.
@@ -221,10 +228,15 @@ def segment_image(
         target_sizes=inputs["original_sizes"],
         pixel_values=pixel_values,
         name_to_class=classes.name_to_class,
-        return_probabilities=True,
+        return_probabilities=return_probabilities,
+        return_class_scores=True,  # a dict in both cases
+        max_tile_bytes=max_tile_bytes,
         **post_options,
     )
-    return SegmentationResult(logits[0].float().cpu(), result["probabilities"].cpu(), result["segmentation"].cpu())
+    probabilities = result.get("probabilities")
+    return SegmentationResult(
+        logits[0].float().cpu(), None if probabilities is None else probabilities.cpu(), result["segmentation"].cpu()
+    )
 
 
 def save_scores(path: str | os.PathLike, result: SegmentationResult, metadata: Mapping[str, Any] | None = None) -> None:

@@ -225,7 +225,7 @@ def comparison_table(
             ours = f"{results[name]:.1f}" if name in results else "–"
             cells.append(f"{ours} ({reference[name]:.1f})" if name in reference else ours)
         ours_avg = f"{_mean(results[name] for name in names):.1f}" if all(n in results for n in names) else "–"
-        if published is not None and published.average is not None:
+        if published is not None and published.average is not None and set(names) == set(reference):
             ours_avg += f" ({published.average:.1f})"
         elif reference and all(name in reference for name in names):
             ours_avg += f" ({_mean(reference[name] for name in names):.1f})"

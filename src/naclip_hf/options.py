@@ -30,7 +30,8 @@ STAGES = ("model", "windows", "post", "image", "text")
 @dataclass(frozen=True)
 class Setting:
     """One setting. `kind` is one of "str", "int", "float", "int_list", "str_list"; numbers are checked against
-    `minimum` / `maximum` (`exclusive_minimum` makes the lower bound strict); strings against `choices` when given."""
+    `minimum` / `maximum` (`exclusive_minimum` makes the lower bound strict); strings against `choices` when given.
+    `speed_only` settings change speed and memory, never results."""
 
     name: str
     default: Any
@@ -42,6 +43,7 @@ class Setting:
     maximum: float | None = None
     exclusive_minimum: bool = False
     nullable: bool = False
+    speed_only: bool = False
 
     def valid_range(self) -> str:
         """The valid values in words, for error messages and help texts."""
@@ -132,7 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slide_stride", 112, "int", "windows", "step between sliding windows in pixels (<= slide_crop)", minimum=1),
     Setting(
         "slide_batch_size", 16, "int", "windows",
-        "windows per vision-tower call (speed and memory only)", minimum=1,
+        "windows per vision-tower call (speed and memory only)", minimum=1, speed_only=True,
     ),
     Setting(
         "logit_scale", 40.0, "float", "post",
@@ -157,7 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
         "short_side", 336, "int", "image",
         "resize the image's short side to this many pixels before the model (0 keeps the size)", minimum=0,
     ),
-    Setting("text_batch_size", 1024, "int", "text", "prompts per text-tower call", minimum=1),
+    Setting("text_batch_size", 1024, "int", "text", "prompts per text-tower call", minimum=1, speed_only=True),
     Setting(
         "prompt_templates", None, "str_list", "text",
         "prompt templates, each with one '{}' for the class name; None = the 80 ImageNet templates",

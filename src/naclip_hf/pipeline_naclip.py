@@ -6,6 +6,7 @@ transformers, numpy, PIL and sibling modules of this package (never `naclip_hf` 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -152,8 +153,16 @@ class NACLIPSegmentationPipeline(Pipeline):
           `labels`) and `probabilities` (`np.ndarray` float32 [classes, H, W], summing to 1 over classes).
 
     The text embeddings of a label set are computed once per pipeline and reused by later calls with the same
-    labels. Images are processed one at a time (`batch_size` is ignored); sliding windows are batched inside the
-    model (`slide_batch_size`).
+    labels. Sliding windows are batched inside the model (`slide_batch_size`).
+
+    Batching (`batch_size=N`, for a list, dataset or generator of images): images are read and resized N at a
+    time; those whose processed sizes are equal go through the model in one call on a [n, 3, h, w] batch, whose
+    sliding windows the model runs together in `slide_batch_size` chunks; the others go one call per size.
+    Post-processing stays per image (each at its own original size), so the outputs are those of one image at a
+    time. Transformers' default collation pads tensors to one size, which would change the images, so this pipeline
+    groups them itself (`get_iterator`); `num_workers` applies only without batching. Post-processing runs in
+    tiles whose size follows a memory budget (see `NACLIPImageProcessor.post_process_semantic_segmentation`), and
+    full-size probabilities are built only with `return_probabilities`, so large images need bounded memory.
     """
 
     _load_tokenizer = None
@@ -252,16 +261,58 @@ class NACLIPSegmentationPipeline(Pipeline):
             inputs = list(inputs)
         if isinstance(inputs, list) and not inputs:
             return []
-        batch_size = kwargs.pop("batch_size", None) or self._batch_size
-        if batch_size not in (None, 1):
-            logger.warning_once(f"The {TASK} pipeline processes images one at a time; batch_size is ignored.")
         if candidate_labels is not None:
             kwargs["candidate_labels"] = candidate_labels
-        return super().__call__(inputs, batch_size=1, **kwargs)
+        return super().__call__(inputs, **kwargs)
+
+    def get_iterator(
+        self,
+        inputs: Any,
+        num_workers: int,
+        batch_size: int,
+        preprocess_params: dict[str, Any],
+        forward_params: dict[str, Any],
+        postprocess_params: dict[str, Any],
+    ) -> Any:
+        """The outputs for an iterable of images, in order; with `batch_size > 1`, `batch_size` images per model
+        call where their processed sizes are equal (see the class docstring)."""
+        if not batch_size or batch_size <= 1:
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+        return self._batched_outputs(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
+
+    def _batched_outputs(
+        self,
+        inputs: Any,
+        batch_size: int,
+        preprocess_params: dict[str, Any],
+        forward_params: dict[str, Any],
+        postprocess_params: dict[str, Any],
+    ) -> Any:
+        iterator = iter(inputs)
+        while True:
+            chunk = list(itertools.islice(iterator, batch_size))
+            if not chunk:
+                return
+            items = [self.preprocess(image, **preprocess_params) for image in chunk]
+            for output in self.forward({"batch": items}, **forward_params)["batch"]:
+                yield self.postprocess(output, **postprocess_params)
 
     # ----------------------------------------------------------------------------------------------- labels
-    def _label_set(self, classes: list[list[str]]) -> ClassEmbeddings:
-        """Embeddings of a parsed label set, from the cache when the same labels and templates were seen."""
+    def label_embeddings(self, candidate_labels: Any) -> ClassEmbeddings:
+        """The text embeddings of a label set (as `candidate_labels` takes it), computed once and then read from the
+        pipeline's cache (and the disk cache). Calling it ahead of the images makes their calls skip the text tower.
+
+        Example:
+
+        ```python
+        >>> segmenter.label_embeddings(["sky", "road, street"]).text_embeds.shape  # (3, projection_dim)
+        ```
+        """
+        classes = parse_candidate_labels(candidate_labels)
         templates = self.model.config.prompt_templates
         key = (tuple(tuple(names) for names in classes), None if templates is None else tuple(templates))
         with self._label_cache_lock:
@@ -302,19 +353,32 @@ class NACLIPSegmentationPipeline(Pipeline):
         settings: Mapping[str, Any] | None = None,
         forward_options: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        if "error" in model_inputs:
-            return model_inputs
-        if candidate_labels is None:
-            parse_candidate_labels(None)
-        label_set = self._label_set(candidate_labels)
-        pixel_values = model_inputs["pixel_values"].to(self.device, self.model.dtype)
-        outputs = self.model(pixel_values=pixel_values, text_embeds=label_set.text_embeds, **(forward_options or {}))
-        return {
-            "logits": outputs.logits,
-            "pixel_values": pixel_values,
-            "original_size": model_inputs["original_size"],
-            "label_set": label_set,
-        }
+        """One image's `pixel_values` [1, 3, h, w] -> its `logits` [1, names, h, w]; or, for `{"batch": [...]}`,
+        the outputs of every image, images of equal processed size in one model call."""
+        batch = model_inputs["batch"] if "batch" in model_inputs else [model_inputs]
+        outputs: list[dict[str, Any]] = list(batch)  # error entries pass through
+        readable = [position for position, item in enumerate(batch) if "error" not in item]
+        if readable:
+            if candidate_labels is None:
+                parse_candidate_labels(None)
+            label_set = self.label_embeddings(candidate_labels)
+            by_size: dict[tuple[int, ...], list[int]] = {}
+            for position in readable:
+                by_size.setdefault(tuple(batch[position]["pixel_values"].shape), []).append(position)
+            for positions in by_size.values():
+                pixel_values = torch.cat([batch[position]["pixel_values"] for position in positions])
+                pixel_values = pixel_values.to(self.device, self.model.dtype)
+                logits = self.model(
+                    pixel_values=pixel_values, text_embeds=label_set.text_embeds, **(forward_options or {})
+                ).logits
+                for row, position in enumerate(positions):
+                    outputs[position] = {
+                        "logits": logits[row : row + 1],
+                        "pixel_values": pixel_values[row : row + 1],
+                        "original_size": batch[position]["original_size"],
+                        "label_set": label_set,
+                    }
+        return {"batch": outputs} if "batch" in model_inputs else outputs[0]
 
     def postprocess(
         self,
@@ -328,24 +392,22 @@ class NACLIPSegmentationPipeline(Pipeline):
         if post_options is None:
             post_options = split_options(self.model, {})[1]
         label_set = model_outputs["label_set"]
+        # `class_scores`: mean probability of each class over the pixels labelled with it, gathered tile by tile.
         (result,) = self.image_processor.post_process_semantic_segmentation(
             model_outputs["logits"],
             target_sizes=[model_outputs["original_size"]],
             pixel_values=model_outputs["pixel_values"],
             name_to_class=label_set.name_to_class,
-            return_probabilities=True,
+            return_probabilities=return_probabilities,
+            return_class_scores=True,
             **post_options,
         )
-        probabilities, segmentation = result["probabilities"], result["segmentation"]
+        segmentation, scores = result["segmentation"], result["class_scores"]
         labels = label_set.class_labels
-        # Mean probability of each class over the pixels labelled with it.
-        top = probabilities.gather(0, segmentation[None]).squeeze(0).double().flatten()
-        counts = torch.bincount(segmentation.flatten(), minlength=len(labels))
-        scores = (torch.bincount(segmentation.flatten(), weights=top, minlength=len(labels)) / counts.clamp(min=1))
-        label_map = segmentation.cpu().numpy().astype(np.int64)
+        label_map = segmentation.cpu().numpy().astype(np.int64, copy=False)
         segments = []
-        for class_id in np.unique(label_map).tolist():
-            mask = Image.fromarray(np.where(label_map == class_id, 255, 0).astype(np.uint8))
+        for class_id in torch.nonzero(result["class_pixel_counts"]).flatten().tolist():
+            mask = Image.fromarray((label_map == class_id).view(np.uint8) * np.uint8(255))
             segments.append({"label": labels[class_id], "score": float(scores[class_id]), "mask": mask})
         if not (return_label_map or return_probabilities):
             return segments
@@ -353,7 +415,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         if return_label_map:
             output["label_map"] = label_map
         if return_probabilities:
-            output["probabilities"] = probabilities.float().cpu().numpy()
+            output["probabilities"] = result["probabilities"].float().cpu().numpy()
         return output
 
     # -------------------------------------------------------------------------------------------- saving

@@ -249,6 +249,9 @@ def draw_legend(
     return Image.alpha_composite(base, layer).convert("RGB")
 
 
+_BLEND_BAND_PIXELS = 1 << 20
+
+
 def blend(image: Any, segmentation: Any, palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
     """The image with each pixel mixed with its class colour: `(1 - alpha) * image + alpha * colour`."""
     if not 0.0 <= alpha <= 1.0:
@@ -258,8 +261,15 @@ def blend(image: Any, segmentation: Any, palette: np.ndarray, alpha: float = 0.5
     array = _segmentation_array(segmentation, len(palette))
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != array.shape:
         raise ValueError(f"Image of shape {rgb.shape} does not match the segmentation's {array.shape} (H, W).")
-    mixed = (1.0 - alpha) * rgb.astype(np.float32) + alpha * palette[array].astype(np.float32)
-    return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8))
+    out = np.empty_like(rgb, dtype=np.uint8)
+    # Row bands keep the float temporaries small on very large images; every pixel is computed alone, so the
+    # result does not depend on the band height.
+    band = max(1, _BLEND_BAND_PIXELS // max(1, rgb.shape[1]))
+    for top in range(0, rgb.shape[0], band):
+        rows = slice(top, top + band)
+        mixed = (1.0 - alpha) * rgb[rows].astype(np.float32) + alpha * palette[array[rows]].astype(np.float32)
+        out[rows] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def overlay_image(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from .segment import DEFAULT_OUT_DIR
 
-COMMANDS: tuple[str, ...] = ("segment", "evaluate", "compare", "convert", "card", "export", "demo", "space")
+COMMANDS: tuple[str, ...] = ("segment", "label", "evaluate", "compare", "convert", "card", "export", "demo", "space")
 """The commands, in the order `naclip --help` lists them; each is the module `naclip_hf.cli.<command>`."""
 
 

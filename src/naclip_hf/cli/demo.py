@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from ..methods import DEFAULT_METHOD, describe_methods, method_names
 from ._common import CommandError, add_model_option, check_model_source
 
 DEFAULT_HOST = "127.0.0.1"
@@ -14,9 +15,10 @@ DEFAULT_PORT = 7860
 INSTALL_HINT = 'pip install "naclip-hf[demo]"'
 
 DESCRIPTION = textwrap.fill(
-    "Serve the NACLIP demo in the browser: segment an image into classes typed as text (or a benchmark's classes), "
-    "with the attention strategy, PAMR and threshold of your choice; and compare where one clicked patch looks "
-    "under CLIP, SCLIP and NACLIP. The app also answers API calls at /segment (gradio_client). It runs offline on a "
+    "Serve the NACLIP demo in the browser: segment an image into classes typed as text (or a benchmark's classes) "
+    "with a method (NACLIP, CLIP, SCLIP, ...) and, over its settings, the attention strategy, PAMR and threshold "
+    "of your choice; and compare where one clicked patch looks under several methods (CLIP, SCLIP and NACLIP at "
+    "first). The app also answers API calls at /segment (gradio_client). It runs offline on a "
     f"local checkpoint. Needs the demo's dependencies: {INSTALL_HINT}.",
     width=100,
 )
@@ -24,6 +26,7 @@ EXAMPLES = """Examples:
   naclip demo                                   # openai/clip-vit-base-patch16, http://127.0.0.1:7860
   naclip demo --model ./clip-b16 --port 8080    # a local checkpoint (e.g. written by naclip convert)
   naclip demo --host 0.0.0.0                    # reachable from other machines
+  naclip demo --method sclip                    # the page (and /segment) start with SCLIP's settings
   naclip space my-space --model openai/clip-vit-base-patch16   # the same app as a Hugging Face Space"""
 
 
@@ -57,6 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_option(parser)
+    parser.add_argument(
+        "--method", default=DEFAULT_METHOD, choices=method_names(), metavar="NAME",
+        help="the page's method at first and the /segment endpoint's default (default: %(default)s): "
+        + describe_methods(),
+    )  # fmt: skip
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
     parser.add_argument(
         "--port", type=_port, default=DEFAULT_PORT,
@@ -82,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"the demo needs Gradio, which is not installed; install it with: {INSTALL_HINT}") from None
     from ..demo.app import DEFAULT_CONCURRENCY, build_demo
 
-    demo = build_demo(args.model, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device)
+    demo = build_demo(
+        args.model, method=args.method, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device
+    )
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
     return 0
 

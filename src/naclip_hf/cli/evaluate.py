@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from ..benchmarks import BENCHMARKS, get_benchmark
+from ..methods import METHODS, comparison_table, describe_methods, get_method
 from ._common import (
     CommandError,
     add_model_option,
@@ -51,6 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--image-column", default="image", help="image column of --dataset (default: image)")
     parser.add_argument("--label-column", default="label", help="label column of --dataset (default: label)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    parser.add_argument(
+        "--method", default=None, choices=tuple(METHODS), metavar="NAME",
+        help="evaluate a method with its own settings for this benchmark (--pamr and --set override them) and "
+        f"compare with its published numbers: {describe_methods()}",
+    )  # fmt: skip
     add_model_option(parser)
     parser.add_argument("--pamr", choices=("on", "off"), default=None,
                         help="PAMR refinement on or off (default: the model's setting)")  # fmt: skip
@@ -85,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..options import check_settings
 
+    # The benchmark's settings, then the method's (for this benchmark), then --pamr, then --set.
+    method = get_method(args.method) if args.method is not None else None
+    method_settings = method.settings_for(benchmark) if method is not None else {}
+    if pamr is not None:
+        method_settings.pop("pamr_steps", None)
+    user = {**method_settings, **user}
     run_settings = check_settings(resolve_settings(benchmark, pamr, user))
     dataset = load_evaluation_dataset(
         benchmark, data_root=args.data_root, dataset=args.dataset, split=args.split,
@@ -130,8 +142,15 @@ def run(args: argparse.Namespace) -> int:
                 )
         raise CommandError(message, exit_status=1) from None
     result.settings["data"] = data
+    if method is not None:
+        result.settings["method"] = method.name
+        if method.name != "naclip":  # the benchmark's published numbers are NACLIP's
+            result.published = {}
     if is_main:
         print(result.format_report(), flush=True)
+        if method is not None and result.miou_percent is not None:
+            pamr_on = run_settings.get("pamr_steps", model.config.pamr_steps) > 0
+            print(comparison_table({(method.name, pamr_on): {benchmark.name: result.miou_percent}}, [benchmark]))
         if out is not None:
             result.write_json(out)
             print(f"Wrote {out}", flush=True)

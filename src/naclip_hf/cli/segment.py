@@ -140,6 +140,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--timeout", type=_seconds, default=None, metavar="SECONDS",
         help="seconds to wait for each URL (default: naclip_hf.image_io.DEFAULT_URL_TIMEOUT)",
     )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="segment every image again; by default an image whose outputs in --out are complete (its JSON "
+        "summary, written last, and every file it lists, from a run with the same model, classes and settings) "
+        "is skipped, so an interrupted run resumes where it stopped",
+    )  # fmt: skip
     return parser
 
 
@@ -180,45 +186,137 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from ..export.runtime import is_exported_folder
     from ..image_io import load_image
-    from ..inference import encode_classes, load_model, load_processor, segment_image
     from ..options import CONFIG_SETTINGS
 
-    model = load_model(args.model, overrides)
+    if is_exported_folder(args.model):  # written by `naclip export`: onnxruntime and numpy, no torch
+        from ..export.runtime import encode_classes, load_model, load_processor, save_scores, segment_image
+    else:
+        from ..inference import encode_classes, load_model, load_processor, save_scores, segment_image
+
+    from .. import scale
+
+    group = scale.ProcessGroup.start()  # several processes under torchrun / accelerate launch
+    device = group.device if group.world_size > 1 and not str(group.device).startswith("cpu") else None
+    model = load_model(args.model, overrides, **({"device": device} if device else {}))
     processor = load_processor(args.model)
     embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
     if short_side is None:
         short_side = getattr(processor.image_processor, "short_side", DEFAULTS["short_side"])
     recorded = {key: jsonable(getattr(model.config, key)) for key in CONFIG_SETTINGS}
     recorded["short_side"] = short_side
-    context = {"model": str(args.model), "preset": preset, "method": args.method, "settings": recorded}
+    context = {"model": str(args.model), "preset": preset, "method": args.method, "settings": recorded,
+               "save_scores": save_scores}  # fmt: skip
+    exported = is_exported_folder(args.model)
+    keep_probabilities = args.scores or args.save_scores is not None
+    extra = {} if exported else {"return_probabilities": keep_probabilities}
+    stems = output_stems(sources)
+    # Resume: every process checks every image before any writes, then they split what is left.
+    skipped = 0
+    if out_dir is not None and args.save_scores is None and not args.overwrite:
+        same_run = {"model": str(args.model), "settings": recorded,
+                    "classes": [names[0] for names in embeddings.classes]}  # fmt: skip
+        done = [_is_done(out_dir, stem, args.scores, same_run) for stem in stems]
+        skipped = sum(done)
+        group.barrier()
+        sources = [source for source, finished in zip(sources, done) if not finished]
+        stems = [stem for stem, finished in zip(stems, done) if not finished]
+    if exported:
+        post = None
+    else:
+        from ..inference import split_options
+
+        post = split_options(model, {})[1]
+    mine = group.shard(list(zip(sources, stems)))
+    description = "naclip segment" + (f" [{group.world_size} processes]" if group.world_size > 1 else "")
     progress = tqdm(
-        sources, desc="naclip segment", unit="image", file=sys.stderr, disable=len(sources) < 2, dynamic_ncols=True
-    )
-    for source, stem in zip(progress, output_stems(sources)):
-        try:
-            image = load_image(source.location, timeout=args.timeout)
-        except (OSError, ValueError) as error:
-            what = "download failed" if source.is_url and isinstance(error, OSError) else "not a readable image"
-            failures.append((source, f"{what} ({error})"))
-            _report_failure(*failures[-1], progress)
-            continue
-        try:
-            result = segment_image(model, processor, image, embeddings, short_side=short_side)
-        except (RuntimeError, ValueError) as error:
-            failures.append((source, f"segmentation failed ({error})"))
-            _report_failure(*failures[-1], progress)
-            continue
-        try:
-            lines = write_outputs(args, out_dir, stem, source, image, result, embeddings, context)
-        except OSError as error:
-            failures.append((source, f"could not write the outputs ({error})"))
-            _report_failure(*failures[-1], progress)
-            continue
-        for line in lines:
-            progress.write(line, file=sys.stdout)
-    progress.close()
+        total=len(sources), desc=description, unit="image", file=sys.stderr,
+        disable=len(sources) < 2 or not group.is_main, dynamic_ncols=True,
+    )  # fmt: skip
+    segmented, missing = 0, len(failures)  # inputs found missing before loading: the same on every process
+    try:
+        for round_index in range(group.rounds(len(sources))):
+            before = len(failures)
+            if round_index < len(mine):
+                source, stem = mine[round_index]
+                segmented += _segment_one(args, out_dir, source, stem, model, processor, embeddings, context,
+                                          failures, progress, group, load_image, segment_image, short_side, post,
+                                          extra)  # fmt: skip
+            counts = group.sum([1 if round_index < len(mine) else 0, len(failures) - before])
+            progress.update(counts[0])
+    finally:  # also on Ctrl-C, so that the next message starts on its own line
+        progress.close()
+    # Failures of every process, reported once by the main process.
+    everything = group.gather([(source.describe(), reason) for source, reason in failures[missing:]])
+    totals = group.sum([segmented])
+    gathered = [(Source(where, False), reason) for part in everything for where, reason in part]
+    all_failures = failures[:missing] + gathered
+    if group.world_size > 1 or skipped:
+        if group.is_main:
+            print(scale.run_summary(totals[0], skipped, len(all_failures), group.world_size), file=sys.stdout)
+    if not group.is_main:
+        return 1 if all_failures else 0
+    failures = all_failures
     return _finish(total, failures)
+
+
+def _is_done(out_dir: Path, stem: str, scores: bool, same_run: dict[str, Any]) -> bool:
+    """Whether an earlier run left complete outputs for `stem` with this run's model, settings and classes."""
+    from ..scale import is_complete
+
+    if not is_complete(out_dir, stem, expected=["scores"] if scores else []):
+        return False
+    try:
+        summary = json.loads((out_dir / f"{stem}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    labels = [entry.get("label") for entry in summary.get("classes", []) if isinstance(entry, dict)]
+    return (summary.get("model"), summary.get("settings"), labels) == tuple(same_run.values())
+
+
+def _segment_one(
+    args: argparse.Namespace, out_dir: Path | None, source: Source, stem: str, model: Any, processor: Any,
+    embeddings: Any, context: dict[str, Any], failures: list[tuple[Source, str]], progress: Any, group: Any,
+    load_image: Any, segment_image: Any, short_side: int, post: dict[str, Any] | None, extra: dict[str, Any],
+) -> int:
+    """Read, segment and write one image; 1 when done, 0 when it failed (added to `failures` and reported)."""
+    from ..scale import estimate_image_peak_bytes, memory_problem, trace_input
+
+    trace_input(group.rank, source.location)
+    try:
+        image = load_image(source.location, timeout=args.timeout)
+    except (OSError, ValueError) as error:
+        what = "download failed" if source.is_url and isinstance(error, OSError) else "not a readable image"
+        failures.append((source, f"{what} ({error})"))
+        _report_failure(*failures[-1], progress)
+        return 0
+    if post is not None:
+        height, width = image.shape[:2]
+        needed = estimate_image_peak_bytes(
+            height, width, len(embeddings.name_to_class), len(embeddings.classes), post["pamr_steps"],
+            post["pamr_dilations"], return_probabilities=extra.get("return_probabilities", True),
+        )  # fmt: skip
+        problem = memory_problem(needed)
+        if problem is not None:
+            failures.append((source, f"too large for this machine: {width}x{height} pixels {problem}"))
+            _report_failure(*failures[-1], progress)
+            return 0
+    try:
+        result = segment_image(model, processor, image, embeddings, short_side=short_side, **extra)
+    except (RuntimeError, ValueError) as error:
+        failures.append((source, f"segmentation failed ({error})"))
+        _report_failure(*failures[-1], progress)
+        return 0
+    try:
+        lines = write_outputs(args, out_dir, stem, source, image, result, embeddings, context)
+    except OSError as error:
+        failures.append((source, f"could not write the outputs ({error})"))
+        _report_failure(*failures[-1], progress)
+        return 0
+    for line in lines:
+        progress.write(line, file=sys.stdout)
+    return 1
 
 
 def _opacity(text: str) -> float:
@@ -365,9 +463,12 @@ def write_outputs(
 ) -> list[str]:
     """Write the scores file and/or the label map, overlay (and scores) and JSON summary of one image, each
     atomically, the JSON summary last; return the lines to print."""
+    import numpy as np
+
     from ..fileio import write_atomic
-    from ..inference import save_scores
     from ..visualization import class_palette, class_shares, label_map_image, overlay_image
+
+    save_scores = context["save_scores"]  # the backend's (PyTorch or the ONNX runtime)
 
     metadata = {"classes": embeddings.classes, "image": source.describe()}
     lines = []
@@ -377,7 +478,7 @@ def write_outputs(
     if out_dir is None:
         return lines
     labels = embeddings.class_labels
-    segmentation = result.segmentation.numpy()
+    segmentation = np.asarray(result.segmentation)
     palette = class_palette(len(labels))
     outputs = {"label_map": f"{stem}_labels.png", "overlay": f"{stem}_overlay.png"}
     write_atomic(out_dir / outputs["label_map"], lambda tmp: label_map_image(segmentation, palette).save(tmp, "PNG"))

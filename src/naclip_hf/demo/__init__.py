@@ -13,7 +13,7 @@ from .space import write_space
 _LAZY = {
     "build_demo": "app",
     "segment_api_example": "app",
-    "ATTENTION_COMPARISONS": "backend",
+    "DEFAULT_ATTENTION_METHODS": "backend",
     "DemoBackend": "backend",
 }
 
@@ -26,4 +26,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ATTENTION_COMPARISONS", "DemoBackend", "build_demo", "segment_api_example", "write_space"]
+__all__ = ["DEFAULT_ATTENTION_METHODS", "DemoBackend", "build_demo", "segment_api_example", "write_space"]

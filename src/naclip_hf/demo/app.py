@@ -1,5 +1,6 @@
-"""The demo's Gradio app: a **Segment** tab (image + classes in text -> overlay, table of classes, label map) and an
-**Attention** tab (click a patch -> its last-layer attention under CLIP, SCLIP and NACLIP side by side).
+"""The demo's Gradio app: a **Segment** tab (image + classes in text + a method of `naclip_hf.methods` -> overlay,
+table of classes, label map) and an **Attention** tab (click a patch -> its last-layer attention under the methods
+chosen, at first CLIP, SCLIP and NACLIP, side by side).
 
 Needs the `demo` extra: `pip install "naclip-hf[demo]"`. Run it with `naclip demo`, or build it in Python:
 
@@ -9,9 +10,10 @@ from naclip_hf.demo import build_demo
 build_demo("openai/clip-vit-base-patch16").launch()
 ```
 
-The app also serves an API endpoint `/segment(image, labels, attn_strategy, arch, pamr, prob_thd, short_side,
+The app also serves an API endpoint `/segment(image, labels, method, attn_strategy, arch, pamr, prob_thd, short_side,
 slide_crop, gaussian_std)` returning the overlay, the classes found with their share of the pixels, and the label
-map PNG (see `segment_api_example`).
+map PNG (see `segment_api_example`). `method` defaults to the page's method; the settings after it default to `""`,
+"the method's value", and override the method's when given (`pamr` "on" or "off"; the numbers as numbers or text).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import gradio as gr
 
 from ..benchmarks import BENCHMARKS, get_benchmark
 from ..fileio import write_atomic
+from ..methods import DEFAULT_METHOD, METHODS, combine_settings, format_settings, get_method
 from ..options import DEFAULT_CHECKPOINT, SETTINGS_BY_NAME
 from .backend import (
-    ATTENTION_COMPARISONS,
+    DEFAULT_ATTENTION_METHODS,
     EXAMPLE_LABELS,
     DemoBackend,
     example_image_path,
@@ -44,6 +47,22 @@ DOWNLOAD_LIFETIME = 3600.0
 """Seconds a request's label-map file is kept on disk."""
 NO_PRESET = "(none: type your own classes)"
 TITLE = "NACLIP: open-vocabulary semantic segmentation"
+PAMR_CHOICES = {"": None, "on": True, "off": False}
+"""The PAMR control's values: "" = the method's choice."""
+NUMBER_LABELS = {
+    "prob_thd": "Probability threshold",
+    "short_side": "Short side (pixels)",
+    "slide_crop": "Sliding window (pixels; 0 = whole image in one pass)",
+    "gaussian_std": "σ of the neighbourhood (patches)",
+}
+"""The Segment tab's number settings and their labels."""
+PRESET_SETTINGS = ("prob_thd", "short_side", "slide_crop")
+"""The settings a benchmark preset puts in the Segment tab's controls (the benchmark's, for the chosen method)."""
+SEGMENT_HELP = (
+    "**Settings:** each control starts at *the method's* value (the first choice, or an empty box; its value is shown "
+    "there) and overrides the method when you change it. Picking another method puts every control back to that "
+    "method's values; a benchmark's classes set its threshold, short side and window for the chosen method."
+)
 
 
 def image_input(**kwargs: Any) -> gr.Image:
@@ -73,7 +92,7 @@ def segment_api_example(url: str) -> str:
         "from gradio_client import Client, handle_file\n\n"
         f"client = Client({url!r})\n"
         "overlay, classes, label_map = client.predict(\n"
-        "    handle_file('photo.jpg'), 'sky\\nroad, street\\nperson', api_name='/segment'\n"
+        "    handle_file('photo.jpg'), 'sky\\nroad, street\\nperson', method='sclip', api_name='/segment'\n"
         ")\n"
         "print(classes)  # [{'label': 'road', 'share': 0.41, 'colour': '#e82727'}, ...]"
     )
@@ -109,9 +128,58 @@ def _error(error: Exception) -> gr.Error:
     return gr.Error(str(error), print_exception=False)
 
 
+def _method_choices() -> list[tuple[str, str]]:
+    return [(method.title, method.name) for method in METHODS.values()]
+
+
+def _method_note(name: str) -> str:
+    method = get_method(name)
+    source = f" [Code]({method.code_url})." if method.code_url else ""
+    return f"**{html.escape(method.title)}**: {html.escape(method.summary)}.{source}  \nIts settings: " + (
+        f"`{format_settings(method.settings)}`" if method.settings else "the model's own."
+    )
+
+
+def _theirs(value: Any) -> str:
+    """How a control shows the method's value it stands for."""
+    shown = ("on" if value else "off") if isinstance(value, bool) else _shown(value)
+    return f"the method's ({shown})"
+
+
+def _shown(value: Any) -> str:
+    """A number as the text of its box (whole numbers without decimals); None as an empty box."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _number(text: Any, label: str) -> float | None:
+    """The number typed in a box, or None for an empty one (the method's value); `ValueError` saying what to type."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        raise ValueError(
+            f"{label}: {str(text).strip()!r} is not a number; type one (e.g. 0.1), or empty the box for the method's "
+            "value."
+        ) from None
+
+
+def _preset_values(preset: str | None, method: str | None) -> dict[str, Any]:
+    """The settings a benchmark preset puts in the controls: the benchmark's, under the method's own for it."""
+    if not preset:
+        return {}
+    settings = combine_settings(preset, method)
+    return {name: settings[name] for name in PRESET_SETTINGS if name in settings}
+
+
 def build_demo(
     model: str | os.PathLike | DemoBackend = DEFAULT_CHECKPOINT,
-    comparisons: Sequence[tuple[str, Mapping[str, Any]]] = ATTENTION_COMPARISONS,
+    method: str = DEFAULT_METHOD,
+    attention_methods: Sequence[str] = DEFAULT_ATTENTION_METHODS,
     concurrency: int = DEFAULT_CONCURRENCY,
     device: str | None = None,
 ) -> gr.Blocks:
@@ -119,8 +187,10 @@ def build_demo(
 
     Args:
         model: Hub id or checkpoint folder (loaded here; `OSError` with the fix when it cannot be), or a backend.
-        comparisons: the Attention tab's maps: `(label, options of the last block)` each, e.g.
-            `("NACLIP", {"attn_strategy": "naclip", "arch": "reduced"})`.
+        method: the Segment tab's method at first and the `/segment` endpoint's default (a name of
+            `naclip_hf.methods.METHODS`).
+        attention_methods: the methods the Attention tab compares at first (any registered method can be added
+            in the page).
         concurrency: how many requests run at once on the shared model.
         device: where to load the model ("cpu", "cuda", ...; default: transformers' choice, the CPU).
 
@@ -128,17 +198,12 @@ def build_demo(
         The `gr.Blocks` app; call `.launch()` on it.
 
     Example:
-        >>> demo = build_demo("path/to/checkpoint")  # doctest: +SKIP
+        >>> demo = build_demo("path/to/checkpoint", method="sclip")  # doctest: +SKIP
         >>> demo.launch(server_name="127.0.0.1", server_port=7860)  # doctest: +SKIP
     """
+    method = get_method(method).name
     backend = model if isinstance(model, DemoBackend) else DemoBackend.from_pretrained(os.fspath(model), device)
-    comparisons = [(str(label), dict(options)) for label, options in comparisons]
-    for label, options in comparisons:
-        try:
-            backend.model.config.inference_options(**options)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"Attention comparison {label!r}: {error}") from None
-    defaults = backend.defaults
+    attention_methods = [m.name for m in backend.check_attention_methods(list(attention_methods))]
     example = str(example_image_path())
     strategies = backend.attention_strategies()
     # Label maps offered for download; each request's file is kept for an hour (Gradio serves a copy of it).
@@ -148,19 +213,22 @@ def build_demo(
     def run_segment(
         image: str | None,
         labels: str,
-        attn_strategy: str = defaults["attn_strategy"],
-        arch: str = defaults["arch"],
-        pamr: bool = defaults["pamr"],
-        prob_thd: float = defaults["prob_thd"],
-        short_side: float = defaults["short_side"],
-        slide_crop: float = defaults["slide_crop"],
-        gaussian_std: float = defaults["gaussian_std"],
+        method: str | None = method,
+        attn_strategy: str = "",
+        arch: str = "",
+        pamr: str = "",
+        prob_thd: str = "",
+        short_side: str = "",
+        slide_crop: str = "",
+        gaussian_std: str = "",
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects the tracker through this default)
     ) -> tuple[Any, list[dict[str, Any]], str]:
         try:
+            texts = (prob_thd, short_side, slide_crop, gaussian_std)
+            numbers = {name: _number(text, NUMBER_LABELS[name]) for name, text in zip(NUMBER_LABELS, texts)}
             result = backend.segment(
-                image, labels, attn_strategy=attn_strategy, arch=arch, pamr=pamr, prob_thd=prob_thd,
-                short_side=short_side, slide_crop=slide_crop, gaussian_std=gaussian_std,
+                image, labels, method=method or None, attn_strategy=attn_strategy or None, arch=arch or None,
+                pamr=PAMR_CHOICES[pamr or ""], **numbers,
                 report=lambda fraction, message: progress(fraction, desc=message),
             )  # fmt: skip
         except (OSError, ValueError, TypeError) as error:
@@ -175,35 +243,69 @@ def build_demo(
         _remove_old_downloads(Path(downloads.name))
         return result.overlay, result.rows, str(label_map_path)
 
-    def run_attention(image: str | None, evt: gr.SelectData) -> tuple[list[tuple[Any, str]], str]:
+    def method_controls(name: str, preset: str | None) -> tuple[Any, ...]:
+        """Every control back to "the method's", showing its values; a preset's settings on top."""
+        values = backend.method_settings(name)
+        preset_values = _preset_values(preset, name)
+        return (
+            gr.update(choices=[(_theirs(values["attn_strategy"]), "")] + [(s, s) for s in strategies], value=""),
+            gr.update(choices=[(_theirs(values["arch"]), ""), ("reduced", "reduced"), ("vanilla", "vanilla")],
+                      value=""),  # fmt: skip
+            gr.update(choices=[(_theirs(values["pamr"]), ""), ("on", "on"), ("off", "off")], value=""),
+            *(
+                gr.update(value=_shown(preset_values.get(setting)), placeholder=_theirs(values[setting]))
+                for setting in NUMBER_LABELS
+            ),
+            _method_note(name),
+        )
+
+    def method_changed(name: str, preset: str | None) -> tuple[Any, ...]:
         try:
-            x, y = evt.index[0], evt.index[1]
-            maps = backend.attention_maps(image, (x, y), comparisons)
+            return method_controls(name, preset)
+        except ValueError as error:
+            raise _error(error) from None
+
+    def apply_preset(name: str, method: str) -> tuple[Any, ...]:
+        if not name:
+            return (gr.update(),) * (1 + len(PRESET_SETTINGS))
+        classes = "\n".join(", ".join(names) for names in get_benchmark(name).class_names())
+        values = _preset_values(name, method)
+        return (classes, *(_shown(values.get(setting)) for setting in PRESET_SETTINGS))
+
+    def strategy_changed(method: str, strategy: str, arch: str) -> Any:
+        if not strategy:
+            return gr.update()
+        try:
+            options, notes = backend.call_options(method or None, attn_strategy=strategy, arch=arch or None)
+        except ValueError:
+            return gr.update()
+        return options["arch"] if notes else gr.update()
+
+    def run_attention(image: str | None, methods: list[str], evt: gr.SelectData) -> tuple[Any, str, Any]:
+        point = (evt.index[0], evt.index[1])
+        return (*draw_attention(image, methods, point), point)
+
+    def draw_attention(image: str | None, methods: list[str], point: tuple[int, int]) -> tuple[Any, str]:
+        try:
+            maps = backend.attention_maps(image, point, methods or [])
         except (OSError, ValueError, TypeError) as error:
             raise _error(error) from None
         row, column = maps.patch
         rows, columns = maps.grid
         caption = (
-            f"Patch at row {row + 1}, column {column + 1} of the {rows} × {columns} patch grid (point {x}, {y}). "
-            "Each map: the last layer's attention of that patch, averaged over heads, scaled to its own maximum."
+            f"Patch at row {row + 1}, column {column + 1} of the {rows} × {columns} patch grid (point {point[0]}, "
+            f"{point[1]}). Each map: the last layer's attention of that patch, averaged over heads, scaled to its own "
+            "maximum."
         )
-        return [(image, label) for label, image in maps.maps], caption
+        gallery = [(picture, label) for label, picture in maps.maps]
+        return gr.update(value=gallery, columns=len(gallery)), caption
 
-    def apply_preset(name: str) -> tuple[Any, ...]:
-        if not name:
-            return (gr.update(),) * 4
-        benchmark = get_benchmark(name)
-        classes = "\n".join(", ".join(names) for names in benchmark.class_names())
-        return classes, benchmark.prob_thd, benchmark.short_side, benchmark.slide_crop
+    def methods_changed(image: str | None, methods: list[str], point: tuple[int, int] | None) -> tuple[Any, str]:
+        if point is None or not methods:
+            return gr.update(), gr.update()
+        return draw_attention(image, methods, point)
 
-    def strategy_changed(strategy: str, arch: str) -> Any:
-        try:
-            backend.call_options(attn_strategy=strategy, arch=arch)
-        except ValueError:
-            return gr.update()
-        options, notes = backend.call_options(attn_strategy=strategy, arch=arch)
-        return options.get("arch", arch) if notes else gr.update()
-
+    first = method_controls(method, None)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nName any classes in text and get a per-pixel segmentation from a frozen CLIP.")
         gr.Markdown(_model_note(backend), elem_id="model-note")
@@ -217,22 +319,21 @@ def build_demo(
                             placeholder="sky\nroad, street\nperson, person in shirt",
                         )  # fmt: skip
                         preset = gr.Dropdown(_preset_choices(), value="", label="Or a benchmark's classes")
+                        chosen = gr.Dropdown(_method_choices(), value=method, label="Method", elem_id="method")
+                        method_note = gr.Markdown(first[-1], elem_id="method-note")
                         with gr.Row():
-                            strategy = gr.Dropdown(strategies, value=defaults["attn_strategy"],
-                                                   label="Attention of the last block", elem_id="strategy")
-                            arch = gr.Radio(["reduced", "vanilla"], value=defaults["arch"], label="Last block",
-                                            info=help_of["arch"])  # fmt: skip
+                            strategy = gr.Dropdown(label="Attention of the last block", elem_id="strategy",
+                                                   **_initial(first[0]))  # fmt: skip
+                            arch = gr.Radio(label="Last block", info=help_of["arch"], elem_id="arch",
+                                            **_initial(first[1]))  # fmt: skip
                         with gr.Row():
-                            pamr = gr.Checkbox(value=defaults["pamr"], label="PAMR refinement")
-                            prob_thd = gr.Slider(0.0, 1.0, value=defaults["prob_thd"], step=0.01,
-                                                 label="Probability threshold", info=help_of["prob_thd"])
+                            pamr = gr.Radio(label="PAMR refinement", elem_id="pamr", **_initial(first[2]))
+                            prob_thd = _number_box(first[3], "prob_thd", help_of["prob_thd"])
                         with gr.Accordion("More settings", open=False):
-                            short_side = gr.Number(defaults["short_side"], label="Short side (pixels)",
-                                                   info=help_of["short_side"], precision=0, minimum=0)
-                            slide_crop = gr.Number(defaults["slide_crop"], precision=0, minimum=0,
-                                                   label="Sliding window (pixels; 0 = whole image in one pass)")
-                            gaussian_std = gr.Number(defaults["gaussian_std"], label="σ of the neighbourhood (patches)",
-                                                     info=help_of["gaussian_std"], minimum=0.01)  # fmt: skip
+                            short_side = _number_box(first[4], "short_side", help_of["short_side"])
+                            slide_crop = _number_box(first[5], "slide_crop")
+                            gaussian_std = _number_box(first[6], "gaussian_std", help_of["gaussian_std"])
+                        gr.Markdown(SEGMENT_HELP, elem_id="settings-help")
                         run = gr.Button("Segment", variant="primary", elem_id="segment-button")
                     with gr.Column():
                         # No label badge: it would cover the legend drawn in the overlay's top-left corner.
@@ -242,30 +343,53 @@ def build_demo(
                         found = gr.JSON(label="Classes found", visible=False)
                         label_map = gr.File(label="Label map (PNG, pixel value = class id)", elem_id="label-map")
                 gr.Examples([[example, EXAMPLE_LABELS]], inputs=[image, labels], label="Example")
-                inputs = [image, labels, strategy, arch, pamr, prob_thd, short_side, slide_crop, gaussian_std]
-                run.click(run_segment, inputs, [overlay, found, label_map], api_name="segment").then(
-                    legend_html, found, table, api_visibility="private"
-                )
-                preset.change(apply_preset, preset, [labels, prob_thd, short_side, slide_crop],
+                settings = [strategy, arch, pamr, prob_thd, short_side, slide_crop, gaussian_std]
+                run.click(run_segment, [image, labels, chosen, *settings], [overlay, found, label_map],
+                          api_name="segment").then(legend_html, found, table, api_visibility="private")  # fmt: skip
+                chosen.change(method_changed, [chosen, preset], [*settings, method_note], api_visibility="private")
+                preset.change(apply_preset, [preset, chosen], [labels, prob_thd, short_side, slide_crop],
                               api_visibility="private")  # fmt: skip
-                strategy.change(strategy_changed, [strategy, arch], arch, api_visibility="private")
+                strategy.change(strategy_changed, [chosen, strategy, arch], arch, api_visibility="private")
             with gr.Tab("Attention", id="attention"):
+                titles = [get_method(name).title for name in attention_methods]
                 gr.Markdown(
-                    "Click a point of the image to see where its patch looks in the last layer under "
-                    + ", ".join(label for label, _ in comparisons)
-                    + ". With CLIP's weights, CLIP's own attention is spread over the whole image wherever you "
-                    "click; NACLIP's stays around the clicked patch."
+                    "Click a point of the image to see where its patch looks in the last layer under each method "
+                    f"chosen (at first {', '.join(titles)}), each with its own last block (`arch`, `attn_strategy`, "
+                    "`gaussian_std`); all maps come from one pass at the same size, so they show the same patch. "
+                    "With CLIP's weights, CLIP's own attention is spread over the whole image wherever you click; "
+                    "NACLIP's stays around the clicked patch."
                 )
                 with gr.Row():
                     attention_image = image_input(value=example, label="Image (click a point)", scale=1,
                                                   elem_id="attention-image")  # fmt: skip
-                    caption = gr.Markdown("No point clicked yet.", elem_id="attention-caption")
-                maps = gr.Gallery(label="Attention of the clicked patch", columns=len(comparisons), height="auto",
-                                  elem_id="attention-maps", format="png", object_fit="contain")  # fmt: skip
-                attention_image.select(run_attention, attention_image, [maps, caption], api_visibility="private")
+                    with gr.Column(scale=1):
+                        compared = gr.Dropdown(_method_choices(), value=attention_methods, multiselect=True,
+                                               label="Methods compared", elem_id="attention-methods")  # fmt: skip
+                        caption = gr.Markdown("No point clicked yet.", elem_id="attention-caption")
+                maps = gr.Gallery(label="Attention of the clicked patch", columns=len(attention_methods),
+                                  height="auto", elem_id="attention-maps", format="png", object_fit="contain")
+                clicked = gr.State(None)
+                attention_image.select(run_attention, [attention_image, compared], [maps, caption, clicked],
+                                       api_visibility="private")  # fmt: skip
+                compared.change(methods_changed, [attention_image, compared, clicked], [maps, caption],
+                                api_visibility="private")  # fmt: skip
+                attention_image.upload(lambda: (None, "No point clicked yet."), None, [clicked, caption],
+                                       api_visibility="private")  # fmt: skip
     demo.queue(default_concurrency_limit=concurrency)
     demo.naclip_downloads = downloads  # removed with the app
     return demo
 
 
-__all__ = ["DEFAULT_CONCURRENCY", "build_demo", "image_input", "segment_api_example"]
+def _number_box(update: Mapping[str, Any], setting: str, info: str | None = None) -> gr.Textbox:
+    """The box of a number setting: empty = the method's value, shown as its placeholder. (A text box: Gradio's
+    number box cannot start empty in the page.)"""
+    return gr.Textbox(update["value"], label=NUMBER_LABELS[setting], info=info, placeholder=update["placeholder"],
+                      lines=1, max_lines=1, elem_id=setting.replace("_", "-"))  # fmt: skip
+
+
+def _initial(update: Mapping[str, Any]) -> dict[str, Any]:
+    """A choice control's first choices and value, from the update `method_controls` gives for a method."""
+    return {"choices": update["choices"], "value": update["value"]}
+
+
+__all__ = ["DEFAULT_CONCURRENCY", "PAMR_CHOICES", "build_demo", "image_input", "segment_api_example"]

@@ -1,5 +1,6 @@
-"""What the demo computes, without any user interface: segmenting an image into classes typed as text, and the last
-layer's attention map of one clicked patch under several attention strategies.
+"""What the demo computes, without any user interface: segmenting an image into classes typed as text with a named
+method (`naclip_hf.methods`) and settings overriding it, and the last layer's attention map of one clicked patch
+under several methods.
 
 The demo's Gradio app (`naclip_hf.demo.app`) only turns widgets into these calls and their results into widgets,
 so everything here is usable (and tested) without Gradio. Every call carries its own options: the model's config
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from ..image_io import describe_input, load_image
 from ..labels import parse_class_entries
+from ..methods import DEFAULT_METHOD, Method, get_method
 from ..options import DEFAULTS, check_settings
 from ..pipeline_naclip import NACLIPSegmentationPipeline
 from ..visualization import class_palette, label_map_image, overlay_image
@@ -30,13 +32,11 @@ from ..visualization import class_palette, label_map_image, overlay_image
 Report = Callable[[float, str], None]
 """A progress callback: (fraction done in [0, 1], what is happening)."""
 
-ATTENTION_COMPARISONS: tuple[tuple[str, Mapping[str, str]], ...] = (
-    ("CLIP", {"attn_strategy": "vanilla", "arch": "vanilla"}),
-    ("SCLIP", {"attn_strategy": "csa", "arch": "vanilla"}),
-    ("NACLIP", {"attn_strategy": "naclip", "arch": "reduced"}),
-)
-"""The attention maps shown side by side in the Attention tab, as in Figure 1 of the NACLIP paper: a label and the
-options of the model's last block (`attn_strategy`, `arch`, optionally `gaussian_std`) for each map."""
+DEFAULT_ATTENTION_METHODS: tuple[str, ...] = ("clip", "sclip", "naclip")
+"""The methods (names of `naclip_hf.methods.METHODS`) whose attention maps the Attention tab shows side by side at
+first, as in Figure 1 of the NACLIP paper."""
+LAST_BLOCK_SETTINGS = ("arch", "attn_strategy", "gaussian_std")
+"""The settings of a method that shape the last layer's attention (the rest act after it)."""
 
 # A vision tower narrower than every published CLIP (ViT-B: 768) is a test model with no useful weights.
 SMALLEST_REAL_VISION_WIDTH = 384
@@ -135,13 +135,27 @@ class Segmentation:
 
 @dataclass
 class AttentionMaps:
-    """The attention of one clicked patch: per comparison `(label, heat map image)` and its head-averaged weights on
-    the patch grid (`weights`, [rows, columns] float32 each), the patch (row, column) and the grid (rows, columns)."""
+    """The attention of one clicked patch, per method (`methods`, names): `(method title, heat map image)` in
+    `maps`, its head-averaged weights on the patch grid (`weights`, [rows, columns] float32 each) and the heat
+    drawn (`heat`, [H, W] in [0, 1] at the image's size each); the patch (row, column) and the grid (rows, columns)."""
 
+    methods: list[str]
     maps: list[tuple[str, Image.Image]]
     weights: list[np.ndarray]
+    heat: list[np.ndarray]
     patch: tuple[int, int]
     grid: tuple[int, int]
+
+
+def last_block_settings(method: str | Method) -> dict[str, Any]:
+    """The settings of `method` that shape the last layer's attention (`LAST_BLOCK_SETTINGS` it sets); the model's
+    config gives the others. `ValueError` listing the methods for an unknown name.
+
+    >>> last_block_settings("sclip")
+    {'arch': 'vanilla', 'attn_strategy': 'csa'}
+    """
+    settings = get_method(method).settings
+    return {name: settings[name] for name in LAST_BLOCK_SETTINGS if name in settings}
 
 
 class DemoBackend:
@@ -154,7 +168,7 @@ class DemoBackend:
 
     Example:
         >>> backend = DemoBackend.from_pretrained("openai/clip-vit-base-patch16")  # doctest: +SKIP
-        >>> result = backend.segment("examples/coffee.jpg", "cup\\ntable")  # doctest: +SKIP
+        >>> result = backend.segment("examples/coffee.jpg", "cup\\ntable", method="sclip")  # doctest: +SKIP
         >>> [(row["label"], round(row["share"], 2)) for row in result.rows]  # doctest: +SKIP
     """
 
@@ -177,19 +191,26 @@ class DemoBackend:
         segmenter = NACLIPSegmentationPipeline(model=model, processor=processor, device=model.device)
         return cls(segmenter, model_name=str(model_id_or_path))
 
-    # ------------------------------------------------------------------------------------------- defaults
-    @property
-    def defaults(self) -> dict[str, Any]:
-        """The model's own settings (the starting values of the page's controls)."""
-        config = self.model.config
+    # ------------------------------------------------------------------------------------------- settings
+    def method_settings(self, method: str | None = None) -> dict[str, Any]:
+        """The values the page's controls stand for when left at "the method's": `method`'s settings over the
+        model's config (None: the config's alone), as `attn_strategy`, `arch`, `pamr` (on/off), `prob_thd`,
+        `short_side`, `slide_crop`, `gaussian_std`. `ValueError` naming the method if it does not suit the model."""
+        if method is not None:
+            get_method(method)  # an unknown name raises, listing the methods
+        try:
+            options = self.model.config.inference_options(method=method)
+        except ValueError as error:
+            raise ValueError(f"Method {method!r}: {error}") from None
+        short_side = options.get("short_side", getattr(self.image_processor, "short_side", DEFAULTS["short_side"]))
         return {
-            "attn_strategy": config.attn_strategy,
-            "arch": config.arch,
-            "pamr": config.pamr_steps > 0,
-            "prob_thd": float(config.prob_thd),
-            "short_side": int(getattr(self.image_processor, "short_side", DEFAULTS["short_side"])),
-            "slide_crop": int(config.slide_crop),
-            "gaussian_std": float(config.gaussian_std),
+            "attn_strategy": options["attn_strategy"],
+            "arch": options["arch"],
+            "pamr": options["pamr_steps"] > 0,
+            "prob_thd": float(options["prob_thd"]),
+            "short_side": int(short_side),
+            "slide_crop": int(options["slide_crop"]),
+            "gaussian_std": float(options["gaussian_std"]),
         }
 
     @property
@@ -206,6 +227,7 @@ class DemoBackend:
     # ------------------------------------------------------------------------------------------- options
     def call_options(
         self,
+        method: str | None = None,
         attn_strategy: str | None = None,
         arch: str | None = None,
         pamr: bool | None = None,
@@ -213,14 +235,20 @@ class DemoBackend:
         slide_crop: int | None = None,
         gaussian_std: float | None = None,
     ) -> tuple[dict[str, Any], list[str]]:
-        """The pipeline options of one request (None = the model's own) and notes on what was adjusted.
+        """The pipeline options of one request and notes on what was adjusted: `method` (None = the model's own
+        settings) and the settings given (not None), which override the method's.
 
         A strategy that needs another `arch` (SCLIP's `csa` keeps the block's residual and MLP) gets it, with a note.
-        Sliding windows overlap by half a window. Raises `ValueError` naming an invalid option.
+        Sliding windows overlap by half a window. Raises `ValueError` naming an invalid method or option.
         """
-        config = self.model.config
         options: dict[str, Any] = {}
         notes: list[str] = []
+        if method is not None:
+            get_method(method)  # an unknown name raises, listing the methods
+        try:
+            base = self.model.config.inference_options(method=method)
+        except ValueError as error:
+            raise ValueError(f"Method {method!r}: {error}") from None
         if attn_strategy is not None:
             known = self.attention_strategies()
             if attn_strategy not in known:
@@ -229,7 +257,8 @@ class DemoBackend:
         if arch is not None:
             options["arch"] = arch
         if pamr is not None:
-            options["pamr_steps"] = (config.pamr_steps or DEFAULTS["pamr_steps"]) if pamr else 0
+            steps = base["pamr_steps"] or self.model.config.pamr_steps or DEFAULTS["pamr_steps"]
+            options["pamr_steps"] = steps if pamr else 0
         if prob_thd is not None:
             options["prob_thd"] = float(prob_thd)
         if slide_crop is not None:
@@ -239,25 +268,26 @@ class DemoBackend:
                 options["slide_stride"] = max(1, slide_crop // 2)
         if gaussian_std is not None:
             options["gaussian_std"] = float(gaussian_std)
-        context = {"arch": config.arch, "attn_strategy": config.attn_strategy, "slide_crop": config.slide_crop,
-                   "slide_stride": config.slide_stride}  # fmt: skip
+        context = {name: base[name] for name in ("arch", "attn_strategy", "slide_crop", "slide_stride")}
+        named = {} if method is None else {"method": method}
         try:
-            return check_settings(options, context), notes
+            return {**named, **check_settings(options, context)}, notes
         except ValueError as error:
-            strategy = options.get("attn_strategy", config.attn_strategy)
-            other = {"reduced": "vanilla", "vanilla": "reduced"}[options.get("arch", config.arch)]
+            strategy = options.get("attn_strategy", base["attn_strategy"])
+            other = {"reduced": "vanilla", "vanilla": "reduced"}[options.get("arch", base["arch"])]
             try:
                 checked = check_settings({**options, "arch": other}, context)
             except ValueError:
                 raise error from None
             notes.append(f"The attention strategy {strategy!r} needs arch={other!r}; this run used it.")
-            return checked, notes
+            return {**named, **checked}, notes
 
     # ------------------------------------------------------------------------------------------- segment
     def segment(
         self,
         image: Any,
         labels_text: str | None,
+        method: str | None = None,
         attn_strategy: str | None = None,
         arch: str | None = None,
         pamr: bool | None = None,
@@ -267,13 +297,15 @@ class DemoBackend:
         gaussian_std: float | None = None,
         report: Report | None = None,
     ) -> Segmentation:
-        """Segment `image` (path, URL, PIL image or array) into the classes of `labels_text` (one per line).
+        """Segment `image` (path, URL, PIL image or array) into the classes of `labels_text` (one per line) with
+        `method` (a name of `naclip_hf.methods.METHODS`; None: the model's own settings), the other settings given
+        (not None) overriding the method's; the method's own short side applies unless `short_side` is given.
 
-        Raises `ValueError` with the fix for no classes, an unreadable image or an invalid option.
+        Raises `ValueError` with the fix for no classes, an unreadable image, an unknown method or an invalid option.
         """
         report = report or (lambda fraction, message: None)
         classes = parse_labels_text(labels_text)
-        options, notes = self.call_options(attn_strategy, arch, pamr, prob_thd, slide_crop, gaussian_std)
+        options, notes = self.call_options(method, attn_strategy, arch, pamr, prob_thd, slide_crop, gaussian_std)
         if short_side is not None:
             options["short_side"] = check_settings({"short_side": _integer(short_side, "Short side")})["short_side"]
         if image is None:
@@ -282,7 +314,7 @@ class DemoBackend:
         rgb = _read_image(image)
         report(0.15, f"Embedding {len(classes)} classes (once per set of classes)")
         with self._embedding_lock:
-            self.segmenter._label_set(classes)  # fills the pipeline's cache that the call below reads
+            self.segmenter.label_embeddings(classes)  # fills the pipeline's cache that the call below reads
         report(0.4, "Segmenting")
         output = self.segmenter(
             Image.fromarray(rgb), candidate_labels=classes, return_label_map=True, **options
@@ -301,23 +333,44 @@ class DemoBackend:
         )
 
     # ------------------------------------------------------------------------------------------- attention
+    def check_attention_methods(self, methods: Sequence[str | Method]) -> list[Method]:
+        """The methods of `methods`, checked to have last-block settings this model can run; `ValueError` naming
+        the method (or asking for one when none is given)."""
+        if isinstance(methods, (str, Method)):
+            methods = [methods]
+        if not methods:
+            raise ValueError("No method chosen: pick at least one method to compare.")
+        checked = []
+        for method in methods:
+            method = get_method(method)
+            try:
+                self.model.config.inference_options(**last_block_settings(method))
+            except ValueError as error:
+                raise ValueError(f"Method {method.name!r}: {error}") from None
+            checked.append(method)
+        return checked
+
     @torch.inference_mode()
     def attention_maps(
         self,
         image: Any,
         point: tuple[float, float],
-        comparisons: Sequence[tuple[str, Mapping[str, Any]]] = ATTENTION_COMPARISONS,
+        methods: Sequence[str | Method] = DEFAULT_ATTENTION_METHODS,
         short_side: int | None = None,
         alpha: float = 0.6,
     ) -> AttentionMaps:
         """The last layer's attention of the patch under `point` (x, y in the image's pixels), head-averaged, for
-        each `(label, options)` of `comparisons`, drawn as heat maps over the image.
+        each method of `methods` (names of `naclip_hf.methods.METHODS`, run with their `last_block_settings`),
+        drawn as heat maps over the image and titled with the methods' names.
 
-        The image goes through the model in one whole-image pass. For every comparison, the last layer's weights
+        The image goes through the model in one whole-image pass at `short_side` (default: the image processor's),
+        the same for every method so that all maps show the same patch. For every method, the last layer's weights
         [1, heads, T, T] (T = 1 + rows × columns, CLS first) are averaged over heads; the clicked patch's row
         (token 1 + row × columns + column) without the CLS entry is reshaped to the patch grid, upsampled to the
-        image and scaled to its own maximum.
+        part of the image it covers (the rest, under a last partial patch, takes its neighbour's value) and scaled to
+        [0, 1].
         """
+        methods = self.check_attention_methods(methods)
         if image is None:
             raise ValueError("No image given: upload an image, then click a point on it.")
         rgb = _read_image(image)
@@ -338,21 +391,26 @@ class DemoBackend:
         row = min(int(y * processed_h / height) // patch, rows - 1)
         column = min(int(x * processed_w / width) // patch, columns - 1)
         token = 1 + row * columns + column
-        maps, grids = [], []
-        for label, options in comparisons:
-            outputs = self.model.encode_patches(pixel_values, output_attentions=True, **dict(options))
+        covered = (
+            max(1, min(height, round(rows * patch * height / processed_h))),
+            max(1, min(width, round(columns * patch * width / processed_w))),
+        )
+        maps, grids, heats = [], [], []
+        for method in methods:
+            outputs = self.model.encode_patches(pixel_values, output_attentions=True, **last_block_settings(method))
             weights = outputs.attentions[-1][0].float().mean(dim=0)  # [T, T], head-averaged
             grid = weights[token, 1:].reshape(1, 1, rows, columns)
             grids.append(grid[0, 0].cpu().numpy())
-            covered = F.interpolate(grid, size=(rows * patch, columns * patch), mode="bilinear", align_corners=False)
-            # The grid covers the processed image but its last partial patch, which takes its neighbour's value.
-            pad = (0, processed_w - columns * patch, 0, processed_h - rows * patch)
-            covered = F.pad(covered, pad, mode="replicate")
-            heat = F.interpolate(covered, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+            # The grid covers the processed image but its last partial patch: upsampled to the part of the image it
+            # covers, the rest taking its neighbour's value.
+            heat = F.interpolate(grid, size=covered, mode="bilinear", align_corners=False)
+            heat = F.pad(heat, (0, width - covered[1], 0, height - covered[0]), mode="replicate")[0, 0]
             heat = heat - heat.min()
             heat = (heat / heat.max().clamp(min=1e-12)).cpu().numpy()
-            maps.append((label, _heat_overlay(rgb, heat, (x, y), alpha)))
-        return AttentionMaps(maps=maps, weights=grids, patch=(row, column), grid=(rows, columns))
+            heats.append(heat)
+            maps.append((method.title, _heat_overlay(rgb, heat, (x, y), alpha)))
+        return AttentionMaps(methods=[method.name for method in methods], maps=maps, weights=grids, heat=heats,
+                             patch=(row, column), grid=(rows, columns))  # fmt: skip
 
 
 def _heat_overlay(rgb: np.ndarray, heat: np.ndarray, point: tuple[float, float], alpha: float) -> Image.Image:
@@ -391,13 +449,16 @@ def _short_description(image: Any) -> str:
 
 
 __all__ = [
-    "ATTENTION_COMPARISONS",
     "AttentionMaps",
+    "DEFAULT_ATTENTION_METHODS",
+    "DEFAULT_METHOD",
     "DemoBackend",
     "EXAMPLE_LABELS",
+    "LAST_BLOCK_SETTINGS",
     "Segmentation",
     "example_image_path",
     "heat_colours",
+    "last_block_settings",
     "legend_html",
     "legend_rows",
     "parse_labels_text",

@@ -94,8 +94,9 @@ short_description: Open-vocabulary semantic segmentation with NACLIP
 # {title}
 
 Training-free open-vocabulary semantic segmentation with NACLIP on {model_text}: upload an image, name the
-classes in text (one per line, synonyms after commas), and get a per-pixel segmentation. The **Attention** tab
-shows where one clicked patch looks in CLIP's last layer under CLIP, SCLIP and NACLIP.
+classes in text (one per line, synonyms after commas), pick a method (NACLIP, CLIP, SCLIP, ...) and get a per-pixel
+segmentation. The **Attention** tab shows where one clicked patch looks in CLIP's last layer under the methods you
+choose (CLIP, SCLIP and NACLIP at first).
 
 The app is `naclip_hf.demo.build_demo` from naclip-hf. It also serves an API endpoint:
 
@@ -103,7 +104,9 @@ The app is `naclip_hf.demo.build_demo` from naclip-hf. It also serves an API end
 from gradio_client import Client, handle_file
 
 client = Client("<owner>/<this-space>")
-overlay, classes, label_map = client.predict(handle_file("photo.jpg"), "sky\\nroad\\nperson", api_name="/segment")
+overlay, classes, label_map = client.predict(
+    handle_file("photo.jpg"), "sky\\nroad\\nperson", method="sclip", api_name="/segment"
+)
 ```
 """
 

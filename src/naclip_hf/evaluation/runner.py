@@ -27,7 +27,7 @@ import numpy as np
 
 from ..benchmarks import PUBLISHED_KEYS, Benchmark, get_benchmark
 from ..fileio import write_text_atomic
-from ..options import CONFIG_SETTINGS, DEFAULTS, SETTINGS_BY_NAME
+from ..options import CONFIG_SETTINGS, DEFAULTS, SETTINGS, SETTINGS_BY_NAME
 from .datasets import IGNORE_INDEX, check_label_map, load_benchmark_dataset, load_hub_dataset, read_label_map
 from .metric import MeanIoU
 
@@ -46,7 +46,7 @@ PAMR_STEPS_ON = DEFAULTS["pamr_steps"]
 """PAMR iterations of the official evaluation when PAMR is on (the default)."""
 
 # Settings that change speed or memory only; they never make a run differ from the official protocol.
-_SPEED_ONLY = ("slide_batch_size", "text_batch_size")
+_SPEED_ONLY = tuple(setting.name for setting in SETTINGS if setting.speed_only)
 
 
 class EvaluationFailed(RuntimeError):

@@ -1,0 +1,270 @@
+"""Large jobs: splitting work across processes, resuming an interrupted run, and refusing images that cannot fit
+in memory before starting them.
+
+Processes: under `torchrun` or `accelerate launch` (`WORLD_SIZE > 1`), `ProcessGroup.start()` joins the processes
+(gloo on CPU, NCCL/XPU through accelerate on accelerators, one device per process: `cuda:LOCAL_RANK`). Items are
+split by position (process `r` of `W` takes items `r, r + W, r + 2W, ...`), so the split depends only on the item
+list, never on timing. A single process imports neither accelerate nor `torch.distributed`.
+
+Resume: an image's outputs are complete when its JSON summary exists and every file it lists exists. The summary
+is written last (every file atomically), so an interrupted run leaves either complete outputs or files a rerun
+redoes.
+
+Memory: `estimate_image_peak_bytes` adds up what segmenting one image at its full size needs (the image, the
+tiled post-processing, the label map and the files written); `memory_problem` compares it with the memory
+available (`/proc/meminfo` MemAvailable, or `$NACLIP_MEMORY_LIMIT`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+MEMORY_LIMIT_ENV = "NACLIP_MEMORY_LIMIT"
+"""Environment variable capping the memory an image may use (bytes, or a number with KiB/MiB/GiB/KB/MB/GB)."""
+TRACE_INPUTS_ENV = "NACLIP_TRACE_INPUTS"
+"""Environment variable naming a file to which every process appends `<rank>\\t<input>` for each input it reads."""
+OUTPUT_BYTES_PER_PIXEL = 64
+"""Bytes per pixel of writing one image's outputs (overlay blended in float32, PNG encoding, label map copies)."""
+MODEL_BYTES = 1 << 30
+"""Memory counted for the model, its activations and the interpreter when checking whether an image fits."""
+
+
+# -------------------------------------------------------------------------------------------------------- processes
+@dataclass
+class ProcessGroup:
+    """This process's place among the processes of a run: `rank` of `world_size`, and its `device`.
+
+    `ProcessGroup.start()` joins the processes when launched with several (`WORLD_SIZE > 1`), else describes the
+    single process without importing `torch.distributed`.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str | None = None
+    _state: Any = field(default=None, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is process 0 (which prints the progress bar and the final summary)."""
+        return self.rank == 0
+
+    @classmethod
+    def start(cls) -> ProcessGroup:
+        """Join the processes of a `torchrun` / `accelerate launch` run (gloo when there is no accelerator; one
+        device per process), or return the single-process group."""
+        world_size = _env_int("WORLD_SIZE", 1)
+        if world_size <= 1:
+            return cls()
+        import torch
+        from accelerate.state import PartialState
+
+        has_device = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+        state = PartialState(cpu=not has_device)
+        if state.num_processes != world_size:
+            raise ValueError(
+                f"Launched with WORLD_SIZE={world_size} but the processes joined a group of {state.num_processes}; "
+                "launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu --num_processes N`."
+            )
+        return cls(state.process_index, state.num_processes, state.local_process_index, str(state.device), state)
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """The items this process handles: positions `rank, rank + world_size, ...` (see `shard_for_process`)."""
+        return shard_for_process(items, self.rank, self.world_size)
+
+    def gather(self, value: Any) -> list[Any]:
+        """`value` of every process, in rank order, on every process (picklable values)."""
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def sum(self, values: Sequence[int]) -> list[int]:
+        """Element-wise sum of integer `values` over the processes, on every process."""
+        if self.world_size == 1:
+            return [int(v) for v in values]
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor([int(v) for v in values], dtype=torch.int64)
+        if dist.get_backend() == "nccl":
+            tensor = tensor.to(self.device)
+        dist.all_reduce(tensor)
+        return [int(v) for v in tensor.cpu().tolist()]
+
+    def rounds(self, num_items: int) -> int:
+        """How many items the busiest process handles: loops that exchange counts once per item (e.g. for one
+        progress bar) run this many times on every process, idle ones passing None."""
+        return -(-num_items // self.world_size)
+
+    def barrier(self) -> None:
+        """Wait until every process gets here."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def shard_for_process(items: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """Items `rank, rank + world_size, rank + 2 * world_size, ...` of `items`: every item goes to exactly one of
+    the `world_size` processes, the same one on every run with the same items.
+
+    Example:
+
+    ```python
+    >>> shard_for_process(["a", "b", "c", "d", "e"], rank=1, world_size=2)
+    ['b', 'd']
+    ```
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must be in [0, world_size={world_size}).")
+    return list(items[rank::world_size])
+
+
+def trace_input(rank: int, description: str) -> None:
+    """Append `<rank>\\t<input>` to the file named by `$NACLIP_TRACE_INPUTS`, if set (which process read what)."""
+    path = os.environ.get(TRACE_INPUTS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"{rank}\t{description}\n")
+
+
+# ------------------------------------------------------------------------------------------------------------ resume
+def is_complete(out_dir: str | os.PathLike, stem: str, expected: Iterable[str] = ()) -> bool:
+    """Whether the outputs of `stem` in `out_dir` are complete: `<stem>.json` exists, is a JSON summary, and every
+    file in its `outputs` (and every key of `expected` among them, e.g. "scores" when scores are asked for) exists.
+    """
+    summary = Path(out_dir) / f"{stem}.json"
+    try:
+        outputs = json.loads(summary.read_text(encoding="utf-8")).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not isinstance(outputs, dict) or any(key not in outputs for key in expected):
+        return False
+    return all(isinstance(name, str) and (Path(out_dir) / name).is_file() for name in outputs.values())
+
+
+def run_summary(segmented: int, skipped: int, failed: int, world_size: int = 1) -> str:
+    """One line for the end of a run: "N segmented, M already done (skipped), K failed"."""
+    where = f" on {world_size} processes" if world_size > 1 else ""
+    return f"{segmented} segmented, {skipped} already done (skipped), {failed} failed{where}"
+
+
+# ------------------------------------------------------------------------------------------------------------ memory
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """`"3GiB"`, `"512 MB"`, `"1e9"` -> bytes; `ValueError` naming the accepted forms."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not an amount of memory; write e.g. 4GiB, 512MiB, 2GB or a number of bytes.")
+    try:
+        value = float(match.group(1)) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not an amount of memory; write e.g. 4GiB or 512MiB.") from None
+    if value <= 0:
+        raise ValueError(f"{text!r} must be a positive amount of memory.")
+    return int(value)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory an image may use: `$NACLIP_MEMORY_LIMIT` when set, else MemAvailable of `/proc/meminfo`, else
+    None (unknown: no check)."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV)
+    if limit:
+        try:
+            return parse_bytes(limit)
+        except ValueError as error:
+            raise ValueError(f"${MEMORY_LIMIT_ENV}: {error}") from None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def estimate_image_peak_bytes(
+    height: int,
+    width: int,
+    num_names: int,
+    num_classes: int,
+    pamr_steps: int,
+    pamr_dilations: Sequence[int],
+    return_probabilities: bool = False,
+    max_tile_bytes: int | None = None,
+    write_outputs: bool = True,
+) -> int:
+    """Estimated peak memory of segmenting one `height` × `width` image (beyond the model): the decoded image,
+    the tiled post-processing with its full-size outputs, and, with `write_outputs`, writing its files."""
+    from .image_processing_naclip import estimate_post_processing_bytes
+
+    pixels = height * width
+    post = estimate_post_processing_bytes(
+        height, width, num_names, num_classes, pamr_steps, pamr_dilations, return_probabilities, max_tile_bytes
+    )
+    return 3 * pixels + post + (OUTPUT_BYTES_PER_PIXEL * pixels if write_outputs else 0)
+
+
+def format_bytes(value: float) -> str:
+    """`3.2 GiB`-style text."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def memory_problem(needed: int, available: int | None = None) -> str | None:
+    """None when `needed` bytes (plus `MODEL_BYTES`) fit in `available` (default: `available_memory_bytes()`),
+    else the reason to skip the image, with what to do."""
+    if available is None:
+        available = available_memory_bytes()
+    if available is None or needed + MODEL_BYTES <= available:
+        return None
+    return (
+        f"needs about {format_bytes(needed + MODEL_BYTES)} of memory but {format_bytes(available)} is available "
+        f"(${MEMORY_LIMIT_ENV} or MemAvailable); skipped. Free memory, run fewer processes at once, or resize the "
+        "image"
+    )
+
+
+__all__ = [
+    "MEMORY_LIMIT_ENV",
+    "MODEL_BYTES",
+    "OUTPUT_BYTES_PER_PIXEL",
+    "TRACE_INPUTS_ENV",
+    "ProcessGroup",
+    "available_memory_bytes",
+    "estimate_image_peak_bytes",
+    "format_bytes",
+    "is_complete",
+    "memory_problem",
+    "parse_bytes",
+    "run_summary",
+    "shard_for_process",
+    "trace_input",
+]

@@ -342,3 +342,15 @@ def test_example_files():
     labels = (EXAMPLES / "labels.txt").read_text().splitlines()
     assert labels and all(line.strip() for line in labels)
     assert "coffee.jpg" in (EXAMPLES / "README.md").read_text()
+
+
+def test_short_side_below_one_patch_is_an_error_naming_the_setting(tiny_checkpoint, images, tmp_path, capsys):
+    """`--set short_side=8` passes the range check (>= 0) but leaves less than one 16-pixel patch: the error says
+    so and names the fix, instead of failing inside the model."""
+    out = tmp_path / "out"
+    code, _, stderr = run(capsys, images / "halves.jpg", "--labels", "cat", "dog", "--model", tiny_checkpoint,
+                          "--set", "short_side=8", "--out", out)  # fmt: skip
+    assert code != 0
+    assert "smaller than one 16×16 patch" in stderr and "larger short_side (at least 16)" in stderr
+    assert "Input and output sizes" not in stderr
+    assert not list(out.glob("halves*")), "no outputs for the image that failed"

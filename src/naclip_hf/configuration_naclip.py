@@ -35,7 +35,7 @@ class NACLIPConfig(CLIPConfig):
     - sliding windows: `slide_crop` (224; 0 = one whole-image pass), `slide_stride` (112), `slide_batch_size` (16);
     - post-processing: `logit_scale` (40.0), `prob_thd` (0.0), `area_thd` (0.0), `pamr_steps` (10),
       `pamr_dilations` ([8, 16]);
-    - text: `text_batch_size` (1024), `prompt_templates` (None = the 80 ImageNet templates).
+    - text: `text_batch_size` (128), `prompt_templates` (None = the 80 ImageNet templates).
 
     `method="sclip"` (a name of `naclip_hf.methods.METHODS`: naclip, clip, maskclip, sclip, clearclip) takes that
     method's settings; settings given alongside override them (`NACLIPConfig(method="sclip", pamr_steps=10)`,

@@ -159,7 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
         "short_side", 336, "int", "image",
         "resize the image's short side to this many pixels before the model (0 keeps the size)", minimum=0,
     ),
-    Setting("text_batch_size", 1024, "int", "text", "prompts per text-tower call", minimum=1, speed_only=True),
+    Setting("text_batch_size", 128, "int", "text", "prompts per text-tower call", minimum=1, speed_only=True),
     Setting(
         "prompt_templates", None, "str_list", "text",
         "prompt templates, each with one '{}' for the class name; None = the 80 ImageNet templates",

@@ -94,3 +94,16 @@ def closed_port_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/x.jpg"
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_checkpoint, golden_labels_file, tmp_path_factory) -> Path:
+    """`naclip export` of the tiny checkpoint with the golden classes, quantized (one export for the whole run)."""
+    for module in ("onnxruntime", "onnx", "onnxscript"):
+        pytest.importorskip(module, reason="exporting needs the onnx extra: pip install -e '.[onnx]'")
+    from naclip_hf.cli import main
+
+    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
+    argv = ["export", str(tiny_checkpoint), str(out), "--labels-file", str(golden_labels_file), "--quantize"]
+    assert main(argv) == 0
+    return out

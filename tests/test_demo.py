@@ -449,3 +449,82 @@ def test_written_space_starts_and_answers(space):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# ----------------------------------------------------------------------------------------------- exported models
+@pytest.fixture(scope="module")
+def exported_demo(tiny_export):
+    """The demo built on `naclip export` of the tiny checkpoint with the golden classes (see tests/conftest.py)."""
+    from naclip_hf.demo import build_demo
+
+    return tiny_export, build_demo(str(tiny_export), method=None)
+
+
+def _segment_function(demo):
+    (function,) = [fn.fn for fn in demo.fns.values() if fn.api_name == "segment"]
+    return lambda *args, **kwargs: function(*args, progress=lambda *a, **k: None, **kwargs)
+
+
+def test_exported_demo_segments_as_the_runtime(exported_demo):
+    from PIL import Image
+
+    from naclip_hf.export.runtime import ExportedSegmenter
+
+    out, demo = exported_demo
+    segment = _segment_function(demo)
+    image = str(example_image_path())
+    runtime = ExportedSegmenter(out)
+    cases = (({}, {}), ({"pamr": "off", "prob_thd": "0.5"}, {"pamr_steps": 0, "prob_thd": 0.5}))
+    for options, runtime_options in cases:
+        _, rows, label_map_path = segment(image, "cat\nsky", **options)
+        expected = runtime.segment(image, ["cat", "sky"], **runtime_options).segmentation
+        assert np.array_equal(np.asarray(Image.open(label_map_path)), expected)
+        shares = {label: float((expected == index).mean()) for index, label in enumerate(["cat", "sky"])}
+        assert _classes(rows) == pytest.approx({k: v for k, v in shares.items() if v > 0})
+    assert not np.array_equal(  # the options reach the runtime
+        runtime.segment(image, ["cat", "sky"], pamr_steps=0, prob_thd=0.5).segmentation,
+        runtime.segment(image, ["cat", "sky"]).segmentation,
+    )
+
+
+def test_exported_demo_explains_unknown_classes_and_the_fixed_block(exported_demo):
+    import gradio as gr
+
+    out, demo = exported_demo
+    segment = _segment_function(demo)
+    image = str(example_image_path())
+    with pytest.raises(gr.Error, match=r"no text embedding for 'bird'.*stores .*'sky'.*'cat'.*export"):
+        segment(image, "cat\nbird")
+    with pytest.raises(gr.Error, match=r"fixed in its graph.*the method 'sclip' needs arch='vanilla'.*PyTorch"):
+        segment(image, "cat\nsky", method="sclip")
+    with pytest.raises(gr.Error, match=r"fixed in its graph.*you asked for attn_strategy='kk'"):
+        segment(image, "cat\nsky", attn_strategy="kk")
+
+
+def test_exported_demo_page_prefills_the_classes_and_disables_the_last_block(exported_demo):
+    _, demo = exported_demo
+    stored = "sky, wall, tree, grass\ncat\ndog\nperson, person in shirt\ncar\ntelevision monitor, tv monitor, monitor"
+    assert _component(demo, "labels").value == stored
+    for elem_id in ("method", "strategy", "arch", "gaussian-std"):
+        assert _component(demo, elem_id).interactive is False
+    for elem_id in ("pamr", "prob-thd", "short-side", "slide-crop"):
+        assert _component(demo, elem_id).interactive is not False
+    assert "fixed in the exported graph" in _component(demo, "method-note").value
+    assert "PyTorch checkpoint" in _component(demo, "attention-unavailable").value
+    assert not [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "attention-maps"]
+
+
+def test_demo_command_runs_an_export_with_its_stored_settings(exported_demo, monkeypatch):
+    import naclip_hf.demo.app as app
+    from naclip_hf.cli import main
+
+    out, _ = exported_demo
+    built = {}
+
+    class Served:
+        def launch(self, **kwargs):
+            built["launch"] = kwargs
+
+    monkeypatch.setattr(app, "build_demo", lambda model, **kwargs: built.update(kwargs, model=model) or Served())
+    assert main(["demo", "--model", str(out)]) == 0
+    assert built["method"] is None and built["model"] == str(out)

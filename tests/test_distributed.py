@@ -103,6 +103,7 @@ def test_two_processes_match_one(fast_checkpoint, data_root, tmp_path, capsys):
     assert "cityscapes [2 processes]" in completed.stderr
 
 
+@pytest.mark.slow
 def test_error_on_one_process_stops_both_and_keeps_partial_results(fast_checkpoint, data_root, tmp_path):
     root = tmp_path / "bad"
     shutil.copytree(data_root, root)

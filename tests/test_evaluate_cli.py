@@ -56,7 +56,7 @@ RUNS = {
     "coco_object": ("in-process", "off"),
     "coco_stuff": ("in-process", "off"),
     "ade20k": ("in-process", "off"),
-    "cityscapes": ("subprocess", "on"),
+    "cityscapes": ("in-process", "on"),
 }
 FAST_TEMPLATES = ["a photo of a {}.", "itap of a {}."]
 

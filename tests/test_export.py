@@ -65,12 +65,9 @@ def _check_graph(model, path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoint, golden_labels_file, tmp_path_factory) -> Path:
-    """`naclip export` of the tiny checkpoint with the golden classes, quantized."""
-    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
-    argv = ["export", str(tiny_checkpoint), str(out), "--labels-file", str(golden_labels_file), "--quantize"]
-    assert main(argv) == 0
-    return out
+def exported(tiny_export) -> Path:
+    """`naclip export` of the tiny checkpoint with the golden classes, quantized (see tests/conftest.py)."""
+    return tiny_export
 
 
 @pytest.fixture(scope="module")

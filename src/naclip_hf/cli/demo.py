@@ -19,7 +19,9 @@ DESCRIPTION = textwrap.fill(
     "with a method (NACLIP, CLIP, SCLIP, ...) and, over its settings, the attention strategy, PAMR and threshold "
     "of your choice; and compare where one clicked patch looks under several methods (CLIP, SCLIP and NACLIP at "
     "first). The app also answers API calls at /segment (gradio_client). It runs offline on a "
-    f"local checkpoint. Needs the demo's dependencies: {INSTALL_HINT}.",
+    "local checkpoint, or on a folder written by `naclip export` (onnxruntime, no PyTorch: the stored classes "
+    "only, the exported last block, no Attention tab). "
+    f"Needs the demo's dependencies: {INSTALL_HINT}.",
     width=100,
 )
 EXAMPLES = """Examples:
@@ -27,6 +29,7 @@ EXAMPLES = """Examples:
   naclip demo --model ./clip-b16 --port 8080    # a local checkpoint (e.g. written by naclip convert)
   naclip demo --host 0.0.0.0                    # reachable from other machines
   naclip demo --method sclip                    # the page (and /segment) start with SCLIP's settings
+  naclip demo --model naclip-onnx               # a folder written by naclip export, on onnxruntime
   naclip space my-space --model openai/clip-vit-base-patch16   # the same app as a Hugging Face Space"""
 
 
@@ -61,9 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_model_option(parser)
     parser.add_argument(
-        "--method", default=DEFAULT_METHOD, choices=method_names(), metavar="NAME",
-        help="the page's method at first and the /segment endpoint's default (default: %(default)s): "
-        + describe_methods(),
+        "--method", default=None, choices=method_names(), metavar="NAME",
+        help=f"the page's method at first and the /segment endpoint's default (default: {DEFAULT_METHOD}; with an "
+        "export, its stored settings): " + describe_methods(),
     )  # fmt: skip
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
     parser.add_argument(
@@ -89,9 +92,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise CommandError(f"the demo needs Gradio, which is not installed; install it with: {INSTALL_HINT}") from None
     from ..demo.app import DEFAULT_CONCURRENCY, build_demo
+    from ..export.runtime import is_exported_folder
 
+    # An export runs with its stored settings unless a method is named (its last block must then be the graph's).
+    method = args.method if args.method or is_exported_folder(args.model) else DEFAULT_METHOD
     demo = build_demo(
-        args.model, method=args.method, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device
+        args.model, method=method, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device
     )
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
     return 0

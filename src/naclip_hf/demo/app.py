@@ -37,8 +37,10 @@ from .backend import (
     DEFAULT_ATTENTION_METHODS,
     EXAMPLE_LABELS,
     DemoBackend,
+    ExportedDemoBackend,
     example_image_path,
     legend_html,
+    load_backend,
 )
 
 DEFAULT_CONCURRENCY = 4
@@ -98,8 +100,25 @@ def segment_api_example(url: str) -> str:
     )
 
 
-def _model_note(backend: DemoBackend) -> str:
+EXPORTED_METHOD_CHOICE = ("the exported model's settings", "")
+"""The method control's value on an exported model: its stored settings."""
+ATTENTION_NEEDS_PYTORCH = (
+    "**Not available with an exported model:** its ONNX graph returns the segmentation logits only, not the "
+    "attention maps. To compare where a patch looks under several methods, run the demo on the PyTorch checkpoint "
+    "the export was made from: `naclip demo --model CHECKPOINT` (a Hub id such as `openai/clip-vit-base-patch16`, "
+    "or a folder written by `naclip convert`)."
+)
+
+
+def _model_note(backend: DemoBackend | ExportedDemoBackend) -> str:
     name = html.escape(backend.model_name)
+    if backend.exported:
+        return (
+            f"**Model:** `{name}`, exported with `naclip export` and run with onnxruntime (no PyTorch). Its text "
+            f"embeddings are stored for these classes only: {html.escape(_stored_names(backend))}; type any of "
+            "these names (one class per line, synonyms after commas). To segment other classes, export the model "
+            "again with them (`naclip export MODEL OUT --labels ...`) or run the demo on the PyTorch checkpoint."
+        )
     if backend.is_test_model:
         return (
             f"**Model:** `{name}`, a tiny test model with random weights: its segmentations and attention maps are "
@@ -130,6 +149,21 @@ def _error(error: Exception) -> gr.Error:
 
 def _method_choices() -> list[tuple[str, str]]:
     return [(method.title, method.name) for method in METHODS.values()]
+
+
+def _stored_names(backend: ExportedDemoBackend) -> str:
+    names = [name for names in backend.stored_classes for name in names]
+    return ", ".join(f"'{name}'" for name in names) if names else "none (the export stores no class embeddings)"
+
+
+def _fixed_block_note(backend: ExportedDemoBackend) -> str:
+    fixed = ", ".join(f"{name}={value!r}" for name, value in backend.fixed_settings().items())
+    return (
+        f"**Last block fixed in the exported graph** (`{html.escape(fixed)}`): the method, the attention strategy, "
+        "the block and σ cannot be changed here. PAMR, the threshold, the short side and the sliding window still "
+        "apply. To try other methods, export again (`naclip export MODEL OUT --set NAME=VALUE`) or run the demo on "
+        "the PyTorch checkpoint."
+    )
 
 
 def _method_note(name: str) -> str:
@@ -177,18 +211,24 @@ def _preset_values(preset: str | None, method: str | None) -> dict[str, Any]:
 
 
 def build_demo(
-    model: str | os.PathLike | DemoBackend = DEFAULT_CHECKPOINT,
-    method: str = DEFAULT_METHOD,
+    model: str | os.PathLike | DemoBackend | ExportedDemoBackend = DEFAULT_CHECKPOINT,
+    method: str | None = DEFAULT_METHOD,
     attention_methods: Sequence[str] = DEFAULT_ATTENTION_METHODS,
     concurrency: int = DEFAULT_CONCURRENCY,
     device: str | None = None,
 ) -> gr.Blocks:
-    """Build the demo (queue enabled, `concurrency` requests at once) for a checkpoint or a loaded `DemoBackend`.
+    """Build the demo (queue enabled, `concurrency` requests at once) for a checkpoint, a folder written by
+    `naclip export` or a loaded backend.
+
+    With an export (a folder holding `onnx/model.onnx`), the app runs on onnxruntime without torch: the Segment tab
+    and `/segment` take the stored classes only (pre-filled), the last block's controls are disabled (the block is
+    fixed in the graph) and the Attention tab explains how to get it (the PyTorch checkpoint).
 
     Args:
-        model: Hub id or checkpoint folder (loaded here; `OSError` with the fix when it cannot be), or a backend.
+        model: Hub id, checkpoint or export folder (loaded here; `OSError` with the fix when it cannot be), or a
+            backend (`DemoBackend`, `ExportedDemoBackend`).
         method: the Segment tab's method at first and the `/segment` endpoint's default (a name of
-            `naclip_hf.methods.METHODS`).
+            `naclip_hf.methods.METHODS`; None: `DEFAULT_METHOD`, or an export's stored settings).
         attention_methods: the methods the Attention tab compares at first (any registered method can be added
             in the page).
         concurrency: how many requests run at once on the shared model.
@@ -201,9 +241,14 @@ def build_demo(
         >>> demo = build_demo("path/to/checkpoint", method="sclip")  # doctest: +SKIP
         >>> demo.launch(server_name="127.0.0.1", server_port=7860)  # doctest: +SKIP
     """
-    method = get_method(method).name
-    backend = model if isinstance(model, DemoBackend) else DemoBackend.from_pretrained(os.fspath(model), device)
-    attention_methods = [m.name for m in backend.check_attention_methods(list(attention_methods))]
+    backend = model if isinstance(model, (DemoBackend, ExportedDemoBackend)) else load_backend(model, device)
+    exported = backend.exported
+    if exported:
+        method = get_method(method).name if method else ""
+        backend.call_options(method or None)  # a method whose last block differs from the graph's raises
+    else:
+        method = get_method(method or DEFAULT_METHOD).name
+        attention_methods = [m.name for m in backend.check_attention_methods(list(attention_methods))]
     example = str(example_image_path())
     strategies = backend.attention_strategies()
     # Label maps offered for download; each request's file is kept for an hour (Gradio serves a copy of it).
@@ -245,8 +290,8 @@ def build_demo(
 
     def method_controls(name: str, preset: str | None) -> tuple[Any, ...]:
         """Every control back to "the method's", showing its values; a preset's settings on top."""
-        values = backend.method_settings(name)
-        preset_values = _preset_values(preset, name)
+        values = backend.method_settings(name or None)
+        preset_values = _preset_values(preset, name or None)
         return (
             gr.update(choices=[(_theirs(values["attn_strategy"]), "")] + [(s, s) for s in strategies], value=""),
             gr.update(choices=[(_theirs(values["arch"]), ""), ("reduced", "reduced"), ("vanilla", "vanilla")],
@@ -256,7 +301,7 @@ def build_demo(
                 gr.update(value=_shown(preset_values.get(setting)), placeholder=_theirs(values[setting]))
                 for setting in NUMBER_LABELS
             ),
-            _method_note(name),
+            _fixed_block_note(backend) if exported else _method_note(name),
         )
 
     def method_changed(name: str, preset: str | None) -> tuple[Any, ...]:
@@ -317,22 +362,28 @@ def build_demo(
                         labels = gr.Textbox(
                             label="Classes (one per line, synonyms after commas)", lines=6, elem_id="labels",
                             placeholder="sky\nroad, street\nperson, person in shirt",
+                            value=backend.stored_labels_text if exported else None,
                         )  # fmt: skip
-                        preset = gr.Dropdown(_preset_choices(), value="", label="Or a benchmark's classes")
-                        chosen = gr.Dropdown(_method_choices(), value=method, label="Method", elem_id="method")
+                        # An export stores the embeddings of its own classes only: no benchmark's classes.
+                        preset = gr.Dropdown(_preset_choices(), value="", label="Or a benchmark's classes",
+                                             visible=not exported)  # fmt: skip
+                        methods = [EXPORTED_METHOD_CHOICE, *_method_choices()] if exported else _method_choices()
+                        chosen = gr.Dropdown(methods, value=method, label="Method", elem_id="method",
+                                             interactive=not exported)  # fmt: skip
                         method_note = gr.Markdown(first[-1], elem_id="method-note")
                         with gr.Row():
                             strategy = gr.Dropdown(label="Attention of the last block", elem_id="strategy",
-                                                   **_initial(first[0]))  # fmt: skip
+                                                   interactive=not exported, **_initial(first[0]))  # fmt: skip
                             arch = gr.Radio(label="Last block", info=help_of["arch"], elem_id="arch",
-                                            **_initial(first[1]))  # fmt: skip
+                                            interactive=not exported, **_initial(first[1]))  # fmt: skip
                         with gr.Row():
                             pamr = gr.Radio(label="PAMR refinement", elem_id="pamr", **_initial(first[2]))
                             prob_thd = _number_box(first[3], "prob_thd", help_of["prob_thd"])
                         with gr.Accordion("More settings", open=False):
                             short_side = _number_box(first[4], "short_side", help_of["short_side"])
                             slide_crop = _number_box(first[5], "slide_crop")
-                            gaussian_std = _number_box(first[6], "gaussian_std", help_of["gaussian_std"])
+                            gaussian_std = _number_box(first[6], "gaussian_std", help_of["gaussian_std"],
+                                                       interactive=not exported)  # fmt: skip
                         gr.Markdown(SEGMENT_HELP, elem_id="settings-help")
                         run = gr.Button("Segment", variant="primary", elem_id="segment-button")
                     with gr.Column():
@@ -342,7 +393,8 @@ def build_demo(
                         table = gr.HTML(legend_html(None), elem_id="legend")
                         found = gr.JSON(label="Classes found", visible=False)
                         label_map = gr.File(label="Label map (PNG, pixel value = class id)", elem_id="label-map")
-                gr.Examples([[example, EXAMPLE_LABELS]], inputs=[image, labels], label="Example")
+                example_labels = backend.stored_labels_text if exported else EXAMPLE_LABELS
+                gr.Examples([[example, example_labels]], inputs=[image, labels], label="Example")
                 settings = [strategy, arch, pamr, prob_thd, short_side, slide_crop, gaussian_std]
                 run.click(run_segment, [image, labels, chosen, *settings], [overlay, found, label_map],
                           api_name="segment").then(legend_html, found, table, api_visibility="private")  # fmt: skip
@@ -351,40 +403,45 @@ def build_demo(
                               api_visibility="private")  # fmt: skip
                 strategy.change(strategy_changed, [chosen, strategy, arch], arch, api_visibility="private")
             with gr.Tab("Attention", id="attention"):
-                titles = [get_method(name).title for name in attention_methods]
-                gr.Markdown(
-                    "Click a point of the image to see where its patch looks in the last layer under each method "
-                    f"chosen (at first {', '.join(titles)}), each with its own last block (`arch`, `attn_strategy`, "
-                    "`gaussian_std`); all maps come from one pass at the same size, so they show the same patch. "
-                    "With CLIP's weights, CLIP's own attention is spread over the whole image wherever you click; "
-                    "NACLIP's stays around the clicked patch."
-                )
-                with gr.Row():
-                    attention_image = image_input(value=example, label="Image (click a point)", scale=1,
-                                                  elem_id="attention-image")  # fmt: skip
-                    with gr.Column(scale=1):
-                        compared = gr.Dropdown(_method_choices(), value=attention_methods, multiselect=True,
-                                               label="Methods compared", elem_id="attention-methods")  # fmt: skip
-                        caption = gr.Markdown("No point clicked yet.", elem_id="attention-caption")
-                maps = gr.Gallery(label="Attention of the clicked patch", columns=len(attention_methods),
-                                  height="auto", elem_id="attention-maps", format="png", object_fit="contain")
-                clicked = gr.State(None)
-                attention_image.select(run_attention, [attention_image, compared], [maps, caption, clicked],
-                                       api_visibility="private")  # fmt: skip
-                compared.change(methods_changed, [attention_image, compared, clicked], [maps, caption],
-                                api_visibility="private")  # fmt: skip
-                attention_image.upload(lambda: (None, "No point clicked yet."), None, [clicked, caption],
-                                       api_visibility="private")  # fmt: skip
+                if exported:
+                    gr.Markdown(ATTENTION_NEEDS_PYTORCH, elem_id="attention-unavailable")
+                else:
+                    titles = [get_method(name).title for name in attention_methods]
+                    gr.Markdown(
+                        "Click a point of the image to see where its patch looks in the last layer under each method "
+                        f"chosen (at first {', '.join(titles)}), each with its own last block (`arch`, "
+                        "`attn_strategy`, `gaussian_std`); all maps come from one pass at the same size, so they "
+                        "show the same patch. With CLIP's weights, CLIP's own attention is spread over the whole "
+                        "image wherever you click; NACLIP's stays around the clicked patch."
+                    )
+                    with gr.Row():
+                        attention_image = image_input(value=example, label="Image (click a point)", scale=1,
+                                                      elem_id="attention-image")  # fmt: skip
+                        with gr.Column(scale=1):
+                            compared = gr.Dropdown(_method_choices(), value=attention_methods, multiselect=True,
+                                                   label="Methods compared", elem_id="attention-methods")  # fmt: skip
+                            caption = gr.Markdown("No point clicked yet.", elem_id="attention-caption")
+                    maps = gr.Gallery(label="Attention of the clicked patch", columns=len(attention_methods),
+                                      height="auto", elem_id="attention-maps", format="png", object_fit="contain")
+                    clicked = gr.State(None)
+                    attention_image.select(run_attention, [attention_image, compared], [maps, caption, clicked],
+                                           api_visibility="private")  # fmt: skip
+                    compared.change(methods_changed, [attention_image, compared, clicked], [maps, caption],
+                                    api_visibility="private")  # fmt: skip
+                    attention_image.upload(lambda: (None, "No point clicked yet."), None, [clicked, caption],
+                                           api_visibility="private")  # fmt: skip
     demo.queue(default_concurrency_limit=concurrency)
     demo.naclip_downloads = downloads  # removed with the app
     return demo
 
 
-def _number_box(update: Mapping[str, Any], setting: str, info: str | None = None) -> gr.Textbox:
+def _number_box(
+    update: Mapping[str, Any], setting: str, info: str | None = None, interactive: bool = True
+) -> gr.Textbox:
     """The box of a number setting: empty = the method's value, shown as its placeholder. (A text box: Gradio's
     number box cannot start empty in the page.)"""
     return gr.Textbox(update["value"], label=NUMBER_LABELS[setting], info=info, placeholder=update["placeholder"],
-                      lines=1, max_lines=1, elem_id=setting.replace("_", "-"))  # fmt: skip
+                      lines=1, max_lines=1, elem_id=setting.replace("_", "-"), interactive=interactive)  # fmt: skip
 
 
 def _initial(update: Mapping[str, Any]) -> dict[str, Any]:

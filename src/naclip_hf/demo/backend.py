@@ -10,24 +10,26 @@ is never changed, so many requests can run at once on one model.
 from __future__ import annotations
 
 import html
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..image_io import describe_input, load_image
 from ..labels import parse_class_entries
 from ..methods import DEFAULT_METHOD, Method, get_method
-from ..options import DEFAULTS, check_settings
-from ..pipeline_naclip import NACLIPSegmentationPipeline
+from ..options import DEFAULTS, SETTINGS_BY_NAME, check_settings
 from ..visualization import class_palette, label_map_image, overlay_image
+
+if TYPE_CHECKING:  # torch is loaded only for a PyTorch checkpoint: an exported model runs without it
+    from ..export.runtime import ExportedSegmenter
+    from ..pipeline_naclip import NACLIPSegmentationPipeline
 
 Report = Callable[[float, str], None]
 """A progress callback: (fraction done in [0, 1], what is happening)."""
@@ -172,6 +174,9 @@ class DemoBackend:
         >>> [(row["label"], round(row["share"], 2)) for row in result.rows]  # doctest: +SKIP
     """
 
+    exported = False
+    """Whether the model is an ONNX export (see `ExportedDemoBackend`)."""
+
     def __init__(self, segmenter: NACLIPSegmentationPipeline, model_name: str | None = None) -> None:
         self.segmenter = segmenter
         self.model = segmenter.model
@@ -185,6 +190,7 @@ class DemoBackend:
     def from_pretrained(cls, model_id_or_path: str, device: str | None = None) -> DemoBackend:
         """Load a checkpoint (Hub id or folder) with its processor; `OSError` with the fix when it cannot be found."""
         from ..inference import load_model, load_processor
+        from ..pipeline_naclip import NACLIPSegmentationPipeline
 
         model = load_model(model_id_or_path, device=device)
         processor = load_processor(model_id_or_path)
@@ -350,7 +356,6 @@ class DemoBackend:
             checked.append(method)
         return checked
 
-    @torch.inference_mode()
     def attention_maps(
         self,
         image: Any,
@@ -370,6 +375,9 @@ class DemoBackend:
         part of the image it covers (the rest, under a last partial patch, takes its neighbour's value) and scaled to
         [0, 1].
         """
+        import torch
+        import torch.nn.functional as F
+
         methods = self.check_attention_methods(methods)
         if image is None:
             raise ValueError("No image given: upload an image, then click a point on it.")
@@ -396,21 +404,192 @@ class DemoBackend:
             max(1, min(width, round(columns * patch * width / processed_w))),
         )
         maps, grids, heats = [], [], []
-        for method in methods:
-            outputs = self.model.encode_patches(pixel_values, output_attentions=True, **last_block_settings(method))
-            weights = outputs.attentions[-1][0].float().mean(dim=0)  # [T, T], head-averaged
-            grid = weights[token, 1:].reshape(1, 1, rows, columns)
-            grids.append(grid[0, 0].cpu().numpy())
-            # The grid covers the processed image but its last partial patch: upsampled to the part of the image it
-            # covers, the rest taking its neighbour's value.
-            heat = F.interpolate(grid, size=covered, mode="bilinear", align_corners=False)
-            heat = F.pad(heat, (0, width - covered[1], 0, height - covered[0]), mode="replicate")[0, 0]
-            heat = heat - heat.min()
-            heat = (heat / heat.max().clamp(min=1e-12)).cpu().numpy()
-            heats.append(heat)
-            maps.append((method.title, _heat_overlay(rgb, heat, (x, y), alpha)))
+        with torch.inference_mode():
+            for method in methods:
+                outputs = self.model.encode_patches(pixel_values, output_attentions=True, **last_block_settings(method))
+                weights = outputs.attentions[-1][0].float().mean(dim=0)  # [T, T], head-averaged
+                grid = weights[token, 1:].reshape(1, 1, rows, columns)
+                grids.append(grid[0, 0].cpu().numpy())
+                # The grid covers the processed image but its last partial patch: upsampled to the part of the
+                # image it covers, the rest taking its neighbour's value.
+                heat = F.interpolate(grid, size=covered, mode="bilinear", align_corners=False)
+                heat = F.pad(heat, (0, width - covered[1], 0, height - covered[0]), mode="replicate")[0, 0]
+                heat = heat - heat.min()
+                heat = (heat / heat.max().clamp(min=1e-12)).cpu().numpy()
+                heats.append(heat)
+                maps.append((method.title, _heat_overlay(rgb, heat, (x, y), alpha)))
         return AttentionMaps(methods=[method.name for method in methods], maps=maps, weights=grids, heat=heats,
                              patch=(row, column), grid=(rows, columns))  # fmt: skip
+
+
+class ExportedDemoBackend:
+    """The Segment tab's computations on a folder written by `naclip export`, with onnxruntime and numpy (no torch).
+
+    The last block (`arch`, `attn_strategy`, `gaussian_std`) is fixed in the exported graph, and the graph returns
+    logits only (no attention maps); the classes must be among the stored ones (the folder holds no text tower).
+    Sliding windows, PAMR, the threshold and the short side still apply per call. Safe to call from many threads.
+
+    Args:
+        segmenter: an `naclip_hf.export.runtime.ExportedSegmenter`.
+        model_name: how to name the model in the page (e.g. its folder).
+
+    Example:
+        >>> backend = ExportedDemoBackend.from_export("naclip-onnx")  # doctest: +SKIP
+        >>> result = backend.segment("examples/coffee.jpg", backend.stored_labels_text)  # doctest: +SKIP
+    """
+
+    exported = True
+    is_test_model = False  # nothing in an export tells a test model apart; the page names the folder instead
+
+    def __init__(self, segmenter: ExportedSegmenter, model_name: str | None = None) -> None:
+        self.segmenter = segmenter
+        self.model_name = model_name or str(segmenter.folder)
+
+    @classmethod
+    def from_export(cls, folder: str | os.PathLike, quantized: bool = False) -> ExportedDemoBackend:
+        """Open an exported folder (`quantized`: its `onnx/model_quantized.onnx`); `OSError` / `ValueError` with the
+        fix when it is not a complete export."""
+        from ..export.runtime import ExportedSegmenter
+
+        return cls(ExportedSegmenter(folder, quantized=quantized), model_name=os.fspath(folder))
+
+    @property
+    def stored_classes(self) -> list[list[str]]:
+        """The classes whose text embeddings the export stores (empty when it stores none)."""
+        return [list(names) for names in self.segmenter.stored_classes or []]
+
+    @property
+    def stored_labels_text(self) -> str:
+        """The stored classes as the labels box shows them: one per line, synonyms after commas."""
+        return "\n".join(", ".join(names) for names in self.stored_classes)
+
+    def fixed_settings(self) -> dict[str, Any]:
+        """The last block's settings the graph was exported with (`LAST_BLOCK_SETTINGS`)."""
+        config = self.segmenter.config
+        return {name: getattr(config, name) for name in LAST_BLOCK_SETTINGS}
+
+    def attention_strategies(self) -> list[str]:
+        """The one attention strategy of the graph."""
+        return [self.segmenter.config.attn_strategy]
+
+    def method_settings(self, method: str | None = None) -> dict[str, Any]:
+        """As `DemoBackend.method_settings`: the export's stored settings, `method`'s on top (None: the stored
+        ones alone). `ValueError` naming the method when its last block differs from the graph's."""
+        options, _ = self.call_options(method)
+        config = self.segmenter.config
+        short_side = options.get("short_side", config.short_side)
+        return {
+            **self.fixed_settings(),
+            "pamr": options.get("pamr_steps", config.pamr_steps) > 0,
+            "prob_thd": float(options.get("prob_thd", config.prob_thd)),
+            "short_side": int(short_side),
+            "slide_crop": int(options.get("slide_crop", config.slide_crop)),
+        }
+
+    def call_options(
+        self,
+        method: str | None = None,
+        attn_strategy: str | None = None,
+        arch: str | None = None,
+        pamr: bool | None = None,
+        prob_thd: float | None = None,
+        slide_crop: int | None = None,
+        gaussian_std: float | None = None,
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The runtime options of one request (as `DemoBackend.call_options`) and notes. The last block's settings
+        (given or a method's) must equal the exported ones: `ValueError` saying so and how to get another block."""
+        from ..export.runtime import CALL_SETTINGS
+
+        fixed = self.fixed_settings()
+        asked: dict[str, Any] = {}
+        if method is not None:
+            for name, value in get_method(method).settings.items():
+                if name in CALL_SETTINGS or name in fixed:
+                    asked[name] = value
+        given = {"attn_strategy": attn_strategy, "arch": arch, "gaussian_std": gaussian_std}
+        asked.update({name: value for name, value in given.items() if value is not None})
+        config = self.segmenter.config.to_dict()
+        for name in LAST_BLOCK_SETTINGS:
+            if name not in asked:
+                continue
+            wanted = asked.pop(name)
+            if SETTINGS_BY_NAME[name].check(wanted) != fixed[name]:
+                who = "you asked for" if given[name] is not None else f"the method {method!r} needs"
+                raise ValueError(
+                    "The last block of this exported model is fixed in its graph ("
+                    + ", ".join(f"{key}={value!r}" for key, value in fixed.items())
+                    + f"), but {who} {name}={wanted!r}. Leave the method and the last block's settings empty, "
+                    "export the model again with this block (`naclip export MODEL OUT --set NAME=VALUE`), or run "
+                    "the demo on the PyTorch checkpoint."
+                )
+        if pamr is not None:
+            steps = asked.get("pamr_steps") or config["pamr_steps"] or DEFAULTS["pamr_steps"]
+            asked["pamr_steps"] = steps if pamr else 0
+        if prob_thd is not None:
+            asked["prob_thd"] = float(prob_thd)
+        if slide_crop is not None:
+            slide_crop = _integer(slide_crop, "Sliding window")
+            asked["slide_crop"] = slide_crop
+            if slide_crop > 0:
+                asked["slide_stride"] = max(1, slide_crop // 2)
+        return check_settings(asked, config), []
+
+    def segment(
+        self,
+        image: Any,
+        labels_text: str | None,
+        method: str | None = None,
+        attn_strategy: str | None = None,
+        arch: str | None = None,
+        pamr: bool | None = None,
+        prob_thd: float | None = None,
+        short_side: int | None = None,
+        slide_crop: int | None = None,
+        gaussian_std: float | None = None,
+        report: Report | None = None,
+    ) -> Segmentation:
+        """As `DemoBackend.segment`, on the exported graph. Raises `ValueError` with the fix for no classes, a class
+        the export stores no embedding of, a last block other than the graph's, an unreadable image or a bad option.
+        """
+        report = report or (lambda fraction, message: None)
+        classes = parse_labels_text(labels_text)
+        options, notes = self.call_options(method, attn_strategy, arch, pamr, prob_thd, slide_crop, gaussian_std)
+        if short_side is not None:
+            options["short_side"] = check_settings({"short_side": _integer(short_side, "Short side")})["short_side"]
+        class_set = self.segmenter.encode_classes(classes)  # ValueError naming the stored classes
+        if image is None:
+            raise ValueError("No image given: upload an image (JPEG, PNG, WebP, ...) or pick the example.")
+        report(0.05, "Reading the image")
+        rgb = _read_image(image)
+        report(0.3, "Segmenting")
+        result = self.segmenter.segment(rgb, class_set, **options)
+        report(0.9, "Drawing")
+        labels = class_set.class_labels
+        label_map = result.segmentation.astype(np.uint8 if len(labels) <= 256 else np.int64)
+        palette = class_palette(len(labels))
+        return Segmentation(
+            overlay=overlay_image(rgb, label_map, labels, palette),
+            label_map=label_map_image(label_map, palette),
+            rows=legend_rows(result.segmentation, labels, palette),
+            class_labels=labels,
+            options=options,
+            notes=notes,
+        )
+
+
+def load_backend(model: str | os.PathLike, device: str | None = None) -> DemoBackend | ExportedDemoBackend:
+    """The demo's backend for `model`: an `ExportedDemoBackend` for a folder written by `naclip export` (it holds
+    `onnx/model.onnx`; `device` must then be None or "cpu"), else a `DemoBackend` on the PyTorch checkpoint."""
+    from ..export.runtime import is_exported_folder
+
+    if is_exported_folder(model):
+        if device not in (None, "cpu"):
+            raise ValueError(
+                f"device={device!r}: an exported model runs with onnxruntime on the CPU; leave the device out, or "
+                "run the demo on the PyTorch checkpoint to use this device."
+            )
+        return ExportedDemoBackend.from_export(model)
+    return DemoBackend.from_pretrained(os.fspath(model), device)
 
 
 def _heat_overlay(rgb: np.ndarray, heat: np.ndarray, point: tuple[float, float], alpha: float) -> Image.Image:
@@ -454,6 +633,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "DemoBackend",
     "EXAMPLE_LABELS",
+    "ExportedDemoBackend",
     "LAST_BLOCK_SETTINGS",
     "Segmentation",
     "example_image_path",
@@ -461,5 +641,6 @@ __all__ = [
     "last_block_settings",
     "legend_html",
     "legend_rows",
+    "load_backend",
     "parse_labels_text",
 ]

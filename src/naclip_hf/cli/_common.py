@@ -120,6 +120,31 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_label_options(parser: argparse.ArgumentParser, labels_help: str = "") -> None:
+    """`--labels CLASS ...` or `--labels-file FILE` (one of them); `labels_help` is added to `--labels`' help."""
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--labels", nargs="+", default=None, metavar="CLASS",
+        help="class names, one argument per class (class id = position); synonyms of a class go in the same "
+        'argument, separated by commas, e.g. --labels cat "dog, puppy" sky' + labels_help,
+    )  # fmt: skip
+    labels.add_argument(
+        "--labels-file", type=Path, default=None, metavar="FILE",
+        help="text file, one class per line (line index = class id), synonyms separated by ', '",
+    )  # fmt: skip
+
+
+def classes_from_options(args: argparse.Namespace, benchmark: Any = None) -> list[list[str]] | None:
+    """The classes of `--labels` / `--labels-file`, else the benchmark's (when given), else None."""
+    from ..labels import parse_class_entries, read_labels_file
+
+    if args.labels is not None:
+        return parse_class_entries(args.labels)
+    if args.labels_file is not None:
+        return read_labels_file(args.labels_file)
+    return None if benchmark is None else benchmark.class_names()
+
+
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     """`--model ID_OR_DIR`, defaulting to `options.DEFAULT_CHECKPOINT`."""
     parser.add_argument(

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from ..methods import METHODS, describe_methods
 from ._common import (
+    add_label_options,
     add_model_option,
     add_set_option,
     check_model_source,
+    classes_from_options,
     parse_set_options,
     read_templates_option,
     settings_epilog,
@@ -52,11 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("image", metavar="IMAGE", help="an image file or http(s) URL")
-    labels = parser.add_mutually_exclusive_group()
-    labels.add_argument("--labels", nargs="+", default=None, metavar="CLASS",
-                        help='class names, one argument per class; synonyms separated by commas ("dog, puppy")')
-    labels.add_argument("--labels-file", type=Path, default=None, metavar="FILE",
-                        help="text file, one class per line, synonyms separated by ', '")  # fmt: skip
+    add_label_options(parser)
     parser.add_argument(
         "--methods", nargs="+", default=list(DEFAULT_METHODS), choices=tuple(METHODS), metavar="NAME",
         help=f"methods to compare, in order (default: {' '.join(DEFAULT_METHODS)}); one of {', '.join(METHODS)}",
@@ -76,7 +74,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """`naclip compare`: check the arguments, load the model once, run every method, write the figure."""
-    from ..labels import parse_class_entries, read_labels_file
     from .segment import ensure_writable_dir
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -91,11 +88,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_set_options(args.settings)
     templates = read_templates_option(args.templates_file)
     if args.attention_at is None:
-        if args.labels is not None:
-            classes = parse_class_entries(args.labels)
-        elif args.labels_file is not None:
-            classes = read_labels_file(args.labels_file)
-        else:
+        classes = classes_from_options(args)
+        if classes is None:
             raise ValueError('No labels given; name the classes with --labels cat "dog, puppy" ... or --labels-file '
                              "FILE (attention maps with --attention-at X,Y need none).")  # fmt: skip
     ensure_writable_dir(args.out.parent if str(args.out.parent) else Path("."), "--out FILE.png",

@@ -12,7 +12,15 @@ import textwrap
 from pathlib import Path
 
 from ..benchmarks import BENCHMARKS, get_benchmark
-from ._common import add_set_option, check_model_source, parse_set_options, read_templates_option, stage_split
+from ._common import (
+    add_label_options,
+    add_set_option,
+    check_model_source,
+    classes_from_options,
+    parse_set_options,
+    read_templates_option,
+    stage_split,
+)
 
 DESCRIPTION = textwrap.fill(
     "Export a NACLIP model to ONNX for inference without PyTorch: OUT/onnx/model.onnx (one window of the model: "
@@ -39,16 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("model", metavar="MODEL", help="checkpoint folder (config.json + weights) or Hub id")
     parser.add_argument("out", type=Path, metavar="OUT", help="new (or empty) folder to write")
-    labels = parser.add_mutually_exclusive_group()
-    labels.add_argument(
-        "--labels", nargs="+", default=None, metavar="CLASS",
-        help='class names to embed and store, one argument per class, synonyms separated by commas (e.g. --labels '
-        'cat "dog, puppy" sky)',
-    )  # fmt: skip
-    labels.add_argument(
-        "--labels-file", type=Path, default=None, metavar="FILE",
-        help="text file, one class per line, synonyms separated by ', '",
-    )  # fmt: skip
+    add_label_options(parser, "; their text embeddings are stored with the export")
     parser.add_argument(
         "--preset", default=None, metavar="NAME",
         help=f"a benchmark's classes and inference settings: {', '.join(BENCHMARKS)}; --set overrides its "
@@ -64,20 +63,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """`naclip export`: check the options and the output folder, load the model, export, print what was written."""
-    from ..labels import parse_class_entries, read_labels_file
-
     benchmark = get_benchmark(args.preset) if args.preset is not None else None
     settings = parse_set_options(args.settings, benchmark.settings() if benchmark is not None else None)
     templates = read_templates_option(args.templates_file)
     if templates is not None:
         settings["prompt_templates"] = templates
-    classes = None
-    if args.labels is not None:
-        classes = parse_class_entries(args.labels)
-    elif args.labels_file is not None:
-        classes = read_labels_file(args.labels_file)
-    elif benchmark is not None:
-        classes = benchmark.class_names()
+    classes = classes_from_options(args, benchmark)
     overrides, short_side = stage_split(settings)
     out = args.out
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):

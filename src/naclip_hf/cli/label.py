@@ -18,7 +18,15 @@ from typing import Any
 
 from ..benchmarks import BENCHMARKS
 from ..methods import METHODS, describe_methods
-from ._common import add_model_option, add_set_option, check_model_source, jsonable, settings_epilog, stage_split
+from ._common import (
+    add_label_options,
+    add_model_option,
+    add_set_option,
+    check_model_source,
+    jsonable,
+    settings_epilog,
+    stage_split,
+)
 
 SEGMENTATION_COLUMN = "segmentation"
 PARTS_SUFFIX = ".parts"
@@ -59,11 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--split", default="train", help="split to label (default: %(default)s)")
     parser.add_argument("--image-column", default="image", metavar="NAME", help="column holding the images "
                         "(default: %(default)s)")  # fmt: skip
-    labels = parser.add_mutually_exclusive_group()
-    labels.add_argument("--labels", nargs="+", default=None, metavar="CLASS",
-                        help='class names, one argument per class; synonyms separated by commas ("dog, puppy")')
-    labels.add_argument("--labels-file", type=Path, default=None, metavar="FILE",
-                        help="text file, one class per line, synonyms separated by ', '")  # fmt: skip
+    add_label_options(parser)
     parser.add_argument("--preset", default=None, metavar="NAME",
                         help=f"a benchmark's classes and settings: {', '.join(BENCHMARKS)}")  # fmt: skip
     parser.add_argument("--method", default=None, choices=tuple(METHODS), metavar="NAME",

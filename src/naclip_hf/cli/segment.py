@@ -23,9 +23,11 @@ from ..benchmarks import BENCHMARKS, get_benchmark
 from ..methods import METHODS, combine_settings, describe_methods
 from ..options import DEFAULTS
 from ._common import (
+    add_label_options,
     add_model_option,
     add_set_option,
     check_model_source,
+    classes_from_options,
     jsonable,
     parse_set_options,
     read_templates_option,
@@ -96,17 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="image files, folders and/or http(s) URLs; a folder contributes its images (by extension: "
         f"{', '.join(IMAGE_EXTENSIONS)}), sorted by name, not recursing into subfolders",
     )  # fmt: skip
-    labels = parser.add_mutually_exclusive_group()
-    labels.add_argument(
-        "--labels", nargs="+", default=None, metavar="CLASS",
-        help="class names, one argument per class (class id = position); synonyms of a class go in the same "
-        'argument, separated by commas, e.g. --labels cat "dog, puppy" sky. Put the images before --labels '
-        "(or end the list with --)",
-    )  # fmt: skip
-    labels.add_argument(
-        "--labels-file", type=Path, default=None, metavar="FILE",
-        help="text file, one class per line (line index = class id), synonyms separated by ', '",
-    )  # fmt: skip
+    add_label_options(parser, ". Put the images before --labels (or end the list with --)")
     parser.add_argument(
         "--preset", default=None, metavar="NAME",
         help=f"use a benchmark's classes and inference settings (slide_crop, slide_stride, prob_thd, short_side): "
@@ -346,21 +338,14 @@ def _settings_and_classes(args: argparse.Namespace) -> tuple[dict[str, Any], lis
 
     The preset's settings come first so that --set overrides them; --labels / --labels-file replace its classes.
     """
-    from ..labels import parse_class_entries, read_labels_file
-
     benchmark = get_benchmark(args.preset) if args.preset is not None else None
     base = combine_settings(benchmark, args.method) if benchmark is not None or args.method is not None else None
     settings = parse_set_options(args.settings, base)
     templates = read_templates_option(args.templates_file)
     if templates is not None:
         settings["prompt_templates"] = templates
-    if args.labels is not None:
-        classes = parse_class_entries(args.labels)
-    elif args.labels_file is not None:
-        classes = read_labels_file(args.labels_file)
-    elif benchmark is not None:
-        classes = benchmark.class_names()
-    else:
+    classes = classes_from_options(args, benchmark)
+    if classes is None:
         raise ValueError(
             'No labels given; name the classes with --labels cat "dog, puppy" ..., --labels-file FILE (one class '
             "per line) or --preset NAME (a benchmark's classes)."

@@ -31,9 +31,12 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO / "src"))
 
-from naclip_hf.image_processing_naclip import post_process_logits  # noqa: E402
-from naclip_hf.pamr import NEIGHBOUR_OFFSETS, WINDOW_OFFSETS  # noqa: E402
-from naclip_hf.templates import IMAGENET_TEMPLATES  # noqa: E402
+from naclip_hf.models.naclip.postprocessing_naclip import (  # noqa: E402
+    NEIGHBOUR_OFFSETS,
+    WINDOW_OFFSETS,
+    post_process_logits,  # noqa: E402
+)
+from naclip_hf.models.naclip.templates import IMAGENET_TEMPLATES  # noqa: E402
 
 OFFICIAL_CONTEXT_LENGTH = 77
 
@@ -150,12 +153,12 @@ def baseline_segment_image(
     """`naclip_hf.inference.segment_image` made the official way (`model` should be an `eager_twin`)."""
     from naclip_hf.inference import SegmentationResult, split_options
 
-    forward_options, post_options = split_options(model, options)
+    forward_options, post_options = split_options(model.config, options)
     forward_options.pop("slide_batch_size")
     inputs = processor.image_processor(image)
     pixel_values = inputs["pixel_values"].to(model.device, model.dtype)
     logits = baseline_logits(model, pixel_values, text_embeds.to(model.device), **forward_options)
-    size = tuple(int(v) for v in inputs["original_sizes"][0])
+    size = tuple(int(v) for v in inputs.original_sizes[0])
     probabilities, segmentation = baseline_post_process(logits, pixel_values, size, name_to_class, **post_options)
     return SegmentationResult(logits[0].float().cpu(), probabilities[0].cpu(), segmentation[0].cpu())
 
@@ -176,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from naclip_hf import NACLIPForSemanticSegmentation
     from naclip_hf.inference import load_processor
-    from naclip_hf.labels import flatten_class_names, read_labels_file
+    from naclip_hf.models.naclip.labels import flatten_class_names, read_labels_file
 
     model = NACLIPForSemanticSegmentation.from_pretrained(str(args.model), attn_implementation="eager").eval()
     processor = load_processor(args.model)

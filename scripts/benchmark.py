@@ -12,7 +12,7 @@ Sections (run in this order; `--sections` picks some, default all)
     text          text classifier for N names x 80 templates; its second call from the disk cache
     startup       `naclip --help` vs `import torch`, import and load times, `naclip segment` first and repeat
                   calls vs the baseline command
-    batch_sizes   sweeps of `slide_batch_size` and `text_batch_size` (the defaults in naclip_hf.options)
+    batch_sizes   sweeps of `slide_batch_size` and `text_batch_size` (the defaults in naclip_hf.models.naclip.options)
     scale         large images end to end (peak RSS, 12000x9000 and 4000x3000 with 150 classes) and images/s
                   of `naclip segment` on 1 vs 2 processes (see bench/scale.py)
     kept_memory   PAMR and end to end again with malloc keeping freed memory (last: it cannot be undone)

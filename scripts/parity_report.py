@@ -64,7 +64,7 @@ def main() -> None:
             raw = golden[f"{case['image']}/raw"]
             fed = raw if case["short_side"] == 0 else golden[f"{case['image']}/resized_{case['short_side']}"]
             pixel_values = processor.image_processor(fed.numpy(), short_side=0)["pixel_values"]
-            forward_options, post_options = split_options(model, {})  # the case's settings, from the config
+            forward_options, post_options = split_options(model.config, {})  # the case's settings, from the config
             with torch.no_grad():
                 logits = model(pixel_values=pixel_values, text_embeds=classes.text_embeds, **forward_options).logits
             (result,) = processor.image_processor.post_process_semantic_segmentation(

@@ -28,7 +28,7 @@ from typing import Any
 from naclip_hf.benchmarks import BENCHMARKS, PUBLISHED_KEYS, get_benchmark, paper_benchmarks
 from naclip_hf.fileio import write_text_atomic
 from naclip_hf.methods import METHODS, comparison_table, get_method
-from naclip_hf.options import DEFAULT_CHECKPOINT
+from naclip_hf.models.naclip.options import DEFAULT_CHECKPOINT
 
 PAPER_ORDER: tuple[str, ...] = tuple(benchmark.name for benchmark in paper_benchmarks())
 """The benchmarks with published numbers, in the column order of Table 1 in the paper."""
@@ -175,8 +175,8 @@ def run_benchmarks(
 ) -> tuple[dict[tuple[str, bool], float | None], dict[str, str]]:
     """Evaluate every preset that has a data folder, in the paper's order, once per PAMR mode.
 
-    With `method` (a name of `naclip_hf.methods`), each benchmark runs with that method's settings for it (PAMR
-    as the mode says; the `settings` given win).
+    With `method` (a name of `naclip_hf.methods`), each benchmark runs with that method's settings and class names
+    for it (PAMR as the mode says; the `settings` given win).
 
     Returns `{(preset, pamr): mIoU %}` and `{preset: error message}` for presets that could not be evaluated
     (the others still run). Each run's result is written to `out_dir` on the main process.
@@ -205,7 +205,7 @@ def run_benchmarks(
         try:
             dataset = load_benchmark_dataset(name, roots[name], split=split, limit=limit)
             embeddings = encode_classes(
-                model=model, processor=processor, classes=get_benchmark(name).class_names(), cache_dir=True
+                model=model, processor=processor, classes=get_benchmark(name).class_names(method=method), cache_dir=True
             )
             run_overrides = dict(overrides)
             if method is not None:

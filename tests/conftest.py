@@ -96,6 +96,41 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/x.jpg"
 
 
+class _HubDownHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request with 503 (a Hub that is down) and records its path."""
+
+    def _unavailable(self) -> None:
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_POST = _unavailable
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub_down():
+    """A stand-in for the Hugging Face Hub on 127.0.0.1 that answers 503 to everything, for the test's duration (and
+    at most 120 s): (endpoint URL for HF_ENDPOINT, list of the paths requested so far)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubDownHandler)
+    server.paths = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    deadline = threading.Timer(120, server.shutdown)
+    deadline.daemon = True
+    thread.start()
+    deadline.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", server.paths  # type: ignore[attr-defined]
+    finally:
+        deadline.cancel()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def tiny_export(tiny_checkpoint, golden_labels_file, tmp_path_factory) -> Path:
     """`naclip export` of the tiny checkpoint with the golden classes, quantized (one export for the whole run)."""

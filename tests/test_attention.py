@@ -5,33 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from naclip_hf.modeling_naclip import (
+from helpers import GRID, last_attention, last_layer_projections, tiny_model
+from naclip_hf.models.naclip.modeling_naclip import (
     NACLIP_ATTENTION_FUNCTIONS,
+    NACLIPAttentionInterface,
     attend,
     gaussian_neighbourhood_bias,
     register_attention,
 )
-from test_modeling import tiny_model
-
-GRID = (5, 7)  # patch rows and columns of a 40×56 input with 8-pixel patches
-
-
-def last_layer_projections(model, pixels):
-    """q, k [B, heads, T, head_dim] of the last layer, recomputed by hand from its input (hidden_states[-2])."""
-    with torch.no_grad():
-        encoded = model.encode_patches(pixels, output_hidden_states=True)
-        layer = model.vision_model.encoder.layers[-1]
-        x = layer.layer_norm1(encoded.hidden_states[-2])
-        attention = layer.self_attn
-        shape = (*x.shape[:-1], attention.num_heads, attention.head_dim)
-        query = attention.q_proj(x).view(shape).transpose(1, 2)
-        key = attention.k_proj(x).view(shape).transpose(1, 2)
-    return query, key, attention.scale
-
-
-def last_attention(model, pixels, **options):
-    with torch.no_grad():
-        return model.encode_patches(pixels, output_attentions=True, **options).attentions[-1]
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
@@ -113,7 +94,7 @@ def test_per_call_options_equal_the_same_options_in_the_config_and_leave_it_unch
 
 
 def test_a_new_strategy_is_one_function_and_one_registry_entry():
-    def half_and_half(module, query, key, value, grid, gaussian_std, output_attentions=False):
+    def half_and_half(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False):
         """Average of CLIP's and key-key attention."""
         out_q, w_q = attend(module, query, key, value, None, output_attentions)
         out_k, w_k = attend(module, key, key, value, None, output_attentions)
@@ -128,7 +109,15 @@ def test_a_new_strategy_is_one_function_and_one_registry_entry():
                     + last_attention(model, pixels, attn_strategy="kk")) / 2  # fmt: skip
         torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)
     finally:
-        del NACLIP_ATTENTION_FUNCTIONS["half_and_half"]
+        NACLIPAttentionInterface._global_mapping.pop("half_and_half")
+
+
+def test_an_interface_instance_overrides_a_strategy_for_itself_only():
+    interface = NACLIPAttentionInterface()
+    interface["naclip"] = NACLIP_ATTENTION_FUNCTIONS["kk"]
+    assert interface["naclip"] is NACLIP_ATTENTION_FUNCTIONS["kk"]
+    assert NACLIP_ATTENTION_FUNCTIONS["naclip"] is not NACLIP_ATTENTION_FUNCTIONS["kk"]
+    assert NACLIPAttentionInterface()["naclip"] is NACLIP_ATTENTION_FUNCTIONS["naclip"]
 
 
 @pytest.mark.parametrize("implementation", ["flash_attention_2", "flex_attention"])

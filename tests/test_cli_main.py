@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -96,7 +98,7 @@ def test_import_registers_once_transformers_is_imported():
 @pytest.mark.parametrize(
     "statement",
     [
-        "from naclip_hf.configuration_naclip import NACLIPConfig",  # transformers first imported inside it
+        "from naclip_hf.models.naclip.configuration_naclip import NACLIPConfig",  # transformers first imported inside it
         pytest.param("from naclip_hf import NACLIPForSemanticSegmentation", marks=pytest.mark.slow),
         pytest.param("import transformers, naclip_hf", marks=pytest.mark.slow),  # registered at once
     ],
@@ -257,3 +259,64 @@ def test_segment_imports_only_what_it_needs(tiny_checkpoint, tmp_path):
     assert {"torch", "transformers"} <= set(result["loaded"])
     # (transformers itself imports accelerate for loading weights when it is installed)
     assert not {"datasets", "evaluate", "naclip_hf.evaluation"} & set(result["loaded"]), result["loaded"]
+
+
+# --- quiet output: nothing from third-party libraries on stderr; `--help` shows values
+
+
+def test_ordinary_commands_print_no_third_party_warnings(tiny_checkpoint, golden_dir, tmp_path):
+    """segment, label, evaluate, compare (also attention maps), card and convert on the tiny model, in one fresh
+    process as a user runs them: stderr holds nothing but the commands' own progress bars (if the machine is slow
+    enough for them to appear)."""
+    from synthetic_data import make_benchmark_dataset
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    first, second = write_image(photos / "first.png", 1), write_image(photos / "second.png", 2)
+    voc = make_benchmark_dataset("voc21", tmp_path / "voc")
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.\n")
+    model = ["--model", str(tiny_checkpoint)]
+    commands = [
+        ["segment", str(photos), "--labels", "road", "sky", *model, "--set", f"short_side={SHORT_SIDE}",
+         "--out", str(tmp_path / "segmented")],
+        ["label", str(photos), "--labels", "road", "sky", *model, "--set", f"short_side={SHORT_SIDE}",
+         "--out", str(tmp_path / "labelled")],
+        ["evaluate", "--preset", "voc21", "--data-root", str(voc), *model, "--limit", "2", "--pamr", "off",
+         "--set", f"short_side={SHORT_SIDE}", "--templates-file", str(templates)],
+        ["compare", str(first), "--labels", "road", "sky", "--methods", "clip", "naclip", *model,
+         "--set", f"short_side={SHORT_SIDE}", "--out", str(tmp_path / "compare.png")],
+        ["compare", str(second), "--attention-at", "10,10", "--methods", "clip", "naclip", *model,
+         "--set", f"short_side={SHORT_SIDE}", "--out", str(tmp_path / "attention.png")],
+        ["card", str(tiny_checkpoint), "--out", str(tmp_path / "card.md")],
+        ["convert", str(golden_dir / "openai_clip_tiny.safetensors"), str(tmp_path / "converted")],
+    ]  # fmt: skip
+    code = (
+        "import sys\n"
+        "from naclip_hf.cli import main\n"
+        f"for argv in {commands!r}:\n"
+        "    sys.stderr.write(f'\\n=== {argv[0]}\\n'); sys.stderr.flush()\n"
+        "    status = main(argv)\n"
+        "    sys.stderr.write(f'\\n=== status {status}\\n'); sys.stderr.flush()\n"
+    )
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY", "DATASETS_VERBOSITY", "TQDM_DELAY",
+                          "PYTHONWARNINGS")}  # fmt: skip
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                               cwd=tmp_path)  # fmt: skip
+    runs = re.findall(r"\n=== (\w+)\n(.*?)\n=== status (\S+)\n", completed.stderr, flags=re.S)
+    assert [name for name, _, _ in runs] == [argv[0] for argv in commands], completed.stderr
+    own_bars = re.compile(r"(naclip segment|naclip label \[shard \d+/\d+\]|voc21):[^\r\n]*")
+    for name, text, status in runs:
+        assert status == "0", f"naclip {name} exited with {status}:\n{text}"
+        assert own_bars.sub("", text).strip() == "", f"naclip {name} printed on stderr:\n{text}"
+
+
+def test_segment_help_shows_the_timeout_default_as_a_value(capsys):
+    from naclip_hf.models.naclip.image_io import DEFAULT_URL_TIMEOUT
+
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"seconds to wait for each URL (default: {DEFAULT_URL_TIMEOUT:g})" in help_text
+    assert "DEFAULT_URL_TIMEOUT" not in help_text

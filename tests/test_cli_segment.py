@@ -16,7 +16,7 @@ from PIL import Image
 from naclip_hf.benchmarks import BENCHMARKS, get_benchmark
 from naclip_hf.cli import DEFAULT_OUT_DIR, main
 from naclip_hf.inference import encode_classes, load_model, load_processor, segment_image
-from naclip_hf.options import DEFAULT_CHECKPOINT, SETTINGS
+from naclip_hf.models.naclip.options import DEFAULT_CHECKPOINT, SETTINGS
 from naclip_hf.visualization import class_palette, class_shares
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -327,7 +327,7 @@ def test_help_lists_commands_and_explains_every_option(capsys):
     for output in ("_labels.png", "_overlay.png", ".json", ".scores.safetensors", DEFAULT_OUT_DIR):
         assert output in text
     assert f"(default: {DEFAULT_CHECKPOINT})" in text
-    # The settings' epilog is generated from naclip_hf.options: every key with its valid values.
+    # The settings' epilog is generated from naclip_hf.models.naclip.options: every key with its valid values.
     for setting in SETTINGS:
         if setting.name != "prompt_templates":
             assert f" {setting.name} " in text and " ".join(setting.valid_range().split()) in text

@@ -8,7 +8,15 @@ import torch
 from PIL import Image
 
 from naclip_hf.cli import main
-from naclip_hf.figures import attention_figure, attention_maps, heat_colours, segmentation_figure
+from naclip_hf.figures import (
+    LEGEND_FRAME,
+    attention_figure,
+    attention_maps,
+    figure_legend,
+    heat_colours,
+    segmentation_figure,
+    text_size,
+)
 from naclip_hf.inference import load_model, load_processor
 from naclip_hf.methods import get_method
 from naclip_hf.visualization import class_palette
@@ -90,6 +98,69 @@ def test_figure_functions_without_a_model():
     with pytest.raises(ValueError, match="is \\(3, 3\\), the image \\(30, 40\\)"):
         attention_figure(image, {"sclip": np.zeros((3, 3))}, (5, 5))
     assert get_method("sclip").title == "SCLIP"
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True in a 1-D boolean array."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    starts, ends = np.flatnonzero(np.diff(padded) == 1), np.flatnonzero(np.diff(padded) == -1) - 1
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+@pytest.mark.parametrize("panel_height", [96, 256])
+def test_legend_text_is_as_tall_as_the_titles_and_its_frame_fits_the_entries(panel_height):
+    # A flat grey image and light colours: the only near-black pixels are text. Class 0 is called "CLIP", like the
+    # title of the first method, so the legend and the title draw the same glyphs.
+    image = np.full((48, 64, 3), 230, dtype=np.uint8)
+    segmentations = {"clip": np.zeros((48, 64), np.int64), "naclip": np.ones((48, 64), np.int64)}
+    figure = segmentation_figure(image, segmentations, ["CLIP", "sky"], alpha=0.3, panel_height=panel_height)
+    pixels = np.asarray(figure).astype(np.int64)
+    dark = pixels.max(axis=2) < 80
+    panel_rows = _runs(((pixels == 230).all(axis=2)).sum(axis=1) > 16)
+    assert len(panel_rows) == 1 and panel_rows[0][1] - panel_rows[0][0] + 1 == panel_height
+    top = panel_rows[0][0]
+    panels = _runs((pixels[top + 1] != 255).any(axis=1))
+    clip_columns = slice(panels[1][0], panels[1][1] + 1)
+    title = _runs(dark[:top, clip_columns].any(axis=1))
+    assert len(title) == 1, "one line of title text above the CLIP panel"
+    legend_lines = _runs(dark[top:].any(axis=1))
+    assert len(legend_lines) == 2, "two legend entries, one line each"
+    title_height = title[0][1] - title[0][0] + 1
+    legend_height = legend_lines[0][1] - legend_lines[0][0] + 1
+    assert legend_height >= title_height >= 0.6 * text_size(panel_height)
+
+    # The frame hugs the entries (swatches and labels) and the figure ends just after it.
+    frame = (pixels == LEGEND_FRAME).all(axis=2)
+    frame_rows, frame_columns = np.flatnonzero(frame.any(axis=1)), np.flatnonzero(frame.any(axis=0))
+    inside = pixels[frame_rows[0] + 1 : frame_rows[-1], frame_columns[0] + 1 : frame_columns[-1]]
+    content = (inside != 255).any(axis=2)
+    content_rows, content_columns = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    margins = [content_rows[0], content.shape[0] - 1 - content_rows[-1], content_columns[0],
+               content.shape[1] - 1 - content_columns[-1]]  # fmt: skip
+    assert max(margins) <= text_size(panel_height) // 2
+    assert figure.width - 1 - frame_columns[-1] <= text_size(panel_height) // 2
+    assert frame_rows[-1] - frame_rows[0] < panel_height
+
+
+def test_a_long_legend_takes_columns_then_goes_below_the_panels():
+    labels = [f"class {index}" for index in range(40)]
+    palette = class_palette(len(labels))
+    side = figure_legend([(label, tuple(palette[i].tolist())) for i, label in enumerate(labels[:12])], 16, 100)
+    assert side.height <= 100
+    side_pixels = {tuple(c) for c in np.asarray(side).reshape(-1, 3).tolist()}
+    assert all(tuple(colour) in side_pixels for colour in palette[:12].tolist()), "every entry is drawn"
+
+    image = np.full((30, 40, 3), 230, dtype=np.uint8)
+    segmentation = np.arange(30 * 40).reshape(30, 40) % len(labels)
+    figure = segmentation_figure(image, {"clip": segmentation}, labels, panel_height=64)
+    pixels = np.asarray(figure)
+    without_legend = attention_figure(image, {"clip": np.zeros((30, 40))}, (0, 0), panel_height=64)
+    assert figure.width == without_legend.width, "the legend does not widen the figure"
+    assert figure.height > without_legend.height
+    below = {tuple(c) for c in pixels[64:].reshape(-1, 3).tolist()}
+    assert all(tuple(colour) in below for colour in palette.tolist()), "every class has its swatch below"
+    with pytest.raises(ValueError, match="at least one entry"):
+        figure_legend([], 16)
 
 
 def test_compare_errors_before_loading(image_path, tmp_path, capsys):

@@ -257,7 +257,7 @@ def test_convert_without_tokenizer_writes_the_builtin_clip_bpe(tmp_path, golden_
 
 
 def test_builtin_bpe_tokenizes_like_openai(golden):
-    from naclip_hf.tokenization import builtin_bpe_dir, load_clip_tokenizer
+    from naclip_hf.models.naclip.tokenization import builtin_bpe_dir, load_clip_tokenizer
 
     assert sorted(p.name for p in builtin_bpe_dir().iterdir()) == ["merges.txt", "vocab.json"]
     tokenizer = load_clip_tokenizer(None)
@@ -271,7 +271,7 @@ def test_builtin_bpe_tokenizes_like_openai(golden):
 def test_folder_without_vocab_files(tmp_path, tiny_checkpoint, caplog):
     from transformers import CLIPTextConfig, CLIPTokenizer
 
-    from naclip_hf.tokenization import load_clip_tokenizer
+    from naclip_hf.models.naclip.tokenization import load_clip_tokenizer
 
     folder = tmp_path / "weights-only"
     folder.mkdir()
@@ -279,7 +279,7 @@ def test_folder_without_vocab_files(tmp_path, tiny_checkpoint, caplog):
     # transformers does not fail here: it builds a tokenizer that knows only its special tokens.
     assert len(CLIPTokenizer.from_pretrained(str(folder))) <= 2
 
-    with caplog.at_level("WARNING", logger="naclip_hf.tokenization"):
+    with caplog.at_level("WARNING", logger="naclip_hf.models.naclip.tokenization"):
         tokenizer = load_clip_tokenizer(folder, CLIPTextConfig(vocab_size=49408))
     assert len(tokenizer) == 49408 and tokenizer("a photo of a cat.")["input_ids"][:3] == [49406, 320, 1125]
     assert "built-in OpenAI CLIP BPE" in caplog.text and str(folder) in caplog.text
@@ -296,7 +296,7 @@ def test_folder_without_vocab_files(tmp_path, tiny_checkpoint, caplog):
 def test_tokenizer_whose_vocabulary_does_not_fit_the_text_model(golden_dir, tmp_path):
     from transformers import CLIPTextConfig
 
-    from naclip_hf.tokenization import load_clip_tokenizer
+    from naclip_hf.models.naclip.tokenization import load_clip_tokenizer
 
     tokenizer_dir = golden_dir / "tokenizer"
     with pytest.raises(ValueError, match=r"has 49408 tokens but the text model has 1000.*Add vocab.json"):

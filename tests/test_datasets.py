@@ -22,7 +22,7 @@ from naclip_hf.evaluation.datasets import (
     load_hub_dataset,
     read_label_map,
 )
-from naclip_hf.options import check_settings
+from naclip_hf.models.naclip.options import check_settings
 from synthetic_data import make_benchmark_dataset, save_gray_png, save_palette_png
 
 REPO = Path(__file__).resolve().parents[1]

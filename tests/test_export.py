@@ -20,11 +20,11 @@ pytest.importorskip("onnxscript")
 from naclip_hf.cli import main  # noqa: E402
 from naclip_hf.export import runtime  # noqa: E402
 from naclip_hf.export.onnx_export import export_graph, graph_position_embeddings  # noqa: E402
-from naclip_hf.image_processing_naclip import NACLIPImageProcessor  # noqa: E402
-from naclip_hf.image_processing_naclip import post_process_logits as torch_post_process  # noqa: E402
 from naclip_hf.inference import encode_classes, load_model, load_processor, segment_image  # noqa: E402
-from naclip_hf.modeling_naclip import official_position_embeddings  # noqa: E402
-from naclip_hf.pamr import pamr as torch_pamr  # noqa: E402
+from naclip_hf.models.naclip.image_processing_naclip import NACLIPImageProcessor  # noqa: E402
+from naclip_hf.models.naclip.modeling_naclip import official_position_embeddings  # noqa: E402
+from naclip_hf.models.naclip.postprocessing_naclip import pamr as torch_pamr  # noqa: E402
+from naclip_hf.models.naclip.postprocessing_naclip import post_process_logits as torch_post_process  # noqa: E402
 
 # (height, width, names): a non-square input that needs positional interpolation, the pretrained 224 grid (no
 # interpolation), and one with pixels past the last full patch; one and five names.

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import CASE_IDS, case_settings
 from naclip_hf import NACLIPForSemanticSegmentation
 from naclip_hf.cli import main
 from naclip_hf.inference import encode_classes, load_processor, split_options
@@ -19,42 +20,6 @@ from naclip_hf.inference import encode_classes, load_processor, split_options
 LOGITS_TOL = 1e-4
 PROBS_TOL = 1e-3
 MIN_EQUAL_LABELS = 0.999
-
-CASE_IDS = [
-    "a_whole_naclip",
-    "b_voc21_style",
-    "c_slide_naclip",
-    "c_slide_naclip_pamr",
-    "c_slide_vanilla_vanilla",
-    "c_slide_reduced_vanilla",
-    "c_slide_reduced_kk",
-    "c_slide_vanilla_csa",
-    "c_slide_reduced_nonly",
-    "c_slide_vanilla_naclip",
-    "c_slide_naclip_std3",
-    "d_odd_width_slide",
-    "d_odd_width_whole",
-    "e_city_style",
-]
-
-
-def case_settings(manifest: dict, case_id: str) -> tuple[dict, dict]:
-    """(case entry, NACLIP config overrides) for a manifest case."""
-    case = next(c for c in manifest["cases"] if c["id"] == case_id)
-    merged = {**manifest["defaults"], **case}
-    overrides = {
-        "arch": merged["arch"],
-        "attn_strategy": merged["attn"],
-        "gaussian_std": float(merged["std"]),
-        "pamr_steps": int(merged["pamr_steps"]),
-        "pamr_dilations": list(merged["pamr_stride"]),
-        "prob_thd": float(merged["prob_thd"]),
-        "logit_scale": float(merged["logit_scale"]),
-        "slide_crop": int(merged["slide_crop"]),
-        "slide_stride": int(merged["slide_stride"]),
-    }
-    return case, overrides
-
 
 def assert_matches_golden(golden: dict, case_id: str, logits, probabilities, segmentation) -> None:
     expected_logits = golden[f"{case_id}/logits_processed"]
@@ -106,7 +71,7 @@ def test_case_through_from_pretrained(tiny_checkpoint, golden, manifest, case_id
     for key, value in at_load.items():
         assert getattr(model.config, key) == value
     config_before = model.config.to_dict()
-    forward_options, post_options = split_options(model, overrides if settings_in == "call" else {})
+    forward_options, post_options = split_options(model.config, overrides if settings_in == "call" else {})
     processor = load_processor(tiny_checkpoint)
     raw = golden[f"{case['image']}/raw"]
     fed = raw if case["short_side"] == 0 else golden[f"{case['image']}/resized_{case['short_side']}"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from naclip_hf.image_io import describe_input, load_image, to_rgb_array
+from naclip_hf.models.naclip.image_io import describe_input, load_image, to_rgb_array
 
 IMAGE_IO_FILE = Path(__file__).resolve().parents[1] / "src" / "naclip_hf" / "image_io.py"
 
@@ -169,7 +169,7 @@ def test_shapes(picture):
 def test_unsupported_inputs_and_descriptions(tmp_path):
     with pytest.raises(TypeError, match="a file path .* an http\\(s\\) URL, a PIL image, a numpy array or a torch"):
         load_image([[0, 1], [2, 3]])
-    with pytest.raises(TypeError, match="read files and URLs with naclip_hf.image_io.load_image"):
+    with pytest.raises(TypeError, match="read files and URLs with naclip_hf.models.naclip.image_io.load_image"):
         to_rgb_array("photo.jpg")
     with pytest.raises(ValueError, match="not pixel values"):
         to_rgb_array(np.array([["a", "b"]]))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from naclip_hf.image_utils import resize_bilinear_uint8, resize_short_side, resized_shape
+from naclip_hf.models.naclip.image_utils import resize_bilinear_uint8, resize_short_side, resized_shape
 
 GOLDEN_FILE = Path(__file__).parent / "fixtures" / "golden" / "golden.safetensors"
 GOLDEN_RESIZES = [("img_b", 336), ("img_c", 336), ("img_d", 336), ("img_e", 560)]

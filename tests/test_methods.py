@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from helpers import GRID, last_attention, last_layer_projections, tiny_model
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
 from naclip_hf.cli import main
-from naclip_hf.image_processing_naclip import apply_area_threshold, area_threshold_keep, post_process_image
 from naclip_hf.methods import (
     METHODS,
     Method,
@@ -23,10 +23,9 @@ from naclip_hf.methods import (
     get_method,
     register_method,
 )
-from naclip_hf.modeling_naclip import gaussian_neighbourhood_bias
-from naclip_hf.options import DEFAULTS
-from test_attention import GRID, last_attention, last_layer_projections
-from test_modeling import tiny_model
+from naclip_hf.models.naclip.modeling_naclip import gaussian_neighbourhood_bias
+from naclip_hf.models.naclip.options import DEFAULTS
+from naclip_hf.models.naclip.postprocessing_naclip import apply_area_threshold, area_threshold_keep, post_process_image
 
 BUILT_IN = ("naclip", "clip", "maskclip", "sclip", "clearclip")
 

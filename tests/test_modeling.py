@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
+from helpers import tiny_clip_config, tiny_model
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
-from naclip_hf.image_processing_naclip import NACLIPImageProcessor
-from naclip_hf.modeling_naclip import gaussian_neighbourhood_bias, sliding_windows
+from naclip_hf.models.naclip.image_processing_naclip import NACLIPImageProcessor
+from naclip_hf.models.naclip.modeling_naclip import gaussian_neighbourhood_bias, sliding_windows
 
 STRATEGIES = [
     ("reduced", "naclip"),
@@ -21,37 +22,6 @@ STRATEGIES = [
     ("vanilla", "vanilla"),
     ("vanilla", "naclip"),
 ]
-
-
-def tiny_clip_config(**kwargs) -> dict:
-    return dict(
-        projection_dim=16,
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-            "projection_dim": 16,
-        },
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "vocab_size": 99,
-            "max_position_embeddings": 16,
-            "projection_dim": 16,
-            "eos_token_id": 98,
-        },
-        **kwargs,
-    )
-
-
-def tiny_model(**settings) -> NACLIPForSemanticSegmentation:
-    torch.manual_seed(0)
-    return NACLIPForSemanticSegmentation(NACLIPConfig(**tiny_clip_config(**settings))).eval()
 
 
 def test_gaussian_bias_matches_brute_force():
@@ -211,7 +181,6 @@ def test_image_smaller_than_one_patch():
 @pytest.mark.parametrize(
     "settings,message",
     [
-        ({"attn_strategy": "bogus"}, "attn_strategy='bogus' is invalid: it must be one of naclip, gav"),
         ({"arch": "full"}, "arch='full' is invalid: it must be one of reduced, vanilla"),
         ({"attn_strategy": "csa", "arch": "reduced"}, "set arch='vanilla'"),
         ({"gaussian_std": 0.0}, "gaussian_std=0.0 is invalid: it must be a number > 0"),
@@ -233,6 +202,12 @@ def test_image_smaller_than_one_patch():
 def test_invalid_settings_raise_value_error(settings, message):
     with pytest.raises(ValueError, match=message):
         NACLIPConfig(**settings)
+
+
+def test_unknown_attention_strategy_is_refused_when_the_model_is_built():
+    # The registry lives with the model (the configuration module imports no modeling code).
+    with pytest.raises(ValueError, match="attn_strategy='bogus' is invalid: it must be one of naclip, gav"):
+        tiny_model(attn_strategy="bogus")
 
 
 def test_invalid_settings_are_refused_at_load_and_per_call(tmp_path):

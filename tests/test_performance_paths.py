@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import CASE_IDS, case_settings
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation, modeling_naclip
 from naclip_hf.inference import encode_classes, load_processor, segment_image, split_options
-from naclip_hf.pamr import pamr
-from test_golden_parity import CASE_IDS, case_settings
+from naclip_hf.models.naclip.postprocessing_naclip import pamr
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "scripts" / "benchmark.py"
@@ -318,7 +318,7 @@ def test_bfloat16_label_agreement(tiny_checkpoint, golden, manifest):
     agreements = {}
     for case_id in CASE_IDS:
         case, overrides = case_settings(manifest, case_id)
-        forward_options, post_options = split_options(model, overrides)
+        forward_options, post_options = split_options(model.config, overrides)
         raw = golden[f"{case['image']}/raw"]
         fed = raw if case["short_side"] == 0 else golden[f"{case['image']}/resized_{case['short_side']}"]
         pixel_values = processor.image_processor(fed.numpy(), short_side=0)["pixel_values"].to(torch.bfloat16)

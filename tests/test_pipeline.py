@@ -244,9 +244,9 @@ def test_settings_for_one_call(pipe, image):
 
 
 def test_short_side_changes_the_model_input(pipe, image):
-    small = pipe.preprocess(image, short_side=64)
+    small = pipe.preprocess(image, candidate_labels=[["cat"]], short_side=64)
     assert tuple(small["pixel_values"].shape) == (1, 3, 64, 85) and small["original_size"] == (150, 200)
-    default = pipe.preprocess(image)
+    default = pipe.preprocess(image, candidate_labels=[["cat"]])
     assert tuple(default["pixel_values"].shape[-2:]) == (336, 448)
 
 
@@ -290,8 +290,8 @@ def test_default_checkpoint_offline_says_how_to_get_one(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_CACHE", "TRANSFORMERS_CACHE")}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), HF_MODULES_CACHE=str(tmp_path / "modules"))
     code = (
-        "import naclip_hf\n"
         "from transformers import pipeline\n"
+        "import naclip_hf\n"
         "try:\n"
         "    pipeline('naclip-segmentation')\n"
         "except OSError as error:\n"

@@ -6,16 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from naclip_hf import image_processing_naclip
-from naclip_hf.image_processing_naclip import (
-    NACLIPImageProcessor,
+from naclip_hf.models.naclip import postprocessing_naclip
+from naclip_hf.models.naclip.image_processing_naclip import NACLIPImageProcessor
+from naclip_hf.models.naclip.postprocessing_naclip import (
     estimate_post_processing_bytes,
+    pamr,
     pamr_halo,
     plan_tiles,
     post_process_image,
     upsample_region,
 )
-from naclip_hf.pamr import pamr
 
 DILATIONS = [2, 3]
 
@@ -80,7 +80,7 @@ def test_halo_is_needed(monkeypatch):
     logits, pixels = random_inputs(len(name_to_class), h, w)
     options = dict(logit_scale=40.0, prob_thd=prob_thd, pamr_steps=steps, pamr_dilations=DILATIONS)
     whole = post_process_image(logits, pixels, (height, width), name_to_class, **options, return_probabilities=True)
-    monkeypatch.setattr(image_processing_naclip, "pamr_halo", lambda s, d: s * max(d) - 1)
+    monkeypatch.setattr(postprocessing_naclip, "pamr_halo", lambda s, d: s * max(d) - 1)
     short = post_process_image(
         logits, pixels, (height, width), name_to_class, **options, return_probabilities=True, tile_shape=(8, 1000)
     )

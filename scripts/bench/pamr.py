@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from baselines import pamr_reference
 from bench.common import Context, Row, SectionResult, Target, best_times, peak_tensor_bytes
-from naclip_hf.pamr import pamr
+from naclip_hf.models.naclip.postprocessing_naclip import pamr
 
 SPEEDUP_TARGET = 5.0
 MEMORY_RATIO_TARGET = 0.25

@@ -19,7 +19,7 @@ from bench.common import (
     peak_tensor_bytes,
     seconds,
 )
-from naclip_hf.modeling_naclip import sliding_windows
+from naclip_hf.models.naclip.modeling_naclip import sliding_windows
 
 MATMUL_FRACTION_TARGET = 0.60
 

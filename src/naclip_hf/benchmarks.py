@@ -4,8 +4,8 @@
 card and `scripts/run_all_benchmarks.py` read. Adding a benchmark is one `register_benchmark(Benchmark(...))`.
 The eight built-in benchmarks are those of the NACLIP paper, in the column order of its Table 1.
 
-This module imports only the standard library (and `labels` when class names are read), so that the command
-line can list the benchmarks without torch.
+This module imports only the standard library (and `labels` when class names are read, `methods` when a
+method's are), so that the command line can list the benchmarks without torch.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .options import check_settings
+from .models.naclip.options import check_settings
+
+if TYPE_CHECKING:
+    from .methods import Method
 
 CLASS_FILES_FOLDER = "benchmark_classes"
 """Folder of the package holding the class files of the built-in benchmarks."""
@@ -39,7 +42,8 @@ class Benchmark:
         display_name: the dataset as named in model cards and reports, e.g. "PASCAL VOC 2012 (21 classes, ...)".
         dataset_type: the dataset's id in the Hub's model-index (e.g. "pascal_voc").
         classes_file: one class per line (synonyms separated by ", "): a file name in the package's
-            `benchmark_classes/` folder, or an absolute path.
+            `benchmark_classes/` folder, or an absolute path. A method whose official code names the classes
+            otherwise gives its own file (`naclip_hf.methods.Method.benchmark_classes`); see `class_names`.
         num_classes: number of lines (classes) of `classes_file`.
         reduce_zero_label: label 0 is ignored and every other label id drops by one (as MMSeg's option).
         layout: the on-disk layout: a name of `naclip_hf.evaluation.datasets.LAYOUTS` ("voc", "context",
@@ -90,8 +94,8 @@ class Benchmark:
         return "whole" if self.slide_crop == 0 else "slide"
 
     def settings(self) -> dict[str, Any]:
-        """The benchmark's settings (names from `naclip_hf.options`): `slide_crop`, `slide_stride`, `prob_thd`
-        and `short_side`. A whole-image pass keeps the default stride."""
+        """The benchmark's settings (names from `naclip_hf.models.naclip.options`): `slide_crop`, `slide_stride`,
+        `prob_thd` and `short_side`. A whole-image pass keeps the default stride."""
         settings: dict[str, Any] = {"slide_crop": self.slide_crop, "prob_thd": self.prob_thd}
         if self.slide_crop > 0:
             settings["slide_stride"] = self.slide_stride
@@ -107,22 +111,52 @@ class Benchmark:
         path = Path(self.classes_file)
         return path if path.is_absolute() else None
 
-    def class_names(self) -> list[list[str]]:
-        """The classes in label-id order, each as its list of synonyms. Raises `ValueError` if the file does not
-        hold `num_classes` classes."""
-        from .labels import read_labels_file
+    def classes_file_for(self, method: str | Method | None = None) -> str:
+        """The class file of a run of `method` (a name or `naclip_hf.methods.Method`) on this benchmark: the
+        method's own file where its official code names this benchmark's classes otherwise
+        (`Method.benchmark_classes`), else `classes_file`. `method=None` gives `classes_file`."""
+        if method is None:
+            return self.classes_file
+        from .methods import get_method
 
-        path = self.classes_path()
-        if path is not None:
+        return get_method(method).benchmark_classes.get(self.name, self.classes_file)
+
+    def class_names(self, method: str | Method | None = None) -> list[list[str]]:
+        """The classes in label-id order, each as its list of synonyms.
+
+        Args:
+            method: a method name (or `naclip_hf.methods.Method`) whose official class names to use where its
+                code names this benchmark's classes otherwise (e.g. ClearCLIP's single "background" on voc21);
+                None (the default) gives the benchmark's own names.
+
+        Raises `ValueError` if the file does not hold `num_classes` classes (the label ids would not line up).
+
+        Example:
+
+        ```python
+        >>> get_benchmark("voc21").class_names()[0][:2]
+        ['sky', 'wall']
+        >>> get_benchmark("voc21").class_names(method="clearclip")[0]
+        ['background']
+        ```
+        """
+        from .models.naclip.labels import read_labels_file
+
+        classes_file = self.classes_file_for(method)
+        path = Path(classes_file)
+        if path.is_absolute():
             classes = read_labels_file(path)
         else:
-            resource = resources.files("naclip_hf").joinpath(CLASS_FILES_FOLDER, self.classes_file)
+            resource = resources.files("naclip_hf").joinpath(CLASS_FILES_FOLDER, classes_file)
             with resources.as_file(resource) as file:
                 classes = read_labels_file(file)
         if len(classes) != self.num_classes:
+            whose = "its class file"
+            if classes_file != self.classes_file:
+                whose = f"the class file of method {getattr(method, 'name', method)!r}"
             raise ValueError(
-                f"Benchmark {self.name!r}: its class file {self.classes_file} holds {len(classes)} classes but "
-                f"num_classes is {self.num_classes}; make them agree."
+                f"Benchmark {self.name!r}: {whose} {classes_file} holds {len(classes)} classes but "
+                f"num_classes is {self.num_classes}; make them agree (class i must be label id i)."
             )
         return classes
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .configuration_naclip import NACLIPConfig
+from .models.naclip.configuration_naclip import NACLIPConfig
 from .fileio import staged_directory
 
 # OpenAI name (inside a residual block) -> transformers name (inside an encoder layer).
@@ -203,9 +203,9 @@ def convert_openai_checkpoint(
     OpenAI CLIP's 49,408-token vocabulary (other vocabulary sizes need `tokenizer_dir`). The folder appears
     complete, with the usual permissions of a new folder, or not at all. Returns the output folder.
     """
-    from .modeling_naclip import NACLIPForSemanticSegmentation
-    from .processing_naclip import NACLIPImageProcessor, NACLIPProcessor
-    from .tokenization import has_tokenizer_files, load_clip_tokenizer
+    from .models.naclip.modeling_naclip import NACLIPForSemanticSegmentation
+    from .models.naclip.processing_naclip import NACLIPImageProcessor, NACLIPProcessor
+    from .models.naclip.tokenization import has_tokenizer_files, load_clip_tokenizer
 
     output_dir = Path(output_dir)
     if tokenizer_dir is not None:

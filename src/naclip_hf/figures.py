@@ -18,15 +18,16 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .image_io import load_image
 from .methods import combine_settings, get_method
-from .visualization import blend, class_palette, draw_legend, font_for_text
+from .models.naclip.image_io import load_image
+from .visualization import blend, class_palette, font_for_text
 
 # Colours of the attention heat map from low to high (a dark-to-bright sequential scale).
 HEAT_COLOURS = np.array(
@@ -36,13 +37,17 @@ HEAT_COLOURS = np.array(
 DEFAULT_PANEL_HEIGHT = 256
 _BACKGROUND = (255, 255, 255)
 _TEXT = (0, 0, 0)
+# The legend's frame and the edge of its colour swatches (visible around light colours on white).
+LEGEND_FRAME = (150, 150, 150)
+_SWATCH_EDGE = (110, 110, 110)
+# A legend needing more columns than this beside the panels goes below them instead.
+_MAX_SIDE_COLUMNS = 2
 
 
 # ---------------------------------------------------------------------------------------------- computing
 def _method_options(method: str, overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], int | None]:
     """A method's per-call options (its settings with `overrides` on top) and its short side (None: default)."""
-    from .image_processing_naclip import POST_PROCESSING_OPTIONS
-    from .inference import FORWARD_OPTIONS
+    from .models.naclip.options import FORWARD_OPTIONS, POST_PROCESSING_OPTIONS
 
     settings = combine_settings(None, method, overrides)
     options = {k: v for k, v in settings.items() if k in FORWARD_OPTIONS or k in POST_PROCESSING_OPTIONS}
@@ -136,16 +141,123 @@ def _panel(picture: Image.Image, height: int) -> Image.Image:
     return picture.resize((width, height), resample)
 
 
-def _titled_row(panels: Sequence[tuple[str, Image.Image]], extra: Image.Image | None = None) -> Image.Image:
-    """Panels side by side with their titles above them (and `extra`, e.g. a legend, at the right)."""
+def text_size(panel_height: int) -> int:
+    """Font size in pixels of the panel titles and of the legend: an eighth of a panel's height, 14 to 40 (about
+    11 pixels once a row of six panels is scaled to a 900-pixel-wide page)."""
+    return max(14, min(40, panel_height // 8))
+
+
+def _spacing(font_size: int) -> int:
+    return max(4, font_size // 3)
+
+
+def _framed_width(column_widths: list[int], spacing: int) -> int:
+    """Width of a legend: its columns, twice `spacing` between them and `spacing` inside the frame."""
+    return sum(column_widths) + 2 * spacing * len(column_widths)
+
+
+def _legend_layout(
+    entries: Sequence[tuple[str, tuple[int, int, int]]],
+    font_size: int,
+    max_height: int | None = None,
+    max_width: int | None = None,
+) -> tuple[list[list[int]], list[int], int]:
+    """The legend's columns (entry indices, column by column), each column's width and the row height.
+
+    With `max_height`, as few columns as keep the legend within that height; with `max_width`, as few rows as keep
+    it within that width (one column if none does)."""
+    spacing = _spacing(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_widths = [measure.textlength(label, font=font_for_text(label, font_size)) for label, _ in entries]
+    row = font_size + spacing
+
+    def columns_of(rows: int) -> tuple[list[list[int]], list[int]]:
+        columns = [list(range(start, min(start + rows, len(entries)))) for start in range(0, len(entries), rows)]
+        widths = [font_size + spacing + int(np.ceil(max(label_widths[i] for i in column))) for column in columns]
+        return columns, widths
+
+    if max_width is not None:
+        for count in range(len(entries), 0, -1):  # columns, most first: the shortest legend that fits
+            columns, widths = columns_of(math.ceil(len(entries) / count))
+            if _framed_width(widths, spacing) <= max_width:
+                return columns, widths, row
+        return (*columns_of(len(entries)), row)
+    rows = len(entries)
+    if max_height is not None:
+        rows = max(1, min(rows, (max_height - spacing) // row))
+        rows = math.ceil(len(entries) / math.ceil(len(entries) / rows))  # as many columns, filled evenly
+    return (*columns_of(rows), row)
+
+
+def figure_legend(
+    entries: Sequence[tuple[str, tuple[int, int, int]]],
+    font_size: int,
+    max_height: int | None = None,
+    max_width: int | None = None,
+) -> Image.Image:
+    """A legend as large as its entries: per `(label, colour)` a colour swatch and the label, black on white at
+    `font_size` pixels, in a thin grey frame, in as few columns as keep it within `max_height` pixels (or as few
+    rows as keep it within `max_width`). Returns an RGB image exactly the size of the framed legend."""
+    if not entries:
+        raise ValueError("A legend needs at least one entry.")
+    return _draw_legend(entries, font_size, _legend_layout(entries, font_size, max_height, max_width))
+
+
+def _draw_legend(
+    entries: Sequence[tuple[str, tuple[int, int, int]]],
+    font_size: int,
+    layout: tuple[list[list[int]], list[int], int],
+) -> Image.Image:
+    columns, widths, row = layout
+    spacing = _spacing(font_size)
+    rows = max(len(column) for column in columns)
+    width = _framed_width(widths, spacing)
+    height = rows * row + spacing
+    legend = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(legend)
+    draw.rectangle([0, 0, width - 1, height - 1], outline=LEGEND_FRAME)
+    left = spacing
+    for column, column_width in zip(columns, widths):
+        for position, index in enumerate(column):
+            label, colour = entries[index]
+            top = spacing + position * row
+            draw.rectangle([left, top, left + font_size - 1, top + font_size - 1], fill=colour, outline=_SWATCH_EDGE)
+            font = font_for_text(label, font_size)
+            # Centre the line's full height (capitals and descenders), so that every label sits alike.
+            reference = draw.textbbox((0, 0), "Hg", font=font)
+            y = top + (font_size - (reference[3] - reference[1])) / 2 - reference[1]
+            draw.text((left + font_size + spacing, y), label, font=font, fill=_TEXT)
+        left += column_width + 2 * spacing
+    return legend
+
+
+def _titled_row(
+    panels: Sequence[tuple[str, Image.Image]],
+    legend_entries: Sequence[tuple[str, tuple[int, int, int]]] = (),
+) -> Image.Image:
+    """Panels side by side with their titles above them, and a legend of `legend_entries` at the right (below
+    the panels when it would need more than `_MAX_SIDE_COLUMNS` columns there). The legend's text is as large as
+    the titles'."""
     height = panels[0][1].height
-    font_size = max(12, min(28, height // 12))
-    gap = max(4, font_size // 2)
+    font_size = text_size(height)
+    gap = _spacing(font_size)
     title_height = font_size + 2 * gap
-    width = sum(panel.width for _, panel in panels) + gap * (len(panels) + 1)
-    if extra is not None:
-        width += extra.width + gap
-    canvas = Image.new("RGB", (width, title_height + height + gap), _BACKGROUND)
+    row_width = sum(panel.width for _, panel in panels) + gap * (len(panels) + 1)
+    legend, below = None, False
+    if legend_entries:
+        layout = _legend_layout(legend_entries, font_size, max_height=height)
+        below = len(layout[0]) > _MAX_SIDE_COLUMNS
+        if below:
+            layout = _legend_layout(legend_entries, font_size, max_width=row_width - 2 * gap)
+        legend = _draw_legend(legend_entries, font_size, layout)
+    width, canvas_height = row_width, title_height + height + gap
+    if legend is not None and below:
+        width = max(width, legend.width + 2 * gap)
+        canvas_height += legend.height + gap
+    elif legend is not None:
+        width += legend.width + gap
+        canvas_height = max(canvas_height, title_height + legend.height + gap)
+    canvas = Image.new("RGB", (width, canvas_height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     x = gap
     for title, panel in panels:
@@ -154,8 +266,8 @@ def _titled_row(panels: Sequence[tuple[str, Image.Image]], extra: Image.Image | 
         draw.text((x + (panel.width - text_width) / 2, gap), title, font=font, fill=_TEXT)
         canvas.paste(panel, (x, title_height))
         x += panel.width + gap
-    if extra is not None:
-        canvas.paste(extra, (x, title_height))
+    if legend is not None:
+        canvas.paste(legend, (gap, title_height + height + gap) if below else (x, title_height))
     return canvas
 
 
@@ -180,7 +292,9 @@ def segmentation_figure(
     palette: np.ndarray | None = None,
 ) -> Image.Image:
     """The paper's Figure 2 layout: the image, then each segmentation ([H, W] class ids, keyed by method name) blended
-    over it, titled with the method's name, and one legend of the classes present in any of them at the right."""
+    over it, titled with the method's name, and one legend of the classes present in any of them at the right (below
+    the panels when it needs more than two columns). The legend's text is as large as the titles (`text_size`) and
+    its frame fits its entries (`figure_legend`)."""
     array = load_image(image)
     if not segmentations:
         raise ValueError("No segmentations to draw; give at least one method.")
@@ -191,10 +305,8 @@ def segmentation_figure(
         labels = np.asarray(segmentation)
         present.update(np.unique(labels).tolist())
         panels.append((title, _panel(blend(array, labels, palette[: len(class_labels)], alpha), panel_height)))
-    entries = [(str(class_labels[index]), "", tuple(int(c) for c in palette[index])) for index in sorted(present)]
-    legend_width = max(160, panel_height * 3 // 4)
-    legend = draw_legend(Image.new("RGB", (legend_width, panel_height), _BACKGROUND), entries)
-    return _titled_row(panels, legend)
+    entries = [(str(class_labels[index]), tuple(int(c) for c in palette[index])) for index in sorted(present)]
+    return _titled_row(panels, entries)
 
 
 def attention_figure(
@@ -232,9 +344,12 @@ def attention_figure(
 __all__ = [
     "DEFAULT_PANEL_HEIGHT",
     "HEAT_COLOURS",
+    "LEGEND_FRAME",
     "attention_figure",
     "attention_maps",
+    "figure_legend",
     "heat_colours",
     "segment_with_methods",
     "segmentation_figure",
+    "text_size",
 ]

@@ -21,10 +21,10 @@ import yaml
 
 from .benchmarks import BENCHMARKS, paper_benchmarks
 from .fileio import write_text_atomic
-from .options import CONFIG_SETTINGS, DEFAULT_CHECKPOINT, DEFAULTS
+from .models.naclip.options import CONFIG_SETTINGS, DEFAULT_CHECKPOINT, DEFAULTS
 
 if TYPE_CHECKING:
-    from .configuration_naclip import NACLIPConfig
+    from .models.naclip.configuration_naclip import NACLIPConfig
 
 DEFAULT_BASE_MODEL = DEFAULT_CHECKPOINT
 TEMPLATE_RESOURCE = ("naclip_hf", "card_templates/model_card.md")
@@ -124,7 +124,7 @@ def _read_settings(model_dir: Path) -> tuple[NACLIPConfig, int]:
     """The checkpoint's NACLIP config and the image processor's short side."""
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json; give a saved NACLIP or CLIP model folder.")
-    from .configuration_naclip import NACLIPConfig
+    from .models.naclip.configuration_naclip import NACLIPConfig
 
     config = NACLIPConfig.from_pretrained(str(model_dir))
     short_side = DEFAULTS["short_side"]

@@ -1,13 +1,16 @@
 """Named methods: the training-free CLIP segmenters the NACLIP paper compares with, as bundles of settings.
 
-A method is one `Method` entry in `METHODS`: the settings it implies (names from `naclip_hf.options`), its own
-settings per benchmark where its official code uses others, where it comes from (paper and official code), and
-its published mIoU. `method="sclip"` selects one in the config (`NACLIPConfig(method=...)`,
-`from_pretrained(path, method=...)`), per call (`config.inference_options(method=...)`, the pipeline's
-`method=`), and on the command line (`--method`). Settings given alongside a method override its settings.
+A method is one `Method` entry in `METHODS`: the settings it implies (names from
+`naclip_hf.models.naclip.options`), its own settings and class names per benchmark where its official code uses
+others, where it comes from (paper and official code), and its published mIoU. `method="sclip"` selects one in
+the config (`NACLIPConfig(method=...)`, `from_pretrained(path, method=...)`), per call
+(`config.inference_options(method=...)`, the pipeline's `method=`), and on the command line (`--method`).
+Settings given alongside a method override its settings. With a benchmark, the classes are named as the
+method's official code names them (`Benchmark.class_names(method=...)`).
 
 Adding a method is one `register_method(Method(...))`. This module imports only the standard library,
-`naclip_hf.options` and `naclip_hf.benchmarks`, so that the command line can list the methods without torch.
+`naclip_hf.models.naclip.options` and `naclip_hf.benchmarks`, so that the command line can list the methods
+without torch.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .benchmarks import BENCHMARKS, Benchmark, get_benchmark, paper_benchmarks
-from .options import check_settings
+from .models.naclip.options import check_settings
 
 DEFAULT_METHOD = "naclip"
 
@@ -48,9 +51,14 @@ class Method:
         name: the name given as `method=NAME` / `--method NAME` (letters, digits and "_").
         title: the method's usual name, e.g. "SCLIP".
         summary: one line on what it changes in CLIP.
-        settings: the settings it implies (names of `naclip_hf.options.SETTINGS`), on top of a benchmark's.
+        settings: the settings it implies (names of `naclip_hf.models.naclip.options.SETTINGS`), on top of a
+            benchmark's.
         benchmark_settings: benchmark name -> settings its official code uses on that benchmark, on top of
             `settings`.
+        benchmark_classes: benchmark name -> class file its official code uses on that benchmark, where its names
+            differ from the benchmark's own (`Benchmark.classes_file`): a path under the package's
+            `benchmark_classes/` folder (e.g. "clearclip/cls_voc21.txt") or an absolute path. It must hold the
+            benchmark's classes in label-id order; `Benchmark.class_names(method=...)` reads it.
         paper: the paper (authors, title, venue).
         code_url: the official code.
         published: its published mIoU (`PublishedResult`s), e.g. without and with PAMR.
@@ -61,6 +69,7 @@ class Method:
     summary: str
     settings: Mapping[str, Any]
     benchmark_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    benchmark_classes: Mapping[str, str] = field(default_factory=dict)
     paper: str = ""
     code_url: str = ""
     published: tuple[PublishedResult, ...] = ()
@@ -79,8 +88,15 @@ class Method:
                 per_benchmark[benchmark] = MappingProxyType(check_settings(values, context=settings))
             except ValueError as error:
                 raise ValueError(f"{where}, benchmark {benchmark!r}: {error}") from None
+        for benchmark, classes_file in self.benchmark_classes.items():
+            if not isinstance(classes_file, str) or not classes_file.strip():
+                raise ValueError(
+                    f"{where}, benchmark {benchmark!r}: class file {classes_file!r} must be a file name under "
+                    "benchmark_classes/ (e.g. 'clearclip/cls_voc21.txt') or an absolute path."
+                )
         object.__setattr__(self, "settings", MappingProxyType(settings))
         object.__setattr__(self, "benchmark_settings", MappingProxyType(per_benchmark))
+        object.__setattr__(self, "benchmark_classes", MappingProxyType(dict(self.benchmark_classes)))
         object.__setattr__(self, "published", tuple(self.published))
 
     def settings_for(self, benchmark: str | Benchmark | None = None) -> dict[str, Any]:
@@ -103,13 +119,13 @@ METHODS: dict[str, Method] = {}
 def register_method(method: Method, replace: bool = False) -> Method:
     """Add `method` to `METHODS` (a name already registered raises `ValueError` unless `replace`).
 
-    Its per-benchmark settings and published numbers must name registered benchmarks.
+    Its per-benchmark settings, class files and published numbers must name registered benchmarks.
     """
     if not isinstance(method, Method):
         raise TypeError(f"register_method needs a Method, got {type(method).__name__}.")
     if method.name in METHODS and not replace:
         raise ValueError(f"A method named {method.name!r} is already registered; pass replace=True.")
-    named = set(method.benchmark_settings).union(*(result.miou for result in method.published))
+    named = set(method.benchmark_settings).union(method.benchmark_classes, *(r.miou for r in method.published))
     unknown = sorted(named - set(BENCHMARKS))
     if unknown:
         raise ValueError(
@@ -323,6 +339,10 @@ for _method in (
             "context60": {"prob_thd": 0.15},
             "coco_object": {"prob_thd": 0.4},
             "cityscapes": {"slide_crop": 224},
+        },
+        # One "background" class where the presets list background things; "person" and "tvmonitor" alone.
+        benchmark_classes={
+            name: f"clearclip/cls_{name}.txt" for name in ("voc21", "coco_object", "voc20")
         },
         paper="Lan et al., ClearCLIP: Decomposing CLIP Representations for Dense Vision-Language Inference, "
         "ECCV 2024",

@@ -1,4 +1,5 @@
-"""Make NACLIP known to transformers' auto classes and pipelines; `import naclip_hf` runs this once.
+"""Make NACLIP known to transformers' auto classes and pipelines (`register_naclip`, run once; see
+`naclip_hf.__init__` for when).
 
 After it, in this process:
 
@@ -18,29 +19,38 @@ class names as text.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_naclip import NACLIPConfig
-from .image_processing_naclip import NACLIPImageProcessor
-from .modeling_naclip import NACLIPForSemanticSegmentation
-from .options import DEFAULT_CHECKPOINT
-from .pipeline_naclip import TASK, NACLIPSegmentationPipeline
-from .processing_naclip import NACLIPProcessor
+from .models.naclip import pipeline_naclip
+from .models.naclip.configuration_naclip import NACLIPConfig
+from .models.naclip.image_processing_naclip import NACLIPImageProcessor
+from .models.naclip.modeling_naclip import NACLIPForSemanticSegmentation
+from .models.naclip.options import DEFAULT_CHECKPOINT
+from .models.naclip.pipeline_naclip import TASK
+from .models.naclip.processing_naclip import NACLIPProcessor
 
 
 class DefaultCheckpoint(os.PathLike):
     """The default checkpoint of the pipeline task, as registered.
 
-    `pipeline()` passes a model it was given as text to transformers' own loaders, whose error for a checkpoint
-    that is neither cached nor reachable does not say how to get one. This stand-in is not text, so `pipeline()`
-    hands it over unloaded and `NACLIPSegmentationPipeline` loads it with `naclip_hf.inference.load_model`, whose
-    error explains how to download or convert a checkpoint. It prints (and converts with `os.fspath`) as the id.
+    `pipeline()` passes a model it was given as text to transformers' own loaders, which retry an unreachable Hub
+    for half a minute and then do not say how to get a checkpoint. This stand-in is not text, so `pipeline()`
+    hands it over unloaded and `NACLIPSegmentationPipeline` calls its `load`: `naclip_hf.inference.load_model`,
+    which checks the checkpoint first (`naclip_hf.checkpoints.resolve_checkpoint`) and fails at once with how to
+    download or convert one. It prints (and converts with `os.fspath`) as the id.
     """
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
+
+    def load(self, **kwargs: Any) -> NACLIPForSemanticSegmentation:
+        """The checkpoint loaded with `naclip_hf.inference.load_model(self.model_id, **kwargs)`."""
+        from .inference import load_model
+
+        return load_model(self.model_id, **kwargs)
 
     def __fspath__(self) -> str:
         return self.model_id
@@ -50,6 +60,18 @@ class DefaultCheckpoint(os.PathLike):
 
     def __repr__(self) -> str:
         return f"DefaultCheckpoint({self.model_id!r})"
+
+
+class NACLIPSegmentationPipeline(pipeline_naclip.NACLIPSegmentationPipeline):
+    """The `naclip-segmentation` pipeline of the installed package: the model package's pipeline (what Hub folders
+    ship) with the label-embedding disk cache on by default. `text_cache_dir`: a folder, True (default) for
+    `$NACLIP_CACHE` or `~/.cache/naclip_hf/text`, None to keep label embeddings in memory only."""
+
+    def __init__(self, *args: Any, text_cache_dir: str | os.PathLike | bool | None = True, **kwargs: Any) -> None:
+        from .text_cache import disk_cache
+
+        kwargs.setdefault("text_cache", disk_cache(text_cache_dir))
+        super().__init__(*args, **kwargs)
 
 
 _registered = False
@@ -86,6 +108,7 @@ def register_naclip() -> None:
     _registered = True
 
 
+# Importing this module registers (it imports transformers anyway).
 register_naclip()
 
-__all__ = ["DefaultCheckpoint", "register_naclip"]
+__all__ = ["DefaultCheckpoint", "NACLIPSegmentationPipeline", "register_naclip"]

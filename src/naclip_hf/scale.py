@@ -220,7 +220,7 @@ def estimate_image_peak_bytes(
 ) -> int:
     """Estimated peak memory of segmenting one `height` × `width` image (beyond the model): the decoded image,
     the tiled post-processing with its full-size outputs, and, with `write_outputs`, writing its files."""
-    from .image_processing_naclip import estimate_post_processing_bytes
+    from .models.naclip.postprocessing_naclip import estimate_post_processing_bytes
 
     pixels = height * width
     post = estimate_post_processing_bytes(

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .templates import IMAGENET_TEMPLATES
+from .models.naclip.templates import IMAGENET_TEMPLATES
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,12 @@ def default_cache_dir() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return Path(base).expanduser() / "naclip_hf" / "text"
+
+
+def disk_cache(cache_dir: str | os.PathLike | bool | None) -> TextEmbeddingCache | None:
+    """The cache in `cache_dir` (see `resolve_cache_dir`), or None for no cache."""
+    directory = resolve_cache_dir(cache_dir)
+    return None if directory is None else TextEmbeddingCache(directory)
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None:
@@ -210,35 +216,33 @@ class TextEmbeddingCache:
                 os.unlink(temporary)
         return path
 
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        names: Sequence[str],
+        templates: Sequence[str] | None,
+        compute: Callable[[], torch.Tensor],
+    ) -> torch.Tensor:
+        """Embeddings of `names` from this cache, or from `compute()` (then stored): the `cache` of
+        `naclip_hf.models.naclip.class_embeddings.encode_classes`.
 
-def load_or_compute_name_embeddings(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    names: Sequence[str],
-    templates: Sequence[str] | None,
-    cache_dir: str | os.PathLike,
-    compute: Callable[[], torch.Tensor],
-) -> torch.Tensor:
-    """Embeddings of `names` from the cache in `cache_dir`, or from `compute()` (then stored).
-
-    Args:
-        model: the NACLIP model whose text tower `compute` runs.
-        tokenizer: the tokenizer `compute` uses.
-        names: every name, in the order of the embedding rows.
-        templates: the prompt templates (None: the 80 ImageNet templates).
-        cache_dir: the cache directory.
-        compute: returns the embeddings [len(names), D] when they are not cached.
-    Returns:
-        [len(names), D] on the model's device.
-    """
-    cache = TextEmbeddingCache(cache_dir)
-    description = cache_entry_description(model, tokenizer, names, templates)
-    embeddings = cache.load(description, expected_rows=len(names))
-    if embeddings is not None:
-        return embeddings.to(model.device)
-    embeddings = compute()
-    cache.save(description, embeddings)
-    return embeddings
+        Args:
+            model: the NACLIP model whose text tower `compute` runs.
+            tokenizer: the tokenizer `compute` uses.
+            names: every name, in the order of the embedding rows.
+            templates: the prompt templates (None: the 80 ImageNet templates).
+            compute: returns the embeddings [len(names), D] when they are not cached.
+        Returns:
+            [len(names), D] on the model's device.
+        """
+        description = cache_entry_description(model, tokenizer, names, templates)
+        embeddings = self.load(description, expected_rows=len(names))
+        if embeddings is not None:
+            return embeddings.to(model.device)
+        embeddings = compute()
+        self.save(description, embeddings)
+        return embeddings
 
 
 __all__ = [
@@ -247,8 +251,8 @@ __all__ = [
     "cache_entry_description",
     "cache_key",
     "default_cache_dir",
-    "load_or_compute_name_embeddings",
-    "resolve_cache_dir",
+    "disk_cache",
+        "resolve_cache_dir",
     "text_weights_fingerprint",
     "tokenizer_description",
 ]

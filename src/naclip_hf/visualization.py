@@ -27,6 +27,8 @@ _FIRST_COLOUR = (232, 39, 39)
 MAX_PALETTE_SIZE = len(_LEVELS) ** 3
 # Images smaller than this (either side, in pixels) get no legend: it would hide the picture.
 MIN_LEGEND_SIDE = 64
+# Pixels per row band of the per-pixel work on label maps and overlays (its temporaries stay a few MB).
+_BLEND_BAND_PIXELS = 1 << 20
 
 
 @lru_cache(maxsize=8)
@@ -65,7 +67,22 @@ def _segmentation_array(segmentation: Any, num_classes: int) -> np.ndarray:
         raise ValueError(
             f"Segmentation holds class ids {int(array.min())}..{int(array.max())}, outside 0..{num_classes - 1}."
         )
-    return array.astype(np.int64, copy=False)
+    return array
+
+
+def _row_bands(height: int, width: int) -> list[slice]:
+    """Row bands of about `_BLEND_BAND_PIXELS` pixels: per-pixel work on large images runs band by band so that its
+    temporaries stay small."""
+    band = max(1, _BLEND_BAND_PIXELS // max(1, width))
+    return [slice(top, top + band) for top in range(0, height, band)]
+
+
+def narrow_segmentation(segmentation: Any, num_classes: int) -> np.ndarray:
+    """The segmentation [H, W] with the smallest unsigned dtype holding `num_classes` class ids (uint8 up to 256
+    classes, then uint16, uint32): a 12000x9000 label map takes 108 MB as uint8 instead of 864 MB as int64."""
+    array = _segmentation_array(segmentation, num_classes)
+    dtype = next(dtype for dtype in (np.uint8, np.uint16, np.uint32) if num_classes <= np.iinfo(dtype).max + 1)
+    return array.astype(dtype, copy=False)
 
 
 def label_map_image(segmentation: Any, palette: np.ndarray) -> Image.Image:
@@ -78,8 +95,8 @@ def label_map_image(segmentation: Any, palette: np.ndarray) -> Image.Image:
     if len(palette) > 256:
         if len(palette) > 65536:
             raise ValueError(f"A label map holds at most 65536 classes, got {len(palette)}.")
-        return Image.fromarray(array.astype(np.uint16))
-    image = Image.fromarray(array.astype(np.uint8)).convert("P")
+        return Image.fromarray(array.astype(np.uint16, copy=False))
+    image = Image.fromarray(array.astype(np.uint8, copy=False)).convert("P")
     flat = np.zeros((256, 3), dtype=np.uint8)
     flat[: len(palette)] = palette
     image.putpalette(flat.reshape(-1).tolist())
@@ -91,7 +108,9 @@ def _present_classes(segmentation: Any, num_classes: int) -> list[tuple[int, flo
     array = _segmentation_array(segmentation, num_classes)
     if array.size == 0:
         return []
-    counts = np.bincount(array.reshape(-1), minlength=num_classes)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for rows in _row_bands(*array.shape):  # bincount copies its input to int64: a band at a time
+        counts += np.bincount(array[rows].reshape(-1), minlength=num_classes)
     order = sorted(np.flatnonzero(counts).tolist(), key=lambda index: (-counts[index], index))
     return [(index, float(counts[index] / array.size)) for index in order]
 
@@ -208,10 +227,9 @@ def draw_legend(
     Returns a new RGB image of the same size. Entries that do not fit are summarised as "+N more"; images with a
     side under `MIN_LEGEND_SIDE` pixels are returned without a legend.
     """
-    base = image.convert("RGBA")
-    width, height = base.size
+    width, height = image.size
     if not entries or min(width, height) < MIN_LEGEND_SIDE:
-        return base.convert("RGB")
+        return image.convert("RGB")
     size = font_size or max(10, min(22, round(min(width, height) / 22)))
     font = _load_font(size)
     pad = gap = max(2, size // 3)
@@ -223,14 +241,18 @@ def draw_legend(
         hidden = len(shown) - (max_rows - 1)
         shown = shown[: max_rows - 1] + [(f"+{hidden} more", "", None)]
     label_fonts = [font_for_text(label, size) for label, _, _ in shown]
-    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
+    draw = ImageDraw.Draw(Image.new("RGBA", (1, 1)))  # measures the text; the legend is drawn on `layer` below
     label_width = max(draw.textlength(label, font=f) for (label, _, _), f in zip(shown, label_fonts))
     detail_width = max(draw.textlength(detail, font=font) for _, detail, _ in shown)
     column_gap = gap * 2 if detail_width else 0
     box_width = int(np.ceil(pad + swatch + gap + label_width + column_gap + detail_width + pad))
     box_height = pad + len(shown) * row - (row - swatch) + pad
     left = top = gap
+    # Only the corner under the legend (with a margin for glyphs reaching past their advance) is drawn and
+    # composited: an RGBA copy of a whole 100-megapixel image would take 800 MB.
+    corner = (0, 0, min(width, left + box_width + size), min(height, top + box_height + size))
+    layer = Image.new("RGBA", corner[2:], (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
     draw.rectangle([left, top, left + box_width - 1, top + box_height - 1], fill=(0, 0, 0, 170))
     white = (255, 255, 255, 255)
     for position, ((label, detail, colour), label_font) in enumerate(zip(shown, label_fonts)):
@@ -246,10 +268,9 @@ def draw_legend(
                 draw.text(
                     (text_x, y + (swatch - (bbox[3] - bbox[1])) / 2 - bbox[1]), text, font=text_font, fill=white
                 )
-    return Image.alpha_composite(base, layer).convert("RGB")
-
-
-_BLEND_BAND_PIXELS = 1 << 20
+    out = image.convert("RGB")
+    out.paste(Image.alpha_composite(image.crop(corner).convert("RGBA"), layer).convert("RGB"), corner[:2])
+    return out
 
 
 def blend(image: Any, segmentation: Any, palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
@@ -261,15 +282,14 @@ def blend(image: Any, segmentation: Any, palette: np.ndarray, alpha: float = 0.5
     array = _segmentation_array(segmentation, len(palette))
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != array.shape:
         raise ValueError(f"Image of shape {rgb.shape} does not match the segmentation's {array.shape} (H, W).")
-    out = np.empty_like(rgb, dtype=np.uint8)
-    # Row bands keep the float temporaries small on very large images; every pixel is computed alone, so the
-    # result does not depend on the band height.
-    band = max(1, _BLEND_BAND_PIXELS // max(1, rgb.shape[1]))
-    for top in range(0, rgb.shape[0], band):
-        rows = slice(top, top + band)
+    height, width = array.shape
+    out = Image.new("RGB", (width, height))
+    # Row bands, pasted straight into the result, keep the temporaries small on very large images (no full-size
+    # float or uint8 copy); every pixel is computed alone, so the result does not depend on the band height.
+    for rows in _row_bands(height, width):
         mixed = (1.0 - alpha) * rgb[rows].astype(np.float32) + alpha * palette[array[rows]].astype(np.float32)
-        out[rows] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-    return Image.fromarray(out)
+        out.paste(Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8)), (0, rows.start))
+    return out
 
 
 def overlay_image(

@@ -1,6 +1,6 @@
 """The `naclip` command line: one module per command, each imported only when its command runs.
 
-`main` parses the arguments (argparse, the standard library and `naclip_hf.options` / `naclip_hf.benchmarks`
+`main` parses the arguments (argparse, the standard library and `naclip_hf.models.naclip.options` / `naclip_hf.benchmarks`
 only), so that `naclip --help`, `naclip COMMAND --help` and usage errors are answered without importing torch or
 transformers. A command's `run(args)` imports what it needs.
 
@@ -56,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = f"naclip {args.command}"
-        return int(args.run(args))
+        from ._common import quiet_libraries
+
+        with quiet_libraries():  # no third-party warnings; progress bars only for long work
+            return int(args.run(args))
     except (ValueError, OSError, TypeError) as error:
         code = getattr(error, "exit_status", 2)
         print(f"{command}: error: {error}", file=sys.stderr)

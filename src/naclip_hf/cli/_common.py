@@ -1,22 +1,35 @@
 """What several commands share: `--set KEY=VALUE` parsing and its help text, `--templates-file`, checking
-`--model` before loading it. Standard library and `naclip_hf.options` only."""
+`--model` before loading it, keeping third-party libraries quiet. Standard library and
+`naclip_hf.models.naclip.options` only at import."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..options import DEFAULT_CHECKPOINT, SETTINGS, SETTINGS_BY_NAME, Setting, check_settings
+from ..models.naclip.options import DEFAULT_CHECKPOINT, SETTINGS, SETTINGS_BY_NAME, Setting, check_settings
 
 # Settings that `--set` does not take, and the option that sets them instead.
 SET_REFUSED: dict[str, str] = {
     "prompt_templates": "--templates-file FILE (one template per line, '{}' where the class name goes)",
 }
 HELP_WIDTH = 100
+# Seconds of work after which a progress bar appears: shorter work shows none.
+PROGRESS_DELAY = 3.0
+# Libraries whose warnings and hints a command keeps quiet, and the variable each reads its log level from.
+LIBRARY_VERBOSITY: dict[str, str] = {
+    "transformers": "TRANSFORMERS_VERBOSITY",
+    "huggingface_hub": "HF_HUB_VERBOSITY",
+    "datasets": "DATASETS_VERBOSITY",
+}
 
 
 class CommandError(ValueError):
@@ -101,7 +114,7 @@ def read_templates_option(path: Path | None) -> list[str] | None:
     """The templates of `--templates-file`, or None when it is not given."""
     if path is None:
         return None
-    from ..labels import read_templates_file
+    from ..models.naclip.labels import read_templates_file
 
     return read_templates_file(path)
 
@@ -134,15 +147,42 @@ def add_label_options(parser: argparse.ArgumentParser, labels_help: str = "") ->
     )  # fmt: skip
 
 
-def classes_from_options(args: argparse.Namespace, benchmark: Any = None) -> list[list[str]] | None:
-    """The classes of `--labels` / `--labels-file`, else the benchmark's (when given), else None."""
-    from ..labels import parse_class_entries, read_labels_file
+def add_preset_classes_option(parser: argparse.ArgumentParser) -> None:
+    """`--preset-classes`: keep the preset's class names under `--method` (see `names_method`)."""
+    parser.add_argument(
+        "--preset-classes", action="store_true",
+        help="with --preset and --method, name the classes as the preset does; by default a method uses the names "
+        "its official code uses on that benchmark where they differ (e.g. ClearCLIP's one 'background' class on "
+        "voc21)",
+    )  # fmt: skip
 
+
+def names_method(args: argparse.Namespace, method: str | None) -> str | None:
+    """The method whose class names a preset's run uses: `method`, or None (the preset's own names) with
+    `--preset-classes`. Pass it to `Benchmark.class_names(method=...)`."""
+    return None if getattr(args, "preset_classes", False) else method
+
+
+def classes_from_options(
+    args: argparse.Namespace, benchmark: Any = None, method: str | None = None
+) -> list[list[str]] | None:
+    """The classes of `--labels` / `--labels-file`, else the benchmark's (when given; named as `method`'s official
+    code names them unless `--preset-classes`), else None. `--preset-classes` without a benchmark, or with labels
+    that replace its classes, raises `ValueError`."""
+    from ..models.naclip.labels import parse_class_entries, read_labels_file
+
+    if getattr(args, "preset_classes", False):
+        if benchmark is None:
+            raise ValueError("--preset-classes keeps a preset's class names; add --preset NAME or drop it.")
+        if args.labels is not None or args.labels_file is not None:
+            raise ValueError(
+                "--preset-classes keeps the preset's class names but --labels / --labels-file replace them; drop one."
+            )
     if args.labels is not None:
         return parse_class_entries(args.labels)
     if args.labels_file is not None:
         return read_labels_file(args.labels_file)
-    return None if benchmark is None else benchmark.class_names()
+    return None if benchmark is None else benchmark.class_names(method=names_method(args, method))
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
@@ -153,32 +193,46 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def looks_like_local_path(model: str) -> bool:
-    """Whether `--model` names a folder rather than a Hub id ("org/name" or "name")."""
-    return (
-        os.path.exists(model)
-        or model.startswith((".", "/", "~"))
-        or "\\" in model
-        or model.count("/") > 1
-        or os.path.isabs(model)
-    )
-
-
 def check_model_source(model: str, option: str = "--model") -> None:
-    """Raise `OSError` for a local `model` folder that does not exist or has no config.json (before loading)."""
-    if not looks_like_local_path(model):
-        return
-    path = Path(model).expanduser()
-    fix = (
-        f"give a checkpoint folder (config.json + model.safetensors), a Hub id such as {DEFAULT_CHECKPOINT}, or "
-        "convert OpenAI CLIP weights with `naclip convert WEIGHTS.pt OUT_DIR --tokenizer TOKENIZER_DIR`"
-    )
-    if not path.exists():
-        raise OSError(f"{option} {model}: no such folder; {fix}.")
-    if not path.is_dir():
-        raise OSError(f"{option} {model} is a file, not a folder; {fix}.")
-    if not (path / "config.json").is_file():
-        raise OSError(f"{option} {model}: folder has no config.json; {fix}.")
+    """Check `model` before anything heavy is imported (see `naclip_hf.checkpoints.resolve_checkpoint`): a folder
+    must exist and hold config.json; a Hub id must be cached or downloadable (the Hub is asked once, briefly).
+    Raises `OSError` with the fix."""
+    from ..checkpoints import resolve_checkpoint
+
+    resolve_checkpoint(model, option)
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """For the duration of a command: no warnings or hints from third-party libraries (their errors still show),
+    and progress bars only for work longer than `PROGRESS_DELAY` seconds.
+
+    transformers, huggingface_hub and datasets read their `*_VERBOSITY` variable, and tqdm its `TQDM_DELAY`, when
+    first imported, which in a `naclip` process happens inside the command; libraries imported earlier get the log
+    level directly. A variable the user set wins. Everything is restored on exit.
+    """
+    saved_env = {name: os.environ.get(name) for name in (*LIBRARY_VERBOSITY.values(), "TQDM_DELAY")}
+    saved_levels = {library: logging.getLogger(library).level for library in LIBRARY_VERBOSITY}
+    for library, variable in LIBRARY_VERBOSITY.items():
+        if variable not in os.environ:
+            os.environ[variable] = "error"
+            if library in sys.modules:
+                logging.getLogger(library).setLevel(logging.ERROR)
+    os.environ.setdefault("TQDM_DELAY", str(PROGRESS_DELAY))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(?!naclip_hf)")  # warnings raised outside naclip_hf
+            yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for library, variable in LIBRARY_VERBOSITY.items():
+            default = logging.getLevelName(os.environ.get(variable, "warning").upper())
+            level = saved_levels[library] or (default if isinstance(default, int) else logging.WARNING)
+            logging.getLogger(library).setLevel(level)
 
 
 def stage_split(settings: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
@@ -196,12 +250,19 @@ def jsonable(value: Any) -> Any:
 
 __all__ = [
     "CommandError",
+    "LIBRARY_VERBOSITY",
+    "PROGRESS_DELAY",
     "SET_REFUSED",
+    "add_label_options",
     "add_model_option",
+    "add_preset_classes_option",
     "add_set_option",
     "check_model_source",
+    "classes_from_options",
     "jsonable",
+    "names_method",
     "parse_set_options",
+    "quiet_libraries",
     "read_templates_option",
     "settable",
     "settings_epilog",

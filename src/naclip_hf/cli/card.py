@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..options import DEFAULT_CHECKPOINT
+from ..models.naclip.options import DEFAULT_CHECKPOINT
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -98,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..figures import attention_figure, attention_maps, segment_with_methods, segmentation_figure
     from ..fileio import write_atomic
-    from ..image_io import load_image
+    from ..models.naclip.image_io import load_image
     from ..inference import encode_classes, load_model, load_processor
-    from ..options import SETTINGS_BY_NAME
+    from ..models.naclip.options import SETTINGS_BY_NAME
 
     image = load_image(args.image)
     # Settings that are not per call (text, positional embeddings) go into the model's config, for every method.

@@ -18,8 +18,10 @@ from ..methods import METHODS, comparison_table, describe_methods, get_method
 from ._common import (
     CommandError,
     add_model_option,
+    add_preset_classes_option,
     add_set_option,
     check_model_source,
+    names_method,
     parse_set_options,
     read_templates_option,
     settings_epilog,
@@ -57,6 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="evaluate a method with its own settings for this benchmark (--pamr and --set override them) and "
         f"compare with its published numbers: {describe_methods()}",
     )  # fmt: skip
+    add_preset_classes_option(parser)
     add_model_option(parser)
     parser.add_argument("--pamr", choices=("on", "off"), default=None,
                         help="PAMR refinement on or off (default: the model's setting)")  # fmt: skip
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         load_evaluation_dataset,
         resolve_settings,
     )
-    from ..options import check_settings
+    from ..models.naclip.options import check_settings
 
     # The benchmark's settings, then the method's (for this benchmark), then --pamr, then --set.
     method = get_method(args.method) if args.method is not None else None
@@ -98,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         method_settings.pop("pamr_steps", None)
     user = {**method_settings, **user}
     run_settings = check_settings(resolve_settings(benchmark, pamr, user))
+    # The class names the method's official code uses on this benchmark, unless --preset-classes.
+    classes_file = benchmark.classes_file_for(names_method(args, args.method))
+    classes = benchmark.class_names(method=names_method(args, args.method))
     dataset = load_evaluation_dataset(
         benchmark, data_root=args.data_root, dataset=args.dataset, split=args.split,
         image_column=args.image_column, label_column=args.label_column, limit=args.limit,
@@ -126,13 +132,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate_preset(
             model, processor, benchmark, dataset, pamr=pamr, short_side=run_settings["short_side"],
-            limit=args.limit, overrides=user, split=args.split, accelerator=accelerator,
+            limit=args.limit, overrides=user, split=args.split, classes=classes, accelerator=accelerator,
         )  # fmt: skip
     except EvaluationFailed as failure:
         message = str(failure)
         partial = failure.partial
         if is_main and partial is not None:
-            partial.settings["data"] = data
+            partial.settings.update(data=data, classes_file=classes_file)
             print(partial.format_report(), flush=True)
             if out is not None:
                 partial.write_json(out)
@@ -142,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 )
         raise CommandError(message, exit_status=1) from None
     result.settings["data"] = data
+    result.settings["classes_file"] = classes_file
     if method is not None:
         result.settings["method"] = method.name
         if method.name != "naclip":  # the benchmark's published numbers are NACLIP's

@@ -13,14 +13,18 @@ import json
 import shutil
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..benchmarks import BENCHMARKS
 from ..methods import METHODS, describe_methods
 from ._common import (
+    PROGRESS_DELAY,
     add_label_options,
     add_model_option,
+    add_preset_classes_option,
     add_set_option,
     check_model_source,
     jsonable,
@@ -72,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=f"a benchmark's classes and settings: {', '.join(BENCHMARKS)}")  # fmt: skip
     parser.add_argument("--method", default=None, choices=tuple(METHODS), metavar="NAME",
                         help=f"use a method's settings: {describe_methods()}")  # fmt: skip
+    add_preset_classes_option(parser)
     add_model_option(parser)
     add_set_option(parser)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import scale
     from ..fileio import staged_directory
     from ..inference import encode_classes, load_model, load_processor
-    from ..options import CONFIG_SETTINGS
+    from ..models.naclip.options import CONFIG_SETTINGS
 
     group = scale.ProcessGroup.start()
     dataset = load_source_dataset(args.dataset, args.split)
@@ -178,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
               for r in range(group.world_size)]  # fmt: skip
     joined = datasets.concatenate_datasets(shards)
     joined.info.description = json.dumps(metadata, ensure_ascii=False)
-    with staged_directory(out) as staging:
+    with staged_directory(out) as staging, _without_dataset_bars():
         joined.save_to_disk(str(staging))
     shutil.rmtree(parts, ignore_errors=True)
     print(f"Wrote {out} ({len(joined)} rows, column {SEGMENTATION_COLUMN!r}, {len(embeddings.classes)} classes)")
@@ -201,7 +206,7 @@ def _label_shard(
     shard = dataset.shard(num_shards=group.world_size, index=group.rank, contiguous=True)
     masks = []
     bar = tqdm(total=len(shard), desc=f"naclip label [shard {group.rank + 1}/{group.world_size}]",
-               unit="image", file=sys.stderr, disable=not group.is_main)  # fmt: skip
+               unit="image", file=sys.stderr, disable=not group.is_main, delay=PROGRESS_DELAY)  # fmt: skip
     for row_index in range(len(shard)):
         try:
             image = shard[row_index][args.image_column]
@@ -215,9 +220,24 @@ def _label_shard(
     bar.close()
     labelled = _with_segmentation(shard, masks, metadata)
     shard_dir.parent.mkdir(parents=True, exist_ok=True)
-    with staged_directory(shard_dir) as staging:
+    with staged_directory(shard_dir) as staging, _without_dataset_bars():
         labelled.save_to_disk(str(staging))
     return None
+
+
+@contextmanager
+def _without_dataset_bars() -> Iterator[None]:
+    """datasets' progress bars off: its save bar shows at once whatever the size (it renames itself per shard),
+    and saving takes a fraction of the labelling, whose own bar is shown."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _global_row(total: int, group: Any, row_index: int) -> int:

@@ -21,10 +21,12 @@ from typing import Any
 
 from ..benchmarks import BENCHMARKS, get_benchmark
 from ..methods import METHODS, combine_settings, describe_methods
-from ..options import DEFAULTS
+from ..models.naclip.options import DEFAULTS
 from ._common import (
+    PROGRESS_DELAY,
     add_label_options,
     add_model_option,
+    add_preset_classes_option,
     add_set_option,
     check_model_source,
     classes_from_options,
@@ -37,6 +39,9 @@ from ._common import (
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 DEFAULT_OUT_DIR = "naclip_out"
+# The default of --timeout as --help shows it: `image_io.DEFAULT_URL_TIMEOUT`, which applies when --timeout is not
+# given; not imported here because image_io needs numpy and PIL, which --help does not load.
+URL_TIMEOUT_SHOWN = 30.0
 URL_PREFIXES = ("http://", "https://")
 
 DESCRIPTION = textwrap.fill(
@@ -108,6 +113,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--method", default=None, choices=tuple(METHODS), metavar="NAME",
         help=f"use a method's settings (over the preset's; --set overrides them): {describe_methods()}",
     )  # fmt: skip
+    add_preset_classes_option(parser)
     add_model_option(parser)
     add_set_option(parser)
     parser.add_argument(
@@ -130,7 +136,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=_seconds, default=None, metavar="SECONDS",
-        help="seconds to wait for each URL (default: naclip_hf.image_io.DEFAULT_URL_TIMEOUT)",
+        help=f"seconds to wait for each URL (default: {URL_TIMEOUT_SHOWN:g})",
     )  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true",
@@ -179,8 +185,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..export.runtime import is_exported_folder
-    from ..image_io import load_image
-    from ..options import CONFIG_SETTINGS
+    from ..models.naclip.image_io import load_image
+    from ..models.naclip.options import CONFIG_SETTINGS
 
     if is_exported_folder(args.model):  # written by `naclip export`: onnxruntime and numpy, no torch
         from ..export.runtime import encode_classes, load_model, load_processor, save_scores, segment_image
@@ -217,14 +223,14 @@ def run(args: argparse.Namespace) -> int:
     if exported:
         post = None
     else:
-        from ..inference import split_options
+        from ..models.naclip.configuration_naclip import split_options
 
-        post = split_options(model, {})[1]
+        post = split_options(model.config, {})[1]
     mine = group.shard(list(zip(sources, stems)))
     description = "naclip segment" + (f" [{group.world_size} processes]" if group.world_size > 1 else "")
     progress = tqdm(
         total=len(sources), desc=description, unit="image", file=sys.stderr,
-        disable=len(sources) < 2 or not group.is_main, dynamic_ncols=True,
+        disable=len(sources) < 2 or not group.is_main, dynamic_ncols=True, delay=PROGRESS_DELAY,
     )  # fmt: skip
     segmented, missing = 0, len(failures)  # inputs found missing before loading: the same on every process
     try:
@@ -274,6 +280,7 @@ def _segment_one(
 ) -> int:
     """Read, segment and write one image; 1 when done, 0 when it failed (added to `failures` and reported)."""
     from ..scale import estimate_image_peak_bytes, memory_problem, trace_input
+    from ..visualization import narrow_segmentation
 
     trace_input(group.rank, source.location)
     try:
@@ -296,12 +303,15 @@ def _segment_one(
             return 0
     try:
         result = segment_image(model, processor, image, embeddings, short_side=short_side, **extra)
+        segmentation = narrow_segmentation(result.segmentation, len(embeddings.classes))
     except (RuntimeError, ValueError) as error:
         failures.append((source, f"segmentation failed ({error})"))
         _report_failure(*failures[-1], progress)
         return 0
+    if not (args.scores or args.save_scores is not None):
+        result = None  # drops the int64 label map (864 MB for 12000x9000 pixels) before the overlay is drawn
     try:
-        lines = write_outputs(args, out_dir, stem, source, image, result, embeddings, context)
+        lines = write_outputs(args, out_dir, stem, source, image, segmentation, result, embeddings, context)
     except OSError as error:
         failures.append((source, f"could not write the outputs ({error})"))
         _report_failure(*failures[-1], progress)
@@ -344,7 +354,7 @@ def _settings_and_classes(args: argparse.Namespace) -> tuple[dict[str, Any], lis
     templates = read_templates_option(args.templates_file)
     if templates is not None:
         settings["prompt_templates"] = templates
-    classes = classes_from_options(args, benchmark)
+    classes = classes_from_options(args, benchmark, args.method)
     if classes is None:
         raise ValueError(
             'No labels given; name the classes with --labels cat "dog, puppy" ..., --labels-file FILE (one class '
@@ -442,14 +452,18 @@ def write_outputs(
     stem: str,
     source: Source,
     image: Any,
+    segmentation: Any,
     result: Any,
     embeddings: Any,
     context: dict[str, Any],
 ) -> list[str]:
     """Write the scores file and/or the label map, overlay (and scores) and JSON summary of one image, each
-    atomically, the JSON summary last; return the lines to print."""
-    import numpy as np
+    atomically, the JSON summary last; return the lines to print.
 
+    `image` [H, W, 3] uint8 and `segmentation` [H, W] (class ids, any integer dtype: the CLI passes the
+    narrowest) are drawn; `result` (from `segment_image`) is read only for the scores files and may be None
+    when neither --save-scores nor --scores is given. Full-size pictures are built and written one at a time,
+    so that writing a 12000x9000 image's files needs about 1 GB beyond the image and its label map."""
     from ..fileio import write_atomic
     from ..visualization import class_palette, class_shares, label_map_image, overlay_image
 
@@ -463,12 +477,13 @@ def write_outputs(
     if out_dir is None:
         return lines
     labels = embeddings.class_labels
-    segmentation = np.asarray(result.segmentation)
     palette = class_palette(len(labels))
     outputs = {"label_map": f"{stem}_labels.png", "overlay": f"{stem}_overlay.png"}
     write_atomic(out_dir / outputs["label_map"], lambda tmp: label_map_image(segmentation, palette).save(tmp, "PNG"))
-    overlay = overlay_image(image, segmentation, labels, palette, alpha=args.alpha)
-    write_atomic(out_dir / outputs["overlay"], lambda tmp: overlay.save(tmp, "PNG"))
+    write_atomic(
+        out_dir / outputs["overlay"],
+        lambda tmp: overlay_image(image, segmentation, labels, palette, alpha=args.alpha).save(tmp, "PNG"),
+    )
     if args.scores:
         outputs["scores"] = f"{stem}.scores.safetensors"
         save_scores(out_dir / outputs["scores"], result, metadata)

@@ -32,7 +32,7 @@ import gradio as gr
 from ..benchmarks import BENCHMARKS, get_benchmark
 from ..fileio import write_atomic
 from ..methods import DEFAULT_METHOD, METHODS, combine_settings, format_settings, get_method
-from ..options import DEFAULT_CHECKPOINT, SETTINGS_BY_NAME
+from ..models.naclip.options import DEFAULT_CHECKPOINT, SETTINGS_BY_NAME
 from .backend import (
     DEFAULT_ATTENTION_METHODS,
     EXAMPLE_LABELS,
@@ -313,7 +313,7 @@ def build_demo(
     def apply_preset(name: str, method: str) -> tuple[Any, ...]:
         if not name:
             return (gr.update(),) * (1 + len(PRESET_SETTINGS))
-        classes = "\n".join(", ".join(names) for names in get_benchmark(name).class_names())
+        classes = "\n".join(", ".join(names) for names in get_benchmark(name).class_names(method=method or None))
         values = _preset_values(name, method)
         return (classes, *(_shown(values.get(setting)) for setting in PRESET_SETTINGS))
 

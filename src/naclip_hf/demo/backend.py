@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..image_io import describe_input, load_image
-from ..labels import parse_class_entries
+from ..models.naclip.image_io import describe_input, load_image
+from ..models.naclip.labels import parse_class_entries
 from ..methods import DEFAULT_METHOD, Method, get_method
-from ..options import DEFAULTS, SETTINGS_BY_NAME, check_settings
+from ..models.naclip.options import DEFAULTS, SETTINGS_BY_NAME, check_settings
 from ..visualization import class_palette, label_map_image, overlay_image
 
 if TYPE_CHECKING:  # torch is loaded only for a PyTorch checkpoint: an exported model runs without it
     from ..export.runtime import ExportedSegmenter
-    from ..pipeline_naclip import NACLIPSegmentationPipeline
+    from ..models.naclip.pipeline_naclip import NACLIPSegmentationPipeline
 
 Report = Callable[[float, str], None]
 """A progress callback: (fraction done in [0, 1], what is happening)."""
@@ -190,7 +190,7 @@ class DemoBackend:
     def from_pretrained(cls, model_id_or_path: str, device: str | None = None) -> DemoBackend:
         """Load a checkpoint (Hub id or folder) with its processor; `OSError` with the fix when it cannot be found."""
         from ..inference import load_model, load_processor
-        from ..pipeline_naclip import NACLIPSegmentationPipeline
+        from ..models.naclip.pipeline_naclip import NACLIPSegmentationPipeline
 
         model = load_model(model_id_or_path, device=device)
         processor = load_processor(model_id_or_path)
@@ -226,7 +226,7 @@ class DemoBackend:
 
     def attention_strategies(self) -> list[str]:
         """The registered attention strategies of the last block."""
-        from ..modeling_naclip import NACLIP_ATTENTION_FUNCTIONS
+        from ..models.naclip.modeling_naclip import NACLIP_ATTENTION_FUNCTIONS
 
         return list(NACLIP_ATTENTION_FUNCTIONS)
 

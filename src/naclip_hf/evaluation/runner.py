@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..benchmarks import PUBLISHED_KEYS, Benchmark, get_benchmark
 from ..fileio import write_text_atomic
-from ..options import CONFIG_SETTINGS, DEFAULTS, SETTINGS, SETTINGS_BY_NAME
+from ..models.naclip.options import CONFIG_SETTINGS, DEFAULTS, SETTINGS, SETTINGS_BY_NAME
 from .datasets import IGNORE_INDEX, check_label_map, load_benchmark_dataset, load_hub_dataset, read_label_map
 from .metric import MeanIoU
 
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from ..inference import ClassEmbeddings
-    from ..modeling_naclip import NACLIPForSemanticSegmentation
-    from ..processing_naclip import NACLIPProcessor
+    from ..models.naclip.modeling_naclip import NACLIPForSemanticSegmentation
+    from ..models.naclip.processing_naclip import NACLIPProcessor
 
 NACLIP_SETTING_KEYS = CONFIG_SETTINGS
 """The NACLIP settings of the model config recorded with every result."""
@@ -58,13 +58,13 @@ class EvaluationFailed(RuntimeError):
         self.partial = partial
 
 
-def class_display_names(preset: Benchmark) -> list[str]:
-    """One short name per class of the preset: its first synonym.
+def class_display_names(preset: Benchmark, classes: Sequence[Sequence[str]] | None = None) -> list[str]:
+    """One short name per class of the preset (or of `classes`, the names embedded for it): its first synonym.
 
     Class 0 of a benchmark with a probability threshold is where low-confidence pixels go, i.e. the background;
     it is called "background" even when its synonyms list background things ("sky, wall, tree, ...").
     """
-    names = [synonyms[0] for synonyms in preset.class_names()]
+    names = [synonyms[0] for synonyms in (preset.class_names() if classes is None else classes)]
     if preset.prob_thd > 0 and names:
         names[0] = "background"
     if len(set(names)) != len(names):
@@ -233,8 +233,8 @@ class EvaluationResult:
 def resolve_settings(
     preset: Benchmark | str, pamr: bool | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The settings of a run (names from `naclip_hf.options`): the benchmark's (crop, stride, threshold, short
-    side), then PAMR, then `overrides`.
+    """The settings of a run (names from `naclip_hf.models.naclip.options`): the benchmark's (crop, stride,
+    threshold, short side), then PAMR, then `overrides`.
 
     `pamr=True/False` sets `pamr_steps` to 10 / 0; `None` keeps the model's setting. Explicit `overrides` win.
     """
@@ -319,10 +319,10 @@ def _describe_row(row: Mapping[str, Any], column: str) -> str:
 
 
 def _protocol_deviations(
-    preset: Benchmark, settings: Mapping[str, Any], short_side: int, limit: int | None
+    preset: Benchmark, settings: Mapping[str, Any], short_side: int, limit: int | None, other_names: bool = False
 ) -> list[str]:
     """How the run's settings differ from the benchmark's official protocol (the defaults of
-    `naclip_hf.options`, which are the official code's, with the benchmark's own settings)."""
+    `naclip_hf.models.naclip.options`, which are the official code's, with the benchmark's own settings)."""
     official = {key: _plain(DEFAULTS[key]) for key in CONFIG_SETTINGS if key not in _SPEED_ONLY}
     official.pop("pamr_steps")
     official.update({key: value for key, value in preset.settings().items() if key != "short_side"})
@@ -346,6 +346,8 @@ def _protocol_deviations(
         notes.append(f"pamr_steps={steps} (official 0 or {PAMR_STEPS_ON})")
     if limit is not None:
         notes.append(f"limit={limit} (a subset of the split)")
+    if other_names:
+        notes.append(f"class names other than the benchmark's ({preset.classes_file})")
     return notes
 
 
@@ -395,6 +397,7 @@ def evaluate_preset(
     limit: int | None = None,
     overrides: Mapping[str, Any] | None = None,
     split: str | None = None,
+    classes: Sequence[Sequence[str]] | None = None,
     class_embeddings: ClassEmbeddings | None = None,
     accelerator: Accelerator | None = None,
     progress: bool = True,
@@ -402,12 +405,14 @@ def evaluate_preset(
     """Evaluate `model` on `dataset` (columns image, label, id) with the official protocol of a benchmark.
 
     The run's settings are the benchmark's `slide_crop`, `slide_stride` and `prob_thd`; `pamr=True/False` sets
-    `pamr_steps` to 10 / 0 (None keeps the model's value); `overrides` (settings of `naclip_hf.options`) win over
-    both. Those that differ from the model's config are passed to `segment_image` per call; the config is not
-    changed. `short_side` defaults to the benchmark's. `limit` keeps the first images. `class_embeddings` (from
-    `encode_classes` on the benchmark's classes) skips embedding the class names again, e.g. when running a
-    benchmark with and without PAMR. Labels are read with the benchmark's `reduce_zero_label` and checked against
-    their image; 255 is ignored.
+    `pamr_steps` to 10 / 0 (None keeps the model's value); `overrides` (settings of
+    `naclip_hf.models.naclip.options`) win over both. Those that differ from the model's config are passed to
+    `segment_image` per call; the config is not changed. `short_side` defaults to the benchmark's. `limit` keeps
+    the first images. `classes` (each a list of synonyms, class i = label id i) are the names to embed, by
+    default the benchmark's `class_names()`; e.g. `class_names(method="clearclip")` for the names ClearCLIP's
+    code uses. `class_embeddings` (from `encode_classes` on those classes) skips embedding the class names again,
+    e.g. when running a benchmark with and without PAMR. Labels are read with the benchmark's
+    `reduce_zero_label` and checked against their image; 255 is ignored.
 
     When launched on several processes (`accelerator`, or `WORLD_SIZE > 1`, which creates one), image `i` is
     segmented by process `i % num_processes` and the confusion matrices are summed: every process returns the
@@ -432,6 +437,18 @@ def evaluate_preset(
         raise ValueError(f"The dataset has no {missing} column(s); its columns are {dataset.column_names}.")
     if len(dataset) == 0:
         raise ValueError("The dataset has no images to evaluate.")
+    preset_classes = preset.class_names()
+    if classes is not None:
+        classes = [list(names) for names in classes]
+        if len(classes) != preset.num_classes:
+            raise ValueError(
+                f"classes hold {len(classes)} classes but {preset.name} has {preset.num_classes} (class i is label "
+                f"id i); pass the benchmark's names, e.g. get_benchmark({preset.name!r}).class_names(method=...)."
+            )
+    elif class_embeddings is not None:
+        classes = [list(names) for names in class_embeddings.classes]
+    else:
+        classes = preset_classes
     run_settings = resolve_settings(preset, pamr, overrides)
     if short_side is not None:
         run_settings["short_side"] = short_side
@@ -447,7 +464,7 @@ def evaluate_preset(
     world_size = accelerator.num_processes if accelerator is not None else 1
     is_main = rank == 0
 
-    names = class_display_names(preset)
+    names = class_display_names(preset, classes)
     metric = MeanIoU(num_labels=preset.num_classes, ignore_index=IGNORE_INDEX)
     indices = range(rank, len(dataset), world_size)
     settings = {key: _plain(getattr(model.config, key)) for key in NACLIP_SETTING_KEYS}
@@ -457,7 +474,7 @@ def evaluate_preset(
     try:
         embeddings = class_embeddings
         if embeddings is None:
-            embeddings = encode_classes(model=model, processor=processor, classes=preset.class_names(), cache_dir=True)
+            embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
         elif len(embeddings.classes) != preset.num_classes:
             raise ValueError(
                 f"class_embeddings hold {len(embeddings.classes)} classes but {preset.name} has "
@@ -525,7 +542,7 @@ def evaluate_preset(
         num_images=len(dataset),
         settings=settings,
         published=dict(preset.published),
-        protocol_deviations=_protocol_deviations(preset, settings, short_side, limit),
+        protocol_deviations=_protocol_deviations(preset, settings, short_side, limit, classes != preset_classes),
         elapsed_seconds=time.perf_counter() - start,
         partial=error is not None,
         num_images_done=done_total,

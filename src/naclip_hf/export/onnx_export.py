@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..fileio import staged_directory
-from ..modeling_naclip import NACLIPForSemanticSegmentation, NACLIPVisionEmbeddings
+from ..models.naclip.modeling_naclip import NACLIPForSemanticSegmentation, NACLIPVisionEmbeddings
 from .runtime import (
     CLASS_EMBEDDINGS_FILE,
     CLASSES_FILE,
@@ -342,7 +342,7 @@ def export_onnx(
     >>> sorted(report.files)[:2]  # ['class_embeddings.safetensors', 'classes.json']
     ```
     """
-    from ..image_processing_naclip import NACLIPImageProcessor
+    from ..models.naclip.image_processing_naclip import NACLIPImageProcessor
     from ..inference import encode_classes, load_model, load_processor
 
     start = time.perf_counter()
@@ -391,7 +391,7 @@ def _write_classes(folder: Path, embeddings: Any, templates: Sequence[str] | Non
     """`classes.json` (classes, names, name_to_class, templates) and `class_embeddings.safetensors`."""
     from safetensors.numpy import save_file
 
-    from ..labels import flatten_class_names
+    from ..models.naclip.labels import flatten_class_names
 
     names, name_to_class = flatten_class_names(embeddings.classes)
     text_embeds = embeddings.text_embeds.float().cpu().numpy()

@@ -2,7 +2,7 @@
 
 `ExportedSegmenter` reproduces `naclip segment` (and `naclip_hf.inference.segment_image`) step by step:
 
-1. read the image (`naclip_hf.image_io.load_image`), resize its short side (`image_utils.resize_short_side`, the
+1. read the image (`naclip_hf.models.naclip.image_io.load_image`), resize its short side (`image_utils.resize_short_side`, the
    same code as the image processor's) and normalise it with the stored mean and std;
 2. run the ONNX graph of one window on the whole image or on the sliding windows of `image_utils.sliding_windows`
    (the boxes `NACLIPForSemanticSegmentation.forward` uses), summing overlapping windows and dividing by the count;
@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from ..image_io import load_image
-from ..image_utils import resize_short_side, sliding_windows
-from ..labels import flatten_class_names, parse_class_entries
-from ..options import CONFIG_SETTINGS, DEFAULTS, SETTINGS_BY_NAME, check_settings
-from ..templates import IMAGENET_TEMPLATES
+from ..models.naclip.image_io import load_image
+from ..models.naclip.image_utils import resize_short_side, sliding_windows
+from ..models.naclip.labels import flatten_class_names, parse_class_entries
+from ..models.naclip.options import CONFIG_SETTINGS, DEFAULTS, SETTINGS_BY_NAME, check_settings
+from ..models.naclip.templates import IMAGENET_TEMPLATES
 
 # The layout of an exported folder (relative paths).
 ONNX_DIR = "onnx"
@@ -385,7 +385,7 @@ def resize_bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return rows[..., y0, :] * wy0[:, None] + rows[..., y1, :] * wy1[:, None]
 
 
-# The eight neighbours of a 3×3 window, in the order of `naclip_hf.pamr.NEIGHBOUR_OFFSETS`.
+# The eight neighbours of a 3×3 window, in the order of `naclip_hf.models.naclip.postprocessing_naclip.NEIGHBOUR_OFFSETS`.
 _NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
@@ -402,7 +402,7 @@ def _neighbour_views(values: np.ndarray, dilation: int) -> list[np.ndarray]:
 
 def pamr_affinity(image: np.ndarray, dilations: Sequence[int]) -> np.ndarray:
     """Affinity [B, 8 * len(dilations), H, W] of each pixel to its neighbours in the guide `image` [B, K, H, W]
-    (reference: `naclip_hf.pamr.pamr_affinity`)."""
+    (reference: `naclip_hf.models.naclip.postprocessing_naclip.pamr_affinity`)."""
     neighbours = [view for d in dilations for view in _neighbour_views(image, d)]
     repeats, count = len(dilations), len(neighbours) + len(dilations)
     mean = image * np.float32(repeats)
@@ -423,7 +423,7 @@ def pamr_affinity(image: np.ndarray, dilations: Sequence[int]) -> np.ndarray:
 
 def pamr(image: np.ndarray, scores: np.ndarray, num_iter: int, dilations: Sequence[int]) -> np.ndarray:
     """Refine `scores` [B, C, H, W] with the guide `image` [B, K, H, W] of the same size (reference:
-    `naclip_hf.pamr.pamr`)."""
+    `naclip_hf.models.naclip.postprocessing_naclip.pamr`)."""
     if num_iter <= 0:
         return scores
     affinity = pamr_affinity(np.asarray(image, dtype=np.float32), dilations)[:, :, None]  # [B, P, 1, H, W]
@@ -458,7 +458,7 @@ def post_process_logits(
     pamr_dilations: Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities [B, classes, H, W] and labels [B, H, W] (int64) from per-name logits [B, names, h, w]
-    (reference: `naclip_hf.image_processing_naclip.post_process_logits`); `pixel_values` [B, 3, h, w] guides PAMR."""
+    (reference: `naclip_hf.models.naclip.image_processing_naclip.post_process_logits`); `pixel_values` [B, 3, h, w] guides PAMR."""
     height, width = int(size[0]), int(size[1])
     logits = resize_bilinear(logits, (height, width))
     if pamr_steps > 0:

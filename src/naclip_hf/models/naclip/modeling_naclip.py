@@ -2,10 +2,11 @@
 
 Everything but the last vision encoder layer is transformers' CLIP, under the same parameter names as
 `CLIPModel`, so any CLIP checkpoint loads with no missing or unexpected keys. The vision tower runs through
-`CLIPVisionModel.forward`; NACLIP replaces three pieces:
+`CLIPVisionModel.forward`; NACLIP replaces four pieces:
 
 - `NACLIPVisionEmbeddings`: the positional embeddings resized as the official code resizes them;
-- `NACLIPAttention`: the last layer's attention weights, chosen from `NACLIP_ATTENTION_FUNCTIONS`;
+- `NACLIPVisionEncoder`: CLIP's encoder loop, handing the last block's per-call settings to the last layer only;
+- `NACLIPAttention`: the last layer's attention weights, chosen from `NACLIPAttentionInterface`;
 - `NACLIPEncoderLayer`: the last layer run as the `reduced` block (attention output only) or the usual one.
 """
 
@@ -15,7 +16,6 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +25,25 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import (
     CLIPAttention,
+    CLIPEncoder,
     CLIPEncoderLayer,
     CLIPPreTrainedModel,
     CLIPVisionEmbeddings,
     eager_attention_forward,
 )
+from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput
+from transformers.utils.generic import GeneralInterface
 
 from .configuration_naclip import NACLIPConfig
 from .image_utils import sliding_windows  # torch-free: shared with the ONNX runtime
+from .options import FORWARD_OPTIONS, names_of_stage, settings_typed_dict
+from .templates import IMAGENET_TEMPLATES
+
+# Keywords of `forward` for one call: the sliding windows and the last block (built from `options.SETTINGS`).
+NACLIPForwardKwargs = settings_typed_dict("NACLIPForwardKwargs", "block", "windows")
+# The last block's settings, which the encoder hands to the last layer only (with the patch grid).
+LAST_BLOCK_SETTINGS = names_of_stage("block")
 
 
 @dataclass
@@ -81,19 +91,6 @@ def gaussian_neighbourhood_bias(grid_height: int, grid_width: int, std: float) -
     return F.pad(omega, (1, 0, 1, 0))
 
 
-@lru_cache(maxsize=16)
-def _cached_neighbourhood_bias(grid: tuple[int, int], std: float, device: str) -> torch.Tensor:
-    # Shared by every caller: never modified in place.
-    return gaussian_neighbourhood_bias(grid[0], grid[1], std).to(device)
-
-
-def neighbourhood_bias(grid: tuple[int, int], std: float, like: torch.Tensor) -> torch.Tensor:
-    """Ω for `grid` (rows, columns) on the device and in the dtype of `like`, computed once per grid and σ."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return gaussian_neighbourhood_bias(grid[0], grid[1], std).to(like.device, like.dtype)
-    return _cached_neighbourhood_bias((int(grid[0]), int(grid[1])), float(std), str(like.device)).to(like.dtype)
-
-
 # ------------------------------------------------------------------------------------ attention strategies
 def attend(
     module: nn.Module,
@@ -117,27 +114,29 @@ def attend(
     return interface(module, left, right, value, mask, scaling=module.scale, dropout=0.0)
 
 
-def vanilla_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+def vanilla_attention(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False):
     """CLIP's own attention: softmax(s·q·kᵀ)."""
     return attend(module, query, key, value, None, output_attentions)
 
 
-def kk_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+def kk_attention(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False):
     """Key-key attention: softmax(s·k·kᵀ)."""
     return attend(module, key, key, value, None, output_attentions)
 
 
-def naclip_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+def naclip_attention(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False):
     """NACLIP: softmax(s·k·kᵀ + Ω), key-key similarity plus the Gaussian neighbourhood bias."""
-    return attend(module, key, key, value, neighbourhood_bias(grid, gaussian_std, key), output_attentions)
+    bias = module.neighbourhood_bias(patch_grid, gaussian_std, key)
+    return attend(module, key, key, value, bias, output_attentions)
 
 
-def gav_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+def gav_attention(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False):
     """Gaussian added to vanilla (the paper's GAV ablation): softmax(s·q·kᵀ + Ω)."""
-    return attend(module, query, key, value, neighbourhood_bias(grid, gaussian_std, key), output_attentions)
+    bias = module.neighbourhood_bias(patch_grid, gaussian_std, key)
+    return attend(module, query, key, value, bias, output_attentions)
 
 
-def nonly_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+def nonly_attention(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False):
     """Neighbourhood only: softmax(c·Ω), with c = s · mean over heads of (mean_i ‖q_i‖ · mean_j ‖k_j‖), per image.
 
     Runs as attention with zero queries (so s·q·kᵀ = 0) and c·Ω as the additive bias.
@@ -145,11 +144,12 @@ def nonly_attention(module, query, key, value, grid, gaussian_std, output_attent
     mean_q = query.norm(dim=-1).mean(dim=-1)  # [B, heads]
     mean_k = key.norm(dim=-1).mean(dim=-1)
     coefficient = module.scale * (mean_q * mean_k).mean(dim=-1)  # [B]
-    bias = coefficient.float().view(-1, 1, 1, 1) * neighbourhood_bias(grid, gaussian_std, coefficient.float())
+    omega = module.neighbourhood_bias(patch_grid, gaussian_std, coefficient.float())
+    bias = coefficient.float().view(-1, 1, 1, 1) * omega
     return attend(module, torch.zeros_like(query), key, value, bias, output_attentions)
 
 
-def csa_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+def csa_attention(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False):
     """SCLIP's correlative self-attention: softmax(s·q·qᵀ) + softmax(s·k·kᵀ), added, not renormalised."""
     from_queries, weights_q = attend(module, query, query, value, None, output_attentions)
     from_keys, weights_k = attend(module, key, key, value, None, output_attentions)
@@ -157,12 +157,12 @@ def csa_attention(module, query, key, value, grid, gaussian_std, output_attentio
     return from_queries + from_keys, weights
 
 
-def qq_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+def qq_attention(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False):
     """ClearCLIP's self-self attention: softmax(s·q·qᵀ)."""
     return attend(module, query, query, value, None, output_attentions)
 
 
-def identity_attention(module, query, key, value, grid, gaussian_std, output_attentions=False):
+def identity_attention(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False):
     """MaskCLIP: every token attends only to itself, so the output is its value (weights: the identity)."""
     weights = None
     if output_attentions:
@@ -171,25 +171,44 @@ def identity_attention(module, query, key, value, grid, gaussian_std, output_att
     return value.transpose(1, 2), weights
 
 
-# The attention strategies of the last layer, by name. Each function takes (module, query, key, value, grid,
-# gaussian_std, output_attentions) with query/key/value [B, heads, T, head_dim] and returns (output [B, T, heads,
-# head_dim], weights [B, heads, T, T] or None). A new strategy is one function and one entry here (or a call to
-# `register_attention`).
-NACLIP_ATTENTION_FUNCTIONS: dict[str, Callable] = {
-    "naclip": naclip_attention,
-    "gav": gav_attention,
-    "kk": kk_attention,
-    "nonly": nonly_attention,
-    "csa": csa_attention,
-    "vanilla": vanilla_attention,
-    "qq": qq_attention,
-    "identity": identity_attention,
-}
+class NACLIPAttentionInterface(GeneralInterface):
+    """The attention strategies of the last layer, by name, in the style of transformers' `AttentionInterface`:
+    `NACLIPAttentionInterface.register(name, function)` adds one for every model; an instance's own entries
+    (`interface[name] = function`) override the class-wide ones for that instance only.
+
+    A strategy takes `(module, query, key, value, *, patch_grid, gaussian_std, output_attentions=False)` with
+    query/key/value [B, heads, T, head_dim] and the patch grid (rows, columns), and returns (output [B, T, heads,
+    head_dim], weights [B, heads, T, T] or None).
+    """
+
+    _global_mapping = {
+        "naclip": naclip_attention,
+        "gav": gav_attention,
+        "kk": kk_attention,
+        "nonly": nonly_attention,
+        "csa": csa_attention,
+        "vanilla": vanilla_attention,
+        "qq": qq_attention,
+        "identity": identity_attention,
+    }
+
+
+# The registry NACLIP's attention layers read.
+NACLIP_ATTENTION_FUNCTIONS = NACLIPAttentionInterface()
 
 
 def register_attention(name: str, function: Callable) -> None:
-    """Make `function` available as `attn_strategy=name` (see `NACLIP_ATTENTION_FUNCTIONS` for its signature)."""
-    NACLIP_ATTENTION_FUNCTIONS[name] = function
+    """Make `function` available as `attn_strategy=name` (see `NACLIPAttentionInterface` for its signature)."""
+    NACLIPAttentionInterface.register(name, function)
+
+
+def check_attention_strategy(name: str) -> None:
+    """Raise `ValueError` unless `name` is a registered attention strategy."""
+    if name not in NACLIP_ATTENTION_FUNCTIONS:
+        raise ValueError(
+            f"attn_strategy={name!r} is invalid: it must be one of {', '.join(NACLIP_ATTENTION_FUNCTIONS)} "
+            "(register a new one with naclip_hf.models.naclip.modeling_naclip.register_attention)."
+        )
 
 
 # ------------------------------------------------------------------------------------------ vision pieces
@@ -250,27 +269,50 @@ def official_position_embeddings(table: torch.Tensor, grid: tuple[int, int]) -> 
 class NACLIPAttention(CLIPAttention):
     """`CLIPAttention` (same parameters) whose weights come from `NACLIP_ATTENTION_FUNCTIONS[attn_strategy]`."""
 
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
+        self._bias_lock = threading.Lock()
+
+    def neighbourhood_bias(self, grid: tuple[int, int], std: float, like: torch.Tensor) -> torch.Tensor:
+        """Ω for `grid` (rows, columns) on the device and in the dtype of `like`, computed once per grid and σ."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return gaussian_neighbourhood_bias(grid[0], grid[1], std).to(like.device, like.dtype)
+        key = (int(grid[0]), int(grid[1]), float(std), str(like.device))
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            bias = gaussian_neighbourhood_bias(key[0], key[1], key[2]).to(like.device)
+            with self._bias_lock:  # shared by every caller: never modified in place
+                if len(self._bias_cache) >= 16:
+                    self._bias_cache.clear()
+                self._bias_cache[key] = bias
+        return bias.to(like.dtype)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        naclip_options: dict | None = None,
+        *,
+        attn_strategy: str,
+        gaussian_std: float,
+        patch_grid: tuple[int, int],
         output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states [B, T, D] -> (output [B, T, D], weights [B, heads, T, T] with `output_attentions`).
 
-        `naclip_options` holds `attn_strategy`, `gaussian_std` and `grid` (patch rows, columns) for this call.
+        `attn_strategy`, `gaussian_std` and `patch_grid` (patch rows, columns) are this call's; the other
+        keywords of transformers' attention interface are not used by the strategies.
         """
-        options = naclip_options or {}
-        function = NACLIP_ATTENTION_FUNCTIONS[options.get("attn_strategy", "naclip")]
+        function = NACLIP_ATTENTION_FUNCTIONS[attn_strategy]
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         output, weights = function(
-            self, query, key, value, options["grid"], options.get("gaussian_std", 5.0), bool(output_attentions)
-        )
+            self, query, key, value, patch_grid=patch_grid, gaussian_std=gaussian_std,
+            output_attentions=bool(output_attentions),
+        )  # fmt: skip
         output = output.reshape(*hidden_states.shape[:-1], -1).contiguous()
         return self.out_proj(output), weights
 
@@ -283,19 +325,40 @@ class NACLIPEncoderLayer(CLIPEncoderLayer):
         self.self_attn = NACLIPAttention(config)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        naclip_options: dict | None = None,
-        **kwargs,
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *, arch: str, **kwargs
     ) -> torch.Tensor:
-        """hidden_states [B, T, D] -> [B, T, D]. `reduced`: out_proj(attention(layer_norm1(x))) only."""
-        options = naclip_options or {}
-        attended, _ = self.self_attn(self.layer_norm1(hidden_states), naclip_options=options, **kwargs)
-        if options.get("arch", "reduced") == "reduced":
+        """hidden_states [B, T, D] -> [B, T, D]. `reduced`: out_proj(attention(layer_norm1(x))) only; the other
+        keywords go to `NACLIPAttention`."""
+        attended, _ = self.self_attn(self.layer_norm1(hidden_states), **kwargs)
+        if arch == "reduced":
             return attended
         hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+
+
+class NACLIPVisionEncoder(CLIPEncoder):
+    """CLIP's vision encoder with `NACLIPEncoderLayer` last. The last block's settings of a call (`arch`,
+    `attn_strategy`, `gaussian_std`, `patch_grid`) go to that layer only; CLIP's layers get transformers' own
+    keywords."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.layers[-1] = NACLIPEncoderLayer(config)
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutput:
+        """inputs_embeds [B, T, D] -> `last_hidden_state` [B, T, D], the last block's output."""
+        last_block = {name: kwargs.pop(name) for name in (*LAST_BLOCK_SETTINGS, "patch_grid")}
+        clip_kwargs = dict(kwargs)
+        if self.config._attn_implementation not in (None, "eager"):
+            # Those kernels return no weights (and say so); NACLIP's last layer computes its own.
+            clip_kwargs.pop("output_attentions", None)
+        hidden_states = inputs_embeds
+        for layer in self.layers[:-1]:
+            hidden_states = layer(hidden_states, attention_mask, **clip_kwargs)
+        hidden_states = self.layers[-1](hidden_states, attention_mask, **last_block, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -346,8 +409,8 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.vision_model.embeddings = NACLIPVisionEmbeddings(vision_config, config)
-        self.vision_model.encoder.layers[-1] = NACLIPEncoderLayer(vision_config)
-        config.check_naclip_settings()
+        self.vision_model.encoder = NACLIPVisionEncoder(vision_config)
+        check_attention_strategy(config.check_naclip_settings()["attn_strategy"])
         self.post_init()
 
     # ----------------------------------------------------------------------------------------------- text
@@ -557,24 +620,22 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
     def encode_patches(
         self,
         pixel_values: torch.Tensor,
-        arch: str | None = None,
-        attn_strategy: str | None = None,
-        gaussian_std: float | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        **kwargs: Unpack[NACLIPForwardKwargs],
     ) -> BaseModelOutput:
         """Run the vision tower (`CLIPVisionModel.forward`) with NACLIP's last layer.
 
         Args:
             pixel_values: [B, 3, H, W]; H and W need not be multiples of the patch size (the remainder is
                 dropped, as a strided convolution does).
-            arch, attn_strategy, gaussian_std: the last block for this call (default: the config's).
             output_attentions, output_hidden_states: as for `CLIPVisionModel`.
+            kwargs: the last block for this call (`arch`, `attn_strategy`, `gaussian_std`; default: the config's).
         Returns:
             `last_hidden_state` [B, 1 + gh*gw, width]: output of the last block, before post-layernorm; and the
             `hidden_states` / `attentions` asked for.
         """
-        options = self.config.inference_options(arch=arch, attn_strategy=attn_strategy, gaussian_std=gaussian_std)
+        options = self._call_options(kwargs, LAST_BLOCK_SETTINGS)
         patch = self.config.vision_config.patch_size
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
         if grid[0] < 1 or grid[1] < 1:
@@ -582,24 +643,37 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
                 f"Input of {tuple(pixel_values.shape[-2:])} pixels is smaller than one {patch}×{patch} patch; "
                 "use a larger image (or a larger short_side)."
             )
-        naclip_options = {
-            "arch": options["arch"],
-            "attn_strategy": options["attn_strategy"],
-            "gaussian_std": options["gaussian_std"],
-            "grid": grid,
-        }
         outputs = self.vision_model(
             pixel_values=pixel_values,
             interpolate_pos_encoding=True,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            naclip_options=naclip_options,
+            patch_grid=grid,
+            **{name: options[name] for name in LAST_BLOCK_SETTINGS},
         )
         return BaseModelOutput(
             last_hidden_state=outputs.last_hidden_state,
             hidden_states=outputs.hidden_states if output_hidden_states else None,
             attentions=outputs.attentions if output_attentions else None,
         )
+
+    def check_options(self, options: dict) -> None:
+        """Check per-call options of `forward` before any work (`TypeError`/`ValueError` as `forward` raises)."""
+        self._call_options(dict(options), FORWARD_OPTIONS)
+
+    def _call_options(self, given: dict, allowed: tuple[str, ...]) -> dict:
+        """The config's options with the call's `given` on top, checked; `TypeError` for a keyword not in
+        `allowed`."""
+        unknown = sorted(set(given) - set(allowed))
+        if unknown:
+            names = ", ".join(repr(name) for name in unknown)
+            raise TypeError(
+                f"{type(self).__name__}.forward() got an unexpected keyword argument {names}; the per-call options "
+                f"are {', '.join(allowed)}."
+            )
+        options = self.config.inference_options(**given)
+        check_attention_strategy(options["attn_strategy"])
+        return options
 
     def _window_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`."""
@@ -610,22 +684,39 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         logits = logits.reshape(logits.shape[0], -1, size[0] // patch, size[1] // patch)
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
+    def _encode_windows(
+        self, windows: torch.Tensor, text_embeds: torch.Tensor, padding: str, outputs: dict, **block
+    ) -> torch.Tensor:
+        """Logits [n, names, h, w] (float32) of `windows` [n, 3, h, w]. With `padding="centered"` (ClearCLIP), a
+        side that is not a multiple of the patch size is zero-padded on both sides to whole patches (the extra
+        pixel, if odd, after) and the logits are cropped back. Hidden states / attentions go into `outputs`."""
+        height, width = windows.shape[-2:]
+        patch = self.config.vision_config.patch_size
+        top = left = 0
+        if padding == "centered" and (height % patch or width % patch):
+            pad_h, pad_w = -height % patch, -width % patch
+            top, left = pad_h // 2, pad_w // 2
+            windows = F.pad(windows, (left, pad_w - left, top, pad_h - top))
+        encoded = self.encode_patches(
+            windows, output_attentions="attentions" in outputs, output_hidden_states="hidden_states" in outputs,
+            **block,
+        )  # fmt: skip
+        for name, value in outputs.items():
+            value.append(getattr(encoded, name))
+        logits = self._window_logits(encoded.last_hidden_state, text_embeds, tuple(windows.shape[-2:]))
+        return logits[:, :, top : top + height, left : left + width].float()
+
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
         num_templates: int | None = None,
-        slide_crop: int | None = None,
-        slide_stride: int | None = None,
-        slide_batch_size: int | None = None,
-        arch: str | None = None,
-        attn_strategy: str | None = None,
-        gaussian_std: float | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **kwargs: Unpack[NACLIPForwardKwargs],
     ) -> NACLIPSemanticSegmenterOutput | tuple:
         r"""Per-name logits at the resolution of `pixel_values`.
 
@@ -637,40 +728,26 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             text_embeds (`torch.FloatTensor` of shape `(num_names, projection_dim)`):
                 Precomputed, normalised name embeddings (see `get_name_embeddings`).
             num_templates (`int`, *optional*): prompts per name with `input_ids` (default: the config's templates).
-            slide_crop, slide_stride, slide_batch_size (`int`, *optional*): sliding windows for this call
-                (default: the config's; `slide_crop=0` = one whole-image pass).
-            arch, attn_strategy, gaussian_std (*optional*): the last block for this call (default: the config's).
             output_attentions, output_hidden_states (`bool`, *optional*): return the vision tower's attention maps
                 / hidden states (see `NACLIPSemanticSegmenterOutput`).
             return_dict (`bool`, *optional*): `False` returns a tuple instead of the output object.
+            kwargs (`NACLIPForwardKwargs`): options of this call only, defaulting to the config's: the sliding
+                windows (`slide_crop`, `slide_stride`, `slide_batch_size`, `window_padding`) and the last block
+                (`arch`, `attn_strategy`, `gaussian_std`). Any other keyword raises a `TypeError`.
 
         Returns:
             `NACLIPSemanticSegmenterOutput` with `logits` `(batch_size, num_names, height, width)` and `text_embeds`.
 
-        The config is never changed by a call; options given here apply to this call only.
-
         Example:
 
         ```python
-        >>> outputs = model(pixel_values=torch.randn(1, 3, 224, 336), text_embeds=text_embeds, slide_crop=0)
-        >>> outputs.logits.shape  # (1, num_names, 224, 336)
+        >>> inputs = processor(images=image, text=["sky", "tree", "road, street"])
+        >>> outputs = model(**inputs, slide_crop=0)  # one whole-image pass for this call
+        >>> outputs.logits.shape  # (1, 4, height, width): one map per name
         ```
         """
-        options = self.config.inference_options(
-            slide_crop=slide_crop,
-            slide_stride=slide_stride,
-            slide_batch_size=slide_batch_size,
-            arch=arch,
-            attn_strategy=attn_strategy,
-            gaussian_std=gaussian_std,
-        )
-        if text_embeds is None:
-            if input_ids is None:
-                raise ValueError("Pass the class names' prompts as `input_ids` or their embeddings as `text_embeds`.")
-            if num_templates is None:
-                templates = self.config.prompt_templates
-                num_templates = 80 if templates is None else len(templates)
-            text_embeds = self.get_name_embeddings(input_ids, attention_mask, num_templates)
+        options = self._call_options(kwargs, FORWARD_OPTIONS)
+        text_embeds = self._text_embeds(input_ids, attention_mask, text_embeds, num_templates)
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
             raise ValueError(f"pixel_values must be a tensor [batch, 3, height, width], got {shape}.")
@@ -681,53 +758,60 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
                 f"The processed image is {height}×{width} pixels, smaller than one {patch}×{patch} patch; use a "
                 f"larger image or a larger short_side (at least {patch})."
             )
-        block = {key: options[key] for key in ("arch", "attn_strategy", "gaussian_std")}
-        crop = options["slide_crop"]
-        if crop > 0:
-            boxes = sliding_windows(height, width, crop, options["slide_stride"])
-            # Slices of the whole batch, image 0's windows first.
-            windows = [(image, box) for image in range(pixel_values.shape[0]) for box in boxes]
+        recorded: dict[str, list] = {}
+        if output_hidden_states:
+            recorded["hidden_states"] = []
+        if output_attentions:
+            recorded["attentions"] = []
+        block = {name: options[name] for name in LAST_BLOCK_SETTINGS}
+        if options["slide_crop"] > 0:
+            logits = self._slide(pixel_values, text_embeds, options, recorded, block)
         else:
-            windows = [(slice(None), (0, height, 0, width))]
-        logits = pixel_values.new_zeros((pixel_values.shape[0], len(text_embeds), height, width), dtype=torch.float32)
-        hidden_states: list[tuple] = []
-        attentions: list[tuple] = []
-        step = options["slide_batch_size"] if crop > 0 else 1
-        for start in range(0, len(windows), step):
-            chunk = windows[start : start + step]
-            y1, y2, x1, x2 = chunk[0][1]
-            if crop > 0:
-                batch = torch.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
-            else:
-                batch = pixel_values
-            encoded = self.encode_patches(
-                batch,
-                output_attentions=bool(output_attentions),
-                output_hidden_states=bool(output_hidden_states),
-                **block,
-            )
-            window_logits = self._window_logits(encoded.last_hidden_state, text_embeds, (y2 - y1, x2 - x1)).float()
-            if crop > 0:
-                for (image, (a, b, c, d)), values in zip(chunk, window_logits):
-                    logits[image, :, a:b, c:d] += values
-            else:
-                logits = window_logits
-            if output_hidden_states:
-                hidden_states.append(encoded.hidden_states)
-            if output_attentions:
-                attentions.append(encoded.attentions)
-        if crop > 0:
-            count = logits.new_zeros((height, width))
-            for a, b, c, d in boxes:
-                count[a:b, c:d] += 1
-            logits = logits / count
+            logits = self._encode_windows(pixel_values, text_embeds, "none", recorded, **block)
         output = NACLIPSemanticSegmenterOutput(
             logits=logits,
             text_embeds=text_embeds,
-            hidden_states=_concatenate_layers(hidden_states) if output_hidden_states else None,
-            attentions=_concatenate_layers(attentions) if output_attentions else None,
+            hidden_states=_concatenate_layers(recorded["hidden_states"]) if output_hidden_states else None,
+            attentions=_concatenate_layers(recorded["attentions"]) if output_attentions else None,
         )
         return output.to_tuple() if return_dict is False else output
+
+    def _text_embeds(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        text_embeds: torch.Tensor | None,
+        num_templates: int | None,
+    ) -> torch.Tensor:
+        """The name embeddings given, or those of the prompts `input_ids`."""
+        if text_embeds is not None:
+            return text_embeds
+        if input_ids is None:
+            raise ValueError("Pass the class names' prompts as `input_ids` or their embeddings as `text_embeds`.")
+        if num_templates is None:
+            num_templates = len(self.config.prompt_templates or IMAGENET_TEMPLATES)
+        return self.get_name_embeddings(input_ids, attention_mask, int(num_templates))
+
+    def _slide(
+        self, pixel_values: torch.Tensor, text_embeds: torch.Tensor, options: dict, recorded: dict, block: dict
+    ) -> torch.Tensor:
+        """Sliding-window logits [B, names, H, W]: windows in batches of `slide_batch_size` (image 0's first),
+        each window's logits added where it lies, then divided by the number of windows covering each pixel."""
+        height, width = pixel_values.shape[-2:]
+        boxes = sliding_windows(height, width, options["slide_crop"], options["slide_stride"])
+        windows = [(image, box) for image in range(pixel_values.shape[0]) for box in boxes]
+        logits = pixel_values.new_zeros((pixel_values.shape[0], len(text_embeds), height, width), dtype=torch.float32)
+        step = options["slide_batch_size"]
+        for start in range(0, len(windows), step):
+            chunk = windows[start : start + step]
+            batch = torch.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
+            chunk_logits = self._encode_windows(batch, text_embeds, options["window_padding"], recorded, **block)
+            for (image, (a, b, c, d)), values in zip(chunk, chunk_logits):
+                logits[image, :, a:b, c:d] += values
+        count = logits.new_zeros((height, width))
+        for a, b, c, d in boxes:
+            count[a:b, c:d] += 1
+        return logits / count
 
 
 def _concatenate_layers(per_chunk: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:

@@ -104,7 +104,7 @@ def to_rgb_array(image: Any) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         raise TypeError(
             f"to_rgb_array got the path or URL {describe_input(image)!r}; read files and URLs with "
-            "naclip_hf.image_io.load_image, or pass the image itself."
+            "naclip_hf.models.naclip.image_io.load_image, or pass the image itself."
         )
     raise TypeError(f"Unsupported image input: {describe_input(image)}; pass {_ACCEPTED}.")
 

@@ -7,7 +7,6 @@ transformers, numpy, PIL and sibling modules of this package (never `naclip_hf` 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -19,13 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import Pipeline
-from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import logging
 
-from .fileio import apply_default_modes
+from .class_embeddings import ClassEmbeddings, encode_classes
+from .configuration_naclip import split_options
 from .image_io import describe_input, load_image
 from .image_processing_naclip import NACLIPImageProcessor
-from .inference import ClassEmbeddings, encode_classes, load_model, split_options
 from .labels import parse_class_entries
 from .options import check_settings
 from .processing_naclip import NACLIPProcessor
@@ -102,8 +100,14 @@ def _resolve_processor(model: Any, tokenizer: Any, image_processor: Any, process
 
 
 def _load_checkpoint(model_id_or_path: str | os.PathLike, **kwargs: Any) -> Any:
-    """Load a checkpoint given to the pipeline class as an id or path (e.g. the registered default)."""
-    return load_model(os.fspath(model_id_or_path), **kwargs)
+    """Load a checkpoint given to the pipeline class as an id or path. The registered default checkpoint is an
+    object with its own `load` (whose errors explain how to get a checkpoint)."""
+    load = getattr(model_id_or_path, "load", None)
+    if callable(load):
+        return load(**kwargs)
+    from .modeling_naclip import NACLIPForSemanticSegmentation
+
+    return NACLIPForSemanticSegmentation.from_pretrained(os.fspath(model_id_or_path), **kwargs).eval()
 
 
 
@@ -136,7 +140,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         NACLIP options for this call only (defaults: the model's config, which is never changed): sliding windows
             `slide_crop`, `slide_stride`, `slide_batch_size`; the last block `arch`, `attn_strategy`,
             `gaussian_std`; post-processing `logit_scale`, `prob_thd`, `pamr_steps`, `pamr_dilations` (see
-            `naclip_hf.options`).
+            `naclip_hf.models.naclip.options`).
 
     Any of these can also be given when building the pipeline (`pipeline("naclip-segmentation", model=...,
     candidate_labels=[...], pamr_steps=0)`); they then apply to every call (options given at call time are
@@ -190,8 +194,8 @@ class NACLIPSegmentationPipeline(Pipeline):
         processor = _resolve_processor(model, tokenizer, image_processor, processor)
         self._label_cache: OrderedDict[tuple, ClassEmbeddings] = OrderedDict()
         self._label_cache_lock = threading.Lock()
-        # On-disk cache of label embeddings (see `encode_classes`): True = the default folder, None = off.
-        self.text_cache_dir = kwargs.pop("text_cache_dir", True)
+        # A store of label embeddings beyond this pipeline (see `encode_classes`'s `cache`), e.g. on disk.
+        self.text_cache = kwargs.pop("text_cache", None)
         super().__init__(
             model=model,
             tokenizer=processor.tokenizer,
@@ -215,7 +219,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         forward: dict[str, Any] = {}
         postprocess: dict[str, Any] = {}
         if candidate_labels is not None:
-            forward["candidate_labels"] = parse_candidate_labels(candidate_labels)
+            preprocess["candidate_labels"] = parse_candidate_labels(candidate_labels)
         if short_side is not None:
             preprocess["short_side"] = check_settings({"short_side": short_side})["short_side"]
         if timeout is not None:
@@ -227,10 +231,11 @@ class NACLIPSegmentationPipeline(Pipeline):
             # before any image is read.
             settings = {**getattr(self, "_forward_params", {}).get("settings", {}), **settings}
             try:
-                forward_options, post_options = split_options(self.model, settings)
+                forward_options, post_options = split_options(self.model.config, settings)
             except TypeError as error:
                 raise TypeError(f"{error} (for the {TASK} pipeline; also candidate_labels, short_side, "
                                 "return_label_map, return_probabilities, skip_errors, timeout)") from None
+            self.model.check_options(forward_options)
             forward["settings"] = settings
             forward["forward_options"] = forward_options
             postprocess["post_options"] = post_options
@@ -255,7 +260,7 @@ class NACLIPSegmentationPipeline(Pipeline):
             inputs = kwargs.pop("images", None)
         if inputs is None:
             raise ValueError("No image given: pass an image (path, URL, PIL image or array) or a list of images.")
-        if candidate_labels is None and "candidate_labels" not in self._forward_params:
+        if candidate_labels is None and "candidate_labels" not in self._preprocess_params:
             parse_candidate_labels(None)  # raises with an example
         if isinstance(inputs, tuple):
             inputs = list(inputs)
@@ -320,7 +325,7 @@ class NACLIPSegmentationPipeline(Pipeline):
             if cached is not None:
                 self._label_cache.move_to_end(key)
                 return cached
-        label_set = encode_classes(self.model, self.processor, classes, cache_dir=self.text_cache_dir)
+        label_set = encode_classes(self.model, self.processor, classes, cache=self.text_cache)
         with self._label_cache_lock:
             self._label_cache[key] = label_set
             while len(self._label_cache) > LABEL_CACHE_SIZE:
@@ -329,10 +334,17 @@ class NACLIPSegmentationPipeline(Pipeline):
 
     # ------------------------------------------------------------------------------------------------ steps
     def preprocess(
-        self, image: Any, short_side: int | None = None, skip_errors: bool = False, timeout: float | None = None
+        self,
+        image: Any,
+        candidate_labels: list[list[str]] | None = None,
+        short_side: int | None = None,
+        skip_errors: bool = False,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
-        """One input -> `pixel_values` [1, 3, h, w] and `original_size` (H, W); or `{"error": ...}` when the
-        input cannot be read and `skip_errors` is set."""
+        """One input -> `pixel_values` [1, 3, h, w], `original_size` (H, W) and the label set's embeddings (see
+        `label_embeddings`); or `{"error": ...}` when the input cannot be read and `skip_errors` is set."""
+        if candidate_labels is None:
+            parse_candidate_labels(None)  # raises with an example
         try:
             encoded = self.image_processor(load_image(image, timeout=timeout), short_side=short_side)
         except (OSError, ValueError, TypeError) as error:
@@ -344,12 +356,15 @@ class NACLIPSegmentationPipeline(Pipeline):
         pixel_values = encoded["pixel_values"]
         if isinstance(pixel_values, list):
             pixel_values = pixel_values[0]
-        return {"pixel_values": pixel_values, "original_size": tuple(encoded["original_sizes"][0].tolist())}
+        return {
+            "pixel_values": pixel_values,
+            "original_size": tuple(encoded.original_sizes[0].tolist()),
+            "label_set": self.label_embeddings(candidate_labels),
+        }
 
     def _forward(
         self,
         model_inputs: dict[str, Any],
-        candidate_labels: list[list[str]] | None = None,
         settings: Mapping[str, Any] | None = None,
         forward_options: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
@@ -359,9 +374,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         outputs: list[dict[str, Any]] = list(batch)  # error entries pass through
         readable = [position for position, item in enumerate(batch) if "error" not in item]
         if readable:
-            if candidate_labels is None:
-                parse_candidate_labels(None)
-            label_set = self.label_embeddings(candidate_labels)
+            label_set = batch[readable[0]]["label_set"]
             by_size: dict[tuple[int, ...], list[int]] = {}
             for position in readable:
                 by_size.setdefault(tuple(batch[position]["pixel_values"].shape), []).append(position)
@@ -390,7 +403,7 @@ class NACLIPSegmentationPipeline(Pipeline):
         if "error" in model_outputs:
             return {"error": model_outputs["error"]}
         if post_options is None:
-            post_options = split_options(self.model, {})[1]
+            post_options = split_options(self.model.config, {})[1]
         label_set = model_outputs["label_set"]
         # `class_scores`: mean probability of each class over the pixels labelled with it, gathered tile by tile.
         (result,) = self.image_processor.post_process_semantic_segmentation(
@@ -418,11 +431,12 @@ class NACLIPSegmentationPipeline(Pipeline):
             output["probabilities"] = result["probabilities"].float().cpu().numpy()
         return output
 
-    # -------------------------------------------------------------------------------------------- saving
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
         """Write a folder that `pipeline(model=folder, trust_remote_code=True)` loads without naclip-hf installed
-        (see `save_for_hub`); with `push_to_hub=True` also upload it (`repo_id`, `token`, `private`,
+        (see `hub_naclip.save_for_hub`); with `push_to_hub=True` also upload it (`repo_id`, `token`, `private`,
         `commit_message` as for transformers models). `push_to_hub()` uploads this same folder."""
+        from .hub_naclip import save_for_hub  # it imports this module
+
         kwargs.pop("max_shard_size", None)
         kwargs.pop("safe_serialization", None)
         save_for_hub(self.model, self.processor, save_directory)
@@ -438,47 +452,4 @@ class NACLIPSegmentationPipeline(Pipeline):
             )
 
 
-def custom_pipelines_entry() -> dict[str, dict[str, Any]]:
-    """The `custom_pipelines` entry of a Hub folder's config: loads this pipeline and the model (via `AutoModel`
-    and the config's `auto_map`) from the folder's own code."""
-    return {
-        TASK: {
-            "impl": f"{Path(__file__).stem}.{NACLIPSegmentationPipeline.__name__}",
-            "pt": ["AutoModel"],
-            "type": "multimodal",
-        }
-    }
-
-
-def save_for_hub(model: Any, processor: Any, save_directory: str | os.PathLike) -> Path:
-    """Save a model and its processor as a Hub-ready folder that needs only transformers (with
-    `trust_remote_code=True`), not naclip-hf: weights, config with `auto_map` and `custom_pipelines`, tokenizer,
-    processor, and the code files (`configuration_naclip.py`, `modeling_naclip.py`, `pipeline_naclip.py` and the
-    modules they import). Returns the folder.
-
-    With naclip-hf imported, the auto classes know the model's code already; without it, `auto_map` points
-    `AutoConfig`, `AutoModel`, `AutoImageProcessor` and `AutoProcessor` at the copied files and `custom_pipelines`
-    makes `pipeline(model=folder, trust_remote_code=True)` build this pipeline. The model's config is not changed.
-    """
-    save_directory = Path(save_directory)
-    if save_directory.is_file():
-        raise ValueError(f"{save_directory} is a file; give a folder to save into.")
-    save_directory.mkdir(parents=True, exist_ok=True)
-    for component in (type(model.config), type(model), type(processor), type(processor.image_processor)):
-        if getattr(component, "_auto_class", None) is None:
-            raise ValueError(
-                f"{component.__name__} is not registered for an auto class; import naclip_hf (which registers NACLIP "
-                "with transformers) before saving."
-            )
-    model.save_pretrained(save_directory)
-    config_path = save_directory / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["custom_pipelines"] = custom_pipelines_entry()
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    processor.save_pretrained(save_directory)
-    custom_object_save(NACLIPSegmentationPipeline, save_directory)
-    apply_default_modes(save_directory)  # transformers writes the weights readable by their owner only
-    return save_directory
-
-
-__all__ = ["TASK", "NACLIPSegmentationPipeline", "custom_pipelines_entry", "parse_candidate_labels", "save_for_hub"]
+__all__ = ["TASK", "NACLIPSegmentationPipeline", "parse_candidate_labels"]

@@ -1,219 +1,104 @@
-"""Image processor of NACLIP: resize the short side and normalise; post-process logits into label maps."""
+"""Post-processing of NACLIP's logits, on tensors only: from per-name logits at the processed size to class
+probabilities and a label map at the original size. `NACLIPImageProcessor.post_process_semantic_segmentation` is
+the entry point; the NumPy twin of these steps, for the torch-free runtime, is `naclip_hf.export.postprocess`.
+
+- PAMR, pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020), as used by NACLIP: each iteration replaces
+  every pixel's score by a weighted mean of its neighbours' scores at a few dilations; the weights (an affinity)
+  depend on the guide image only, so they are computed once per image. Neighbours past the border repeat the edge
+  pixel.
+- The tiled engine (`post_process_image`): the image is processed in tiles whose size follows a memory budget,
+  each with the context PAMR needs around it, so that memory does not grow with the image; the result does not
+  depend on the tiling.
+- SCLIP's area threshold and the probability threshold.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import BatchFeature
-from transformers.image_processing_utils import BaseImageProcessor
 
-from .image_io import load_image
-from .image_utils import resize_short_side
-from .options import DEFAULTS, check_settings, names_of_stage
-from .pamr import NEIGHBOUR_OFFSETS, pamr_affinity
+# The eight neighbours of a 3×3 window (centre excluded), as (row, column) offsets in units of the dilation.
+NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
+    (-1, -1),
+    (-1, 0),
+    (-1, 1),
+    (0, -1),
+    (0, 1),
+    (1, -1),
+    (1, 0),
+    (1, 1),
+)
+# The full 3×3 window, centre included (the local spread of the affinity is taken over it).
+WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
 
-# Pixel statistics of CLIP's training data, on the 0-255 scale, RGB.
-CLIP_PIXEL_MEAN = (122.771, 116.746, 104.094)
-CLIP_PIXEL_STD = (68.501, 66.632, 70.323)
-# The options of `post_process_semantic_segmentation` (see naclip_hf.options).
-POST_PROCESSING_OPTIONS = names_of_stage("post")
+
+def _shifted_views(
+    padded: torch.Tensor, dilation: int, height: int, width: int, offsets
+) -> list[torch.Tensor]:
+    """Views of `padded` (replicate-padded by `dilation`) holding, at each pixel, the neighbour at each offset."""
+    return [
+        padded[
+            ...,
+            dilation + dy * dilation : dilation + dy * dilation + height,
+            dilation + dx * dilation : dilation + dx * dilation + width,
+        ]
+        for dy, dx in offsets
+    ]
 
 
-class NACLIPImageProcessor(BaseImageProcessor):
-    r"""
-    Prepares images for NACLIP as the official evaluation does: resize so that the short side is `short_side`
-    (long side at most `max_long_side`, aspect ratio kept, bilinear like OpenCV's `INTER_LINEAR`), then normalise
-    with CLIP's mean and std on the 0-255 scale. `post_process_semantic_segmentation` turns the model's logits into
-    label maps at the original size.
+def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """Affinity of each pixel to its 8 neighbours at each dilation.
 
     Args:
-        short_side (`int`, defaults to 336): target short side; 0 keeps the image size.
-        max_long_side (`int`, defaults to 2048): cap on the long side after resizing.
-        do_resize (`bool`, defaults to `True`), do_normalize (`bool`, defaults to `True`).
-        image_mean, image_std (`list[float]`): per-channel RGB statistics on the 0-255 scale.
-
-    Example:
-
-    ```python
-    >>> processor = NACLIPImageProcessor(short_side=336)
-    >>> inputs = processor(image)  # pixel_values [1, 3, h, w], original_sizes [1, 2]
-    ```
+        image: guide image [B, K, H, W].
+    Returns:
+        weights [B, 8 * len(dilations), H, W] that sum to 1 over dim 1.
     """
+    height, width = image.shape[-2:]
+    padded = [F.pad(image, [d] * 4, mode="replicate") for d in dilations]
+    neighbours = [
+        view
+        for d, p in zip(dilations, padded)
+        for view in _shifted_views(p, d, height, width, NEIGHBOUR_OFFSETS)
+    ]
+    # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation, i.e. over the
+    # neighbours and len(dilations) copies of the centre; two passes (mean, then squared deviations), accumulated
+    # in place over views instead of stacking the 9·len(dilations) shifted images.
+    repeats, count = len(dilations), len(neighbours) + len(dilations)
+    mean = image * repeats
+    for neighbour in neighbours:
+        mean.add_(neighbour)
+    mean.div_(count)
+    deviation = image - mean
+    variance = deviation.square() * repeats
+    for neighbour in neighbours:
+        torch.sub(neighbour, mean, out=deviation)
+        variance.addcmul_(deviation, deviation)
+    del mean
+    inverse_scale = variance.div_(count - 1).sqrt_().mul_(0.1).add_(1e-8).reciprocal_()  # 1 / (1e-8 + 0.1 std)
+    # logits[:, p] = -mean over channels of |image - neighbour_p| / scale
+    logits = image.new_empty((image.shape[0], len(neighbours), height, width))
+    for p, neighbour in enumerate(neighbours):
+        torch.sub(image, neighbour, out=deviation).abs_().mul_(inverse_scale)
+        torch.sum(deviation, dim=1, out=logits[:, p])
+    return logits.mul_(-1.0 / image.shape[1]).softmax(dim=1)
 
-    model_input_names = ["pixel_values"]
 
-    def __init__(
-        self,
-        short_side: int = DEFAULTS["short_side"],
-        max_long_side: int = 2048,
-        do_resize: bool = True,
-        do_normalize: bool = True,
-        image_mean: Sequence[float] = CLIP_PIXEL_MEAN,
-        image_std: Sequence[float] = CLIP_PIXEL_STD,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.short_side = check_settings({"short_side": short_side})["short_side"]
-        if isinstance(max_long_side, bool) or not isinstance(max_long_side, int) or max_long_side < 1:
-            raise ValueError(f"max_long_side={max_long_side!r} is invalid: it must be an integer >= 1.")
-        self.max_long_side = max_long_side
-        self.do_resize = bool(do_resize)
-        self.do_normalize = bool(do_normalize)
-        self.image_mean = [float(v) for v in image_mean]
-        self.image_std = [float(v) for v in image_std]
+def pamr(image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Sequence[int]) -> torch.Tensor:
+    """Refine `scores` [B, C, H, W] with the guide `image` [B, K, H, W]; returns [B, C, H, W].
 
-    # ----------------------------------------------------------------------------------------- pre-processing
-    def resize_image(self, image: np.ndarray, short_side: int | None = None) -> np.ndarray:
-        """[H, W, 3] uint8 -> [h, w, 3] uint8 with the short side resized (`short_side` default: this processor's)."""
-        short_side = self.short_side if short_side is None else check_settings({"short_side": short_side})["short_side"]
-        if not self.do_resize or short_side == 0:
-            return image
-        return resize_short_side(image, short_side, self.max_long_side)
-
-    def normalize_image(self, image: np.ndarray) -> torch.Tensor:
-        """[h, w, 3] uint8 -> [3, h, w] float32 pixel values."""
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-        if self.do_normalize:
-            mean = torch.tensor(self.image_mean).view(3, 1, 1)
-            std = torch.tensor(self.image_std).view(3, 1, 1)
-            pixels = (pixels - mean) / std
-        return pixels
-
-    def preprocess(
-        self,
-        images: Any,
-        short_side: int | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs: Any,
-    ) -> BatchFeature:
-        """Process one image or a list of them (paths, URLs, PIL images, arrays or tensors; see `image_io`).
-
-        Returns a `BatchFeature` with `pixel_values` ([B, 3, h, w] when all processed images share a size, else a
-        list of [1, 3, h, w]) and `original_sizes` ([B, 2], (H, W) before resizing).
-        """
-        if kwargs:
-            raise TypeError(f"Unexpected arguments {sorted(kwargs)} for {type(self).__name__}.")
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors={return_tensors!r} is not supported; NACLIP works on PyTorch tensors.")
-        batch = list(images) if isinstance(images, (list, tuple)) else [images]
-        if not batch:
-            raise ValueError("No images given.")
-        arrays = [load_image(image) for image in batch]
-        original_sizes = torch.tensor([array.shape[:2] for array in arrays], dtype=torch.long)
-        pixels = [self.normalize_image(self.resize_image(array, short_side)) for array in arrays]
-        if len({tuple(p.shape) for p in pixels}) == 1:
-            pixel_values: Any = torch.stack(pixels)
-        else:
-            pixel_values = [p[None] for p in pixels]
-        return BatchFeature(data={"pixel_values": pixel_values, "original_sizes": original_sizes})
-
-    # ---------------------------------------------------------------------------------------- post-processing
-    @torch.no_grad()
-    def post_process_semantic_segmentation(
-        self,
-        outputs: Any,
-        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        name_to_class: Sequence[int] | torch.Tensor | None = None,
-        logit_scale: float | None = None,
-        prob_thd: float | None = None,
-        pamr_steps: int | None = None,
-        pamr_dilations: Sequence[int] | None = None,
-        return_probabilities: bool = False,
-        *,
-        area_thd: float | None = None,
-        return_class_scores: bool = False,
-        max_tile_bytes: int | None = None,
-        tile_shape: tuple[int, int] | None = None,
-    ) -> list[torch.Tensor] | list[dict[str, torch.Tensor]]:
-        r"""From per-name logits to class label maps (and probabilities) at the original image sizes.
-
-        For each image: logits upsampled bilinearly to its target size; PAMR (when `pamr_steps > 0`, guided by
-        `pixel_values` upsampled to that size); softmax over names of `logit_scale · logits`; each class's
-        probability = the maximum over its names (synonyms); label = argmax over classes, and 0 where the top
-        probability is below `prob_thd`. Runs in fp32 whatever the model's dtype.
-
-        Args:
-            outputs: the model's output (its `logits`, `(batch_size, num_names, h, w)`), or that tensor.
-            target_sizes: `(batch_size, 2)` (height, width) per image; default: the logits' size.
-            pixel_values (`(batch_size, 3, h, w)`): the model input, PAMR's guide image (needed when PAMR is on).
-            name_to_class (`(num_names,)`): class index of each name; default: every name its own class.
-            logit_scale, prob_thd, pamr_steps, pamr_dilations, area_thd: post-processing options (`area_thd`:
-                SCLIP's area threshold, see `area_threshold_keep`; default: the defaults of
-                `naclip_hf.options`; pass the model config's with `**model.config.inference_options()`).
-            return_probabilities: also return the class probabilities (the only full-size float output: without
-                it, memory does not grow with classes × height × width).
-            return_class_scores: also return `class_scores` `(num_classes,)` float64, the mean probability of each
-                class over the pixels labelled with it (0 for absent classes), and `class_pixel_counts`.
-            max_tile_bytes, tile_shape: the work runs in tiles of at most `max_tile_bytes` (default 1 GiB) or of
-                `tile_shape` (rows, cols), with the context PAMR needs around each; this changes speed and memory,
-                never the result (see `post_process_image`).
-
-        Returns:
-            One `torch.LongTensor` `(height, width)` of class ids per image; with `return_probabilities` or
-            `return_class_scores`, one dict per image with `segmentation` and, as asked, `probabilities`
-            `(num_classes, height, width)` (summing to 1 over classes), `class_scores` and `class_pixel_counts`.
-
-        Example:
-
-        ```python
-        >>> outputs = model(**inputs.model_inputs())
-        >>> labels = image_processor.post_process_semantic_segmentation(
-        ...     outputs, target_sizes=inputs["original_sizes"], pixel_values=inputs["pixel_values"],
-        ...     name_to_class=inputs["name_to_class"])[0]
-        ```
-        """
-        logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
-        options = self.post_processing_options(
-            logit_scale=logit_scale, prob_thd=prob_thd, pamr_steps=pamr_steps, pamr_dilations=pamr_dilations,
-            area_thd=area_thd,
-        )
-        if logits.ndim != 4:
-            raise ValueError(f"logits must be [batch, names, height, width], got shape {tuple(logits.shape)}.")
-        batch, num_names = logits.shape[:2]
-        if target_sizes is None:
-            target_sizes = [tuple(logits.shape[-2:])] * batch
-        if len(target_sizes) != batch:
-            raise ValueError(f"target_sizes has {len(target_sizes)} entries for a batch of {batch} images.")
-        if options["pamr_steps"] > 0 and pixel_values is None:
-            raise ValueError("PAMR needs the model input as guide image: pass pixel_values (or pamr_steps=0).")
-        index = torch.arange(num_names) if name_to_class is None else torch.as_tensor(name_to_class, dtype=torch.long)
-        if index.numel() != num_names:
-            raise ValueError(f"name_to_class has {index.numel()} entries for {num_names} names.")
-        results: list[Any] = []
-        for image in range(batch):
-            height, width = (int(v) for v in target_sizes[image])
-            guide = None if pixel_values is None else pixel_values[image : image + 1]
-            result = post_process_image(
-                logits[image : image + 1], guide, (height, width), index, **options,
-                return_probabilities=return_probabilities, max_tile_bytes=max_tile_bytes, tile_shape=tile_shape,
-            )  # fmt: skip
-            if not (return_probabilities or return_class_scores):
-                results.append(result.segmentation)
-                continue
-            entry = {"segmentation": result.segmentation}
-            if return_probabilities:
-                entry["probabilities"] = result.probabilities
-            if return_class_scores:
-                entry["class_scores"] = result.class_scores()
-                entry["class_pixel_counts"] = result.class_pixel_counts
-            results.append(entry)
-        return results
-
-    @staticmethod
-    def post_processing_options(**options: Any) -> dict[str, Any]:
-        """The post-processing options with `None` replaced by the defaults, checked (`ValueError` otherwise)."""
-        unknown = sorted(set(options) - set(POST_PROCESSING_OPTIONS))
-        if unknown:
-            valid = ", ".join(POST_PROCESSING_OPTIONS)
-            raise TypeError(f"Unknown post-processing option(s) {unknown}; valid: {valid}.")
-        given = {name: value for name, value in options.items() if value is not None}
-        return {**{name: DEFAULTS[name] for name in POST_PROCESSING_OPTIONS}, **check_settings(given)}
+    Memory stays at a few copies of `scores`: neighbours are read as views of one padded copy per dilation
+    and accumulated in place, instead of materialising all 8·len(dilations) shifted copies.
+    """
+    if num_iter <= 0:
+        return scores
+    if scores.shape[-2:] != image.shape[-2:]:
+        scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
+    affinity = pamr_affinity(image.to(scores.dtype), dilations).unsqueeze(2)  # [B, P, 1, H, W]
+    return _pamr_refine(scores, affinity, num_iter, dilations)
 
 
 def post_process_logits(
@@ -424,18 +309,17 @@ def upsample_region(
 
 def _pamr_refine(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilations: Sequence[int]) -> torch.Tensor:
     """`steps` PAMR iterations of `scores` [B, C, H, W] with a precomputed `affinity` [B, P, 1, H, W] (see
-    `naclip_hf.pamr.pamr`, which this equals step for step)."""
+    `pamr`). Neighbours are read as views of one padded copy per dilation and accumulated in place."""
     height, width = scores.shape[-2:]
     for _ in range(steps):
         refined = torch.zeros_like(scores)
         p = 0
         for dilation in dilations:
             padded = F.pad(scores, [dilation] * 4, mode="replicate")
-            for dy, dx in NEIGHBOUR_OFFSETS:
-                top, left = dilation + dy * dilation, dilation + dx * dilation
-                refined.addcmul_(padded[..., top : top + height, left : left + width], affinity[:, p])
+            for neighbour in _shifted_views(padded, dilation, height, width, NEIGHBOUR_OFFSETS):
+                refined.addcmul_(neighbour, affinity[:, p])
                 p += 1
-            del padded
+            del padded, neighbour  # the last view would keep this padded copy alive next to the next one
         scores = refined
     return scores
 
@@ -578,7 +462,7 @@ def post_process_image(
     return ImagePostProcessing(segmentation, probabilities, counts, sums)
 
 
-__all__ = ["CLIP_PIXEL_MEAN", "CLIP_PIXEL_STD", "DEFAULT_MAX_TILE_BYTES", "ImagePostProcessing", "NACLIPImageProcessor",
-           "POST_PROCESSING_OPTIONS", "apply_area_threshold", "area_threshold_keep", "drop_classes",
-           "estimate_post_processing_bytes", "pamr_halo", "plan_tiles", "post_process_image",
-           "post_process_logits", "upsample_region"]  # fmt: skip
+__all__ = ["DEFAULT_MAX_TILE_BYTES", "NEIGHBOUR_OFFSETS", "WINDOW_OFFSETS", "ImagePostProcessing",
+           "apply_area_threshold", "area_threshold_keep", "drop_classes", "estimate_post_processing_bytes", "pamr",
+           "pamr_affinity", "pamr_halo", "plan_tiles", "post_process_image", "post_process_logits",
+           "upsample_region"]  # fmt: skip

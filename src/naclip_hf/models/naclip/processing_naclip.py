@@ -36,9 +36,12 @@ class NACLIPProcessor(ProcessorMixin):
 
     ```python
     >>> inputs = processor(images=image, text=["sky", "tree", "road, street"])
-    >>> outputs = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-    ...                 attention_mask=inputs["attention_mask"], num_templates=inputs["num_templates"])
+    >>> outputs = model(**inputs)
     >>> labels = processor.post_process_semantic_segmentation(outputs, inputs)[0]  # [H, W] class ids
+
+    The returned `BatchFeature` holds the model's inputs (`pixel_values`, `input_ids`, `attention_mask`,
+    `num_templates`); what only post-processing needs is kept as attributes: `original_sizes` [B, 2] and
+    `name_to_class` [names].
     ```
     """
 
@@ -100,8 +103,8 @@ class NACLIPProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """Prompts for every name of every class.
 
-        Returns `input_ids` and `attention_mask` [names * templates, L], `name_to_class` [names] and
-        `num_templates`.
+        Returns `input_ids` and `attention_mask` [names * templates, L] and `num_templates`; the attribute
+        `name_to_class` [names] gives the class of each name.
         """
         names, name_to_class = flatten_class_names(parse_class_entries(classes))
         templates = list(IMAGENET_TEMPLATES if templates is None else templates)
@@ -111,14 +114,15 @@ class NACLIPProcessor(ProcessorMixin):
         encoded = self.tokenizer(
             build_prompts(names, templates), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
-        return BatchFeature(
+        features = BatchFeature(
             data={
                 "input_ids": encoded["input_ids"],
                 "attention_mask": encoded["attention_mask"],
-                "name_to_class": torch.tensor(name_to_class, dtype=torch.long),
                 "num_templates": len(templates),
             }
         )
+        features.name_to_class = torch.tensor(name_to_class, dtype=torch.long)  # for post-processing only
+        return features
 
     def __call__(
         self,
@@ -129,30 +133,44 @@ class NACLIPProcessor(ProcessorMixin):
         return_tensors: str | None = "pt",
         **kwargs: Any,
     ) -> BatchFeature:
-        """Images -> `pixel_values`, `original_sizes`; class entries -> prompts (see `tokenize_class_names`)."""
+        """Images -> `pixel_values` (attribute `original_sizes`); class entries -> prompts (see
+        `tokenize_class_names`; attribute `name_to_class`). `model(**processor(images, text))` runs the model."""
         if kwargs:
             raise TypeError(f"Unexpected arguments {sorted(kwargs)} for {type(self).__name__}.")
         if images is None and text is None:
             raise ValueError("Pass images, class names (text), or both.")
-        data: dict[str, Any] = {}
+        features = BatchFeature()
+        for part in self._parts(images, text, templates, short_side, return_tensors):
+            features.update(part)
+            for name in ("original_sizes", "name_to_class"):
+                if name in vars(part):
+                    setattr(features, name, vars(part)[name])
+        return features
+
+    def _parts(
+        self, images: Any, text: Any, templates: Sequence[str] | None, short_side: int | None, return_tensors: Any
+    ) -> list[BatchFeature]:
+        parts = []
         if images is not None:
-            data.update(self.image_processor(images, short_side=short_side, return_tensors=return_tensors))
+            parts.append(self.image_processor(images, short_side=short_side, return_tensors=return_tensors))
         if text is not None:
-            if isinstance(text, str):
-                text = [text]
-            data.update(self.tokenize_class_names(text, templates))
-        return BatchFeature(data=data)
+            parts.append(self.tokenize_class_names([text] if isinstance(text, str) else text, templates))
+        return parts
 
     def post_process_semantic_segmentation(
         self, outputs: Any, inputs: BatchFeature | dict | None = None, **kwargs: Any
     ) -> list[Any]:
-        """`NACLIPImageProcessor.post_process_semantic_segmentation`, with `target_sizes`, `pixel_values` and
-        `name_to_class` taken from `inputs` (what this processor returned) unless given."""
+        """`NACLIPImageProcessor.post_process_semantic_segmentation`, with `target_sizes` (`inputs.original_sizes`),
+        `pixel_values` and `name_to_class` taken from `inputs` (what this processor returned) unless given."""
         if inputs is not None:
-            for key, source in (("target_sizes", "original_sizes"), ("pixel_values", "pixel_values"),
-                                ("name_to_class", "name_to_class")):  # fmt: skip
-                if kwargs.get(key) is None and source in inputs:
-                    kwargs[key] = inputs[source]
+            found = {
+                "target_sizes": getattr(inputs, "original_sizes", None),
+                "pixel_values": inputs.get("pixel_values"),
+                "name_to_class": getattr(inputs, "name_to_class", None),
+            }
+            for key, value in found.items():
+                if kwargs.get(key) is None and value is not None:
+                    kwargs[key] = value
         return self.image_processor.post_process_semantic_segmentation(outputs, **kwargs)
 
 

@@ -6,25 +6,31 @@ This module imports only the standard library, so that the command line can answ
 
 Each setting acts at one stage:
 
-- `model`: the last vision block (`arch`, `attn_strategy`, `gaussian_std`, `pos_embed_interpolation`). Saved in
-  the config; `forward` can override the first three for one call.
+- `block`: the last vision block (`arch`, `attn_strategy`, `gaussian_std`). Saved in the config; `forward` can
+  override them for one call.
+- `model`: the rest of the architecture (`pos_embed_interpolation`): config only.
 - `windows`: how `forward` tiles the image into sliding windows.
 - `post`: post-processing by `NACLIPImageProcessor.post_process_semantic_segmentation`.
 - `image`: resizing by the image processor (not a config field: the image processor saves it).
 - `text`: embedding class names.
+
+Adding an inference option is one `Setting` entry here plus the one function that reads it: `NACLIPConfig` gains
+the field, `forward` (stages `block` and `windows`) or `post_process_semantic_segmentation` (stage `post`) accept
+it as a keyword through the `TypedDict`s built from this list, and the pipeline, `--set`, the help texts and the
+model card list it. A method (`METHOD_SETTINGS`) is a named bundle of settings.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 # The checkpoint used when none is named (pipeline default, command line, model card).
 DEFAULT_CHECKPOINT = "openai/clip-vit-base-patch16"
 
-STAGES = ("model", "windows", "post", "image", "text")
+STAGES = ("block", "model", "windows", "post", "image", "text")
 
 
 @dataclass(frozen=True)
@@ -105,20 +111,20 @@ def _number(value: float) -> str:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
-        "arch", "reduced", "str", "model",
+        "arch", "reduced", "str", "block",
         "last vision block: 'reduced' = its attention output only, no residual and no MLP (NACLIP); 'vanilla' = "
         "the usual block with residuals and MLP",
         choices=("reduced", "vanilla"),
     ),
     Setting(
-        "attn_strategy", "naclip", "str", "model",
+        "attn_strategy", "naclip", "str", "block",
         "attention of the last vision block, a name of the attention registry in modeling_naclip: 'naclip' "
         "softmax(s·k·kᵀ + Ω), 'gav' softmax(s·q·kᵀ + Ω), 'kk' softmax(s·k·kᵀ), 'nonly' softmax(c·Ω), 'csa' "
         "softmax(s·q·qᵀ) + softmax(s·k·kᵀ) (SCLIP, with arch='vanilla'), 'qq' softmax(s·q·qᵀ) (ClearCLIP), "
         "'identity' each token attends only to itself (MaskCLIP), 'vanilla' CLIP's own softmax(s·q·kᵀ)",
     ),
     Setting(
-        "gaussian_std", 5.0, "float", "model",
+        "gaussian_std", 5.0, "float", "block",
         "σ of the Gaussian neighbourhood bias Ω, in patches", minimum=0.0, exclusive_minimum=True,
     ),
     Setting(
@@ -132,6 +138,13 @@ SETTINGS: tuple[Setting, ...] = (
         "side of the sliding windows in pixels; 0 = one whole-image pass", minimum=0,
     ),
     Setting("slide_stride", 112, "int", "windows", "step between sliding windows in pixels (<= slide_crop)", minimum=1),
+    Setting(
+        "window_padding", "none", "str", "windows",
+        "windows whose sides are not multiples of the patch size: 'none' drops the leftover pixels (a strided "
+        "convolution's rule; NACLIP, SCLIP); 'centered' zero-pads the window, centred, to whole patches and crops "
+        "the logits back (ClearCLIP)",
+        choices=("none", "centered"),
+    ),
     Setting(
         "slide_batch_size", 16, "int", "windows",
         "windows per vision-tower call (speed and memory only)", minimum=1, speed_only=True,
@@ -173,9 +186,90 @@ DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTING
 CONFIG_SETTINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.stage != "image")
 
 
+class MethodSettings(MutableMapping):
+    """Named methods as bundles of settings (`method="sclip"`): a registry in the style of transformers'
+    `AttentionInterface`, a class-wide mapping that `register` extends, and per-instance overrides.
+
+    The built-in entries are the paper's comparisons; `naclip_hf.methods` describes them (sources, published
+    numbers, per-benchmark settings) and registers new ones here.
+
+    Example:
+
+    ```python
+    >>> MethodSettings()["sclip"]["attn_strategy"]
+    'csa'
+    ```
+    """
+
+    _global_mapping: dict[str, Mapping[str, Any]] = {
+        "naclip": {"arch": "reduced", "attn_strategy": "naclip", "gaussian_std": 5.0},
+        "clip": {"arch": "vanilla", "attn_strategy": "vanilla", "pamr_steps": 0},
+        "maskclip": {"arch": "vanilla", "attn_strategy": "identity", "slide_crop": 0, "pamr_steps": 0},
+        "sclip": {
+            "arch": "vanilla", "attn_strategy": "csa", "slide_crop": 224, "slide_stride": 112, "logit_scale": 40.0,
+            "prob_thd": 0.0, "area_thd": 0.0, "pamr_steps": 0, "short_side": 336,
+        },
+        "clearclip": {
+            "arch": "reduced", "attn_strategy": "qq", "slide_crop": 448, "slide_stride": 224,
+            "window_padding": "centered", "logit_scale": 50.0, "prob_thd": 0.0, "pamr_steps": 0, "short_side": 448,
+        },
+    }  # fmt: skip
+
+    def __init__(self) -> None:
+        self._local_mapping: dict[str, Mapping[str, Any]] = {}
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        if name in self._local_mapping:
+            return dict(self._local_mapping[name])
+        if name in self._global_mapping:
+            return dict(self._global_mapping[name])
+        raise ValueError(
+            f"Unknown method {name!r}; choose one of: {', '.join(self)} (or register one with "
+            "naclip_hf.methods.register_method)."
+        )
+
+    def __setitem__(self, name: str, settings: Mapping[str, Any]) -> None:
+        self._local_mapping[name] = dict(check_settings(settings))
+
+    def __delitem__(self, name: str) -> None:
+        del self._local_mapping[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self._global_mapping, **self._local_mapping})
+
+    def __len__(self) -> int:
+        return len(self._global_mapping.keys() | self._local_mapping.keys())
+
+    @classmethod
+    def register(cls, name: str, settings: Mapping[str, Any]) -> None:
+        """Make `method=name` available everywhere: `settings` are names of `SETTINGS` with their values."""
+        cls._global_mapping[name] = dict(check_settings(settings))
+
+
+def method_settings(method: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of `method` (a name of `MethodSettings`) with `overrides` on top."""
+    return {**MethodSettings()[method], **(overrides or {})}
+
+
 def names_of_stage(*stages: str) -> tuple[str, ...]:
     """Names of the settings that act at the given stages, in `SETTINGS` order."""
     return tuple(setting.name for setting in SETTINGS if setting.stage in stages)
+
+
+_PYTHON_TYPES: dict[str, Any] = {
+    "str": str, "int": int, "float": float, "int_list": list[int], "str_list": list[str] | None,
+}  # fmt: skip
+
+
+def settings_typed_dict(name: str, *stages: str) -> type:
+    """A `TypedDict` (all keys optional) of the settings of `stages`, for `**kwargs: Unpack[...]` signatures."""
+    fields = {s.name: _PYTHON_TYPES[s.kind] for s in SETTINGS if s.stage in stages}
+    return TypedDict(name, fields, total=False)  # type: ignore[misc, operator]
+
+
+# The keywords of `forward` and of `post_process_semantic_segmentation`, by stage.
+FORWARD_OPTIONS: tuple[str, ...] = names_of_stage("block", "windows")
+POST_PROCESSING_OPTIONS: tuple[str, ...] = names_of_stage("post")
 
 
 def check_settings(values: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -204,10 +298,15 @@ __all__ = [
     "CONFIG_SETTINGS",
     "DEFAULTS",
     "DEFAULT_CHECKPOINT",
+    "FORWARD_OPTIONS",
+    "POST_PROCESSING_OPTIONS",
+    "MethodSettings",
     "SETTINGS",
     "SETTINGS_BY_NAME",
     "STAGES",
     "Setting",
     "check_settings",
+    "method_settings",
     "names_of_stage",
+    "settings_typed_dict",
 ]

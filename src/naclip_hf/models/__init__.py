@@ -1,0 +1,1 @@
+"""Model packages of naclip-hf."""

@@ -1,0 +1,95 @@
+"""Helpers shared by the tests: tiny models built in the test, hand-computed attention, the golden cases."""
+
+from __future__ import annotations
+
+import torch
+
+from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
+
+
+def tiny_clip_config(**kwargs) -> dict:
+    return dict(
+        projection_dim=16,
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+            "projection_dim": 16,
+        },
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "vocab_size": 99,
+            "max_position_embeddings": 16,
+            "projection_dim": 16,
+            "eos_token_id": 98,
+        },
+        **kwargs,
+    )
+
+
+def tiny_model(**settings) -> NACLIPForSemanticSegmentation:
+    torch.manual_seed(0)
+    return NACLIPForSemanticSegmentation(NACLIPConfig(**tiny_clip_config(**settings))).eval()
+
+
+GRID = (5, 7)  # patch rows and columns of a 40×56 input with 8-pixel patches
+
+
+def last_layer_projections(model, pixels):
+    """q, k [B, heads, T, head_dim] of the last layer, recomputed by hand from its input (hidden_states[-2])."""
+    with torch.no_grad():
+        encoded = model.encode_patches(pixels, output_hidden_states=True)
+        layer = model.vision_model.encoder.layers[-1]
+        x = layer.layer_norm1(encoded.hidden_states[-2])
+        attention = layer.self_attn
+        shape = (*x.shape[:-1], attention.num_heads, attention.head_dim)
+        query = attention.q_proj(x).view(shape).transpose(1, 2)
+        key = attention.k_proj(x).view(shape).transpose(1, 2)
+    return query, key, attention.scale
+
+
+def last_attention(model, pixels, **options):
+    with torch.no_grad():
+        return model.encode_patches(pixels, output_attentions=True, **options).attentions[-1]
+
+
+CASE_IDS = [
+    "a_whole_naclip",
+    "b_voc21_style",
+    "c_slide_naclip",
+    "c_slide_naclip_pamr",
+    "c_slide_vanilla_vanilla",
+    "c_slide_reduced_vanilla",
+    "c_slide_reduced_kk",
+    "c_slide_vanilla_csa",
+    "c_slide_reduced_nonly",
+    "c_slide_vanilla_naclip",
+    "c_slide_naclip_std3",
+    "d_odd_width_slide",
+    "d_odd_width_whole",
+    "e_city_style",
+]
+
+
+def case_settings(manifest: dict, case_id: str) -> tuple[dict, dict]:
+    """(case entry, NACLIP config overrides) for a manifest case."""
+    case = next(c for c in manifest["cases"] if c["id"] == case_id)
+    merged = {**manifest["defaults"], **case}
+    overrides = {
+        "arch": merged["arch"],
+        "attn_strategy": merged["attn"],
+        "gaussian_std": float(merged["std"]),
+        "pamr_steps": int(merged["pamr_steps"]),
+        "pamr_dilations": list(merged["pamr_stride"]),
+        "prob_thd": float(merged["prob_thd"]),
+        "logit_scale": float(merged["logit_scale"]),
+        "slide_crop": int(merged["slide_crop"]),
+        "slide_stride": int(merged["slide_stride"]),
+    }
+    return case, overrides

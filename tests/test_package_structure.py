@@ -1,0 +1,94 @@
+"""The shape of the package: no import-time machinery, one owner per fact, a self-contained model package, and
+functions short enough to hold in mind."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import naclip_hf
+
+PACKAGE = Path(naclip_hf.__file__).parent
+MODEL_PACKAGE = PACKAGE / "models" / "naclip"
+MAX_FUNCTION_LINES = 100
+
+
+def run_python(code: str) -> str:
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+def source_files(root: Path = PACKAGE) -> list[Path]:
+    return sorted(root.rglob("*.py"))
+
+
+def test_import_adds_nothing_to_the_import_machinery():
+    output = run_python(
+        "import sys\n"
+        "before = list(sys.meta_path), list(sys.path_hooks)\n"
+        "import naclip_hf\n"
+        "print(before == (list(sys.meta_path), list(sys.path_hooks)))\n"
+        "print('transformers' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    assert output.split() == ["True", "False", "False"]
+
+
+def test_config_init_is_defined_in_the_class():
+    from naclip_hf import NACLIPConfig
+
+    assert "__init__" in NACLIPConfig.__dict__
+    assert NACLIPConfig.__init__.__module__ == NACLIPConfig.__module__
+    assert NACLIPConfig.__init__.__qualname__ == "NACLIPConfig.__init__"
+    config = NACLIPConfig(method="sclip", pamr_steps=10)
+    assert (config.attn_strategy, config.arch, config.pamr_steps) == ("csa", "vanilla", 10)
+
+
+def test_configuration_module_imports_no_modeling_module():
+    output = run_python(
+        "import sys\n"
+        "import naclip_hf.models.naclip.configuration_naclip\n"
+        "print(sorted(m for m in sys.modules if m.startswith('naclip_hf') and 'modeling' in m))\n"
+    )
+    assert output.strip() == "[]"
+
+
+def test_model_package_imports_nothing_outside_itself():
+    siblings = {path.stem for path in MODEL_PACKAGE.glob("*.py")}
+    for path in MODEL_PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module in siblings, f"{path.name}: from {'.' * node.level}{node.module}"
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert not any(name.split(".")[0] == "naclip_hf" for name in names), f"{path.name} imports {names}"
+
+
+def test_no_function_is_longer_than_a_hundred_lines():
+    long = []
+    for path in source_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, "functions over 100 lines: " + ", ".join(long)
+
+
+def test_the_last_block_settings_are_named_together_only_in_options():
+    from naclip_hf.models.naclip.options import names_of_stage
+
+    block = set(names_of_stage("block"))
+    assert block == {"arch", "attn_strategy", "gaussian_std"}
+    offenders = []
+    for path in source_files():
+        if path == MODEL_PACKAGE / "options.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                names = {item.value for item in node.elts if isinstance(item, ast.Constant)}
+                if block <= names:
+                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not offenders, "the last block's settings listed again at " + ", ".join(offenders)

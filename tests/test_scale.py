@@ -1,4 +1,5 @@
-"""Process splitting, resume bookkeeping and the memory check of `naclip_hf.scale`."""
+"""Process splitting, resume bookkeeping and the memory check of `naclip_hf.scale`; the memory-lean writing of
+large images' label maps and overlays."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from naclip_hf import scale
+from naclip_hf import scale, visualization
 from naclip_hf.scale import (
     ProcessGroup,
     estimate_image_peak_bytes,
@@ -83,7 +86,12 @@ def test_memory_check_refuses_what_cannot_fit(monkeypatch):
     assert small < huge
     # the estimate grows with the image, and with the probabilities when they are asked for
     with_probabilities = estimate_image_peak_bytes(375, 500, 21, 21, 10, [8, 16], return_probabilities=True)
-    assert with_probabilities - small == 375 * 500 * 21 * 4
+    assert with_probabilities - small >= 375 * 500 * 21 * 4
+    # writing the files needs less than post-processing does (the int64 label map is freed first), so on a
+    # large image it adds nothing; on any image it never lowers the estimate
+    large = dict(height=9000, width=12000, num_names=4, num_classes=4, pamr_steps=10, pamr_dilations=[8, 16])
+    assert estimate_image_peak_bytes(**large) == estimate_image_peak_bytes(**large, write_outputs=False)
+    assert small >= estimate_image_peak_bytes(375, 500, 21, 21, 10, [8, 16], write_outputs=False)
     assert memory_problem(small, available=64 << 30) is None
     message = memory_problem(huge, available=8 << 30)
     assert message is not None and "8.0 GiB is available" in message and "skipped" in message
@@ -95,6 +103,56 @@ def test_memory_check_refuses_what_cannot_fit(monkeypatch):
         scale.available_memory_bytes()
     monkeypatch.delenv(scale.MEMORY_LIMIT_ENV)
     assert scale.available_memory_bytes() > 0  # MemAvailable of this machine
+
+
+def test_narrow_label_maps_draw_the_same_pictures():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    for num_classes, dtype in ((3, np.uint8), (256, np.uint8), (300, np.uint16)):
+        segmentation = rng.integers(0, num_classes, (90, 140))
+        segmentation[:40] = 0  # one class large enough to be listed first in the legend
+        narrow = visualization.narrow_segmentation(segmentation, num_classes)
+        assert narrow.dtype == dtype
+        np.testing.assert_array_equal(narrow, segmentation)
+        labels = [f"class {index}" for index in range(num_classes)]
+        palette = visualization.class_palette(num_classes)
+        assert visualization.class_shares(narrow, labels) == visualization.class_shares(segmentation, labels)
+        np.testing.assert_array_equal(np.asarray(visualization.label_map_image(narrow, palette)),
+                                      np.asarray(visualization.label_map_image(segmentation, palette)))  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(visualization.overlay_image(image, narrow, labels, palette, 0.4)),
+                                      np.asarray(visualization.overlay_image(image, segmentation, labels, palette,
+                                                                             0.4)))  # fmt: skip
+    with pytest.raises(ValueError, match="outside"):
+        visualization.narrow_segmentation(np.array([[0, 3]]), 3)
+
+
+def test_class_counts_and_blend_do_not_depend_on_the_band_height(monkeypatch):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (41, 29, 3), dtype=np.uint8)
+    segmentation = rng.integers(0, 6, (41, 29)).astype(np.uint8)
+    labels = list("abcdef")
+    palette = visualization.class_palette(6)
+    whole = (visualization.class_shares(segmentation, labels), np.asarray(visualization.blend(image, segmentation,
+                                                                                              palette)))  # fmt: skip
+    monkeypatch.setattr(visualization, "_BLEND_BAND_PIXELS", 29 * 3)  # bands of 3 rows, the last one shorter
+    assert visualization.class_shares(segmentation, labels) == whole[0]
+    np.testing.assert_array_equal(np.asarray(visualization.blend(image, segmentation, palette)), whole[1])
+
+
+def test_legend_changes_only_its_corner_and_does_not_depend_on_the_image_width():
+    rng = np.random.default_rng(2)
+    entries = [("sky", "60%", (30, 30, 200)), ("a long name for a class", "40%", (200, 30, 30))]
+    wide = Image.fromarray(rng.integers(0, 256, (150, 900, 3), dtype=np.uint8))
+    narrow = wide.crop((0, 0, 400, 150))  # same height and short side: the same legend layout
+    drawn_wide, drawn_narrow = np.asarray(visualization.draw_legend(wide, entries)), np.asarray(
+        visualization.draw_legend(narrow, entries))  # fmt: skip
+    np.testing.assert_array_equal(drawn_wide[:, :400], drawn_narrow)
+    changed = (drawn_wide != np.asarray(wide)).any(axis=-1)
+    rows, cols = np.nonzero(changed)
+    assert changed.any() and rows.max() < 75 and cols.max() < 300  # the box in the top-left corner only
+    rgba = Image.fromarray(np.dstack([np.asarray(narrow), np.full((150, 400), 128, dtype=np.uint8)]), "RGBA")
+    outside = np.asarray(visualization.draw_legend(rgba, entries))[100:]
+    np.testing.assert_array_equal(outside, np.asarray(rgba.convert("RGB"))[100:])
 
 
 def test_pipeline_batches_images_of_equal_size(tiny_checkpoint, golden):

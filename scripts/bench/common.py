@@ -28,6 +28,7 @@ if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation, NACLIPProcessor  # noqa: E402
+from naclip_hf.models.naclip.image_processing_naclip import NACLIPImageProcessor  # noqa: E402
 
 
 def _class_file() -> Path:
@@ -94,7 +95,10 @@ def build_model(setting: Setting, seed: int = 0, **settings: Any) -> NACLIPForSe
 
 def load_processor(short_side: int) -> NACLIPProcessor:
     """The processor with the CLIP BPE of the golden fixture."""
-    return NACLIPProcessor.from_tokenizer_dir(GOLDEN_DIR / "tokenizer", short_side=short_side)
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(GOLDEN_DIR / "tokenizer"), model_max_length=77)
+    return NACLIPProcessor(NACLIPImageProcessor(short_side=short_side), tokenizer)
 
 
 def class_names(count: int) -> list[str]:

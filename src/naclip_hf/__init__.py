@@ -27,7 +27,7 @@ _PUBLIC: dict[str, str] = {
     "NACLIPImageProcessor": "models.naclip.image_processing_naclip",
     "NACLIPProcessor": "models.naclip.processing_naclip",
     "NACLIPSegmentationPipeline": "registration",
-    "save_for_hub": "models.naclip.hub_naclip",
+    "save_for_hub": "hub",
     "register_naclip": "registration",
 }
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .models.naclip.configuration_naclip import NACLIPConfig
 from .fileio import staged_directory
+from .models.naclip.configuration_naclip import NACLIPConfig
 
 # OpenAI name (inside a residual block) -> transformers name (inside an encoder layer).
 _BLOCK_RENAMES = {

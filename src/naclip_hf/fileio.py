@@ -10,7 +10,38 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .models.naclip.hub_naclip import apply_default_modes, current_umask
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (e.g. 0o022)."""
+    try:  # Linux reports it without changing it, which is safe with other threads running
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_default_modes(root: str | os.PathLike) -> None:
+    """Give a folder written by other code (e.g. `save_pretrained`, which writes weights with mode 0o600) the
+    usual permissions: `root` and every folder below it get 0o777 without the umask's bits, every file 0o666
+    without them (plus the execute bits it already had, also without the umask's). Symbolic links are left
+    alone."""
+    umask = current_umask()
+    os.chmod(root, 0o777 & ~umask)
+    for folder, folders, files in os.walk(root):
+        for name in folders:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                executable = os.stat(path).st_mode & 0o111
+                os.chmod(path, (0o666 | executable) & ~umask)
 
 
 def default_file_mode() -> int:

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .benchmarks import BENCHMARKS, Benchmark, get_benchmark, paper_benchmarks
-from .models.naclip.options import check_settings
+from .models.naclip.options import MethodSettings, check_settings
 
 DEFAULT_METHOD = "naclip"
 
@@ -133,6 +133,7 @@ def register_method(method: Method, replace: bool = False) -> Method:
             f"{', '.join(BENCHMARKS)} (or register the benchmark first)."
         )
     METHODS[method.name] = method
+    MethodSettings.register(method.name, method.settings)  # `method=NAME` in the config and per call
     return method
 
 
@@ -273,13 +274,16 @@ def _naclip_published() -> tuple[PublishedResult, ...]:
     return tuple(results)
 
 
+# The settings of the built-in methods are the model package's (`method=` works in Hub folders too).
+_BUILT_IN = MethodSettings()
+
 _NACLIP_PAPER = "NACLIP paper (Hajimiri, Ben Ayed and Dolz, WACV 2025)"
 
 for _method in (
     Method(
         "naclip", "NACLIP",
         "last block reduced to its attention, key-key similarity plus a Gaussian neighbourhood bias",
-        settings={"arch": "reduced", "attn_strategy": "naclip", "gaussian_std": 5.0},
+        settings=_BUILT_IN["naclip"],
         paper="Hajimiri, Ben Ayed and Dolz, Pay Attention to Your Neighbours: Training-Free Open-Vocabulary "
         "Semantic Segmentation, WACV 2025",
         code_url="https://github.com/sinahmr/NACLIP",
@@ -287,14 +291,14 @@ for _method in (
     ),
     Method(
         "clip", "CLIP", "plain CLIP: every patch token of the usual last block compared with the class names",
-        settings={"arch": "vanilla", "attn_strategy": "vanilla", "pamr_steps": 0},
+        settings=_BUILT_IN["clip"],
         paper="Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021",
         code_url="https://github.com/openai/CLIP",
     ),
     Method(
         "maskclip", "MaskCLIP",
         "last attention replaced by each token's own value (residual and MLP kept), one whole-image pass",
-        settings={"arch": "vanilla", "attn_strategy": "identity", "slide_crop": 0, "pamr_steps": 0},
+        settings=_BUILT_IN["maskclip"],
         paper="Zhou, Loy and Dai, Extract Free Dense Labels from CLIP, ECCV 2022",
         code_url="https://github.com/chongzhou96/MaskCLIP",
         published=(
@@ -306,10 +310,7 @@ for _method in (
         "sclip", "SCLIP",
         "correlative self-attention softmax(s·q·qᵀ) + softmax(s·k·kᵀ) in the usual last block (residual and MLP "
         "kept)",
-        settings={
-            "arch": "vanilla", "attn_strategy": "csa", "slide_crop": 224, "slide_stride": 112, "logit_scale": 40.0,
-            "prob_thd": 0.0, "area_thd": 0.0, "pamr_steps": 0, "short_side": 336,
-        },
+        settings=_BUILT_IN["sclip"],
         benchmark_settings={
             "voc21": {"logit_scale": 65.0, "prob_thd": 0.1, "area_thd": 0.1},
             "context60": {"logit_scale": 50.0, "prob_thd": 0.1},
@@ -330,10 +331,7 @@ for _method in (
     Method(
         "clearclip", "ClearCLIP",
         "last block reduced to its attention (no residual, no MLP) with self-self attention softmax(s·q·qᵀ)",
-        settings={
-            "arch": "reduced", "attn_strategy": "qq", "slide_crop": 448, "slide_stride": 224, "logit_scale": 50.0,
-            "prob_thd": 0.0, "pamr_steps": 0, "short_side": 448,
-        },
+        settings=_BUILT_IN["clearclip"],
         benchmark_settings={
             "voc21": {"prob_thd": 0.5},
             "context60": {"prob_thd": 0.15},

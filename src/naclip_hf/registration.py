@@ -19,6 +19,7 @@ class names as text.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
@@ -64,14 +65,36 @@ class DefaultCheckpoint(os.PathLike):
 
 class NACLIPSegmentationPipeline(pipeline_naclip.NACLIPSegmentationPipeline):
     """The `naclip-segmentation` pipeline of the installed package: the model package's pipeline (what Hub folders
-    ship) with the label-embedding disk cache on by default. `text_cache_dir`: a folder, True (default) for
-    `$NACLIP_CACHE` or `~/.cache/naclip_hf/text`, None to keep label embeddings in memory only."""
+    ship) with the label-embedding disk cache on by default, and `save_pretrained` writing Hub folders.
+
+    `text_cache_dir`: a folder, True (default) for `$NACLIP_CACHE` or `~/.cache/naclip_hf/text`, None to keep label
+    embeddings in memory only."""
 
     def __init__(self, *args: Any, text_cache_dir: str | os.PathLike | bool | None = True, **kwargs: Any) -> None:
         from .text_cache import disk_cache
 
         kwargs.setdefault("text_cache", disk_cache(text_cache_dir))
         super().__init__(*args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write a folder that `pipeline(model=folder, trust_remote_code=True)` loads without naclip-hf installed
+        (see `naclip_hf.hub.save_for_hub`); with `push_to_hub=True` also upload it (`repo_id`, `token`, `private`,
+        `commit_message` as for transformers models). `push_to_hub()` uploads this same folder."""
+        from .hub import save_for_hub
+
+        kwargs.pop("max_shard_size", None)
+        kwargs.pop("safe_serialization", None)
+        save_for_hub(self.model, self.processor, save_directory)
+        if push_to_hub:
+            from transformers.utils.hub import hf_api
+
+            save_directory = os.fspath(save_directory)
+            repo_id = kwargs.pop("repo_id", Path(save_directory).name)
+            token = kwargs.get("token")
+            repo_id = hf_api().create_repo(repo_id, exist_ok=True, token=token, private=kwargs.get("private")).repo_id
+            self._upload_modified_files(
+                save_directory, repo_id, {}, commit_message=kwargs.get("commit_message"), token=token
+            )
 
 
 _registered = False

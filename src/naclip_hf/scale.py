@@ -10,9 +10,9 @@ Resume: an image's outputs are complete when its JSON summary exists and every f
 is written last (every file atomically), so an interrupted run leaves either complete outputs or files a rerun
 redoes.
 
-Memory: `estimate_image_peak_bytes` adds up what segmenting one image at its full size needs (the image, the
-tiled post-processing, the label map and the files written); `memory_problem` compares it with the memory
-available (`/proc/meminfo` MemAvailable, or `$NACLIP_MEMORY_LIMIT`).
+Memory: `estimate_image_peak_bytes` adds up what segmenting one image at its full size needs (the image, then
+the larger of the tiled post-processing with its label map and the writing of the files); `memory_problem`
+compares it with the memory available (`/proc/meminfo` MemAvailable, or `$NACLIP_MEMORY_LIMIT`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ MEMORY_LIMIT_ENV = "NACLIP_MEMORY_LIMIT"
 """Environment variable capping the memory an image may use (bytes, or a number with KiB/MiB/GiB/KB/MB/GB)."""
 TRACE_INPUTS_ENV = "NACLIP_TRACE_INPUTS"
 """Environment variable naming a file to which every process appends `<rank>\\t<input>` for each input it reads."""
-OUTPUT_BYTES_PER_PIXEL = 64
-"""Bytes per pixel of writing one image's outputs (overlay blended in float32, PNG encoding, label map copies)."""
+OUTPUT_BYTES_PER_PIXEL = 9
+"""Bytes per pixel of writing one image's files: the label map narrowed to one byte per pixel, and the overlay, a
+Pillow RGB image (4 bytes per pixel), with its copy carrying the legend (blending and PNG encoding run in bands)."""
 MODEL_BYTES = 1 << 30
 """Memory counted for the model, its activations and the interpreter when checking whether an image fits."""
 
@@ -218,15 +219,20 @@ def estimate_image_peak_bytes(
     max_tile_bytes: int | None = None,
     write_outputs: bool = True,
 ) -> int:
-    """Estimated peak memory of segmenting one `height` × `width` image (beyond the model): the decoded image,
-    the tiled post-processing with its full-size outputs, and, with `write_outputs`, writing its files."""
+    """Estimated peak memory of segmenting one `height` × `width` image (beyond the model): the decoded image plus
+    the larger of the two phases that follow it, the tiled post-processing with its full-size outputs and, with
+    `write_outputs`, writing its files (the int64 label map is narrowed and freed in between; the probabilities,
+    asked for to write scores, and the int64 label map then stay until the scores are written)."""
     from .models.naclip.postprocessing_naclip import estimate_post_processing_bytes
 
     pixels = height * width
     post = estimate_post_processing_bytes(
         height, width, num_names, num_classes, pamr_steps, pamr_dilations, return_probabilities, max_tile_bytes
     )
-    return 3 * pixels + post + (OUTPUT_BYTES_PER_PIXEL * pixels if write_outputs else 0)
+    if not write_outputs:
+        return 3 * pixels + post
+    kept = (4 * num_classes + 8) * pixels if return_probabilities else 0
+    return 3 * pixels + max(post, kept + OUTPUT_BYTES_PER_PIXEL * pixels)
 
 
 def format_bytes(value: float) -> str:

@@ -1,8 +1,8 @@
 """The `naclip` command line: one module per command, each imported only when its command runs.
 
-`main` parses the arguments (argparse, the standard library and `naclip_hf.models.naclip.options` / `naclip_hf.benchmarks`
-only), so that `naclip --help`, `naclip COMMAND --help` and usage errors are answered without importing torch or
-transformers. A command's `run(args)` imports what it needs.
+`main` parses the arguments (argparse, the standard library and `naclip_hf.models.naclip.options` /
+`naclip_hf.benchmarks` only), so that `naclip --help`, `naclip COMMAND --help` and usage errors are answered
+without importing torch or transformers. A command's `run(args)` imports what it needs.
 
 Exit status: 0 success, 1 some inputs failed (the others were processed), 2 usage or setup error, 130
 interrupted (Ctrl-C).

@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..figures import attention_figure, attention_maps, segment_with_methods, segmentation_figure
     from ..fileio import write_atomic
-    from ..models.naclip.image_io import load_image
     from ..inference import encode_classes, load_model, load_processor
+    from ..models.naclip.image_io import load_image
     from ..models.naclip.options import SETTINGS_BY_NAME
 
     image = load_image(args.image)

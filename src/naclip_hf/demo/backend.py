@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..methods import DEFAULT_METHOD, Method, get_method
 from ..models.naclip.image_io import describe_input, load_image
 from ..models.naclip.labels import parse_class_entries
-from ..methods import DEFAULT_METHOD, Method, get_method
 from ..models.naclip.options import DEFAULTS, SETTINGS_BY_NAME, check_settings
 from ..visualization import class_palette, label_map_image, overlay_image
 

@@ -1,6 +1,7 @@
-"""Export NACLIP to ONNX: one window of the model as a graph with dynamic batch, class count and image size.
+"""Export NACLIP to ONNX: one window of the model as a graph with dynamic batch, class count and image size, and
+the text tower as a second graph.
 
-The graph is `NACLIPForSemanticSegmentation`'s own computation for one window (`slide_crop=0`):
+The segmentation graph is `NACLIPForSemanticSegmentation`'s own computation for one window (`slide_crop=0`):
 `encode_patches` with the config's last block, then `_window_logits`. It is traced with `torch.onnx.export`
 (the `torch.export`-based exporter) on a view of the model in which one piece is replaced:
 
@@ -12,16 +13,21 @@ The graph is `NACLIPForSemanticSegmentation`'s own computation for one window (`
 
 The Gaussian bias Ω is built from the grid inside the graph by `gaussian_neighbourhood_bias` (its cache is skipped
 while tracing). Sliding windows and post-processing run outside the graph (see `naclip_hf.export.runtime`).
+
+The text graph (`TextGraph`) is the model's `text_model` and `text_projection` as they are: prompt token ids in,
+L2-normalised prompt features out, pooled at CLIP's end-of-text token. With the tokenizer saved as `tokenizer.json`
+it lets the runtime embed any class name without torch (`naclip_hf.export.text`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from torch import nn
 
 from ..fileio import staged_directory
 from ..models.naclip.modeling_naclip import NACLIPForSemanticSegmentation, NACLIPVisionEmbeddings
-from .runtime import (
+from .layout import (
     CLASS_EMBEDDINGS_FILE,
     CLASSES_FILE,
     CONFIG_FILE,
@@ -42,6 +48,10 @@ from .runtime import (
     ONNX_DIR,
     PREPROCESSOR_FILE,
     QUANTIZED_MODEL_FILE,
+    TEXT_GRAPH_INPUT,
+    TEXT_GRAPH_OUTPUT,
+    TEXT_MODEL_FILE,
+    TOKENIZER_FILE,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,6 +60,8 @@ logger = logging.getLogger(__name__)
 ONNX_OPSET = 18
 # Largest |ONNX - PyTorch| accepted by `verify_graph` on the logits (cosine similarities, in [-1, 1]).
 VERIFY_TOLERANCE = 1e-4
+# Largest |ONNX - PyTorch| accepted by `verify_text_graph` on the normalised prompt features.
+TEXT_VERIFY_TOLERANCE = 1e-5
 # Input sizes `verify_graph` checks after an export, in patches: a non-square grid that needs positional
 # interpolation, the pretrained grid (no interpolation) and one with an odd remainder of pixels.
 _VERIFY_GRIDS = ((3, 5), None, (4, 3))
@@ -174,9 +186,7 @@ def export_graph(
     Inputs `pixel_values` [batch, 3, height, width] and `text_embeds` [num_names, projection_dim] (float32), output
     `logits` [batch, num_names, height, width]; every dimension but the channels and `projection_dim` is dynamic.
     """
-    if model.dtype != torch.float32:
-        raise ValueError(f"Export a float32 model (got {model.dtype}); load it without `dtype=`.")
-    graph = SegmentationGraph(model).eval()
+    _check_float32(model)
     patch = model.config.vision_config.patch_size
     example = (
         torch.randn(2, 3, 3 * patch, 5 * patch),
@@ -184,14 +194,38 @@ def export_graph(
     )
     dynamic = torch.export.Dim.DYNAMIC
     dynamic_shapes = {"pixel_values": {0: dynamic, 2: dynamic, 3: dynamic}, "text_embeds": {0: dynamic}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    path = _export_module(SegmentationGraph(model).eval(), example, GRAPH_INPUTS, GRAPH_OUTPUT, dynamic_shapes, path,
+                          opset_version)  # fmt: skip
+    _name_dimensions(path, {
+        GRAPH_INPUTS[0]: ("batch", None, "height", "width"),
+        GRAPH_INPUTS[1]: ("num_names", None),
+        GRAPH_OUTPUT: ("batch", "num_names", "height", "width"),
+    })  # fmt: skip
+    return path
+
+
+def _check_float32(model: NACLIPForSemanticSegmentation) -> None:
+    if model.dtype != torch.float32:
+        raise ValueError(f"Export a float32 model (got {model.dtype}); load it without `dtype=`.")
+
+
+def _export_module(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    output_name: str,
+    dynamic_shapes: dict[str, dict[int, Any]],
+    path: str | os.PathLike,
+    opset_version: int,
+) -> Path:
+    """`torch.onnx.export` (the `torch.export`-based exporter) of `module` on `example` to one file at `path`."""
+    with torch.no_grad(), quiet_export_messages():
         program = torch.onnx.export(
-            graph,
+            module,
             example,
             dynamo=True,
-            input_names=list(GRAPH_INPUTS),
-            output_names=[GRAPH_OUTPUT],
+            input_names=list(input_names),
+            output_names=[output_name],
             dynamic_shapes=dynamic_shapes,
             opset_version=opset_version,
             optimize=True,
@@ -199,20 +233,51 @@ def export_graph(
         )
     path = Path(path)
     program.save(path, external_data=False)
-    _name_dimensions(path)
     return path
 
 
-def _name_dimensions(path: Path) -> None:
-    """Give the dynamic dimensions of the graph's inputs and output readable names."""
+class _DropMessages(logging.Filter):
+    """Drops the log records whose message starts with one of `prefixes`."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def quiet_export_messages() -> Iterator[None]:
+    """Within the block, keep the export tools' notes that do not concern the user off stderr: torch.onnx's
+    "torchvision is not installed" (no torchvision operator is exported), onnxruntime's quantizer's hint to
+    pre-process the graph (dynamic quantization needs no calibration) and Python warnings. Everything is restored
+    on leaving the block."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    root = logging.getLogger()
+    torchvision_note = _DropMessages("torchvision is not installed")
+    quantizer_hint = _DropMessages("Please consider to run pre-processing", "Please consider pre-processing")
+    # `logging.warning()` installs a stderr handler on a root logger that has none; a handler keeps it from that.
+    placeholder = logging.NullHandler()
+    registration.addFilter(torchvision_note)
+    root.addFilter(quantizer_hint)
+    root.addHandler(placeholder)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(placeholder)
+        root.removeFilter(quantizer_hint)
+        registration.removeFilter(torchvision_note)
+
+
+def _name_dimensions(path: Path, names: Mapping[str, Sequence[str | None]]) -> None:
+    """Give the dynamic dimensions of the graph's inputs and outputs readable names (`names`: per input or output,
+    one name or None per dimension)."""
     import onnx
 
     model = onnx.load(str(path))
-    names = {
-        GRAPH_INPUTS[0]: ("batch", None, "height", "width"),
-        GRAPH_INPUTS[1]: ("num_names", None),
-        GRAPH_OUTPUT: ("batch", "num_names", "height", "width"),
-    }
     for value in [*model.graph.input, *model.graph.output]:
         for dim, name in zip(value.type.tensor_type.shape.dim, names.get(value.name, ())):
             if name is not None:
@@ -253,6 +318,83 @@ def verify_graph(
     return worst
 
 
+# -------------------------------------------------------------------------------------------- text graph
+class TextGraph(nn.Module):
+    """The text tower as exported: `forward(input_ids [P, L]) -> prompt features [P, projection_dim]`, L2-normalised.
+
+    CLIP's text model pools the final state of the end-of-text token (the first `eos_token_id`, or the largest id
+    for configs with `eos_token_id=2`, as `NACLIPForSemanticSegmentation._pooled_token_positions`), then the text
+    projection. The tower is causal, so padding after the end-of-text token does not change the result and no
+    attention mask is needed.
+    """
+
+    def __init__(self, model: NACLIPForSemanticSegmentation) -> None:
+        super().__init__()
+        self.text_model = model.text_model
+        self.text_projection = model.text_projection
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pooled = self.text_model(input_ids=input_ids).pooler_output
+        return torch.nn.functional.normalize(self.text_projection(pooled), dim=-1).float()
+
+
+def _random_prompts(config: Any, shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """Token ids [rows, length]: random tokens, start of text first, end of text at a random place in each row."""
+    rows, length = shape
+    ids = torch.randint(0, config.vocab_size, shape, generator=generator)
+    ends = torch.randint(1, length, (rows,), generator=generator)
+    ids[:, 0] = config.bos_token_id if 0 <= config.bos_token_id < config.vocab_size else 0
+    ids[torch.arange(rows), ends] = config.eos_token_id if 0 <= config.eos_token_id < config.vocab_size else 0
+    return ids
+
+
+def export_text_graph(
+    model: NACLIPForSemanticSegmentation, path: str | os.PathLike, opset_version: int = ONNX_OPSET
+) -> Path:
+    """Write the text graph of `model` (see `TextGraph`) to `path`, as a single file.
+
+    Input `input_ids` [num_prompts, length] (int64; at most `max_position_embeddings` long), output
+    `prompt_embeds` [num_prompts, projection_dim] (float32); both leading dimensions are dynamic.
+    """
+    _check_float32(model)
+    example = (_random_prompts(model.config.text_config, (3, 7), torch.Generator().manual_seed(0)),)
+    dynamic = torch.export.Dim.DYNAMIC
+    dynamic_shapes = {TEXT_GRAPH_INPUT: {0: dynamic, 1: dynamic}}
+    path = _export_module(TextGraph(model).eval(), example, (TEXT_GRAPH_INPUT,), TEXT_GRAPH_OUTPUT, dynamic_shapes,
+                          path, opset_version)  # fmt: skip
+    _name_dimensions(path, {TEXT_GRAPH_INPUT: ("num_prompts", "length"), TEXT_GRAPH_OUTPUT: ("num_prompts", None)})
+    return path
+
+
+def verify_text_graph(
+    model: NACLIPForSemanticSegmentation, path: str | os.PathLike, tolerance: float = TEXT_VERIFY_TOLERANCE
+) -> float:
+    """Run the text graph at `path` with onnxruntime and `TextGraph(model)` with PyTorch on random prompts of a few
+    lengths (up to the context length); return the largest |difference|, or raise `RuntimeError` above
+    `tolerance`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph = TextGraph(model).eval()
+    config = model.config.text_config
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for shape in ((1, 2), (5, 9), (2, config.max_position_embeddings)):
+        input_ids = _random_prompts(config, shape, generator)
+        with torch.no_grad():
+            expected = graph(input_ids.to(model.device)).cpu().numpy()
+        (features,) = session.run([TEXT_GRAPH_OUTPUT], {TEXT_GRAPH_INPUT: input_ids.numpy()})
+        difference = float(np.abs(features - expected).max())
+        worst = max(worst, difference)
+        if not difference <= tolerance:
+            raise RuntimeError(
+                f"The exported text graph disagrees with PyTorch by {difference:.2e} (> {tolerance:.0e}) on prompts "
+                f"of {shape[1]} tokens; the export is not usable with this torch/onnx version (try another torch "
+                "version)."
+            )
+    return worst
+
+
 # ----------------------------------------------------------------------------------------- quantization
 def quantize_graph(source: str | os.PathLike, target: str | os.PathLike) -> dict[str, int]:
     """Dynamic int8 quantization of the graph at `source` into `target`; returns the count of quantized nodes by type.
@@ -271,8 +413,7 @@ def quantize_graph(source: str | os.PathLike, target: str | os.PathLike) -> dict
         node.name for node in graph.graph.node
         if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.input) > 1 and node.input[1] in initializers
     ]  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_export_messages():
         quantize_dynamic(
             str(source),
             str(target),
@@ -342,8 +483,8 @@ def export_onnx(
     >>> sorted(report.files)[:2]  # ['class_embeddings.safetensors', 'classes.json']
     ```
     """
-    from ..models.naclip.image_processing_naclip import NACLIPImageProcessor
     from ..inference import encode_classes, load_model, load_processor
+    from ..models.naclip.image_processing_naclip import NACLIPImageProcessor
 
     start = time.perf_counter()
     if isinstance(model, NACLIPForSemanticSegmentation):

@@ -1,7 +1,9 @@
-"""Run an exported NACLIP folder with numpy, onnxruntime and Pillow only: no torch, no transformers, no text tower.
+"""Run an exported NACLIP folder with numpy, onnxruntime, Pillow and `tokenizers` only: no torch, no transformers.
 
 `ExportedSegmenter` reproduces `naclip segment` (and `naclip_hf.inference.segment_image`) step by step:
 
+0. embed the class names: those stored at export are read from `class_embeddings.safetensors`; any other name
+   runs through the text graph `onnx/text_model.onnx` (see `naclip_hf.export.text`), with the on-disk cache;
 1. read the image (`naclip_hf.models.naclip.image_io.load_image`), resize its short side (`image_utils.resize_short_side`, the
    same code as the image processor's) and normalise it with the stored mean and std;
 2. run the ONNX graph of one window on the whole image or on the sliding windows of `image_utils.sliding_windows`
@@ -18,7 +20,7 @@ Example:
 ```python
 >>> from naclip_hf.export.runtime import ExportedSegmenter
 >>> segmenter = ExportedSegmenter("naclip-onnx")  # a folder written by `naclip export`
->>> result = segmenter.segment("photo.jpg")  # the stored classes; or classes=["sky", "road, street"]
+>>> result = segmenter.segment("photo.jpg", ["sky", "road, street"])  # any names; none: the stored classes
 >>> result.segmentation.shape, result.probabilities.shape  # (H, W), (classes, H, W)
 ```
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,24 +43,44 @@ from ..models.naclip.image_utils import resize_short_side, sliding_windows
 from ..models.naclip.labels import flatten_class_names, parse_class_entries
 from ..models.naclip.options import CONFIG_SETTINGS, DEFAULTS, SETTINGS_BY_NAME, check_settings
 from ..models.naclip.templates import IMAGENET_TEMPLATES
+from .layout import (
+    CLASS_EMBEDDINGS_FILE,
+    CLASSES_FILE,
+    CONFIG_FILE,
+    GRAPH_INPUTS,
+    GRAPH_OUTPUT,
+    MODEL_FILE,
+    ONNX_DIR,
+    PREPROCESSOR_FILE,
+    QUANTIZED_MODEL_FILE,
+    TEXT_MODEL_FILE,
+)
 
-# The layout of an exported folder (relative paths).
-ONNX_DIR = "onnx"
-MODEL_FILE = "model.onnx"
-QUANTIZED_MODEL_FILE = "model_quantized.onnx"
-CLASSES_FILE = "classes.json"
-CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
-CONFIG_FILE = "config.json"
-PREPROCESSOR_FILE = "preprocessor_config.json"
-# Names of the graph's inputs and output.
-GRAPH_INPUTS = ("pixel_values", "text_embeds")
-GRAPH_OUTPUT = "logits"
 # Settings fixed in the graph when it was exported.
 GRAPH_SETTINGS = tuple(name for name in CONFIG_SETTINGS if SETTINGS_BY_NAME[name].stage == "model")
 # Settings a call may change: sliding windows, post-processing and the short side.
 CALL_SETTINGS = tuple(name for name, item in SETTINGS_BY_NAME.items() if item.stage in ("windows", "post", "image"))
 
 _EXPORT_HINT = "export the model again with `naclip export MODEL OUT` (naclip-hf installed with `pip install .[onnx]`)"
+
+
+def default_session_options() -> Any:
+    """`onnxruntime.SessionOptions` for the CPU: every graph optimisation, one intra-op thread per core available
+    to this process, memory patterns reused between runs of the same shapes."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = _available_cores()
+    options.enable_mem_pattern = True
+    return options
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def is_exported_folder(path: str | os.PathLike) -> bool:
@@ -112,17 +135,27 @@ class ExportedConfig:
 
 # ------------------------------------------------------------------------------------- the segmenter
 class ExportedSegmenter:
-    """An exported NACLIP folder, ready to segment images with onnxruntime.
+    """An exported NACLIP folder, ready to segment images into any classes with onnxruntime.
 
     Args:
         folder: a folder written by `naclip export` (or `naclip_hf.export.export_onnx`).
-        overrides: settings for every call (sliding windows, post-processing, `short_side`), on top of the stored
-            ones; the last block's settings (`arch`, `attn_strategy`, `gaussian_std`, `pos_embed_interpolation`)
-            are fixed in the graph and may only be repeated with their exported values.
+        overrides: settings for every call (sliding windows, post-processing, `short_side`, `prompt_templates`,
+            `text_batch_size`), on top of the stored ones; the last block's settings (`arch`, `attn_strategy`,
+            `gaussian_std`, `pos_embed_interpolation`) are fixed in the graph and may only be repeated with their
+            exported values.
         quantized: run `onnx/model_quantized.onnx` (written by `naclip export --quantize`).
-        providers, session_options: passed to `onnxruntime.InferenceSession` (default: the CPU provider).
+        providers, session_options: passed to `onnxruntime.InferenceSession` (default: the CPU provider and
+            `default_session_options()`).
 
-    Calls never change the segmenter; one instance may serve several threads.
+    Calls never change the results of later calls; one instance may serve several threads.
+
+    Example:
+
+    ```python
+    >>> segmenter = ExportedSegmenter("naclip-onnx", quantized=True)
+    >>> classes = segmenter.encode_classes(["sky", "road, street"])  # text graph (or stored embeddings)
+    >>> segmenter.segment("photo.jpg", classes).segmentation.shape  # (H, W)
+    ```
     """
 
     def __init__(
@@ -167,46 +200,108 @@ class ExportedSegmenter:
         self._stored_templates = templates
         graph = self.folder / ONNX_DIR / (QUANTIZED_MODEL_FILE if quantized else MODEL_FILE)
         if not graph.is_file():
-            raise OSError(f"{graph} does not exist; export with `naclip export MODEL OUT --quantize` to write it.")
+            raise OSError(
+                f"The exported model {self.folder} has no {ONNX_DIR}/{QUANTIZED_MODEL_FILE} (the int8 graph); export "
+                "it again with `naclip export MODEL OUT --quantize`, or leave out the quantized option."
+            )
         self.graph_path = graph
+        self._providers = list(providers or ["CPUExecutionProvider"])
+        self._session_options = session_options if session_options is not None else default_session_options()
         self.session = onnxruntime.InferenceSession(
-            str(graph), sess_options=session_options, providers=list(providers or ["CPUExecutionProvider"])
+            str(graph), sess_options=self._session_options, providers=self._providers
         )
+        self.text_graph_path = self.folder / ONNX_DIR / TEXT_MODEL_FILE
+        self._text_tower: Any = None
+        self._text_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------------- text
-    def encode_classes(
-        self, classes: Sequence[str | Sequence[str]] | None = None, templates: Sequence[str] | None = None
-    ) -> ClassSet:
-        """The stored text embeddings of `classes` (default: the stored classes, in their order).
+    @property
+    def has_text_model(self) -> bool:
+        """Whether the export holds the text graph (`onnx/text_model.onnx`), so that it can embed any name."""
+        return self.text_graph_path.is_file()
 
-        Every name of `classes` must be one of the stored names (any order, any grouping into classes), and
-        `templates` (default: `config.prompt_templates`; `None` = the 80 ImageNet templates) the templates they were
-        embedded with: the folder holds no text tower to embed others.
+    @property
+    def text_tower(self) -> Any:
+        """The text graph and tokenizer (`naclip_hf.export.text.ExportedTextTower`), loaded on first use."""
+        with self._text_lock:
+            if self._text_tower is None:
+                from .text import ExportedTextTower
+
+                self._text_tower = ExportedTextTower(self.folder, self._session_options, self._providers)
+            return self._text_tower
+
+    def encode_classes(
+        self,
+        classes: Sequence[str | Sequence[str]] | None = None,
+        templates: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike | bool | None = None,
+    ) -> ClassSet:
+        """The text embeddings of `classes` (default: the stored classes, in their order).
+
+        Names stored at export (with the same templates) are read back; every other name is embedded by the text
+        graph as `NACLIPForSemanticSegmentation.get_name_embeddings` does (one prompt per template, the normalised
+        prompt features averaged and normalised again).
+
+        Args:
+            classes: class entries (a string per class, synonyms separated by commas, or a list of names per class).
+            templates: prompt templates, each with one `{}` (default: `config.prompt_templates`; `None` = the 80
+                ImageNet templates).
+            cache_dir: on-disk cache of the computed embeddings: a directory, `True` for the default one
+                (`$NACLIP_CACHE`, else `~/.cache/naclip_hf/text`), or `None`/`False` (default) for none. Label sets
+                computed before by this segmenter are also kept in memory.
+        Returns:
+            A `ClassSet`: `text_embeds` [names, D], `name_to_class` [names] and the classes.
         """
+        if templates is None:
+            templates = self.config.prompt_templates
+        else:
+            templates = check_settings({"prompt_templates": templates})["prompt_templates"]
+        templates = list(IMAGENET_TEMPLATES if templates is None else templates)
+        if classes is None:
+            if self.stored_classes is None:
+                raise ValueError(
+                    f"The exported model {self.folder} stores no classes; name the classes to segment "
+                    "(e.g. classes=['sky', 'road, street'], or --labels on the command line)."
+                )
+            parsed = self.stored_classes
+        else:
+            parsed = parse_class_entries(classes)
+        names, name_to_class = flatten_class_names(parsed)
+        stored_rows: dict[str, int] = {}
+        if self.stored_classes is not None and templates == list(self._stored_templates or IMAGENET_TEMPLATES):
+            stored_rows = {name: row for row, name in enumerate(flatten_class_names(self.stored_classes)[0])}
+        missing = [name for name in dict.fromkeys(names) if name not in stored_rows]
+        if missing and not self.has_text_model:
+            self._raise_without_text_model(missing, bool(stored_rows) or self.stored_classes is None)
+        rows = {name: self._stored_embeds[row] for name, row in stored_rows.items()}
+        if missing:
+            computed = self.text_tower.embed_names(missing, templates, self.config.text_batch_size, cache_dir)
+            rows.update(zip(missing, computed))
+        text_embeds = np.stack([rows[name] for name in names]).astype(np.float32, copy=False)
+        return ClassSet(text_embeds, np.asarray(name_to_class, dtype=np.int64), parsed)
+
+    def _raise_without_text_model(self, missing: Sequence[str], same_templates: bool) -> None:
+        """The error for names an export without text graph cannot embed."""
+        again = (
+            "export the model again with `naclip export MODEL OUT` (current exports hold the text model and embed "
+            "any name)"
+        )
         if self.stored_classes is None:
             raise ValueError(
-                f"The exported model {self.folder} stores no class embeddings; export it with labels "
-                "(`naclip export MODEL OUT --labels ...`) or pass text_embeds to `forward` yourself."
+                f"The exported model {self.folder} has no text model ({ONNX_DIR}/{TEXT_MODEL_FILE}) and stores no "
+                f"class embeddings; {again}, or pass text_embeds to `forward` yourself."
             )
-        templates = self.config.prompt_templates if templates is None else templates
-        if list(templates or IMAGENET_TEMPLATES) != list(self._stored_templates or IMAGENET_TEMPLATES):
+        if not same_templates:
             raise ValueError(
-                f"The class embeddings of the exported model {self.folder} were made with other prompt templates; "
-                "leave the templates out, or export the model again with these templates (--templates-file)."
+                f"The class embeddings of the exported model {self.folder} were made with other prompt templates and "
+                f"it has no text model ({ONNX_DIR}/{TEXT_MODEL_FILE}); leave the templates out, or {again}."
             )
-        parsed = self.stored_classes if classes is None else parse_class_entries(classes)
-        names, name_to_class = flatten_class_names(parsed)
         stored_names, _ = flatten_class_names(self.stored_classes)
-        row = {name: index for index, name in enumerate(stored_names)}
-        missing = [name for name in names if name not in row]
-        if missing:
-            raise ValueError(
-                f"The exported model {self.folder} has no text embedding for {', '.join(map(repr, missing))} (it "
-                f"stores {', '.join(map(repr, stored_names))}); export it again with these labels, e.g. "
-                "`naclip export MODEL OUT --labels-file FILE`."
-            )
-        text_embeds = self._stored_embeds[[row[name] for name in names]]
-        return ClassSet(text_embeds, np.asarray(name_to_class, dtype=np.int64), parsed)
+        raise ValueError(
+            f"The exported model {self.folder} has no text embedding for {', '.join(map(repr, missing))} (it stores "
+            f"{', '.join(map(repr, stored_names))}) and no text model ({ONNX_DIR}/{TEXT_MODEL_FILE}); {again}, or "
+            "with these labels (`naclip export MODEL OUT --labels-file FILE`)."
+        )
 
     # ----------------------------------------------------------------------------------------- images
     def preprocess(self, image: Any, short_side: int | None = None, timeout: float | None = None) -> np.ndarray:
@@ -513,13 +608,11 @@ def encode_classes(
     classes: Sequence[str | Sequence[str]],
     *,
     templates: Sequence[str] | None = None,
-    cache_dir: Any = None,
+    cache_dir: str | os.PathLike | bool | None = None,
 ) -> ClassSet:
-    """The stored embeddings of `classes` (as `naclip_hf.inference.encode_classes`; `processor` and `cache_dir`
-    are not needed: nothing is computed)."""
-    if templates is None and model.config.prompt_templates is not None:
-        templates = model.config.prompt_templates
-    return model.encode_classes(classes, templates)
+    """The embeddings of `classes`: stored ones read back, others from the text graph (as
+    `naclip_hf.inference.encode_classes`, with the same `cache_dir`; `processor` is not needed)."""
+    return model.encode_classes(classes, templates, cache_dir)
 
 
 def segment_image(
@@ -563,6 +656,8 @@ __all__ = [
     "ONNX_DIR",
     "QUANTIZED_MODEL_FILE",
     "RuntimeSegmentation",
+    "TEXT_MODEL_FILE",
+    "default_session_options",
     "encode_classes",
     "is_exported_folder",
     "load_model",

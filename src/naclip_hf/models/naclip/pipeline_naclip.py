@@ -11,7 +11,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,7 +117,7 @@ class NACLIPSegmentationPipeline(Pipeline):
 
     ```python
     >>> from transformers import pipeline
-    >>> import naclip_hf  # registers the task
+    >>> import naclip_hf  # registers the task with transformers
     >>> segmenter = pipeline("naclip-segmentation", model="path/to/checkpoint")
     >>> segments = segmenter("street.jpg", candidate_labels=["road", "sky", "car", "person, person in shirt"])
     >>> [(s["label"], round(s["score"], 2)) for s in segments]
@@ -137,10 +136,8 @@ class NACLIPSegmentationPipeline(Pipeline):
             naming it (for a list, nothing is returned). With `skip_errors=True` its result is
             `{"error": "<message>"}` and the other images are still segmented.
         timeout (`float`, *optional*): timeout in seconds when fetching URLs.
-        NACLIP options for this call only (defaults: the model's config, which is never changed): sliding windows
-            `slide_crop`, `slide_stride`, `slide_batch_size`; the last block `arch`, `attn_strategy`,
-            `gaussian_std`; post-processing `logit_scale`, `prob_thd`, `pamr_steps`, `pamr_dilations` (see
-            `naclip_hf.models.naclip.options`).
+        NACLIP options for this call only (defaults: the model's config, which is never changed): the settings
+            of `options.SETTINGS` of the stages `block`, `windows` and `post`, and `method=NAME`.
 
     Any of these can also be given when building the pipeline (`pipeline("naclip-segmentation", model=...,
     candidate_labels=[...], pamr_steps=0)`); they then apply to every call (options given at call time are
@@ -156,17 +153,12 @@ class NACLIPSegmentationPipeline(Pipeline):
           of every class id), and as asked `label_map` (`np.ndarray` int64 [H, W] of class ids, indices into
           `labels`) and `probabilities` (`np.ndarray` float32 [classes, H, W], summing to 1 over classes).
 
-    The text embeddings of a label set are computed once per pipeline and reused by later calls with the same
-    labels. Sliding windows are batched inside the model (`slide_batch_size`).
+    The text embeddings of a label set are computed once per pipeline (`label_embeddings`), and kept in
+    `text_cache` when one is given.
 
-    Batching (`batch_size=N`, for a list, dataset or generator of images): images are read and resized N at a
-    time; those whose processed sizes are equal go through the model in one call on a [n, 3, h, w] batch, whose
-    sliding windows the model runs together in `slide_batch_size` chunks; the others go one call per size.
-    Post-processing stays per image (each at its own original size), so the outputs are those of one image at a
-    time. Transformers' default collation pads tensors to one size, which would change the images, so this pipeline
-    groups them itself (`get_iterator`); `num_workers` applies only without batching. Post-processing runs in
-    tiles whose size follows a memory budget (see `NACLIPImageProcessor.post_process_semantic_segmentation`), and
-    full-size probabilities are built only with `return_probabilities`, so large images need bounded memory.
+    Batching (`batch_size=N`): images are read N at a time; those of equal processed size go through the model in
+    one call, the others one call per size (transformers' default collation would pad them, changing the images).
+    Post-processing stays per image, in tiles bounded by a memory budget.
     """
 
     _load_tokenizer = None
@@ -430,26 +422,6 @@ class NACLIPSegmentationPipeline(Pipeline):
         if return_probabilities:
             output["probabilities"] = result["probabilities"].float().cpu().numpy()
         return output
-
-    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
-        """Write a folder that `pipeline(model=folder, trust_remote_code=True)` loads without naclip-hf installed
-        (see `hub_naclip.save_for_hub`); with `push_to_hub=True` also upload it (`repo_id`, `token`, `private`,
-        `commit_message` as for transformers models). `push_to_hub()` uploads this same folder."""
-        from .hub_naclip import save_for_hub  # it imports this module
-
-        kwargs.pop("max_shard_size", None)
-        kwargs.pop("safe_serialization", None)
-        save_for_hub(self.model, self.processor, save_directory)
-        if push_to_hub:
-            from transformers.utils.hub import hf_api
-
-            save_directory = os.fspath(save_directory)
-            repo_id = kwargs.pop("repo_id", Path(save_directory).name)
-            token = kwargs.get("token")
-            repo_id = hf_api().create_repo(repo_id, exist_ok=True, token=token, private=kwargs.get("private")).repo_id
-            self._upload_modified_files(
-                save_directory, repo_id, {}, commit_message=kwargs.get("commit_message"), token=token
-            )
 
 
 __all__ = ["TASK", "NACLIPSegmentationPipeline", "parse_candidate_labels"]

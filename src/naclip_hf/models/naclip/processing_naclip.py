@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import BatchFeature, CLIPTokenizer
+from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .image_processing_naclip import NACLIPImageProcessor
@@ -83,20 +83,6 @@ class NACLIPProcessor(ProcessorMixin):
         else:
             image_processor = NACLIPImageProcessor()
         return cls(image_processor, tokenizer)
-
-    @classmethod
-    def from_tokenizer_dir(cls, tokenizer_dir: str | os.PathLike, **image_processor_kwargs: Any) -> NACLIPProcessor:
-        """A processor from a folder holding CLIP's `vocab.json` and `merges.txt` (or a saved tokenizer)."""
-        if not os.path.isdir(tokenizer_dir):
-            raise FileNotFoundError(
-                f"Tokenizer folder {tokenizer_dir} does not exist; it must hold vocab.json and merges.txt of the "
-                "CLIP BPE."
-            )
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=CLIP_CONTEXT_LENGTH)
-        except Exception as error:
-            raise ValueError(f"Could not load a CLIP tokenizer from {tokenizer_dir}: {error}") from error
-        return cls(NACLIPImageProcessor(**image_processor_kwargs), tokenizer)
 
     def tokenize_class_names(
         self, classes: Sequence[str | Sequence[str]], templates: Sequence[str] | None = None

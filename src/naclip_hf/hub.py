@@ -1,6 +1,5 @@
-"""Hub folders: a model and its processor saved with the code that loads them, for `trust_remote_code=True`
-where naclip-hf is not installed. Imports only the standard library at module level (the file-mode helpers serve
-the torch-free runtime too)."""
+"""Hub folders: a model and its processor saved with the code that loads them (the model package), for
+`trust_remote_code=True` where naclip-hf is not installed."""
 
 from __future__ import annotations
 
@@ -9,45 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from transformers.dynamic_module_utils import custom_object_save
 
-def current_umask() -> int:
-    """The process's file-mode creation mask (e.g. 0o022)."""
-    try:  # Linux reports it without changing it, which is safe with other threads running
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def apply_default_modes(root: str | os.PathLike) -> None:
-    """Give a folder written by other code (e.g. `save_pretrained`, which writes weights with mode 0o600) the
-    usual permissions: `root` and every folder below it get 0o777 without the umask's bits, every file 0o666
-    without them (plus the execute bits it already had, also without the umask's). Symbolic links are left
-    alone."""
-    umask = current_umask()
-    os.chmod(root, 0o777 & ~umask)
-    for folder, folders, files in os.walk(root):
-        for name in folders:
-            path = os.path.join(folder, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o777 & ~umask)
-        for name in files:
-            path = os.path.join(folder, name)
-            if not os.path.islink(path):
-                executable = os.stat(path).st_mode & 0o111
-                os.chmod(path, (0o666 | executable) & ~umask)
+from .fileio import apply_default_modes
+from .models.naclip.pipeline_naclip import TASK, NACLIPSegmentationPipeline
 
 
 def custom_pipelines_entry() -> dict[str, dict[str, Any]]:
     """The `custom_pipelines` entry of a Hub folder's config: loads this pipeline and the model (via `AutoModel`
     and the config's `auto_map`) from the folder's own code."""
-    from .pipeline_naclip import TASK, NACLIPSegmentationPipeline
-
     return {
         TASK: {
             "impl": f"{NACLIPSegmentationPipeline.__module__.rsplit('.', 1)[-1]}.{NACLIPSegmentationPipeline.__name__}",
@@ -67,10 +36,6 @@ def save_for_hub(model: Any, processor: Any, save_directory: str | os.PathLike) 
     `AutoConfig`, `AutoModel`, `AutoImageProcessor` and `AutoProcessor` at the copied files and `custom_pipelines`
     makes `pipeline(model=folder, trust_remote_code=True)` build this pipeline. The model's config is not changed.
     """
-    from transformers.dynamic_module_utils import custom_object_save
-
-    from .pipeline_naclip import NACLIPSegmentationPipeline
-
     save_directory = Path(save_directory)
     if save_directory.is_file():
         raise ValueError(f"{save_directory} is a file; give a folder to save into.")
@@ -92,4 +57,4 @@ def save_for_hub(model: Any, processor: Any, save_directory: str | os.PathLike) 
     return save_directory
 
 
-__all__ = ["apply_default_modes", "current_umask", "custom_pipelines_entry", "save_for_hub"]
+__all__ = ["custom_pipelines_entry", "save_for_hub"]

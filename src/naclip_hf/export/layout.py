@@ -1,0 +1,39 @@
+"""The layout of an exported folder: file names (relative to the folder) and the names of the graphs' inputs and
+outputs. The exporter writes them and the runtime reads them; both take them from here."""
+
+from __future__ import annotations
+
+ONNX_DIR = "onnx"
+MODEL_FILE = "model.onnx"
+QUANTIZED_MODEL_FILE = "model_quantized.onnx"
+TEXT_MODEL_FILE = "text_model.onnx"
+CLASSES_FILE = "classes.json"
+CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
+CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+# The segmentation graph: `pixel_values` [B, 3, H, W] and `text_embeds` [N, D] in, `logits` [B, N, H, W] out.
+GRAPH_INPUTS = ("pixel_values", "text_embeds")
+GRAPH_OUTPUT = "logits"
+# The text graph: `input_ids` [prompts, length] in, L2-normalised prompt features [prompts, D] out.
+TEXT_GRAPH_INPUT = "input_ids"
+TEXT_GRAPH_OUTPUT = "prompt_embeds"
+
+__all__ = [
+    "CLASSES_FILE",
+    "CLASS_EMBEDDINGS_FILE",
+    "CONFIG_FILE",
+    "GRAPH_INPUTS",
+    "GRAPH_OUTPUT",
+    "MODEL_FILE",
+    "ONNX_DIR",
+    "PREPROCESSOR_FILE",
+    "QUANTIZED_MODEL_FILE",
+    "TEXT_GRAPH_INPUT",
+    "TEXT_GRAPH_OUTPUT",
+    "TEXT_MODEL_FILE",
+    "TOKENIZER_CONFIG_FILE",
+    "TOKENIZER_FILE",
+]

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from naclip_hf.attention_maps import attention_maps
 from naclip_hf.cli import main
 from naclip_hf.figures import (
     LEGEND_FRAME,
     attention_figure,
-    attention_maps,
     figure_legend,
     heat_colours,
     segmentation_figure,
@@ -62,7 +62,8 @@ def test_compare_attention_figure(tiny_checkpoint, image_path, tmp_path, capsys)
 
 def test_attention_maps_follow_the_clicked_patch(tiny_checkpoint, image_path):
     model, processor = load_model(str(tiny_checkpoint)), load_processor(str(tiny_checkpoint))
-    maps = attention_maps(model, processor, image_path, (50, 35), ["maskclip", "naclip"], {"short_side": 64})
+    found = attention_maps(model, processor, image_path, (50, 35), ["maskclip", "naclip"], short_side=64)
+    maps = dict(zip(found.methods, found.heat))
     # MaskCLIP's token attends only to itself: the map is brightest at the clicked patch (bottom right).
     maskclip = maps["maskclip"]
     assert maskclip.shape == (40, 56) and maskclip.max() == 1.0
@@ -78,7 +79,10 @@ def test_attention_maps_follow_the_clicked_patch(tiny_checkpoint, image_path):
     row, column = min(int(35 * height / 40) // patch, grid[0] - 1), min(int(50 * width / 56) // patch, grid[1] - 1)
     token = 1 + row * grid[1] + column
     row_map = weights[token, 1:].reshape(1, 1, *grid)
-    resized = torch.nn.functional.interpolate(row_map, size=(40, 56), mode="bilinear", align_corners=False)[0, 0]
+    # The grid covers all but the image's last partial patch, whose pixels repeat their neighbours' values.
+    covered = (round(grid[0] * patch * 40 / height), round(grid[1] * patch * 56 / width))
+    resized = torch.nn.functional.interpolate(row_map, size=covered, mode="bilinear", align_corners=False)
+    resized = torch.nn.functional.pad(resized, (0, 56 - covered[1], 0, 40 - covered[0]), mode="replicate")[0, 0]
     expected = (resized - resized.min()) / (resized.max() - resized.min())
     np.testing.assert_allclose(maps["naclip"], expected.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match=r"outside the image, which is 56×40 pixels"):

@@ -25,7 +25,6 @@ from naclip_hf.demo.backend import (  # noqa: E402
     EXAMPLE_LABELS,
     DemoBackend,
     example_image_path,
-    last_block_settings,
     parse_labels_text,
 )
 from naclip_hf.methods import METHODS, Method, method_names, register_method  # noqa: E402
@@ -171,10 +170,10 @@ def test_attention_comparisons_are_three_maps_of_the_image_size(backend):
         backend.attention_maps(example_image_path(), (10, 10), ["nope"])
 
 
-def test_attention_maps_of_chosen_methods_are_the_models_rows_and_the_figures(backend, neighbours_method):
+def test_attention_maps_of_chosen_methods_are_the_models_rows_and_the_compare_figures(backend, neighbours_method):
     import torch
 
-    from naclip_hf.figures import attention_maps
+    from naclip_hf.attention_maps import attention_maps, block_settings
 
     methods = ["maskclip", "clearclip", neighbours_method.name, "clip"]
     point = (200, 100)
@@ -188,18 +187,16 @@ def test_attention_maps_of_chosen_methods_are_the_models_rows_and_the_figures(ba
     for name, weights in zip(methods, maps.weights):
         with torch.no_grad():
             attention = backend.model.encode_patches(pixel_values, output_attentions=True,
-                                                     **last_block_settings(name)).attentions[-1]  # fmt: skip
+                                                     **block_settings(name)).attentions[-1]  # fmt: skip
         expected = attention[0].float().mean(dim=0)[token, 1:].reshape(rows, columns).numpy()
         np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-7)
     assert not np.allclose(maps.weights[0], maps.weights[2])
-    # On an image whose processed size is whole patches (336 × 336), the heat maps are those of the figures module
-    # for the methods processed at that size (ClearCLIP's own short side is 448, so it is left out there).
-    square = np.asarray(load_example())[:300, :300]
-    same_size = [name for name in methods if name != "clearclip"]
-    maps = backend.attention_maps(square, point[::-1], same_size)
-    figures = attention_maps(backend.model, backend.segmenter.processor, square, point[::-1], same_size)
-    for name, heat in zip(same_size, maps.heat):
-        np.testing.assert_allclose(heat, figures[name], atol=1e-5)
+    # `naclip compare --attention-at` draws the same maps for the same point and methods, whatever the image size.
+    for image in (np.asarray(load_example()), np.asarray(load_example())[:250, :301]):
+        shown = backend.attention_maps(image, point[::-1], methods)
+        compared = attention_maps(backend.model, backend.segmenter.processor, image, point[::-1], methods)
+        for heat, same in zip(shown.heat, compared.heat):
+            np.testing.assert_array_equal(heat, same)
 
 
 def load_example():

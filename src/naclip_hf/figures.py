@@ -4,9 +4,9 @@
 - `attention_figure`: the image with a marked pixel, then, per method, the last layer's attention of the patch
   under that pixel over the whole image (Figure 1).
 
-`segment_with_methods` and `attention_maps` compute what they draw: one model, one set of class embeddings, and
-each method's settings per call (`naclip_hf.methods`), so the model's config is never changed. The drawing
-functions need only numpy and Pillow.
+`segment_with_methods` computes what `segmentation_figure` draws (one model, one set of class embeddings, each
+method's settings per call, so the model's config is never changed); `naclip_hf.attention_maps` computes what
+`attention_figure` draws. The drawing functions need only numpy and Pillow.
 
 Example:
 
@@ -75,54 +75,6 @@ def segment_with_methods(
         options, short_side = _method_options(name, overrides)
         results[name] = segment_image(model, processor, array, classes, short_side=short_side, **options)
     return results
-
-
-def attention_maps(
-    model: Any,
-    processor: Any,
-    image: Any,
-    point: tuple[int, int],
-    methods: Sequence[str],
-    overrides: Mapping[str, Any] | None = None,
-) -> dict[str, np.ndarray]:
-    """For the patch under pixel `point` = (x, y) of `image` (original pixel coordinates), each method's last-layer
-    attention over the image: {method name: [H, W] float array at the image's size, in [0, 1]}.
-
-    The image runs as one whole-image pass at the method's short side. The map is the row of that patch's token in
-    the last layer's attention, averaged over heads, without the CLS column, on the patch grid, upsampled
-    bilinearly to the image and scaled to [0, 1].
-    """
-    import torch
-    import torch.nn.functional as F
-
-    array = load_image(image)
-    height, width = array.shape[:2]
-    x, y = point
-    if not (0 <= x < width and 0 <= y < height):
-        raise ValueError(
-            f"The pixel ({x}, {y}) is outside the image, which is {width}×{height} pixels; give x in 0..{width - 1} "
-            f"and y in 0..{height - 1}."
-        )
-    patch = model.config.vision_config.patch_size
-    maps = {}
-    for name in methods:
-        options, short_side = _method_options(name, overrides)
-        pixel_values = processor.image_processor(array, short_side=short_side)["pixel_values"]
-        if isinstance(pixel_values, list):
-            pixel_values = pixel_values[0]
-        pixel_values = pixel_values.to(model.device, model.dtype)
-        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        row = min(int(y * pixel_values.shape[-2] / height) // patch, grid[0] - 1)
-        column = min(int(x * pixel_values.shape[-1] / width) // patch, grid[1] - 1)
-        block = {key: options[key] for key in ("arch", "attn_strategy", "gaussian_std") if key in options}
-        with torch.no_grad():
-            weights = model.encode_patches(pixel_values, output_attentions=True, **block).attentions[-1]
-        attention = weights[0].float().mean(dim=0)[1 + row * grid[1] + column, 1:].reshape(1, 1, *grid)
-        resized = F.interpolate(attention, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        low, high = resized.min(), resized.max()
-        scaled = (resized - low) / (high - low) if high > low else torch.zeros_like(resized)
-        maps[name] = scaled.cpu().numpy()
-    return maps
 
 
 # ------------------------------------------------------------------------------------------------ drawing
@@ -346,7 +298,6 @@ __all__ = [
     "HEAT_COLOURS",
     "LEGEND_FRAME",
     "attention_figure",
-    "attention_maps",
     "figure_legend",
     "heat_colours",
     "segment_with_methods",

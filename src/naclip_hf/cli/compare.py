@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
                         "folder of the figure")  # fmt: skip
     check_model_source(args.model)
 
-    from ..figures import attention_figure, attention_maps, segment_with_methods, segmentation_figure
+    from ..attention_maps import attention_maps
+    from ..figures import attention_figure, segment_with_methods, segmentation_figure
     from ..fileio import write_atomic
     from ..inference import encode_classes, load_model, load_processor
     from ..models.naclip.image_io import load_image
@@ -112,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, config_overrides)
     processor = load_processor(args.model)
     if args.attention_at is not None:
-        maps = attention_maps(model, processor, image, args.attention_at, methods, per_call)
+        found = attention_maps(model, processor, image, args.attention_at, methods,
+                               short_side=per_call.pop("short_side", None), overrides=per_call)  # fmt: skip
+        maps = dict(zip(found.methods, found.heat))
         figure = attention_figure(image, maps, args.attention_at, alpha=args.alpha, panel_height=args.panel_height)
     else:
         embeddings = encode_classes(model, processor, classes, cache_dir=True)

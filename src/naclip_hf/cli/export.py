@@ -1,5 +1,6 @@
-"""`naclip export`: write a model as ONNX, with its settings, processor files and (optionally) the text embeddings
-of a label set, for onnxruntime (Python, `naclip_hf.export.runtime`) and onnxruntime-web / transformers.js.
+"""`naclip export`: write a model as ONNX (the segmentation graph and the text graph), with its settings, tokenizer
+and (optionally) the text embeddings of a label set, for onnxruntime (Python, `naclip_hf.export.runtime`) and
+onnxruntime-web / transformers.js.
 
 Labels, settings and the output folder are checked before torch is imported.
 """
@@ -24,30 +25,35 @@ from ._common import (
 
 DESCRIPTION = textwrap.fill(
     "Export a NACLIP model to ONNX for inference without PyTorch: OUT/onnx/model.onnx (one window of the model: "
-    "pixel_values [B, 3, H, W] and text_embeds [N, D] in, logits [B, N, H, W] out, any B, N, H, W), config.json "
-    "and preprocessor_config.json with the inference settings, the tokenizer files, and with labels classes.json "
-    "and class_embeddings.safetensors (the names' text embeddings, so no text tower is needed). `naclip segment "
-    "--model OUT` then runs it with onnxruntime. Needs the extra [onnx] (pip install 'naclip-hf[onnx]').",
+    "pixel_values [B, 3, H, W] and text_embeds [N, D] in, logits [B, N, H, W] out, any B, N, H, W), "
+    "OUT/onnx/text_model.onnx (prompt token ids in, normalised prompt features out) with tokenizer.json, so that "
+    "any class names can be segmented, config.json and preprocessor_config.json with the inference settings, and "
+    "with labels classes.json and class_embeddings.safetensors (those names' text embeddings, computed once). "
+    "`naclip segment --model OUT --labels ...` then runs it with onnxruntime. Needs the extra [onnx] "
+    "(pip install 'naclip-hf[onnx]').",
     width=100,
 )
 EXAMPLES = """Examples:
-  naclip export openai/clip-vit-base-patch16 naclip-onnx --labels-file labels.txt --quantize
+  naclip export openai/clip-vit-base-patch16 naclip-onnx --quantize
   naclip export ./clip-b16 voc21-onnx --preset voc21 --set pamr_steps=0
-  naclip segment photo.jpg --model naclip-onnx --labels-file labels.txt"""
+  naclip segment photo.jpg --model naclip-onnx --labels cat "dog, puppy" sky
+  naclip segment photo.jpg --model naclip-onnx --quantized --labels-file labels.txt"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip export` to the subparsers of `naclip`."""
     parser = subparsers.add_parser(
         "export",
-        help="export a model to ONNX (with the text embeddings of a label set) for onnxruntime and the web",
+        help="export a model to ONNX (vision and text graphs, optionally a label set's embeddings) for "
+        "onnxruntime and the web",
         description=DESCRIPTION,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL", help="checkpoint folder (config.json + weights) or Hub id")
     parser.add_argument("out", type=Path, metavar="OUT", help="new (or empty) folder to write")
-    add_label_options(parser, "; their text embeddings are stored with the export")
+    add_label_options(parser, "; their text embeddings are stored with the export (other names are embedded by "
+                      "the exported text graph when used)")
     parser.add_argument(
         "--preset", default=None, metavar="NAME",
         help=f"a benchmark's classes and inference settings: {', '.join(BENCHMARKS)}; --set overrides its "
@@ -90,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
                          quantize=args.quantize)  # fmt: skip
     for name, size in report.files.items():
         print(f"  {name:<36} {size / 2**20:9.2f} MiB")
-    what = f"{len(classes)} classes" if classes is not None else "no class embeddings"
+    what = f"{len(classes)} classes stored" if classes is not None else "no classes stored"
     print(
-        f"Wrote {out} ({what}) in {report.seconds:.1f} s; ONNX logits within {report.max_abs_diff:.1e} of PyTorch.",
+        f"Wrote {out} ({what}; any class names via the text graph) in {report.seconds:.1f} s; ONNX logits within "
+        f"{report.max_abs_diff:.1e} of PyTorch, text features within {report.text_max_abs_diff:.1e}.",
         file=sys.stdout,
     )
     return 0

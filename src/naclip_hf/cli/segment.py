@@ -115,6 +115,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     add_preset_classes_option(parser)
     add_model_option(parser)
+    parser.add_argument(
+        "--quantized", action="store_true",
+        help="with --model EXPORT (a folder written by `naclip export --quantize`): run its int8 graph "
+        "onnx/model_quantized.onnx instead of onnx/model.onnx",
+    )  # fmt: skip
     add_set_option(parser)
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR",
@@ -188,8 +193,16 @@ def run(args: argparse.Namespace) -> int:
     from ..models.naclip.image_io import load_image
     from ..models.naclip.options import CONFIG_SETTINGS
 
+    load_options: dict[str, Any] = {}
     if is_exported_folder(args.model):  # written by `naclip export`: onnxruntime and numpy, no torch
         from ..export.runtime import encode_classes, load_model, load_processor, save_scores, segment_image
+
+        load_options["quantized"] = args.quantized
+    elif args.quantized:
+        raise ValueError(
+            f"--quantized runs the int8 graph of an exported model, but {args.model} is a PyTorch checkpoint; export "
+            "it with `naclip export MODEL OUT --quantize` and pass --model OUT, or leave out --quantized."
+        )
     else:
         from ..inference import encode_classes, load_model, load_processor, save_scores, segment_image
 
@@ -197,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
 
     group = scale.ProcessGroup.start()  # several processes under torchrun / accelerate launch
     device = group.device if group.world_size > 1 and not str(group.device).startswith("cpu") else None
-    model = load_model(args.model, overrides, **({"device": device} if device else {}))
+    model = load_model(args.model, overrides, **load_options, **({"device": device} if device else {}))
     processor = load_processor(args.model)
     embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
     if short_side is None:

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..figures import heat_colours
 from ..methods import DEFAULT_METHOD, Method, get_method
 from ..models.naclip.image_io import describe_input, load_image
 from ..models.naclip.labels import parse_class_entries
-from ..models.naclip.options import DEFAULTS, SETTINGS_BY_NAME, check_settings
+from ..models.naclip.options import DEFAULTS, SETTINGS_BY_NAME, check_settings, names_of_stage
 from ..visualization import class_palette, label_map_image, overlay_image
 
 if TYPE_CHECKING:  # torch is loaded only for a PyTorch checkpoint: an exported model runs without it
@@ -37,16 +38,10 @@ Report = Callable[[float, str], None]
 DEFAULT_ATTENTION_METHODS: tuple[str, ...] = ("clip", "sclip", "naclip")
 """The methods (names of `naclip_hf.methods.METHODS`) whose attention maps the Attention tab shows side by side at
 first, as in Figure 1 of the NACLIP paper."""
-LAST_BLOCK_SETTINGS = ("arch", "attn_strategy", "gaussian_std")
-"""The settings of a method that shape the last layer's attention (the rest act after it)."""
 
 # A vision tower narrower than every published CLIP (ViT-B: 768) is a test model with no useful weights.
 SMALLEST_REAL_VISION_WIDTH = 384
 
-# Colour ramp of the attention heat maps (dark = little attention, bright = most), sampled at equal steps.
-_HEAT_RAMP = np.array(
-    [[10, 7, 40], [70, 15, 110], [150, 35, 110], [220, 75, 70], [250, 150, 40], [252, 230, 120]], dtype=np.float32
-)
 EXAMPLE_LABELS = "table, wooden table\nsaucer, plate\ncoffee cup, cup\nspoon\ncoffee"
 """The classes of the example photo (the same as `examples/labels.txt`)."""
 
@@ -73,15 +68,6 @@ def parse_labels_text(text: str | None) -> list[list[str]]:
         return parse_class_entries(lines)
     except ValueError as error:
         raise ValueError(f"Classes: {error}") from None
-
-
-def heat_colours(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] of any shape [...] -> RGB colours [..., 3] uint8 of the heat-map ramp."""
-    position = np.clip(values, 0.0, 1.0) * (len(_HEAT_RAMP) - 1)
-    low = np.floor(position).astype(np.int64).clip(0, len(_HEAT_RAMP) - 2)
-    fraction = (position - low)[..., None]
-    colours = _HEAT_RAMP[low] * (1.0 - fraction) + _HEAT_RAMP[low + 1] * fraction
-    return np.rint(colours).astype(np.uint8)
 
 
 def legend_rows(
@@ -147,17 +133,6 @@ class AttentionMaps:
     heat: list[np.ndarray]
     patch: tuple[int, int]
     grid: tuple[int, int]
-
-
-def last_block_settings(method: str | Method) -> dict[str, Any]:
-    """The settings of `method` that shape the last layer's attention (`LAST_BLOCK_SETTINGS` it sets); the model's
-    config gives the others. `ValueError` listing the methods for an unknown name.
-
-    >>> last_block_settings("sclip")
-    {'arch': 'vanilla', 'attn_strategy': 'csa'}
-    """
-    settings = get_method(method).settings
-    return {name: settings[name] for name in LAST_BLOCK_SETTINGS if name in settings}
 
 
 class DemoBackend:
@@ -339,23 +314,6 @@ class DemoBackend:
         )
 
     # ------------------------------------------------------------------------------------------- attention
-    def check_attention_methods(self, methods: Sequence[str | Method]) -> list[Method]:
-        """The methods of `methods`, checked to have last-block settings this model can run; `ValueError` naming
-        the method (or asking for one when none is given)."""
-        if isinstance(methods, (str, Method)):
-            methods = [methods]
-        if not methods:
-            raise ValueError("No method chosen: pick at least one method to compare.")
-        checked = []
-        for method in methods:
-            method = get_method(method)
-            try:
-                self.model.config.inference_options(**last_block_settings(method))
-            except ValueError as error:
-                raise ValueError(f"Method {method.name!r}: {error}") from None
-            checked.append(method)
-        return checked
-
     def attention_maps(
         self,
         image: Any,
@@ -365,61 +323,20 @@ class DemoBackend:
         alpha: float = 0.6,
     ) -> AttentionMaps:
         """The last layer's attention of the patch under `point` (x, y in the image's pixels), head-averaged, for
-        each method of `methods` (names of `naclip_hf.methods.METHODS`, run with their `last_block_settings`),
-        drawn as heat maps over the image and titled with the methods' names.
+        each method of `methods` (names of `naclip_hf.methods.METHODS`), drawn as heat maps over the image and
+        titled with the methods' names: `naclip_hf.attention_maps.attention_maps`, which `naclip compare
+        --attention-at` draws too, at `short_side` (default: the image processor's) for every method."""
+        from ..attention_maps import attention_maps
 
-        The image goes through the model in one whole-image pass at `short_side` (default: the image processor's),
-        the same for every method so that all maps show the same patch. For every method, the last layer's weights
-        [1, heads, T, T] (T = 1 + rows × columns, CLS first) are averaged over heads; the clicked patch's row
-        (token 1 + row × columns + column) without the CLS entry is reshaped to the patch grid, upsampled to the
-        part of the image it covers (the rest, under a last partial patch, takes its neighbour's value) and scaled to
-        [0, 1].
-        """
-        import torch
-        import torch.nn.functional as F
-
-        methods = self.check_attention_methods(methods)
         if image is None:
             raise ValueError("No image given: upload an image, then click a point on it.")
-        rgb = _read_image(image)
-        height, width = rgb.shape[:2]
-        x, y = float(point[0]), float(point[1])
-        if not (0 <= x < width and 0 <= y < height):
-            raise ValueError(f"The point ({x:g}, {y:g}) is outside the image of {width} × {height} pixels.")
-        encoded = self.image_processor(rgb, short_side=short_side)
-        pixel_values = encoded["pixel_values"]
-        if isinstance(pixel_values, list):
-            pixel_values = pixel_values[0]
-        pixel_values = pixel_values.to(self.model.device, self.model.dtype)
-        processed_h, processed_w = pixel_values.shape[-2:]
-        patch = self.model.config.vision_config.patch_size
-        rows, columns = processed_h // patch, processed_w // patch
-        if rows < 1 or columns < 1:
-            raise ValueError(f"The image is smaller than one {patch} × {patch} patch after resizing; use a larger one.")
-        row = min(int(y * processed_h / height) // patch, rows - 1)
-        column = min(int(x * processed_w / width) // patch, columns - 1)
-        token = 1 + row * columns + column
-        covered = (
-            max(1, min(height, round(rows * patch * height / processed_h))),
-            max(1, min(width, round(columns * patch * width / processed_w))),
-        )
-        maps, grids, heats = [], [], []
-        with torch.inference_mode():
-            for method in methods:
-                outputs = self.model.encode_patches(pixel_values, output_attentions=True, **last_block_settings(method))
-                weights = outputs.attentions[-1][0].float().mean(dim=0)  # [T, T], head-averaged
-                grid = weights[token, 1:].reshape(1, 1, rows, columns)
-                grids.append(grid[0, 0].cpu().numpy())
-                # The grid covers the processed image but its last partial patch: upsampled to the part of the
-                # image it covers, the rest taking its neighbour's value.
-                heat = F.interpolate(grid, size=covered, mode="bilinear", align_corners=False)
-                heat = F.pad(heat, (0, width - covered[1], 0, height - covered[0]), mode="replicate")[0, 0]
-                heat = heat - heat.min()
-                heat = (heat / heat.max().clamp(min=1e-12)).cpu().numpy()
-                heats.append(heat)
-                maps.append((method.title, _heat_overlay(rgb, heat, (x, y), alpha)))
-        return AttentionMaps(methods=[method.name for method in methods], maps=maps, weights=grids, heat=heats,
-                             patch=(row, column), grid=(rows, columns))  # fmt: skip
+        found = attention_maps(self.model, self.segmenter.processor, _read_image(image), point, methods,
+                               short_side=short_side)  # fmt: skip
+        point = (float(point[0]), float(point[1]))
+        maps = [(get_method(name).title, _heat_overlay(found.image, heat, point, alpha))
+                for name, heat in zip(found.methods, found.heat)]  # fmt: skip
+        return AttentionMaps(methods=found.methods, maps=maps, weights=found.weights, heat=found.heat,
+                             patch=found.patch, grid=found.grid)  # fmt: skip
 
 
 class ExportedDemoBackend:
@@ -464,9 +381,9 @@ class ExportedDemoBackend:
         return "\n".join(", ".join(names) for names in self.stored_classes)
 
     def fixed_settings(self) -> dict[str, Any]:
-        """The last block's settings the graph was exported with (`LAST_BLOCK_SETTINGS`)."""
+        """The last block's settings the graph was exported with (the `block` stage of `options.SETTINGS`)."""
         config = self.segmenter.config
-        return {name: getattr(config, name) for name in LAST_BLOCK_SETTINGS}
+        return {name: getattr(config, name) for name in names_of_stage("block")}
 
     def attention_strategies(self) -> list[str]:
         """The one attention strategy of the graph."""
@@ -509,7 +426,7 @@ class ExportedDemoBackend:
         given = {"attn_strategy": attn_strategy, "arch": arch, "gaussian_std": gaussian_std}
         asked.update({name: value for name, value in given.items() if value is not None})
         config = self.segmenter.config.to_dict()
-        for name in LAST_BLOCK_SETTINGS:
+        for name in names_of_stage("block"):
             if name not in asked:
                 continue
             wanted = asked.pop(name)
@@ -634,11 +551,8 @@ __all__ = [
     "DemoBackend",
     "EXAMPLE_LABELS",
     "ExportedDemoBackend",
-    "LAST_BLOCK_SETTINGS",
     "Segmentation",
     "example_image_path",
-    "heat_colours",
-    "last_block_settings",
     "legend_html",
     "legend_rows",
     "load_backend",

@@ -434,11 +434,12 @@ def quantize_graph(source: str | os.PathLike, target: str | os.PathLike) -> dict
 @dataclass
 class ExportReport:
     """What `export_onnx` wrote: the folder, its files with their sizes in bytes, the verified |ONNX - PyTorch|
-    difference, the quantized node counts and the time taken."""
+    differences of the logits and of the text features, the quantized node counts and the time taken."""
 
     output_dir: Path
     files: dict[str, int]
     max_abs_diff: float
+    text_max_abs_diff: float
     quantized_nodes: dict[str, int]
     seconds: float
 
@@ -455,23 +456,24 @@ def export_onnx(
     verify: bool = True,
     opset_version: int = ONNX_OPSET,
 ) -> ExportReport:
-    """Export a NACLIP model to a folder that `naclip_hf.export.runtime` (numpy + onnxruntime) and onnxruntime-web
-    can run without torch, transformers or a text tower.
+    """Export a NACLIP model to a folder that `naclip_hf.export.runtime` (numpy, onnxruntime and `tokenizers`) and
+    onnxruntime-web can run without torch or transformers, for any class names.
 
     Args:
         model: a checkpoint folder or Hub id, or a loaded `NACLIPForSemanticSegmentation` (float32; not changed).
         output_dir: a new (or empty) folder; it appears complete or not at all.
-        classes: class entries to embed and store (synonyms as for `encode_classes`); without them the folder holds
-            no text embeddings and callers feed their own `text_embeds`.
+        classes: class entries whose text embeddings are stored (synonyms as for `encode_classes`), so that they
+            need no text graph run; other names are embedded by the text graph when used.
         processor: the model's `NACLIPProcessor` (default: `load_processor(model)`; needed when `model` is a loaded
-            model and `classes` are given, or to keep its image settings).
+            model, for its tokenizer and image settings; without it a loaded model gets OpenAI CLIP's BPE when its
+            vocabulary is that one).
         overrides: settings for the config (e.g. `{"attn_strategy": "nonly", "slide_crop": 0}`, or
             `prompt_templates` for the class embeddings), applied when loading `model` from a path; the last
             block's settings are fixed in the graph.
         short_side: the image processor's short side stored in the folder (default: the processor's).
         quantize: also write `onnx/model_quantized.onnx` (int8 weights, see `quantize_graph`).
-        verify: compare the graph with PyTorch at a few input sizes (`verify_graph`) before writing the folder.
-        opset_version: ONNX opset of the graph.
+        verify: compare both graphs with PyTorch (`verify_graph`, `verify_text_graph`) before writing the folder.
+        opset_version: ONNX opset of the graphs.
 
     Returns:
         An `ExportReport`.
@@ -484,7 +486,6 @@ def export_onnx(
     ```
     """
     from ..inference import encode_classes, load_model, load_processor
-    from ..models.naclip.image_processing_naclip import NACLIPImageProcessor
 
     start = time.perf_counter()
     if isinstance(model, NACLIPForSemanticSegmentation):
@@ -497,6 +498,7 @@ def export_onnx(
         model = load_model(source, overrides)
         processor = processor if processor is not None else load_processor(source)
     model = model.eval()
+    tokenizer = _export_tokenizer(model, processor)
     embeddings = None
     if classes is not None:
         embeddings = encode_classes(model, processor, classes, cache_dir=True)
@@ -505,22 +507,51 @@ def export_onnx(
         (staging / ONNX_DIR).mkdir()
         graph_path = export_graph(model, staging / ONNX_DIR / MODEL_FILE, opset_version)
         worst = verify_graph(model, graph_path) if verify else float("nan")
+        text_path = export_text_graph(model, staging / ONNX_DIR / TEXT_MODEL_FILE, opset_version)
+        text_worst = verify_text_graph(model, text_path) if verify else float("nan")
         quantized = quantize_graph(graph_path, staging / ONNX_DIR / QUANTIZED_MODEL_FILE) if quantize else {}
-        # JSON only: the folder holds no Python code, so the configs name none (`auto_map` dropped).
-        _write_json(staging / CONFIG_FILE, json.loads(model.config.to_json_string()))
-        image_processor = processor.image_processor if processor is not None else NACLIPImageProcessor()
-        image_settings = json.loads(image_processor.to_json_string())
-        if short_side is not None:
-            image_settings["short_side"] = NACLIPImageProcessor(short_side=short_side).short_side  # checked
-        _write_json(staging / PREPROCESSOR_FILE, image_settings)
-        if processor is not None:
-            processor.tokenizer.save_pretrained(staging)
+        _write_settings(staging, model, processor, short_side)
+        tokenizer.save_pretrained(staging)
+        if not (staging / TOKENIZER_FILE).is_file():
+            raise ValueError(
+                f"The tokenizer {type(tokenizer).__name__} wrote no {TOKENIZER_FILE}, which the runtime reads; give "
+                "the model a fast CLIP tokenizer (transformers' CLIPTokenizer)."
+            )
         if embeddings is not None:
             _write_classes(staging, embeddings, model.config.prompt_templates)
         files = {
             str(path.relative_to(staging)): path.stat().st_size for path in sorted(staging.rglob("*")) if path.is_file()
         }
-    return ExportReport(output_dir, files, worst, quantized, time.perf_counter() - start)
+    return ExportReport(output_dir, files, worst, text_worst, quantized, time.perf_counter() - start)
+
+
+def _export_tokenizer(model: NACLIPForSemanticSegmentation, processor: Any) -> Any:
+    """The tokenizer to store with the export: the processor's, else OpenAI CLIP's BPE when the text model has its
+    vocabulary (`ValueError` asking for the processor otherwise)."""
+    if processor is not None:
+        return processor.tokenizer
+    from ..models.naclip.tokenization import load_clip_tokenizer
+
+    try:
+        return load_clip_tokenizer(None, model.config.text_config)
+    except ValueError as error:
+        raise ValueError(
+            f"{error} Pass the model's processor (processor=load_processor(path)) so that the export holds its "
+            "tokenizer."
+        ) from None
+
+
+def _write_settings(folder: Path, model: NACLIPForSemanticSegmentation, processor: Any, short_side: int | None) -> None:
+    """`config.json` (the model's, with the inference settings) and `preprocessor_config.json`."""
+    from ..models.naclip.image_processing_naclip import NACLIPImageProcessor
+
+    # JSON only: the folder holds no Python code, so the configs name none (`auto_map` dropped).
+    _write_json(folder / CONFIG_FILE, json.loads(model.config.to_json_string()))
+    image_processor = processor.image_processor if processor is not None else NACLIPImageProcessor()
+    image_settings = json.loads(image_processor.to_json_string())
+    if short_side is not None:
+        image_settings["short_side"] = NACLIPImageProcessor(short_side=short_side).short_side  # checked
+    _write_json(folder / PREPROCESSOR_FILE, image_settings)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -553,10 +584,14 @@ __all__ = [
     "GraphVisionEmbeddings",
     "ONNX_OPSET",
     "SegmentationGraph",
+    "TextGraph",
     "bicubic_resize_matrix",
     "export_graph",
     "export_onnx",
+    "export_text_graph",
     "graph_position_embeddings",
     "quantize_graph",
+    "quiet_export_messages",
     "verify_graph",
+    "verify_text_graph",
 ]

@@ -4,8 +4,9 @@
 
 0. embed the class names: those stored at export are read from `class_embeddings.safetensors`; any other name
    runs through the text graph `onnx/text_model.onnx` (see `naclip_hf.export.text`), with the on-disk cache;
-1. read the image (`naclip_hf.models.naclip.image_io.load_image`), resize its short side (`image_utils.resize_short_side`, the
-   same code as the image processor's) and normalise it with the stored mean and std;
+1. read the image (`naclip_hf.models.naclip.image_io.load_image`), resize its short side
+   (`image_utils.resize_short_side`, the same code as the image processor's) and normalise it with the stored mean
+   and std;
 2. run the ONNX graph of one window on the whole image or on the sliding windows of `image_utils.sliding_windows`
    (the boxes `NACLIPForSemanticSegmentation.forward` uses), summing overlapping windows and dividing by the count;
 3. post-process in numpy as `image_processing_naclip.post_process_logits` does in PyTorch: bilinear upsampling to
@@ -480,7 +481,8 @@ def resize_bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return rows[..., y0, :] * wy0[:, None] + rows[..., y1, :] * wy1[:, None]
 
 
-# The eight neighbours of a 3×3 window, in the order of `naclip_hf.models.naclip.postprocessing_naclip.NEIGHBOUR_OFFSETS`.
+# The eight neighbours of a 3×3 window, in the order of
+# `naclip_hf.models.naclip.postprocessing_naclip.NEIGHBOUR_OFFSETS`.
 _NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
@@ -553,7 +555,8 @@ def post_process_logits(
     pamr_dilations: Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities [B, classes, H, W] and labels [B, H, W] (int64) from per-name logits [B, names, h, w]
-    (reference: `naclip_hf.models.naclip.image_processing_naclip.post_process_logits`); `pixel_values` [B, 3, h, w] guides PAMR."""
+    (reference: `naclip_hf.models.naclip.image_processing_naclip.post_process_logits`); `pixel_values`
+    [B, 3, h, w] guides PAMR."""
     height, width = int(size[0]), int(size[1])
     logits = resize_bilinear(logits, (height, width))
     if pamr_steps > 0:

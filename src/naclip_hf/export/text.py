@@ -207,7 +207,9 @@ class ExportedTextTower:
             features[rows] = self.session.run([TEXT_GRAPH_OUTPUT], {TEXT_GRAPH_INPUT: input_ids})[0]
         return features
 
-    def compute_name_embeddings(self, names: Sequence[str], templates: Sequence[str], batch_size: int = 128) -> np.ndarray:
+    def compute_name_embeddings(
+        self, names: Sequence[str], templates: Sequence[str], batch_size: int = 128
+    ) -> np.ndarray:
         """[len(names), D]: per name, the mean of its prompts' normalised features over `templates`, normalised."""
         prompts = [template.format(name) for name in names for template in templates]
         features = self.prompt_features(prompts, batch_size).reshape(len(names), len(templates), -1)
@@ -268,8 +270,10 @@ class ExportedTextTower:
                     "pad_token_id": self.tokenizer.pad_token_id,
                 },
                 "text_config": {
-                    key: value for key, value in sorted(text_config.items())
-                    if not key.startswith("_") and key not in ignored
+                    key: value
+                    for key, value in sorted(text_config.items())
+                    if not key.startswith("_")
+                    and key not in ignored
                     and isinstance(value, (str, int, float, bool, type(None)))
                 },  # fmt: skip
                 "projection_dim": self.embedding_dim,

@@ -1,0 +1,248 @@
+"""One segmenter interface for every command and the demo, with a PyTorch and an ONNX backend.
+
+`load_segmenter(model)` returns a `TorchSegmenter` for a checkpoint (Hub id or folder) and an `OnnxSegmenter` for a
+folder written by `naclip export` (it runs on onnxruntime and NumPy; this module imports neither torch nor
+transformers for it). Callers use the `Segmenter` methods only and never ask which backend they have:
+
+- `encode_classes(classes)`: the text side of a label set (`classes`, `class_labels`, `name_to_class`,
+  `text_embeds`), cached on disk;
+- `segment(image, label_set, **options)`: `segmentation` [H, W], `probabilities` [classes, H, W] and `logits`
+  [names, h, w] of one image;
+- `attention_maps(image, point, methods)`: the last layer's attention of one patch per method (a backend that
+  cannot compute it raises a `ValueError` saying what to use instead);
+- `settings`, `short_side`, `save_scores(...)`.
+
+Example:
+
+```python
+>>> segmenter = load_segmenter("openai/clip-vit-base-patch16")  # or an export folder
+>>> label_set = segmenter.encode_classes(["sky", "road, street"])
+>>> segmenter.segment("photo.jpg", label_set, pamr_steps=0).segmentation.shape  # (H, W)
+```
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .models.naclip.options import CONFIG_SETTINGS, DEFAULTS
+
+
+class Segmenter(ABC):
+    """Open-vocabulary segmentation of images into classes named in text, on one loaded model.
+
+    Attributes:
+        source: the model as given (Hub id or folder).
+        exported: whether the model is an ONNX export (for messages; behaviour goes through the methods).
+        supports_attention_maps: whether `attention_maps` can run.
+    """
+
+    source: str
+    exported: bool = False
+    supports_attention_maps: bool = False
+
+    @property
+    @abstractmethod
+    def config(self) -> Any:
+        """The model's settings as attributes (`config.pamr_steps`, ...)."""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every NACLIP setting of the model's config, by name."""
+        return {name: getattr(self.config, name) for name in CONFIG_SETTINGS}
+
+    @property
+    @abstractmethod
+    def short_side(self) -> int:
+        """The short side images are resized to by default."""
+
+    @abstractmethod
+    def encode_classes(
+        self,
+        classes: Sequence[str | Sequence[str]] | None,
+        *,
+        templates: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike | bool | None = True,
+    ) -> Any:
+        """The text side of a label set (class entries: a string per class, synonyms after commas, or a list of
+        names), with `classes`, `class_labels`, `name_to_class` and `text_embeds`; from the disk cache when
+        `cache_dir` is set (True: the default folder)."""
+
+    @abstractmethod
+    def segment(
+        self,
+        image: Any,
+        label_set: Any,
+        *,
+        short_side: int | None = None,
+        return_probabilities: bool = True,
+        max_tile_bytes: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """Segment one image (path, URL, PIL image or array) into the classes of `label_set`.
+
+        `options`: per-call settings (sliding windows, last block where the backend allows it, post-processing,
+        `method=NAME`); defaults: the model's config. Returns `segmentation` [H, W] (class ids), `probabilities`
+        [classes, H, W] (None without `return_probabilities`, where the backend can skip them) and `logits`
+        [names, h, w].
+        """
+
+    @abstractmethod
+    def save_scores(self, path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
+        """Write `logits`, `probabilities` and `segmentation` of `result` to a safetensors file, atomically."""
+
+    def attention_maps(
+        self, image: Any, point: tuple[float, float], methods: Sequence[str], *, short_side: int | None = None
+    ) -> Any:
+        """The last layer's attention of the patch under `point` = (x, y), per method (see
+        `naclip_hf.attention_maps.attention_maps`)."""
+        raise ValueError(
+            f"The model {self.source} cannot show attention maps: an exported ONNX graph returns the segmentation "
+            "logits only. Use the PyTorch checkpoint it was exported from (a Hub id such as "
+            "openai/clip-vit-base-patch16, or a local folder)."
+        )
+
+
+class TorchSegmenter(Segmenter):
+    """The PyTorch backend: a `NACLIPForSemanticSegmentation` and its processor (see `naclip_hf.inference`)."""
+
+    supports_attention_maps = True
+
+    def __init__(self, model: Any, processor: Any, source: str | os.PathLike | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.source = str(source if source is not None else getattr(model, "name_or_path", ""))
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def short_side(self) -> int:
+        return int(getattr(self.processor.image_processor, "short_side", DEFAULTS["short_side"]))
+
+    def encode_classes(
+        self,
+        classes: Sequence[str | Sequence[str]] | None,
+        *,
+        templates: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike | bool | None = True,
+    ) -> Any:
+        from .inference import encode_classes
+
+        return encode_classes(self.model, self.processor, classes, templates=templates, cache_dir=cache_dir)
+
+    def segment(
+        self,
+        image: Any,
+        label_set: Any,
+        *,
+        short_side: int | None = None,
+        return_probabilities: bool = True,
+        max_tile_bytes: int | None = None,
+        **options: Any,
+    ) -> Any:
+        from .inference import segment_image
+
+        return segment_image(
+            self.model, self.processor, image, label_set, short_side, return_probabilities=return_probabilities,
+            max_tile_bytes=max_tile_bytes, **options,
+        )  # fmt: skip
+
+    def save_scores(self, path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
+        from .inference import save_scores
+
+        save_scores(path, result, metadata)
+
+    def attention_maps(
+        self, image: Any, point: tuple[float, float], methods: Sequence[str], *, short_side: int | None = None
+    ) -> Any:
+        from .attention_maps import attention_maps
+
+        return attention_maps(self.model, self.processor, image, point, methods, short_side=short_side)
+
+
+class OnnxSegmenter(Segmenter):
+    """The ONNX backend: a folder written by `naclip export`, run by `naclip_hf.export.runtime.ExportedSegmenter`
+    (onnxruntime and NumPy; no torch, no transformers)."""
+
+    exported = True
+
+    def __init__(self, runtime: Any, source: str | os.PathLike | None = None) -> None:
+        self.runtime = runtime
+        self.source = str(source if source is not None else runtime.folder)
+
+    @property
+    def config(self) -> Any:
+        return self.runtime.config
+
+    @property
+    def short_side(self) -> int:
+        return int(self.runtime.config.short_side)
+
+    def encode_classes(
+        self,
+        classes: Sequence[str | Sequence[str]] | None,
+        *,
+        templates: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike | bool | None = True,
+    ) -> Any:
+        return self.runtime.encode_classes(classes, templates, cache_dir)
+
+    def segment(
+        self,
+        image: Any,
+        label_set: Any,
+        *,
+        short_side: int | None = None,
+        return_probabilities: bool = True,
+        max_tile_bytes: int | None = None,
+        **options: Any,
+    ) -> Any:
+        # The NumPy post-processing always builds the probabilities; it runs whole images (no tiles).
+        return self.runtime.segment(image, label_set, short_side=short_side, **options)
+
+    def save_scores(self, path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
+        from .export.runtime import save_scores
+
+        save_scores(path, result, metadata)
+
+
+def load_segmenter(
+    model: str | os.PathLike,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    quantized: bool = False,
+    device: str | None = None,
+    dtype: Any = None,
+) -> Segmenter:
+    """The segmenter of `model`: an export folder (`onnx/model.onnx` inside) runs on onnxruntime, anything else is a
+    PyTorch checkpoint (Hub id or folder, see `naclip_hf.inference.load_model`).
+
+    Args:
+        overrides: settings for every call, on top of the model's.
+        quantized: run an export's int8 graph (`naclip export --quantize`); refused for a PyTorch checkpoint.
+        device, dtype: where and in which precision a PyTorch model runs (`dtype`: a torch dtype or its name;
+            None: float32).
+    """
+    from .export.runtime import ExportedSegmenter, is_exported_folder
+
+    if is_exported_folder(model):
+        return OnnxSegmenter(ExportedSegmenter(model, overrides, quantized=quantized), model)
+    if quantized:
+        raise ValueError(
+            f"--quantized runs the int8 graph of an exported model, but {model} is a PyTorch checkpoint; export it "
+            "with `naclip export MODEL OUT --quantize` and pass --model OUT, or leave out --quantized."
+        )
+    from .inference import load_model, load_processor
+
+    kwargs: dict[str, Any] = {} if device is None else {"device": device}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return TorchSegmenter(load_model(model, overrides, **kwargs), load_processor(model), model)
+
+
+__all__ = ["OnnxSegmenter", "Segmenter", "TorchSegmenter", "load_segmenter"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import torch
 
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
@@ -93,3 +95,28 @@ def case_settings(manifest: dict, case_id: str) -> tuple[dict, dict]:
         "slide_stride": int(merged["slide_stride"]),
     }
     return case, overrides
+
+
+# Python code to run first in a subprocess that must not import torch or transformers: importing them raises.
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Blocked(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Blocked())
+    """
+)
+
+
+def apply_area_threshold(probabilities: torch.Tensor, area_thd: float) -> torch.Tensor:
+    """SCLIP's area threshold on whole-image class probabilities [classes, H, W], untiled: a copy with the classes
+    that `area_threshold_keep` drops set to 0 (the reference for `post_process_image`'s tiled version)."""
+    from naclip_hf.models.naclip.postprocessing_naclip import area_threshold_keep, drop_classes
+
+    counts = torch.bincount(probabilities.argmax(dim=0).reshape(-1), minlength=probabilities.shape[0])
+    return drop_classes(probabilities.clone(), area_threshold_keep(counts, area_thd))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import GRID, last_attention, last_layer_projections, tiny_model
+from helpers import GRID, apply_area_threshold, last_attention, last_layer_projections, tiny_model
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
 from naclip_hf.cli import main
 from naclip_hf.methods import (
@@ -19,13 +19,12 @@ from naclip_hf.methods import (
     PublishedResult,
     combine_settings,
     comparison_table,
-    expand_method,
     get_method,
     register_method,
 )
 from naclip_hf.models.naclip.modeling_naclip import gaussian_neighbourhood_bias
-from naclip_hf.models.naclip.options import DEFAULTS
-from naclip_hf.models.naclip.postprocessing_naclip import apply_area_threshold, area_threshold_keep, post_process_image
+from naclip_hf.models.naclip.options import DEFAULTS, method_settings
+from naclip_hf.models.naclip.postprocessing_naclip import area_threshold_keep, post_process_image
 
 BUILT_IN = ("naclip", "clip", "maskclip", "sclip", "clearclip")
 
@@ -205,10 +204,9 @@ def test_published_averages_match_the_numbers(name):
             assert abs(sum(result.miou.values()) / 8 - result.average) <= 0.05 + 1e-9
 
 
-def test_expand_method_and_errors():
-    assert expand_method({"method": "sclip", "pamr_steps": 3})["pamr_steps"] == 3
-    assert expand_method({"method": "sclip"})["attn_strategy"] == "csa"
-    assert expand_method({"prob_thd": 0.1}) == {"prob_thd": 0.1}
+def test_method_settings_and_errors():
+    assert method_settings("sclip", {"pamr_steps": 3})["pamr_steps"] == 3
+    assert method_settings("sclip")["attn_strategy"] == "csa"
     with pytest.raises(ValueError, match="Unknown method 'nope'.*naclip.*register_method"):
         get_method("nope")
     with pytest.raises(ValueError, match="attn_strategy='csa'"):

@@ -175,11 +175,6 @@ def register_benchmark(benchmark: Benchmark, replace: bool = False) -> Benchmark
     return benchmark
 
 
-def benchmark_names() -> tuple[str, ...]:
-    """The names of the registered benchmarks, in registration order."""
-    return tuple(BENCHMARKS)
-
-
 def get_benchmark(name: str | Benchmark) -> Benchmark:
     """The benchmark called `name` (a `Benchmark` is returned as is); `ValueError` listing the valid names."""
     if isinstance(name, Benchmark):
@@ -244,21 +239,11 @@ for _benchmark in (
 del _benchmark
 
 
-def describe_benchmarks() -> str:
-    """One line per benchmark for help texts: name, classes, inference mode."""
-    return "; ".join(
-        f"{b.name} ({b.num_classes} classes, {'whole image' if b.inference_mode == 'whole' else 'sliding windows'})"
-        for b in BENCHMARKS.values()
-    )
-
-
 __all__ = [
     "BENCHMARKS",
     "CLASS_FILES_FOLDER",
     "PUBLISHED_KEYS",
     "Benchmark",
-    "benchmark_names",
-    "describe_benchmarks",
     "get_benchmark",
     "paper_benchmarks",
     "register_benchmark",

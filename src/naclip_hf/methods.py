@@ -180,16 +180,6 @@ def combine_settings(
     return check_settings(settings)
 
 
-def expand_method(options: Mapping[str, Any]) -> dict[str, Any]:
-    """`options` with its `method` entry (if any, and not None) replaced by that method's settings, which the other
-    options override. Raises `ValueError` for an unknown method."""
-    options = dict(options)
-    name = options.pop("method", None)
-    if name is None:
-        return options
-    return {**get_method(name).settings, **options}
-
-
 def describe_methods() -> str:
     """One line per method for help texts: name, title and what it changes."""
     return "; ".join(f"{m.name} ({m.title}: {m.summary})" for m in METHODS.values())
@@ -364,7 +354,6 @@ __all__ = [
     "combine_settings",
     "comparison_table",
     "describe_methods",
-    "expand_method",
     "format_settings",
     "get_method",
     "method_names",

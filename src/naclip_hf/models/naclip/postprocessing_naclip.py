@@ -353,13 +353,6 @@ def drop_classes(probabilities: torch.Tensor, keep: torch.Tensor) -> torch.Tenso
     return probabilities.mul_(keep.to(probabilities.dtype).view(-1, 1, 1))
 
 
-def apply_area_threshold(probabilities: torch.Tensor, area_thd: float) -> torch.Tensor:
-    """SCLIP's area threshold on whole-image class probabilities [classes, H, W]: a copy with the classes that
-    `area_threshold_keep` drops set to 0 (`post_process_image` applies it tile by tile with the same result)."""
-    counts = torch.bincount(probabilities.argmax(dim=0).reshape(-1), minlength=probabilities.shape[0])
-    return drop_classes(probabilities.clone(), area_threshold_keep(counts, area_thd))
-
-
 @torch.no_grad()
 def post_process_image(
     logits: torch.Tensor,
@@ -463,6 +456,6 @@ def post_process_image(
 
 
 __all__ = ["DEFAULT_MAX_TILE_BYTES", "NEIGHBOUR_OFFSETS", "WINDOW_OFFSETS", "ImagePostProcessing",
-           "apply_area_threshold", "area_threshold_keep", "drop_classes", "estimate_post_processing_bytes", "pamr",
+           "area_threshold_keep", "drop_classes", "estimate_post_processing_bytes", "pamr",
            "pamr_affinity", "pamr_halo", "plan_tiles", "post_process_image", "post_process_logits",
            "upsample_region"]  # fmt: skip

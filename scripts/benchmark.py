@@ -9,6 +9,9 @@ Sections (run in this order; `--sections` picks some, default all)
     pamr          PAMR refinement of the upsampled logit maps, ours next to the reference formulation
     e2e           `segment_image` end to end (class embeddings precomputed), ours next to the baseline
     bf16          end to end with the model in bfloat16, against ours in fp32
+    precision     fp32 and bf16 per image (7 and 13 names), stage by stage; the bf16 tower vs the bf16 matmul rate
+    clipseg       transformers' CLIPSeg (ViT-B/16, 352 px, one backbone pass per prompt) vs ours, 7 and 150 classes,
+                  fp32 and bf16
     text          text classifier for N names x 80 templates; its second call from the disk cache
     startup       `naclip --help` vs `import torch`, import and load times, `naclip segment` first and repeat
                   calls vs the baseline command
@@ -78,7 +81,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from bench import batch_sizes, e2e, kept_memory, onnx, pamr, scale, startup, text, vision  # noqa: E402
+from bench import (  # noqa: E402
+    batch_sizes,
+    clipseg,
+    e2e,
+    kept_memory,
+    onnx,
+    pamr,
+    precision,
+    scale,
+    startup,
+    text,
+    vision,
+)
 from bench.common import (  # noqa: E402
     QUICK,
     Context,
@@ -101,6 +116,8 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "pamr": pamr.run,
     "e2e": e2e.run,
     "bf16": e2e.run_bf16,
+    "precision": precision.run,
+    "clipseg": clipseg.run,
     "text": text.run,
     "startup": startup.run,
     "onnx": onnx.run,

@@ -96,34 +96,39 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/x.jpg"
 
 
-class _HubDownHandler(http.server.BaseHTTPRequestHandler):
-    """Answers every request with 503 (a Hub that is down) and records its path."""
+class _FakeHubHandler(http.server.BaseHTTPRequestHandler):
+    """Records each request's path and answers with the server's `answer`: (status, headers)."""
 
-    def _unavailable(self) -> None:
+    def _answer(self) -> None:
         self.server.paths.append(self.path)  # type: ignore[attr-defined]
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
+        status, headers = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": "0"}.items():
+            self.send_header(name, value)
         self.end_headers()
 
-    do_GET = do_HEAD = do_POST = _unavailable
+    do_GET = do_HEAD = do_POST = _answer
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 @pytest.fixture
-def hub_down():
-    """A stand-in for the Hugging Face Hub on 127.0.0.1 that answers 503 to everything, for the test's duration (and
-    at most 120 s): (endpoint URL for HF_ENDPOINT, list of the paths requested so far)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubDownHandler)
+def fake_hub():
+    """A stand-in for the Hugging Face Hub on 127.0.0.1, for the test's duration (and at most 120 s). It answers
+    every request with `fake_hub.answer` (default: 503, a Hub that is down) and records the paths asked in
+    `fake_hub.paths`; `fake_hub.url` is its endpoint (for HF_ENDPOINT)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHubHandler)
     server.paths = []  # type: ignore[attr-defined]
+    server.answer = (503, {})  # type: ignore[attr-defined]
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     deadline = threading.Timer(120, server.shutdown)
     deadline.daemon = True
     thread.start()
     deadline.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", server.paths  # type: ignore[attr-defined]
+        yield server
     finally:
         deadline.cancel()
         server.shutdown()

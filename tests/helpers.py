@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import torch
@@ -120,3 +121,15 @@ def apply_area_threshold(probabilities: torch.Tensor, area_thd: float) -> torch.
 
     counts = torch.bincount(probabilities.argmax(dim=0).reshape(-1), minlength=probabilities.shape[0])
     return drop_classes(probabilities.clone(), area_threshold_keep(counts, area_thd))
+
+
+# The progress bars of naclip's own commands (tqdm lines "DESCRIPTION: NN%|...").
+_OWN_PROGRESS_BARS = re.compile(
+    r"(naclip segment(?: \[\d+ processes\])?|naclip label \[shard \d+/\d+\]|voc21):[^\r\n]*"
+)
+
+
+def without_own_progress_bars(stderr: str) -> str:
+    """`stderr` of a naclip command without the command's own progress bars (which appear only when the work lasts
+    long enough) and blank space: what is left was printed by something else."""
+    return _OWN_PROGRESS_BARS.sub("", stderr).strip()

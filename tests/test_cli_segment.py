@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import without_own_progress_bars
 from naclip_hf.benchmarks import BENCHMARKS, get_benchmark
 from naclip_hf.cli import DEFAULT_OUT_DIR, main
 from naclip_hf.inference import encode_classes, load_model, load_processor, segment_image
@@ -112,7 +113,7 @@ def test_console_script_on_a_folder(tiny_checkpoint, images, tmp_path):
                "--set", f"short_side={SHORT_SIDE}", "--out", str(out), "--scores"]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
-    assert "naclip segment" in completed.stderr and "3/3" in completed.stderr  # the progress bar
+    assert without_own_progress_bars(completed.stderr) == ""  # a progress bar only if the work lasted long enough
     from safetensors.torch import load_file
 
     stems = ["coffee", "halves", "noise"]  # sorted by file name; notes.txt is not an image

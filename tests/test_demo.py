@@ -484,14 +484,19 @@ def test_exported_demo_segments_as_the_runtime(exported_demo):
     )
 
 
-def test_exported_demo_explains_unknown_classes_and_the_fixed_block(exported_demo):
+def test_exported_demo_takes_new_classes_and_explains_the_fixed_block(exported_demo):
     import gradio as gr
+    from PIL import Image
+
+    from naclip_hf.export.runtime import ExportedSegmenter
 
     out, demo = exported_demo
     segment = _segment_function(demo)
     image = str(example_image_path())
-    with pytest.raises(gr.Error, match=r"no text embedding for 'bird'.*stores .*'sky'.*'cat'.*export"):
-        segment(image, "cat\nbird")
+    _, rows, label_map_path = segment(image, "cat\nbird")  # 'bird' is not stored: the exported text model embeds it
+    expected = ExportedSegmenter(out).segment(image, ["cat", "bird"]).segmentation
+    assert np.array_equal(np.asarray(Image.open(label_map_path)), expected)
+    assert "exported text model embeds them" in _component(demo, "model-note").value
     with pytest.raises(gr.Error, match=r"fixed in its graph.*the method 'sclip' needs arch='vanilla'.*PyTorch"):
         segment(image, "cat\nsky", method="sclip")
     with pytest.raises(gr.Error, match=r"fixed in its graph.*you asked for attn_strategy='kk'"):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from helpers import BLOCK_TORCH  # noqa: E402
 from naclip_hf.cli import main  # noqa: E402
 from naclip_hf.export import runtime  # noqa: E402
 from naclip_hf.export.onnx_export import export_graph, graph_position_embeddings  # noqa: E402
@@ -29,20 +30,6 @@ from naclip_hf.models.naclip.postprocessing_naclip import post_process_logits as
 # (height, width, names): a non-square input that needs positional interpolation, the pretrained 224 grid (no
 # interpolation), and one with pixels past the last full patch; one and five names.
 GRAPH_CASES = [(48, 80, 1), (48, 80, 5), (224, 224, 1), (224, 224, 5), (83, 50, 1), (83, 50, 5)]
-# Run in a subprocess before anything else: torch and transformers cannot be imported.
-BLOCK_TORCH = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    class Blocked(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "transformers"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Blocked())
-    """
-)
 
 
 def _graph_logits(path: Path, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> np.ndarray:
@@ -120,8 +107,9 @@ def test_exported_graph_of_other_strategies_equals_pytorch(tiny_checkpoint, tmp_
 
 def test_export_folder_layout(exported, manifest):
     files = {str(path.relative_to(exported)) for path in exported.rglob("*") if path.is_file()}
-    expected = {"onnx/model.onnx", "onnx/model_quantized.onnx", "config.json", "preprocessor_config.json",
-                "tokenizer.json", "tokenizer_config.json", "classes.json", "class_embeddings.safetensors"}  # fmt: skip
+    expected = {"onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/text_model.onnx", "config.json",
+                "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "classes.json",
+                "class_embeddings.safetensors"}  # fmt: skip
     assert expected <= files
     assert not [name for name in files if name.endswith(".py")]
     classes = json.loads((exported / "classes.json").read_text())
@@ -193,17 +181,14 @@ def test_runtime_segments_as_pytorch(exported, pytorch_side, golden, image, opti
     assert (result.segmentation == expected.segmentation.numpy()).mean() >= 0.999
 
 
-def test_runtime_takes_stored_names_in_any_grouping_and_refuses_others(exported):
+def test_runtime_reads_stored_names_in_any_grouping_without_the_text_graph(exported):
     segmenter = runtime.ExportedSegmenter(exported)
     subset = segmenter.encode_classes(["cat", "tv monitor, monitor"])
     stored = segmenter.encode_classes()
     names = [name for names in stored.classes for name in names]
     assert np.array_equal(subset.text_embeds[0], stored.text_embeds[names.index("cat")])
     assert subset.name_to_class.tolist() == [0, 1, 1]
-    with pytest.raises(ValueError, match="no text embedding for 'zebra'.*export it again"):
-        segmenter.encode_classes(["cat", "zebra"])
-    with pytest.raises(ValueError, match="other prompt templates"):
-        segmenter.encode_classes(["cat"], templates=["a {}."])
+    assert segmenter._text_tower is None  # stored names never load the text graph
     with pytest.raises(ValueError, match="attn_strategy='kk' cannot be changed.*--set attn_strategy"):
         runtime.ExportedSegmenter(exported, {"attn_strategy": "kk"})
 

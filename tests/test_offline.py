@@ -2,7 +2,7 @@
 to do (no retries, no traceback), offers an offline try on the tiny test CLIP, and `HF_HUB_OFFLINE=1` never
 contacts the Hub. The Hub here is a local stand-in that answers 503, or a port nothing listens on.
 
-How long the failure takes is printed (`pytest -s`), not asserted; `scripts/offline_first_run.sh` times the README
+How long the failure takes is printed (`pytest -s`), not asserted; `scripts/offline_first_run.py` times the README
 command on this machine."""
 
 from __future__ import annotations
@@ -25,14 +25,11 @@ from naclip_hf.models.naclip.options import DEFAULT_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
 README_COMMAND = ["segment", "examples/coffee.jpg", "--labels-file", "examples/labels.txt"]
-# huggingface_hub asks the Hub for its registry of AI agents at most once a day (best effort, 3 s timeout) when
-# telemetry is on; that request is not about the checkpoint.
-AGENT_REGISTRY = "/api/agent-harnesses"
 
 
 def run_naclip(argv: list[str], endpoint: str, tmp_path: Path, cwd: Path = REPO, **env: str) -> tuple:
     """`naclip ARGV` in a fresh process with the Hub at `endpoint`, an empty Hugging Face cache, and none of the
-    test suite's offline switches: (completed process, seconds taken)."""
+    test suite's offline switches (telemetry on, as for a user): (completed process, seconds taken)."""
     environment = {key: value for key, value in os.environ.items()
                    if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")}  # fmt: skip
     environment.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"), **env)
@@ -40,13 +37,6 @@ def run_naclip(argv: list[str], endpoint: str, tmp_path: Path, cwd: Path = REPO,
     completed = subprocess.run([sys.executable, "-m", "naclip_hf.cli", *argv], cwd=cwd, env=environment,
                                capture_output=True, text=True, timeout=300)  # fmt: skip
     return completed, time.perf_counter() - start
-
-
-def checkpoint_requests(paths: list[str]) -> list[str]:
-    """The requests of `paths` other than huggingface_hub's agent registry (which must be the only other one)."""
-    others = [path for path in paths if not path.startswith(AGENT_REGISTRY)]
-    assert len(paths) - len(others) <= 1, paths
-    return others
 
 
 def assert_how_to_get_it(message: str, option: str | None = "--model") -> None:
@@ -59,8 +49,8 @@ def assert_how_to_get_it(message: str, option: str | None = "--model") -> None:
     assert "segmentation is meaningless" in message and "openai_clip_tiny.safetensors tiny-clip" in message
 
 
-def test_first_run_without_the_hub_stops_at_once_and_offers_an_offline_try(hub_down, tmp_path, capsys, monkeypatch):
-    endpoint, paths = hub_down
+def test_first_run_without_the_hub_stops_at_once_and_offers_an_offline_try(fake_hub, tmp_path, capsys, monkeypatch):
+    endpoint = fake_hub.url
     work = tmp_path / "work"
     work.mkdir()
     argv = ["segment", str(REPO / "examples/coffee.jpg"), "--labels-file", str(REPO / "examples/labels.txt"),
@@ -74,7 +64,7 @@ def test_first_run_without_the_hub_stops_at_once_and_offers_an_offline_try(hub_d
                             "downloaded: the Hugging Face Hub"), error  # fmt: skip
     assert f"({endpoint}) cannot be reached (the Hub answered HTTP 503; no network, or the Hub is down)" in error
     assert_how_to_get_it(error)
-    assert checkpoint_requests(paths) == ["/openai/clip-vit-base-patch16/resolve/main/config.json"]
+    assert fake_hub.paths == ["/openai/clip-vit-base-patch16/resolve/main/config.json"]  # asked once
 
     # The offered try works as written: convert the tiny CLIP, then run the same command with --model tiny-clip.
     (convert_line,) = [line for line in error.splitlines() if line.strip().startswith("naclip convert ")]
@@ -99,20 +89,18 @@ def test_no_network_fails_at_once_without_retries(closed_port_url, tmp_path):
     assert "naclip convert tests/fixtures/golden/openai_clip_tiny.safetensors tiny-clip" in completed.stderr
 
 
-def test_offline_mode_never_contacts_the_hub(hub_down, tmp_path):
-    endpoint, paths = hub_down
-    completed, seconds = run_naclip([*README_COMMAND, "--out", str(tmp_path / "out")], endpoint, tmp_path,
+def test_offline_mode_never_contacts_the_hub(fake_hub, tmp_path):
+    completed, seconds = run_naclip([*README_COMMAND, "--out", str(tmp_path / "out")], fake_hub.url, tmp_path,
                                     HF_HUB_OFFLINE="1")  # fmt: skip
     print(f"\nHF_HUB_OFFLINE=1: failed after {seconds:.1f} s")
-    assert completed.returncode == 2 and paths == []
+    assert completed.returncode == 2 and fake_hub.paths == []
     assert "is not in the local cache" in completed.stderr
     assert "offline mode is on (HF_HUB_OFFLINE=1), so it is not downloaded" in completed.stderr
     assert_how_to_get_it(completed.stderr)
 
 
-def test_a_cached_checkpoint_loads_from_the_cache_when_the_hub_is_down(hub_down, tmp_path, tiny_checkpoint):
+def test_a_cached_checkpoint_loads_from_the_cache_when_the_hub_is_down(fake_hub, tmp_path, tiny_checkpoint):
     """A Hub checkpoint downloaded earlier is read from its cache folder: the Hub is asked once, briefly."""
-    endpoint, paths = hub_down
     repo = tmp_path / "hf-home" / "hub" / "models--naclip-test--tiny"
     shutil.copytree(tiny_checkpoint, repo / "snapshots" / "0123abcd")
     (repo / "refs").mkdir()
@@ -120,12 +108,23 @@ def test_a_cached_checkpoint_loads_from_the_cache_when_the_hub_is_down(hub_down,
     out = tmp_path / "out"
     completed, seconds = run_naclip(
         ["segment", str(REPO / "examples/coffee.jpg"), "--labels", "cup", "table", "--model", "naclip-test/tiny",
-         "--set", "short_side=64", "--out", str(out)], endpoint, tmp_path,
+         "--set", "short_side=64", "--out", str(out)], fake_hub.url, tmp_path,
     )  # fmt: skip
     print(f"\ncached checkpoint, Hub down: {seconds:.1f} s")
     assert completed.returncode == 0, completed.stderr
     assert completed.stderr == "" and (out / "coffee_overlay.png").is_file()
-    assert checkpoint_requests(paths) == ["/naclip-test/tiny/resolve/main/config.json"]
+    assert fake_hub.paths == ["/naclip-test/tiny/resolve/main/config.json"]
+
+
+def test_a_hub_id_the_hub_does_not_have_is_named(fake_hub, tmp_path):
+    fake_hub.answer = (401, {"X-Error-Code": "RepoNotFound"})  # as the Hub answers for an unknown repository
+    completed, _ = run_naclip([*README_COMMAND, "--model", "clip-b16", "--out", str(tmp_path / "out")], fake_hub.url,
+                              tmp_path)  # fmt: skip
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert completed.stderr.startswith(
+        "naclip segment: error: --model clip-b16 is not a folder here, and there is no model clip-b16 on the Hub"
+    ), completed.stderr
+    assert fake_hub.paths == ["/clip-b16/resolve/main/config.json"]
 
 
 def test_the_library_and_the_pipeline_fail_at_once_in_offline_mode(monkeypatch, tmp_path, capsys):

@@ -158,9 +158,9 @@ def best_times(candidates: dict[str, Callable[[], Any]], repeats: int) -> dict[s
     return {name: min(values) for name, values in times.items()}
 
 
-def matmul_rate(size: int = 2048, calls: int = 20) -> float:
-    """Best fp32 FLOP/s of `torch.mm` on two size x size matrices, over `calls` calls."""
-    left, right = torch.randn(size, size), torch.randn(size, size)
+def matmul_rate(size: int = 2048, calls: int = 20, dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of `torch.mm` on two size x size matrices of `dtype` (default fp32), over `calls` calls."""
+    left, right = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(left, right)
     return 2 * size**3 / min(timed(lambda: torch.mm(left, right)) for _ in range(calls))
 
@@ -253,13 +253,26 @@ class Context:
 
     @cached_property
     def model(self) -> NACLIPForSemanticSegmentation:
+        model = build_model(self.setting, **self._model_settings())
+        return model.to(torch.bfloat16) if self.args.dtype == "bf16" else model
+
+    def model_in(self, dtype: torch.dtype) -> NACLIPForSemanticSegmentation:
+        """The run's model in `dtype`: `model` itself when it has that dtype, else a copy built once (same weights,
+        same settings)."""
+        if self.model.dtype == dtype:
+            return self.model
+        copies = self.shared.setdefault("models_by_dtype", {})
+        if dtype not in copies:
+            copies[dtype] = build_model(self.setting, **self._model_settings()).to(dtype)
+        return copies[dtype]
+
+    def _model_settings(self) -> dict[str, int]:
         settings = {}
         if self.args.slide_batch_size:
             settings["slide_batch_size"] = self.args.slide_batch_size
         if self.args.text_batch_size:
             settings["text_batch_size"] = self.args.text_batch_size
-        model = build_model(self.setting, **settings)
-        return model.to(torch.bfloat16) if self.args.dtype == "bf16" else model
+        return settings
 
     @cached_property
     def baseline_model(self) -> NACLIPForSemanticSegmentation:

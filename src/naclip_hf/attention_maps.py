@@ -45,6 +45,26 @@ def block_settings(method: str | Method, overrides: Mapping[str, Any] | None = N
     return {name: settings[name] for name in names_of_stage("block") if name in settings}
 
 
+def check_methods(
+    model: Any, methods: Sequence[str | Method] | str | Method, overrides: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """{method name: its last-block settings} for `methods`, checked against `model` (`ValueError` naming a method
+    this model cannot run, or asking for one when none is given)."""
+    if isinstance(methods, (str, Method)):
+        methods = [methods]
+    if not methods:
+        raise ValueError("No method chosen: pick at least one method to compare.")
+    settings = {}
+    for method in methods:
+        method = get_method(method)
+        try:
+            model.config.inference_options(**block_settings(method, overrides))
+        except ValueError as error:
+            raise ValueError(f"Method {method.name!r}: {error}") from None
+        settings[method.name] = block_settings(method, overrides)
+    return settings
+
+
 def attention_maps(
     model: Any,
     processor: Any,
@@ -73,18 +93,7 @@ def attention_maps(
     """
     import torch
 
-    if isinstance(methods, (str, Method)):
-        methods = [methods]
-    if not methods:
-        raise ValueError("No method chosen: pick at least one method to compare.")
-    settings = {}
-    for method in methods:
-        method = get_method(method)
-        try:
-            model.config.inference_options(**block_settings(method, overrides))
-        except ValueError as error:
-            raise ValueError(f"Method {method.name!r}: {error}") from None
-        settings[method.name] = block_settings(method, overrides)
+    settings = check_methods(model, methods, overrides)
     rgb = load_image(image)
     pixel_values = processor.image_processor(rgb, short_side=short_side)["pixel_values"]
     if isinstance(pixel_values, list):
@@ -136,4 +145,4 @@ def _heat(on_grid: Any, covered: tuple[int, int], size: tuple[int, int]) -> np.n
     return (heat / heat.max().clamp(min=1e-12)).cpu().numpy().astype(np.float32)
 
 
-__all__ = ["PatchAttention", "attention_maps", "block_settings"]
+__all__ = ["PatchAttention", "attention_maps", "block_settings", "check_methods"]

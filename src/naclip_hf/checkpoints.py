@@ -7,7 +7,7 @@ retries. Without network this fails at once with what to do, instead of huggingf
 before transformers' own error. `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`) is honoured: the Hub is never
 contacted, and a checkpoint that is not cached is an immediate error.
 
-Standard library only at import; huggingface_hub is imported for Hub ids only.
+Standard library (and `naclip_hf.models.naclip.options`) at import; huggingface_hub is imported for Hub ids only.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def resolve_checkpoint(
     if constants.is_offline_mode():
         if cached:
             return _from_cache(checkpoint, revision)
-        switch = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+        switch = "HF_HUB_OFFLINE" if _is_set("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
         why = (
             f"The checkpoint {repo_id} is not in the local cache ({constants.HF_HUB_CACHE}), and offline mode is on "
             f"({switch}=1), so it is not downloaded: unset {switch} on a machine with network to download it."
@@ -185,7 +185,11 @@ def _probe_hub(repo_id: str, revision: str | None) -> tuple[str, str] | None:
 
 
 def _ask_hub(repo_id: str, revision: str | None) -> tuple[str, str] | None:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    """One HEAD request for the checkpoint's config, on huggingface_hub's session (its proxies, certificates and
+    offline switch) and with its error types, but without its retries and without the other requests its headers
+    can bring (its agent registry)."""
+    import huggingface_hub
+    from huggingface_hub import constants, get_session, get_token, hf_hub_url
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -193,11 +197,18 @@ def _ask_hub(repo_id: str, revision: str | None) -> tuple[str, str] | None:
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import hf_raise_for_status
 
     timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_PROBE_TIMEOUT)
+    headers = {"user-agent": f"naclip-hf; hf_hub/{huggingface_hub.__version__}"}
+    token = None if constants.HF_HUB_DISABLE_IMPLICIT_TOKEN else get_token()
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     url = hf_hub_url(repo_id, CONFIG_FILE, revision=revision)
     try:
-        get_hf_file_metadata(url, timeout=timeout)  # one request: huggingface_hub retries only when asked to
+        response = get_session().head(url, headers=headers, timeout=timeout, follow_redirects=False)
+        if not 300 <= response.status_code < 400:  # a redirect (a renamed repository, a CDN) is an answer
+            hf_raise_for_status(response)
     except GatedRepoError:
         return "missing", f"the Hub model {repo_id} is gated: accept its terms on the Hub, then `hf auth login`"
     except RepositoryNotFoundError:
@@ -212,6 +223,10 @@ def _ask_hub(repo_id: str, revision: str | None) -> tuple[str, str] | None:
     except Exception as error:  # noqa: BLE001 - DNS, refused connection, timeout, TLS, proxy: the Hub is out of reach
         return "unreachable", _first_line(error)
     return None
+
+
+def _is_set(variable: str) -> bool:
+    return os.environ.get(variable, "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _first_line(error: BaseException) -> str:
@@ -230,12 +245,13 @@ def _unavailable_message(repo_id: str, option: str | None, why: str) -> str:
     """`why` a Hub checkpoint is neither cached nor downloadable, then how to get it and how to try naclip
     offline now."""
     folder = repo_id.rsplit("/", 1)[-1]
+    weights = "ViT-B-16.pt" if repo_id == DEFAULT_CHECKPOINT else "WEIGHTS.pt"  # OpenAI's name for the default's
     use = f"pass its folder with {option} DIR" if option else "load its folder instead of the Hub id"
     lines = [
         why,
         f"Get the checkpoint in one of these ways, then {use}:",
         f"  - on a machine with network: `hf download {repo_id} --local-dir {folder}`, then copy the folder here;",
-        f"  - convert OpenAI CLIP weights: `naclip convert ViT-B-16.pt {folder}`;",
+        f"  - convert OpenAI CLIP weights: `naclip convert {weights} {folder}`;",
         "  - any local folder saved with save_pretrained (config.json + model.safetensors).",
         *offline_try_lines(option),
     ]

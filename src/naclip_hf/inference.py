@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,89 @@ from .registration import register_naclip
 from .text_cache import disk_cache
 
 register_naclip()  # models loaded here also work with transformers' auto classes and pipeline()
+
+logger = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The precisions a model loads in, by name (`load_model(dtype=...)`, `--dtype`); "auto" picks one of them."""
+FAST_BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+"""CPU features (as /proc/cpuinfo names them) that multiply bfloat16 matrices natively."""
+FLOAT16_ON_CPU_ERROR = (
+    "float16 is for GPUs: on the CPU, PyTorch multiplies float16 matrices without native instructions, many times "
+    "slower than float32, and float16 overflows where bfloat16 does not. Use bfloat16 on the CPU (--dtype bfloat16, "
+    "or dtype=torch.bfloat16; fast on CPUs with AMX or AVX512-BF16, which --dtype auto detects), or float32."
+)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, from /proc/cpuinfo (Linux); empty where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_fast_bfloat16(flags: Iterable[str] | None = None) -> bool:
+    """Whether the CPU multiplies bfloat16 matrices natively (AMX-BF16 or AVX512-BF16; see
+    `FAST_BFLOAT16_CPU_FLAGS`), from `flags` (default: `cpu_flags()`; without /proc/cpuinfo, PyTorch's own CPU
+    checks)."""
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    if flags:
+        return any(flag in flags for flag in FAST_BFLOAT16_CPU_FLAGS)
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if callable(check))
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    *,
+    cpu_bfloat16: bool | None = None,
+) -> torch.dtype:
+    """The torch dtype to run a model in, for a `dtype` asked for on `device` (None: the CPU).
+
+    - None or "float32": float32, the default, exact to the official code.
+    - "bfloat16" or "float16" (or the torch dtypes): that precision. float16 on the CPU raises `ValueError` (see
+      `FLOAT16_ON_CPU_ERROR`: slow there, use bfloat16); bfloat16 on a CPU without native bfloat16 logs a warning
+      that float32 is faster there.
+    - "auto": the fastest precision the hardware runs: float16 on a CUDA device; bfloat16 on a CPU with AMX or
+      AVX512-BF16 (`cpu_has_fast_bfloat16`); float32 otherwise.
+
+    `cpu_bfloat16` stands for `cpu_has_fast_bfloat16()` when given. Post-processing runs in float32 whatever the
+    model's dtype.
+
+    Example:
+
+    ```python
+    >>> resolve_dtype("auto", "cpu", cpu_bfloat16=True), resolve_dtype("auto", "cuda"), resolve_dtype(None)
+    (torch.bfloat16, torch.float16, torch.float32)
+    ```
+    """
+    device_type = torch.device("cpu" if device is None else device).type
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        if device_type == "cuda":
+            return torch.float16
+        fast = cpu_has_fast_bfloat16() if cpu_bfloat16 is None else cpu_bfloat16
+        return torch.bfloat16 if device_type == "cpu" and fast else torch.float32
+    resolved = DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if resolved not in DTYPES.values():
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {', '.join(DTYPES)} or 'auto'.")
+    if device_type == "cpu" and resolved == torch.float16:
+        raise ValueError(FLOAT16_ON_CPU_ERROR)
+    if device_type == "cpu" and resolved == torch.bfloat16:
+        if not (cpu_has_fast_bfloat16() if cpu_bfloat16 is None else cpu_bfloat16):
+            logger.warning(
+                "bfloat16 on this CPU (no AMX or AVX512-BF16) runs on a slow fallback, many times slower than float32; "
+                "float32 (the default) is faster here."
+            )
+    return resolved
 
 
 @dataclass
@@ -48,9 +132,14 @@ def load_model(
     model_id_or_path: str | os.PathLike = DEFAULT_CHECKPOINT,
     overrides: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
     **kwargs: Any,
 ) -> NACLIPForSemanticSegmentation:
     """`NACLIPForSemanticSegmentation.from_pretrained` with NACLIP settings set at load time, in eval mode.
+
+    `dtype`: the precision of the weights and activations, resolved for `device` by `resolve_dtype`: float32 by
+    default (whatever dtype the checkpoint was saved in), "bfloat16", "float16" (GPUs), or "auto" (the fastest the
+    hardware runs). Post-processing runs in float32 whatever the model's dtype.
 
     The checkpoint is checked first (`naclip_hf.checkpoints.resolve_checkpoint`): a missing folder, a folder
     without `config.json`, or a Hub id that is neither cached nor downloadable raises an `OSError` at once that
@@ -61,12 +150,14 @@ def load_model(
 
     ```python
     >>> model = load_model("openai/clip-vit-base-patch16", {"pamr_steps": 0})
+    >>> fast = load_model("openai/clip-vit-base-patch16", dtype="auto")  # bfloat16 on CPUs with AMX, ...
     ```
     """
     checkpoint = resolve_checkpoint(model_id_or_path, revision=kwargs.get("revision"))
     overrides = dict(overrides or {})
+    dtype = resolve_dtype(dtype, device)
     try:
-        model = NACLIPForSemanticSegmentation.from_pretrained(checkpoint.source, **overrides, **kwargs)
+        model = NACLIPForSemanticSegmentation.from_pretrained(checkpoint.source, **overrides, dtype=dtype, **kwargs)
     except OSError as error:
         raise OSError(
             f"Could not load the CLIP checkpoint {checkpoint.name!r}: {error}\n"
@@ -180,6 +271,6 @@ def save_scores(path: str | os.PathLike, result: SegmentationResult, metadata: M
     write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata=meta))
 
 
-__all__ = ["ClassEmbeddings", "DEFAULT_CHECKPOINT", "SegmentationResult",
-           "encode_classes", "load_model", "load_processor", "save_scores",
+__all__ = ["ClassEmbeddings", "DEFAULT_CHECKPOINT", "DTYPES", "SegmentationResult", "cpu_has_fast_bfloat16",
+           "encode_classes", "load_model", "load_processor", "resolve_dtype", "save_scores",
            "segment_image", "split_options"]  # fmt: skip

@@ -1,5 +1,5 @@
 """What several commands share: `--set KEY=VALUE` parsing and its help text, `--templates-file`, checking
-`--model` before loading it, keeping third-party libraries quiet. Standard library and
+`--model` before loading it, `--dtype`, keeping third-party libraries quiet. Standard library and
 `naclip_hf.models.naclip.options` only at import."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import textwrap
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ SET_REFUSED: dict[str, str] = {
     "prompt_templates": "--templates-file FILE (one template per line, '{}' where the class name goes)",
 }
 HELP_WIDTH = 100
+# The values of --dtype (see `add_dtype_option`); "auto" is resolved by `naclip_hf.inference.resolve_dtype`.
+DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
 # Seconds of work after which a progress bar appears: shorter work shows none.
 PROGRESS_DELAY = 3.0
 # Libraries whose warnings and hints a command keeps quiet, and the variable each reads its log level from.
@@ -193,6 +196,39 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+DTYPE_HELP = (
+    "precision of the model: float32 (the default; exact to the official code), bfloat16 (fast on CPUs with AMX or "
+    "AVX512-BF16 and on GPUs; slow on other CPUs), float16 (GPUs only), or auto (the fastest this machine runs: "
+    "float16 on a CUDA GPU, bfloat16 on a CPU with AMX or AVX512-BF16, else float32). Similarities, softmax and PAMR "
+    "run in float32 whatever the choice"
+)
+
+
+def add_dtype_option(parser: argparse.ArgumentParser, dtype_help: str = "", help_text: str = DTYPE_HELP) -> None:
+    """`--dtype {float32,bfloat16,float16,auto}` (default None: float32), the precision the model runs in (see
+    `naclip_hf.inference.resolve_dtype`); `dtype_help` is added to its help, `help_text` replaces the rest of it."""
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help=help_text + dtype_help)
+
+
+def check_export_dtype(dtype: str | None, folder: str | os.PathLike) -> str:
+    """The precision of an export written by `naclip export` (fixed in its graph; its config.json's `dtype`,
+    float32 when absent). `--dtype` may be left out, `auto` or that precision; another raises `ValueError`."""
+    import json
+
+    try:
+        recorded = json.loads((Path(folder).expanduser() / "config.json").read_text(encoding="utf-8")).get("dtype")
+    except (OSError, ValueError):
+        recorded = None
+    recorded = recorded if recorded in DTYPE_CHOICES else "float32"
+    if dtype not in (None, "auto", recorded):
+        raise ValueError(
+            f"--dtype {dtype}: {folder} is an ONNX export, which runs in the precision it was exported in "
+            f"({recorded}); drop --dtype, export again with `naclip export ... --dtype {dtype}`, or run the "
+            "PyTorch checkpoint with it."
+        )
+    return recorded
+
+
 def check_model_source(model: str, option: str = "--model") -> None:
     """Check `model` before anything heavy is imported (see `naclip_hf.checkpoints.resolve_checkpoint`): a folder
     must exist and hold config.json; a Hub id must be cached or downloadable (the Hub is asked once, briefly).
@@ -200,6 +236,45 @@ def check_model_source(model: str, option: str = "--model") -> None:
     from ..checkpoints import resolve_checkpoint
 
     resolve_checkpoint(model, option)
+
+
+class DelayedProgress:
+    """A progress bar (tqdm, on stderr) that appears only once the work has lasted `delay` seconds, at an update:
+    short work shows none. `write` prints a line above the bar (or plainly while there is none).
+
+    tqdm's own `delay` is not enough: its `write` redraws a bar that was not shown yet.
+    """
+
+    def __init__(self, total: int, description: str, unit: str, disable: bool = False,
+                 delay: float = PROGRESS_DELAY) -> None:  # fmt: skip
+        self.total, self.description, self.unit = total, description, unit
+        self.disable, self.delay = disable, delay
+        self.done = 0
+        self._start = time.monotonic()
+        self._bar: Any = None
+
+    def update(self, count: int = 1) -> None:
+        """`count` more items done; shows the bar if the work has lasted `delay` seconds and is not finished."""
+        self.done += count
+        if self._bar is not None:
+            self._bar.update(count)
+        elif not self.disable and self.done < self.total and time.monotonic() - self._start >= self.delay:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, initial=self.done, desc=self.description, unit=self.unit,
+                             file=sys.stderr, dynamic_ncols=True, delay=0)  # fmt: skip
+
+    def write(self, line: str, file: Any = None) -> None:
+        """Print `line` to `file` (default stdout) without breaking the bar."""
+        file = sys.stdout if file is None else file
+        if self._bar is None:
+            print(line, file=file, flush=True)
+        else:
+            self._bar.write(line, file=file)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 @contextmanager
@@ -250,13 +325,17 @@ def jsonable(value: Any) -> Any:
 
 __all__ = [
     "CommandError",
+    "DelayedProgress",
     "LIBRARY_VERBOSITY",
     "PROGRESS_DELAY",
+    "DTYPE_CHOICES",
     "SET_REFUSED",
+    "add_dtype_option",
     "add_label_options",
     "add_model_option",
     "add_preset_classes_option",
     "add_set_option",
+    "check_export_dtype",
     "check_model_source",
     "classes_from_options",
     "jsonable",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..methods import METHODS, describe_methods
 from ._common import (
+    add_dtype_option,
     add_label_options,
     add_model_option,
     add_set_option,
@@ -68,6 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--alpha", type=float, default=0.6, metavar="A",
                         help="opacity of the colours over the image, 0 to 1 (default: %(default)s)")  # fmt: skip
     add_model_option(parser)
+    add_dtype_option(parser)
     add_set_option(parser)
     return parser
 
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if templates is not None:
         config_overrides["prompt_templates"] = templates
     per_call = {k: v for k, v in overrides.items() if k not in config_overrides}
-    model = load_model(args.model, config_overrides)
+    model = load_model(args.model, config_overrides, dtype=args.dtype)
     processor = load_processor(args.model)
     if args.attention_at is not None:
         found = attention_maps(model, processor, image, args.attention_at, methods,

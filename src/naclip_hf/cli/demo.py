@@ -8,7 +8,7 @@ import argparse
 import textwrap
 
 from ..methods import DEFAULT_METHOD, describe_methods, method_names
-from ._common import CommandError, add_model_option, check_model_source
+from ._common import CommandError, add_dtype_option, add_model_option, check_model_source
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -81,6 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="requests computed at once (default: naclip_hf.demo.app.DEFAULT_CONCURRENCY); more wait in a queue",
     )  # fmt: skip
     parser.add_argument("--device", default=None, help="torch device for the model, e.g. cuda (default: the CPU)")
+    add_dtype_option(parser, " (auto decides for --device); an export runs in the precision it was exported in")
     return parser
 
 
@@ -97,9 +98,14 @@ def run(args: argparse.Namespace) -> int:
     # An export runs with its stored settings unless a method is named (its last block must then be the graph's).
     method = args.method if args.method or is_exported_folder(args.model) else DEFAULT_METHOD
     demo = build_demo(
-        args.model, method=method, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device
+        args.model, method=method, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device,
+        dtype=args.dtype,
     )
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    # Gradio's own start-up lines (with its advice on share links) are replaced by one line of ours.
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True, quiet=True,
+                prevent_thread_lock=True)  # fmt: skip
+    print(f"naclip demo: serving {args.model} on {demo.share_url or demo.local_url} (Ctrl-C to stop)", flush=True)
+    demo.block_thread()
     return 0
 
 

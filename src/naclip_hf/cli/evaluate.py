@@ -17,6 +17,7 @@ from ..benchmarks import BENCHMARKS, get_benchmark
 from ..methods import METHODS, comparison_table, describe_methods, get_method
 from ._common import (
     CommandError,
+    add_dtype_option,
     add_model_option,
     add_preset_classes_option,
     add_set_option,
@@ -61,6 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     add_preset_classes_option(parser)
     add_model_option(parser)
+    add_dtype_option(parser, "; the results record it")
     parser.add_argument("--pamr", choices=("on", "off"), default=None,
                         help="PAMR refinement on or off (default: the model's setting)")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
@@ -126,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
         transformers_logging.disable_progress_bar()
     overrides = {key: value for key, value in run_settings.items() if key != "short_side"}
-    model = load_model(args.model, overrides, device=accelerator.device if accelerator is not None else None)
+    model = load_model(args.model, overrides, device=accelerator.device if accelerator is not None else None,
+                       dtype=args.dtype)  # fmt: skip
     processor = load_processor(args.model)
     data = str(args.data_root) if args.data_root is not None else str(args.dataset)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..benchmarks import BENCHMARKS, get_benchmark
 from ._common import (
+    add_dtype_option,
     add_label_options,
     add_set_option,
     check_model_source,
@@ -40,6 +41,15 @@ EXAMPLES = """Examples:
   naclip segment photo.jpg --model naclip-onnx --quantized --labels-file labels.txt"""
 
 
+EXPORT_DTYPE_HELP = (
+    "precision of the exported graphs: float32 (the default; exact to the official code; also what auto gives, as "
+    "the graphs run on other machines) or float16 (half the size; onnxruntime's CPU provider runs it by casting to "
+    "float32 where it has no float16 kernel, so it is not faster there; GPUs and WebGPU run it natively; not with "
+    "--quantize). bfloat16 is refused: onnxruntime's CPU provider cannot run bfloat16 graphs. Class embeddings are "
+    "computed in float32 either way"
+)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip export` to the subparsers of `naclip`."""
     parser = subparsers.add_parser(
@@ -64,6 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--quantize", action="store_true",
         help="also write onnx/model_quantized.onnx (weights in 8-bit integers, about 4x smaller)",
     )  # fmt: skip
+    add_dtype_option(parser, help_text=EXPORT_DTYPE_HELP)
     return parser
 
 
@@ -93,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export.onnx_export import export_onnx
 
     report = export_onnx(args.model, out, classes, overrides=overrides, short_side=short_side,
-                         quantize=args.quantize)  # fmt: skip
+                         quantize=args.quantize, dtype=args.dtype)  # fmt: skip
     for name, size in report.files.items():
         print(f"  {name:<36} {size / 2**20:9.2f} MiB")
     what = f"{len(classes)} classes stored" if classes is not None else "no classes stored"

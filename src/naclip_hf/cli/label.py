@@ -21,7 +21,8 @@ from typing import Any
 from ..benchmarks import BENCHMARKS
 from ..methods import METHODS, describe_methods
 from ._common import (
-    PROGRESS_DELAY,
+    DelayedProgress,
+    add_dtype_option,
     add_label_options,
     add_model_option,
     add_preset_classes_option,
@@ -38,9 +39,9 @@ PARTS_SUFFIX = ".parts"
 DESCRIPTION = textwrap.fill(
     "Segment every image of a dataset (a Hub dataset id, a folder saved with save_to_disk, an image folder, or "
     "parquet files) into the classes you name, and save a copy of the dataset with a 'segmentation' column of PNG "
-    "label maps (pixel value = class id, as `naclip segment` writes them). The class names, model and settings are "
-    "stored as JSON in the dataset's info.description. Runs across processes under torchrun or accelerate launch "
-    "(one contiguous shard per process) and resumes by shard.",
+    "label maps (pixel value = class id, as `naclip segment` writes them). The class names, model, dtype and "
+    "settings are stored as JSON in the dataset's info.description. Runs across processes under torchrun or "
+    "accelerate launch (one contiguous shard per process) and resumes by shard.",
     width=100,
 )
 EXAMPLES = """Examples:
@@ -78,6 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=f"use a method's settings: {describe_methods()}")  # fmt: skip
     add_preset_classes_option(parser)
     add_model_option(parser)
+    add_dtype_option(parser)
     add_set_option(parser)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="folder of the new dataset (must not exist, unless --overwrite or a resumed run)")
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(folder, ignore_errors=True)
     group.barrier()
     device = group.device if group.world_size > 1 and not str(group.device).startswith("cpu") else None
-    model = load_model(args.model, overrides, **({"device": device} if device else {}))
+    model = load_model(args.model, overrides, dtype=args.dtype, **({"device": device} if device else {}))
     processor = load_processor(args.model)
     embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
     if short_side is None:
@@ -158,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
     recorded["short_side"] = short_side
     source = {"dataset": str(args.dataset), "split": args.split, "image_column": args.image_column}
     metadata = {"task": "naclip-segmentation", "class_labels": embeddings.class_labels, "classes": embeddings.classes,
-                "model": str(args.model), "preset": preset, "method": args.method, "settings": recorded,
-                "source": source}  # fmt: skip
+                "model": str(args.model), "dtype": str(model.dtype).removeprefix("torch."), "preset": preset,
+                "method": args.method, "settings": recorded, "source": source}  # fmt: skip
 
     shard_dir = parts / f"shard-{group.rank:05d}-of-{group.world_size:05d}"
     error = None
@@ -198,15 +200,13 @@ def _label_shard(
     short_side: int, metadata: dict[str, Any],
 ) -> str | None:
     """Label this process's contiguous shard and save it atomically in `shard_dir`; the error message, if any."""
-    from tqdm import tqdm
-
     from ..fileio import staged_directory
     from ..inference import segment_image
 
     shard = dataset.shard(num_shards=group.world_size, index=group.rank, contiguous=True)
     masks = []
-    bar = tqdm(total=len(shard), desc=f"naclip label [shard {group.rank + 1}/{group.world_size}]",
-               unit="image", file=sys.stderr, disable=not group.is_main, delay=PROGRESS_DELAY)  # fmt: skip
+    bar = DelayedProgress(len(shard), f"naclip label [shard {group.rank + 1}/{group.world_size}]", "image",
+                          disable=not group.is_main)  # fmt: skip
     for row_index in range(len(shard)):
         try:
             image = shard[row_index][args.image_column]

@@ -21,13 +21,15 @@ from typing import Any
 
 from ..benchmarks import BENCHMARKS, get_benchmark
 from ..methods import METHODS, combine_settings, describe_methods
-from ..models.naclip.options import DEFAULTS
+from ..models.naclip.options import DEFAULT_URL_TIMEOUT, DEFAULTS
 from ._common import (
-    PROGRESS_DELAY,
+    DelayedProgress,
+    add_dtype_option,
     add_label_options,
     add_model_option,
     add_preset_classes_option,
     add_set_option,
+    check_export_dtype,
     check_model_source,
     classes_from_options,
     jsonable,
@@ -39,9 +41,6 @@ from ._common import (
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 DEFAULT_OUT_DIR = "naclip_out"
-# The default of --timeout as --help shows it: `image_io.DEFAULT_URL_TIMEOUT`, which applies when --timeout is not
-# given; not imported here because image_io needs numpy and PIL, which --help does not load.
-URL_TIMEOUT_SHOWN = 30.0
 URL_PREFIXES = ("http://", "https://")
 
 DESCRIPTION = textwrap.fill(
@@ -115,6 +114,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     add_preset_classes_option(parser)
     add_model_option(parser)
+    add_dtype_option(parser, "; an export (--model EXPORT) runs in the precision it was exported in")
     parser.add_argument(
         "--quantized", action="store_true",
         help="with --model EXPORT (a folder written by `naclip export --quantize`): run its int8 graph "
@@ -141,7 +141,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=_seconds, default=None, metavar="SECONDS",
-        help=f"seconds to wait for each URL (default: {URL_TIMEOUT_SHOWN:g})",
+        help=f"seconds to wait for each URL (default: {DEFAULT_URL_TIMEOUT:g})",
     )  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true",
@@ -187,8 +187,6 @@ def run(args: argparse.Namespace) -> int:
         return _finish(total, failures)
     check_model_source(args.model)
 
-    from tqdm import tqdm
-
     from ..export.runtime import is_exported_folder
     from ..models.naclip.image_io import load_image
     from ..models.naclip.options import CONFIG_SETTINGS
@@ -198,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         from ..export.runtime import encode_classes, load_model, load_processor, save_scores, segment_image
 
         load_options["quantized"] = args.quantized
+        dtype = check_export_dtype(args.dtype, args.model)
     elif args.quantized:
         raise ValueError(
             f"--quantized runs the int8 graph of an exported model, but {args.model} is a PyTorch checkpoint; export "
@@ -205,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         from ..inference import encode_classes, load_model, load_processor, save_scores, segment_image
+
+        load_options["dtype"] = args.dtype
 
     from .. import scale
 
@@ -215,10 +216,12 @@ def run(args: argparse.Namespace) -> int:
     embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
     if short_side is None:
         short_side = getattr(processor.image_processor, "short_side", DEFAULTS["short_side"])
+    if "dtype" in load_options:  # PyTorch: --dtype as resolved (an export's is fixed, read above)
+        dtype = str(model.dtype).removeprefix("torch.")
     recorded = {key: jsonable(getattr(model.config, key)) for key in CONFIG_SETTINGS}
     recorded["short_side"] = short_side
-    context = {"model": str(args.model), "preset": preset, "method": args.method, "settings": recorded,
-               "save_scores": save_scores}  # fmt: skip
+    context = {"model": str(args.model), "dtype": dtype, "preset": preset, "method": args.method,
+               "settings": recorded, "save_scores": save_scores}  # fmt: skip
     exported = is_exported_folder(args.model)
     keep_probabilities = args.scores or args.save_scores is not None
     extra = {} if exported else {"return_probabilities": keep_probabilities}
@@ -227,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     skipped = 0
     if out_dir is not None and args.save_scores is None and not args.overwrite:
         same_run = {"model": str(args.model), "settings": recorded,
-                    "classes": [names[0] for names in embeddings.classes]}  # fmt: skip
+                    "classes": [names[0] for names in embeddings.classes], "dtype": dtype}  # fmt: skip
         done = [_is_done(out_dir, stem, args.scores, same_run) for stem in stems]
         skipped = sum(done)
         group.barrier()
@@ -241,10 +244,7 @@ def run(args: argparse.Namespace) -> int:
         post = split_options(model.config, {})[1]
     mine = group.shard(list(zip(sources, stems)))
     description = "naclip segment" + (f" [{group.world_size} processes]" if group.world_size > 1 else "")
-    progress = tqdm(
-        total=len(sources), desc=description, unit="image", file=sys.stderr,
-        disable=len(sources) < 2 or not group.is_main, dynamic_ncols=True, delay=PROGRESS_DELAY,
-    )  # fmt: skip
+    progress = DelayedProgress(len(sources), description, "image", disable=len(sources) < 2 or not group.is_main)
     segmented, missing = 0, len(failures)  # inputs found missing before loading: the same on every process
     try:
         for round_index in range(group.rounds(len(sources))):
@@ -273,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _is_done(out_dir: Path, stem: str, scores: bool, same_run: dict[str, Any]) -> bool:
-    """Whether an earlier run left complete outputs for `stem` with this run's model, settings and classes."""
+    """Whether an earlier run left complete outputs for `stem` with this run's model, settings, classes and dtype
+    (summaries without one were written in float32)."""
     from ..scale import is_complete
 
     if not is_complete(out_dir, stem, expected=["scores"] if scores else []):
@@ -283,7 +284,8 @@ def _is_done(out_dir: Path, stem: str, scores: bool, same_run: dict[str, Any]) -
     except (OSError, ValueError):
         return False
     labels = [entry.get("label") for entry in summary.get("classes", []) if isinstance(entry, dict)]
-    return (summary.get("model"), summary.get("settings"), labels) == tuple(same_run.values())
+    done = (summary.get("model"), summary.get("settings"), labels, summary.get("dtype", "float32"))
+    return done == tuple(same_run.values())
 
 
 def _segment_one(
@@ -506,6 +508,7 @@ def write_outputs(
         "image": source.summary_name(),
         "size": {"width": int(width), "height": int(height)},
         "model": context["model"],
+        "dtype": context["dtype"],
         "preset": context["preset"],
         "method": context["method"],
         "classes": [{"id": index, "label": names[0], "names": names} for index, names in enumerate(embeddings.classes)],

@@ -112,6 +112,12 @@ ATTENTION_NEEDS_PYTORCH = (
 
 def _model_note(backend: DemoBackend | ExportedDemoBackend) -> str:
     name = html.escape(backend.model_name)
+    if backend.exported and backend.segmenter.has_text_model:
+        return (
+            f"**Model:** `{name}`, exported with `naclip export` and run with onnxruntime (no PyTorch). Type any "
+            "classes (one per line, synonyms after commas): the exported text model embeds them; the classes stored "
+            f"with the export ({html.escape(_stored_names(backend))}) need no text model run."
+        )
     if backend.exported:
         return (
             f"**Model:** `{name}`, exported with `naclip export` and run with onnxruntime (no PyTorch). Its text "
@@ -125,8 +131,22 @@ def _model_note(backend: DemoBackend | ExportedDemoBackend) -> str:
             "noise. For real results use CLIP weights: `naclip demo --model openai/clip-vit-base-patch16` (download "
             "them once while online with `hf download openai/clip-vit-base-patch16`), or convert OpenAI's `.pt` "
             "weights with `naclip convert ViT-B-16.pt OUT_DIR` and pass `--model OUT_DIR`."
-        )
-    return f"**Model:** `{name}`. Each set of classes is embedded once; later images with the same set are fast."
+        ) + _precision_note(backend)
+    return (
+        f"**Model:** `{name}`. Each set of classes is embedded once; later images with the same set are fast."
+        + _precision_note(backend)
+    )
+
+
+def _precision_note(backend: DemoBackend) -> str:
+    """A sentence naming the model's precision when it is not float32 (the default), else nothing."""
+    dtype = str(backend.model.dtype).removeprefix("torch.")
+    if dtype == "float32":
+        return ""
+    return (
+        f" It runs in {dtype}: a few pixels may get other labels than in float32 (the default, exact to the "
+        "official code)."
+    )
 
 
 def _remove_old_downloads(root: Path, max_age: float = DOWNLOAD_LIFETIME) -> None:
@@ -216,12 +236,13 @@ def build_demo(
     attention_methods: Sequence[str] = DEFAULT_ATTENTION_METHODS,
     concurrency: int = DEFAULT_CONCURRENCY,
     device: str | None = None,
+    dtype: str | None = None,
 ) -> gr.Blocks:
     """Build the demo (queue enabled, `concurrency` requests at once) for a checkpoint, a folder written by
     `naclip export` or a loaded backend.
 
     With an export (a folder holding `onnx/model.onnx`), the app runs on onnxruntime without torch: the Segment tab
-    and `/segment` take the stored classes only (pre-filled), the last block's controls are disabled (the block is
+    and `/segment` take any classes (the stored ones pre-filled), the last block's controls are disabled (the block is
     fixed in the graph) and the Attention tab explains how to get it (the PyTorch checkpoint).
 
     Args:
@@ -233,6 +254,8 @@ def build_demo(
             in the page).
         concurrency: how many requests run at once on the shared model.
         device: where to load the model ("cpu", "cuda", ...; default: transformers' choice, the CPU).
+        dtype: the model's precision: "float32" (None, the default; exact to the official code), "bfloat16",
+            "float16" (GPUs) or "auto" (see `naclip_hf.inference.resolve_dtype`); an export keeps its own.
 
     Returns:
         The `gr.Blocks` app; call `.launch()` on it.
@@ -241,14 +264,16 @@ def build_demo(
         >>> demo = build_demo("path/to/checkpoint", method="sclip")  # doctest: +SKIP
         >>> demo.launch(server_name="127.0.0.1", server_port=7860)  # doctest: +SKIP
     """
-    backend = model if isinstance(model, (DemoBackend, ExportedDemoBackend)) else load_backend(model, device)
+    backend = model if isinstance(model, (DemoBackend, ExportedDemoBackend)) else load_backend(model, device, dtype)
     exported = backend.exported
     if exported:
         method = get_method(method).name if method else ""
         backend.call_options(method or None)  # a method whose last block differs from the graph's raises
     else:
         method = get_method(method or DEFAULT_METHOD).name
-        attention_methods = [m.name for m in backend.check_attention_methods(list(attention_methods))]
+        from ..attention_maps import check_methods
+
+        attention_methods = list(check_methods(backend.model, list(attention_methods)))
     example = str(example_image_path())
     strategies = backend.attention_strategies()
     # Label maps offered for download; each request's file is kept for an hour (Gradio serves a copy of it).

@@ -162,12 +162,15 @@ class DemoBackend:
         self._embedding_lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, model_id_or_path: str, device: str | None = None) -> DemoBackend:
-        """Load a checkpoint (Hub id or folder) with its processor; `OSError` with the fix when it cannot be found."""
+    def from_pretrained(
+        cls, model_id_or_path: str, device: str | None = None, dtype: str | None = None
+    ) -> DemoBackend:
+        """Load a checkpoint (Hub id or folder) with its processor, in `dtype` (None: float32; see
+        `naclip_hf.inference.resolve_dtype`); `OSError` with the fix when it cannot be found."""
         from ..inference import load_model, load_processor
         from ..models.naclip.pipeline_naclip import NACLIPSegmentationPipeline
 
-        model = load_model(model_id_or_path, device=device)
+        model = load_model(model_id_or_path, device=device, dtype=dtype)
         processor = load_processor(model_id_or_path)
         segmenter = NACLIPSegmentationPipeline(model=model, processor=processor, device=model.device)
         return cls(segmenter, model_name=str(model_id_or_path))
@@ -343,7 +346,8 @@ class ExportedDemoBackend:
     """The Segment tab's computations on a folder written by `naclip export`, with onnxruntime and numpy (no torch).
 
     The last block (`arch`, `attn_strategy`, `gaussian_std`) is fixed in the exported graph, and the graph returns
-    logits only (no attention maps); the classes must be among the stored ones (the folder holds no text tower).
+    logits only (no attention maps); any classes are embedded by the exported text graph (an export without it takes
+    its stored classes only).
     Sliding windows, PAMR, the threshold and the short side still apply per call. Safe to call from many threads.
 
     Args:
@@ -494,19 +498,24 @@ class ExportedDemoBackend:
         )
 
 
-def load_backend(model: str | os.PathLike, device: str | None = None) -> DemoBackend | ExportedDemoBackend:
+def load_backend(
+    model: str | os.PathLike, device: str | None = None, dtype: str | None = None
+) -> DemoBackend | ExportedDemoBackend:
     """The demo's backend for `model`: an `ExportedDemoBackend` for a folder written by `naclip export` (it holds
-    `onnx/model.onnx`; `device` must then be None or "cpu"), else a `DemoBackend` on the PyTorch checkpoint."""
+    `onnx/model.onnx`; `device` must then be None or "cpu", and `dtype` None, "auto" or the export's), else a
+    `DemoBackend` on the PyTorch checkpoint in `dtype` (see `naclip_hf.inference.resolve_dtype`)."""
+    from ..cli._common import check_export_dtype
     from ..export.runtime import is_exported_folder
 
     if is_exported_folder(model):
+        check_export_dtype(dtype, model)
         if device not in (None, "cpu"):
             raise ValueError(
                 f"device={device!r}: an exported model runs with onnxruntime on the CPU; leave the device out, or "
                 "run the demo on the PyTorch checkpoint to use this device."
             )
         return ExportedDemoBackend.from_export(model)
-    return DemoBackend.from_pretrained(os.fspath(model), device)
+    return DemoBackend.from_pretrained(os.fspath(model), device, dtype)
 
 
 def _heat_overlay(rgb: np.ndarray, heat: np.ndarray, point: tuple[float, float], alpha: float) -> Image.Image:

@@ -42,7 +42,7 @@ import numpy as np
 from ..models.naclip.image_io import load_image
 from ..models.naclip.image_utils import resize_short_side, sliding_windows
 from ..models.naclip.labels import flatten_class_names, parse_class_entries
-from ..models.naclip.options import CONFIG_SETTINGS, DEFAULTS, SETTINGS_BY_NAME, check_settings
+from ..models.naclip.options import CONFIG_SETTINGS, DEFAULTS, SETTINGS_BY_NAME, check_settings, names_of_stage
 from ..models.naclip.templates import IMAGENET_TEMPLATES
 from .layout import (
     CLASS_EMBEDDINGS_FILE,
@@ -57,10 +57,13 @@ from .layout import (
     TEXT_MODEL_FILE,
 )
 
-# Settings fixed in the graph when it was exported.
-GRAPH_SETTINGS = tuple(name for name in CONFIG_SETTINGS if SETTINGS_BY_NAME[name].stage == "model")
-# Settings a call may change: sliding windows, post-processing and the short side.
-CALL_SETTINGS = tuple(name for name, item in SETTINGS_BY_NAME.items() if item.stage in ("windows", "post", "image"))
+# Settings fixed in the graph when it was exported: the last block and the positional embeddings.
+GRAPH_SETTINGS = names_of_stage("block", "model")
+# Settings a call may change: sliding windows, post-processing and the short side; and the text side.
+CALL_SETTINGS = names_of_stage("windows", "post", "image")
+TEXT_SETTINGS = names_of_stage("text")
+# Settings this runtime does not implement yet, with the only value it takes.
+_UNSUPPORTED_SETTINGS = {"window_padding": DEFAULTS["window_padding"], "area_thd": DEFAULTS["area_thd"]}
 
 _EXPORT_HINT = "export the model again with `naclip export MODEL OUT` (naclip-hf installed with `pip install .[onnx]`)"
 
@@ -198,6 +201,7 @@ class ExportedSegmenter:
         given = dict(overrides or {})
         _check_call_settings(given, stored, "overrides")
         self.config = ExportedConfig({**stored, **check_settings(given, context=stored)})
+        _check_supported(self.config.to_dict(), self.folder)
         self._stored_templates = templates
         graph = self.folder / ONNX_DIR / (QUANTIZED_MODEL_FILE if quantized else MODEL_FILE)
         if not graph.is_file():
@@ -379,6 +383,7 @@ class ExportedSegmenter:
         short_side = options.pop("short_side", short_side)
         _check_call_settings(options, self.config.to_dict(), "options")
         resolved = {**self.config.to_dict(), **check_settings(options, context=self.config.to_dict())}
+        _check_supported(resolved, self.folder)
         class_set = classes if isinstance(classes, ClassSet) else self.encode_classes(classes)
         original = load_image(image, timeout=timeout)
         pixel_values = self.preprocess(original, short_side)
@@ -402,9 +407,19 @@ def _check_call_settings(values: Mapping[str, Any], stored: Mapping[str, Any], w
                     f"{name}={value!r} cannot be changed on an exported model: its graph was built with "
                     f"{name}={stored[name]!r}. Export it again with `naclip export MODEL OUT --set {name}=...`."
                 )
-        elif name not in CALL_SETTINGS and name not in ("text_batch_size", "prompt_templates"):
-            valid = ", ".join(CALL_SETTINGS)
+        elif name not in CALL_SETTINGS and name not in TEXT_SETTINGS:
+            valid = ", ".join(CALL_SETTINGS + TEXT_SETTINGS)
             raise TypeError(f"Unknown {what} {name!r} for an exported model; valid: {valid}.")
+
+
+def _check_supported(settings: Mapping[str, Any], folder: Path) -> None:
+    """Refuse values of the settings this runtime does not implement (rather than ignoring them)."""
+    for name, only in _UNSUPPORTED_SETTINGS.items():
+        if name in settings and settings[name] != only:
+            raise ValueError(
+                f"{name}={settings[name]!r} is not supported by the ONNX runtime (exported model {folder}); use "
+                f"{name}={only!r}, or run the PyTorch checkpoint the export was made from."
+            )
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -660,6 +675,7 @@ __all__ = [
     "QUANTIZED_MODEL_FILE",
     "RuntimeSegmentation",
     "TEXT_MODEL_FILE",
+    "TEXT_SETTINGS",
     "default_session_options",
     "encode_classes",
     "is_exported_folder",

@@ -7,7 +7,7 @@ batches cut to their longest prompt, padded with the tokenizer's pad token as tr
 causal and pools the end-of-text token, so padding after it changes nothing. Per name, the normalised prompt
 features are averaged over the templates and normalised again.
 
-Cache: the directory and file layout of `naclip_hf.models.naclip.text_cache` (`$NACLIP_CACHE`, else
+Cache: the directory and file layout of `naclip_hf.text_cache` (`$NACLIP_CACHE`, else
 `$XDG_CACHE_HOME/naclip_hf/text`; one safetensors file per entry named by the BLAKE2b hash of its description, the
 description stored in the file and compared on reading). The description holds what the embeddings depend on here:
 a fingerprint of the text graph file (its size, its first and last 64 KiB and 4096 samples spread over it), the
@@ -306,7 +306,7 @@ def file_fingerprint(path: Path, whole: bool = False) -> str:
 # --------------------------------------------------------------------------------------------------- cache
 def default_cache_dir() -> Path:
     """`$NACLIP_CACHE` if set, else `$XDG_CACHE_HOME/naclip_hf/text` (`~/.cache/naclip_hf/text`): the same
-    directory as `naclip_hf.models.naclip.text_cache.default_cache_dir` (which needs torch to import)."""
+    directory as `naclip_hf.text_cache.default_cache_dir` (which needs torch to import)."""
     configured = os.environ.get(CACHE_ENV_VAR)
     if configured:
         return Path(configured).expanduser()

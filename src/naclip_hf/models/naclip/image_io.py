@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Seconds to wait for a URL when no timeout is given.
-DEFAULT_URL_TIMEOUT = 30.0
+from .options import DEFAULT_URL_TIMEOUT
+
 _ACCEPTED = (
     "a file path (str or os.PathLike), an http(s) URL, a PIL image, a numpy array or a torch tensor "
     "([H, W], [H, W, 1|3|4] or [1|3, H, W])"

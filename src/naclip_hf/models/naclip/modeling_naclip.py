@@ -462,7 +462,8 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         if features is None:
             features = self._prompt_features(input_ids, attention_mask, batch_size)
         per_prompt = features.view(-1, num_templates, features.shape[-1])
-        return F.normalize(per_prompt.mean(dim=1), dim=-1)
+        # Averaged in float32: a bfloat16 mean of 80 prompts loses the small differences between class names.
+        return F.normalize(per_prompt.float().mean(dim=1), dim=-1).to(features.dtype)
 
     def _prompt_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, batch_size: int
@@ -678,9 +679,10 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
     def _window_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`."""
         features = self.visual_projection(self.vision_model.post_layernorm(hidden))[:, 1:]
-        features = F.normalize(features, dim=-1)
+        # The similarity and its upsampling in float32 whatever the model's dtype: class margins are small.
+        features = F.normalize(features.float(), dim=-1)
         patch = self.config.vision_config.patch_size
-        logits = (features @ text_embeds.to(features.dtype).T).transpose(1, 2)
+        logits = (features @ text_embeds.float().T).transpose(1, 2)
         logits = logits.reshape(logits.shape[0], -1, size[0] // patch, size[1] // patch)
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 

@@ -29,6 +29,8 @@ from typing import Any, TypedDict
 
 # The checkpoint used when none is named (pipeline default, command line, model card).
 DEFAULT_CHECKPOINT = "openai/clip-vit-base-patch16"
+# Seconds to wait for an image URL when no timeout is given (image inputs, pipeline, command line).
+DEFAULT_URL_TIMEOUT = 30.0
 
 STAGES = ("block", "model", "windows", "post", "image", "text")
 
@@ -298,6 +300,7 @@ __all__ = [
     "CONFIG_SETTINGS",
     "DEFAULTS",
     "DEFAULT_CHECKPOINT",
+    "DEFAULT_URL_TIMEOUT",
     "FORWARD_OPTIONS",
     "POST_PROCESSING_OPTIONS",
     "MethodSettings",

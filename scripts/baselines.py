@@ -179,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from naclip_hf import NACLIPForSemanticSegmentation
     from naclip_hf.inference import load_processor
-    from naclip_hf.models.naclip.labels import flatten_class_names, read_labels_file
+    from naclip_hf.label_files import read_labels_file
+    from naclip_hf.models.naclip.labels import flatten_class_names
 
     model = NACLIPForSemanticSegmentation.from_pretrained(str(args.model), attn_implementation="eager").eval()
     processor = load_processor(args.model)

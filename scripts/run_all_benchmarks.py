@@ -182,19 +182,20 @@ def run_benchmarks(
     (the others still run). Each run's result is written to `out_dir` on the main process.
     """
     from naclip_hf.cli._common import parse_set_options
+    from naclip_hf.distributed import ProcessGroup
     from naclip_hf.evaluation.datasets import load_benchmark_dataset
-    from naclip_hf.evaluation.runner import EvaluationFailed, distributed_accelerator, evaluate_preset
+    from naclip_hf.evaluation.runner import EvaluationFailed, evaluate_preset
     from naclip_hf.inference import encode_classes, load_model, load_processor
 
     overrides = parse_set_options(list(settings))
     short_side = overrides.get("short_side")
-    accelerator = distributed_accelerator()
-    is_main = accelerator is None or accelerator.is_main_process
+    group = ProcessGroup.start()
+    is_main = group.is_main
     # The settings given apply to every run; each benchmark's own and PAMR go to every call (the model is shared).
     model = load_model(
         model_id,
         {key: value for key, value in overrides.items() if key != "short_side"},
-        device=accelerator.device if accelerator is not None else None,
+        device=group.model_device,
     )
     processor = load_processor(model_id)
     results: dict[tuple[str, bool], float | None] = {}
@@ -216,7 +217,7 @@ def run_benchmarks(
                 result = evaluate_preset(
                     model, processor, name, dataset, pamr=pamr, short_side=run_overrides.get("short_side", short_side),
                     overrides=run_overrides,
-                    split=split, class_embeddings=embeddings, accelerator=accelerator, progress=progress and is_main,
+                    split=split, class_embeddings=embeddings, processes=group, progress=progress and is_main,
                 )  # fmt: skip
                 results[(name, pamr)] = result.miou_percent
                 if is_main:
@@ -300,10 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"run_all_benchmarks: error: {error}", file=sys.stderr)
         return 2
-    from naclip_hf.evaluation.runner import distributed_accelerator
+    from naclip_hf.distributed import ProcessGroup
 
-    accelerator = distributed_accelerator()
-    if accelerator is not None and not accelerator.is_main_process:
+    if not ProcessGroup.start().is_main:
         return 1 if errors else 0
     table = format_table(results, markdown=args.markdown)
     print()
@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _compare_methods(args: argparse.Namespace, roots: Mapping[str, Path]) -> int:
     """Run every method of `--methods` on the benchmarks and print the table of methods × benchmarks."""
-    from naclip_hf.evaluation.runner import distributed_accelerator
+    from naclip_hf.distributed import ProcessGroup
 
     measured: dict[tuple[str, bool], dict[str, float]] = {}
     errors: dict[str, str] = {}
@@ -343,8 +343,7 @@ def _compare_methods(args: argparse.Namespace, roots: Mapping[str, Path]) -> int
             if miou is not None:
                 measured.setdefault((method, pamr), {})[name] = miou
         errors.update({f"{method}/{name}": message for name, message in failed.items()})
-    accelerator = distributed_accelerator()
-    if accelerator is not None and not accelerator.is_main_process:
+    if not ProcessGroup.start().is_main:
         return 1 if errors else 0
     table = comparison_table(measured, PAPER_ORDER)
     print()

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from naclip_hf.models.naclip.labels import (
-    flatten_class_names,
-    parse_class_entries,
-    read_labels_file,
-    read_templates_file,
-)
+from naclip_hf.label_files import read_labels_file, read_templates_file
+from naclip_hf.models.naclip.labels import flatten_class_names, parse_class_entries
 
 
 def test_synonyms_split_on_commas_and_lists_taken_as_names():

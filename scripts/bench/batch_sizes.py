@@ -1,6 +1,7 @@
 """Section `batch_sizes`: sweeps that set the defaults of `slide_batch_size` and `text_batch_size` in
-`naclip_hf.models.naclip.options`. Windows: the vision pass of 16 windows in batches of 1 to 16; text: `get_name_embeddings`
-(tokenising excluded) of 16 names with 64 to 2048 prompts per call. The sizes alternate within each repeat."""
+`naclip_hf.models.naclip.options`. Windows: the vision pass of 16 windows in batches of 1 to 16; text:
+`get_name_embeddings` (tokenising excluded) of 16 names with 64 to 2048 prompts per call. The sizes alternate
+within each repeat."""
 
 from __future__ import annotations
 

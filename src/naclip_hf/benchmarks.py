@@ -140,7 +140,7 @@ class Benchmark:
         ['background']
         ```
         """
-        from .models.naclip.labels import read_labels_file
+        from .label_files import read_labels_file
 
         classes_file = self.classes_file_for(method)
         path = Path(classes_file)

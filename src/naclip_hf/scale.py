@@ -1,10 +1,5 @@
-"""Large jobs: splitting work across processes, resuming an interrupted run, and refusing images that cannot fit
-in memory before starting them.
-
-Processes: under `torchrun` or `accelerate launch` (`WORLD_SIZE > 1`), `ProcessGroup.start()` joins the processes
-(gloo on CPU, NCCL/XPU through accelerate on accelerators, one device per process: `cuda:LOCAL_RANK`). Items are
-split by position (process `r` of `W` takes items `r, r + W, r + 2W, ...`), so the split depends only on the item
-list, never on timing. A single process imports neither accelerate nor `torch.distributed`.
+"""Large jobs: resuming an interrupted run, and refusing images that cannot fit in memory before starting them
+(splitting work across processes is `naclip_hf.distributed`).
 
 Resume: an image's outputs are complete when its JSON summary exists and every file it lists exists. The summary
 is written last (every file atomically), so an interrupted run leaves either complete outputs or files a rerun
@@ -17,135 +12,22 @@ compares it with the memory available (`/proc/meminfo` MemAvailable, or `$NACLIP
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
 
 MEMORY_LIMIT_ENV = "NACLIP_MEMORY_LIMIT"
 """Environment variable capping the memory an image may use (bytes, or a number with KiB/MiB/GiB/KB/MB/GB)."""
-TRACE_INPUTS_ENV = "NACLIP_TRACE_INPUTS"
-"""Environment variable naming a file to which every process appends `<rank>\\t<input>` for each input it reads."""
 OUTPUT_BYTES_PER_PIXEL = 9
 """Bytes per pixel of writing one image's files: the label map narrowed to one byte per pixel, and the overlay, a
 Pillow RGB image (4 bytes per pixel), with its copy carrying the legend (blending and PNG encoding run in bands)."""
 MODEL_BYTES = 1 << 30
 """Memory counted for the model, its activations and the interpreter when checking whether an image fits."""
-
-
-# -------------------------------------------------------------------------------------------------------- processes
-@dataclass
-class ProcessGroup:
-    """This process's place among the processes of a run: `rank` of `world_size`, and its `device`.
-
-    `ProcessGroup.start()` joins the processes when launched with several (`WORLD_SIZE > 1`), else describes the
-    single process without importing `torch.distributed`.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: str | None = None
-    _state: Any = field(default=None, repr=False)
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this is process 0 (which prints the progress bar and the final summary)."""
-        return self.rank == 0
-
-    @classmethod
-    def start(cls) -> ProcessGroup:
-        """Join the processes of a `torchrun` / `accelerate launch` run (gloo when there is no accelerator; one
-        device per process), or return the single-process group."""
-        world_size = _env_int("WORLD_SIZE", 1)
-        if world_size <= 1:
-            return cls()
-        import torch
-        from accelerate.state import PartialState
-
-        has_device = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-        state = PartialState(cpu=not has_device)
-        if state.num_processes != world_size:
-            raise ValueError(
-                f"Launched with WORLD_SIZE={world_size} but the processes joined a group of {state.num_processes}; "
-                "launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu --num_processes N`."
-            )
-        return cls(state.process_index, state.num_processes, state.local_process_index, str(state.device), state)
-
-    def shard(self, items: Sequence[T]) -> list[T]:
-        """The items this process handles: positions `rank, rank + world_size, ...` (see `shard_for_process`)."""
-        return shard_for_process(items, self.rank, self.world_size)
-
-    def gather(self, value: Any) -> list[Any]:
-        """`value` of every process, in rank order, on every process (picklable values)."""
-        if self.world_size == 1:
-            return [value]
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
-
-    def sum(self, values: Sequence[int]) -> list[int]:
-        """Element-wise sum of integer `values` over the processes, on every process."""
-        if self.world_size == 1:
-            return [int(v) for v in values]
-        import torch
-        import torch.distributed as dist
-
-        tensor = torch.tensor([int(v) for v in values], dtype=torch.int64)
-        if dist.get_backend() == "nccl":
-            tensor = tensor.to(self.device)
-        dist.all_reduce(tensor)
-        return [int(v) for v in tensor.cpu().tolist()]
-
-    def rounds(self, num_items: int) -> int:
-        """How many items the busiest process handles: loops that exchange counts once per item (e.g. for one
-        progress bar) run this many times on every process, idle ones passing None."""
-        return -(-num_items // self.world_size)
-
-    def barrier(self) -> None:
-        """Wait until every process gets here."""
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-def shard_for_process(items: Sequence[T], rank: int, world_size: int) -> list[T]:
-    """Items `rank, rank + world_size, rank + 2 * world_size, ...` of `items`: every item goes to exactly one of
-    the `world_size` processes, the same one on every run with the same items.
-
-    Example:
-
-    ```python
-    >>> shard_for_process(["a", "b", "c", "d", "e"], rank=1, world_size=2)
-    ['b', 'd']
-    ```
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank} must be in [0, world_size={world_size}).")
-    return list(items[rank::world_size])
-
-
-def trace_input(rank: int, description: str) -> None:
-    """Append `<rank>\\t<input>` to the file named by `$NACLIP_TRACE_INPUTS`, if set (which process read what)."""
-    path = os.environ.get(TRACE_INPUTS_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(f"{rank}\t{description}\n")
 
 
 # ------------------------------------------------------------------------------------------------------------ resume
@@ -235,6 +117,28 @@ def estimate_image_peak_bytes(
     return 3 * pixels + max(post, kept + OUTPUT_BYTES_PER_PIXEL * pixels)
 
 
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc's; other C libraries may lack it
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Give the memory that the C allocator keeps after frees back to the system (glibc's `malloc_trim`; nothing
+    where it is missing).
+
+    Tensors freed by PyTorch's worker threads stay in those threads' malloc arenas, which Pillow and numpy in the
+    main thread do not reuse: after the post-processing of a 12000x9000 image, drawing its overlay would otherwise
+    add its memory on top of about 0.7 GiB of freed tiles."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def format_bytes(value: float) -> str:
     """`3.2 GiB`-style text."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -262,15 +166,12 @@ __all__ = [
     "MEMORY_LIMIT_ENV",
     "MODEL_BYTES",
     "OUTPUT_BYTES_PER_PIXEL",
-    "TRACE_INPUTS_ENV",
-    "ProcessGroup",
     "available_memory_bytes",
     "estimate_image_peak_bytes",
     "format_bytes",
     "is_complete",
     "memory_problem",
     "parse_bytes",
+    "release_free_memory",
     "run_summary",
-    "shard_for_process",
-    "trace_input",
 ]

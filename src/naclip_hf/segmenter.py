@@ -59,6 +59,21 @@ class Segmenter(ABC):
     def short_side(self) -> int:
         """The short side images are resized to by default."""
 
+    @property
+    def max_long_side(self) -> int | None:
+        """The cap on the long side after resizing (None: no cap)."""
+        return None
+
+    @property
+    def device(self) -> str:
+        """Where the model runs ("cpu", "cuda:0", ...)."""
+        return "cpu"
+
+    @property
+    def dtype(self) -> str:
+        """The precision the model runs in ("float32", "bfloat16", ...)."""
+        return "float32"
+
     @abstractmethod
     def encode_classes(
         self,
@@ -124,6 +139,18 @@ class TorchSegmenter(Segmenter):
     def short_side(self) -> int:
         return int(getattr(self.processor.image_processor, "short_side", DEFAULTS["short_side"]))
 
+    @property
+    def max_long_side(self) -> int | None:
+        return getattr(self.processor.image_processor, "max_long_side", None)
+
+    @property
+    def device(self) -> str:
+        return str(self.model.device)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model.dtype).removeprefix("torch.")
+
     def encode_classes(
         self,
         classes: Sequence[str | Sequence[str]] | None,
@@ -182,6 +209,21 @@ class OnnxSegmenter(Segmenter):
     @property
     def short_side(self) -> int:
         return int(self.runtime.config.short_side)
+
+    @property
+    def max_long_side(self) -> int | None:
+        return self.runtime.max_long_side
+
+    @property
+    def dtype(self) -> str:
+        import json
+
+        # The graphs' precision, recorded in config.json by `naclip export` (float32 when absent).
+        try:
+            recorded = json.loads((self.runtime.folder / "config.json").read_text(encoding="utf-8")).get("dtype")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        return recorded if isinstance(recorded, str) else "float32"
 
     def encode_classes(
         self,

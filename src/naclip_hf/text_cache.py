@@ -252,7 +252,7 @@ __all__ = [
     "cache_key",
     "default_cache_dir",
     "disk_cache",
-        "resolve_cache_dir",
+    "resolve_cache_dir",
     "text_weights_fingerprint",
     "tokenizer_description",
 ]

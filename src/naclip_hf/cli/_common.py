@@ -117,7 +117,7 @@ def read_templates_option(path: Path | None) -> list[str] | None:
     """The templates of `--templates-file`, or None when it is not given."""
     if path is None:
         return None
-    from ..models.naclip.labels import read_templates_file
+    from ..label_files import read_templates_file
 
     return read_templates_file(path)
 
@@ -172,7 +172,8 @@ def classes_from_options(
     """The classes of `--labels` / `--labels-file`, else the benchmark's (when given; named as `method`'s official
     code names them unless `--preset-classes`), else None. `--preset-classes` without a benchmark, or with labels
     that replace its classes, raises `ValueError`."""
-    from ..models.naclip.labels import parse_class_entries, read_labels_file
+    from ..label_files import read_labels_file
+    from ..models.naclip.labels import parse_class_entries
 
     if getattr(args, "preset_classes", False):
         if benchmark is None:

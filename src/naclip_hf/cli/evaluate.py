@@ -21,6 +21,7 @@ from ._common import (
     add_model_option,
     add_preset_classes_option,
     add_set_option,
+    check_export_dtype,
     check_model_source,
     names_method,
     parse_set_options,
@@ -89,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.datasets import find_dataset_problems
     from ..evaluation.runner import (
         EvaluationFailed,
-        distributed_accelerator,
         evaluate_preset,
         load_evaluation_dataset,
         resolve_settings,
@@ -119,23 +119,25 @@ def run(args: argparse.Namespace) -> int:
         )
     check_model_source(args.model)
 
-    from ..inference import load_model, load_processor
+    from ..distributed import ProcessGroup
+    from ..export.runtime import is_exported_folder
+    from ..segmenter import load_segmenter
 
-    accelerator = distributed_accelerator()
-    is_main = accelerator is None or accelerator.is_main_process
+    if is_exported_folder(args.model):  # an export runs in the precision of its graph
+        check_export_dtype(args.dtype, args.model)
+    group = ProcessGroup.start()
+    is_main = group.is_main
     if not is_main:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
     overrides = {key: value for key, value in run_settings.items() if key != "short_side"}
-    model = load_model(args.model, overrides, device=accelerator.device if accelerator is not None else None,
-                       dtype=args.dtype)  # fmt: skip
-    processor = load_processor(args.model)
+    segmenter = load_segmenter(args.model, overrides, device=group.model_device, dtype=args.dtype)
     data = str(args.data_root) if args.data_root is not None else str(args.dataset)
     try:
         result = evaluate_preset(
-            model, processor, benchmark, dataset, pamr=pamr, short_side=run_settings["short_side"],
-            limit=args.limit, overrides=user, split=args.split, classes=classes, accelerator=accelerator,
+            segmenter, None, benchmark, dataset, pamr=pamr, short_side=run_settings["short_side"],
+            limit=args.limit, overrides=user, split=args.split, classes=classes, processes=group,
         )  # fmt: skip
     except EvaluationFailed as failure:
         message = str(failure)
@@ -159,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if is_main:
         print(result.format_report(), flush=True)
         if method is not None and result.miou_percent is not None:
-            pamr_on = run_settings.get("pamr_steps", model.config.pamr_steps) > 0
+            pamr_on = run_settings.get("pamr_steps", segmenter.config.pamr_steps) > 0
             print(comparison_table({(method.name, pamr_on): {benchmark.name: result.miou_percent}}, [benchmark]))
         if out is not None:
             result.write_json(out)

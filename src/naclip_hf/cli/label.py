@@ -132,12 +132,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} exists and is not a dataset written by naclip label; choose a new folder.")
     check_model_source(args.model)
 
-    from .. import scale
+    from ..distributed import ProcessGroup
     from ..fileio import staged_directory
     from ..inference import encode_classes, load_model, load_processor
     from ..models.naclip.options import CONFIG_SETTINGS
 
-    group = scale.ProcessGroup.start()
+    group = ProcessGroup.start()
     dataset = load_source_dataset(args.dataset, args.split)
     if args.image_column not in dataset.column_names:
         raise ValueError(

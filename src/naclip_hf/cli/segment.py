@@ -208,8 +208,9 @@ def run(args: argparse.Namespace) -> int:
         load_options["dtype"] = args.dtype
 
     from .. import scale
+    from ..distributed import ProcessGroup
 
-    group = scale.ProcessGroup.start()  # several processes under torchrun / accelerate launch
+    group = ProcessGroup.start()  # several processes under torchrun / accelerate launch
     device = group.device if group.world_size > 1 and not str(group.device).startswith("cpu") else None
     model = load_model(args.model, overrides, **load_options, **({"device": device} if device else {}))
     processor = load_processor(args.model)
@@ -294,7 +295,8 @@ def _segment_one(
     load_image: Any, segment_image: Any, short_side: int, post: dict[str, Any] | None, extra: dict[str, Any],
 ) -> int:
     """Read, segment and write one image; 1 when done, 0 when it failed (added to `failures` and reported)."""
-    from ..scale import estimate_image_peak_bytes, memory_problem, trace_input
+    from ..distributed import trace_input
+    from ..scale import estimate_image_peak_bytes, memory_problem, release_free_memory
     from ..visualization import narrow_segmentation
 
     trace_input(group.rank, source.location)
@@ -325,6 +327,7 @@ def _segment_one(
         return 0
     if not (args.scores or args.save_scores is not None):
         result = None  # drops the int64 label map (864 MB for 12000x9000 pixels) before the overlay is drawn
+    release_free_memory()
     try:
         lines = write_outputs(args, out_dir, stem, source, image, segmentation, result, embeddings, context)
     except OSError as error:

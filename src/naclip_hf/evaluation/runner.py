@@ -5,11 +5,13 @@ threshold, PAMR on or off), compare the prediction at the original image size wi
 reduced per preset, 255 ignored), and add the pixel counts to one confusion matrix. mIoU, per-class IoU and
 accuracies come from the matrix accumulated over the whole split.
 
-Under `accelerate launch` or `torchrun` (`WORLD_SIZE > 1`), image `i` goes to process `i % world_size`, and the
-per-process confusion matrices are summed (integer counts), so the result is the same as on one process.
+The model is a `naclip_hf.segmenter.Segmenter` (a PyTorch checkpoint or an ONNX export; a PyTorch model and its
+processor are wrapped in one). Under `accelerate launch` or `torchrun` (`WORLD_SIZE > 1`), image `i` goes to process
+`i % world_size` (`naclip_hf.distributed.ProcessGroup`), and the per-process confusion matrices are summed (integer
+counts), so the result is the same as on one process.
 
-The model's config is never changed: settings of the run that differ from it are passed to `segment_image` for
-each call. When an image fails, `EvaluationFailed` carries the scores of the images done so far.
+The model's config is never changed: settings of the run that differ from it are passed to `Segmenter.segment`
+for each call. When an image fails, `EvaluationFailed` carries the scores of the images done so far.
 """
 
 from __future__ import annotations
@@ -26,16 +28,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..benchmarks import PUBLISHED_KEYS, Benchmark, get_benchmark
+from ..distributed import ProcessGroup
 from ..fileio import write_text_atomic
-from ..models.naclip.options import CONFIG_SETTINGS, DEFAULTS, SETTINGS, SETTINGS_BY_NAME
+from ..models.naclip.options import CONFIG_SETTINGS, DEFAULTS, FORWARD_OPTIONS, POST_PROCESSING_OPTIONS, SETTINGS
+from ..segmenter import Segmenter, TorchSegmenter
 from .datasets import IGNORE_INDEX, check_label_map, load_benchmark_dataset, load_hub_dataset, read_label_map
 from .metric import MeanIoU
 
 if TYPE_CHECKING:
     import datasets
-    from accelerate import Accelerator
 
-    from ..inference import ClassEmbeddings
     from ..models.naclip.modeling_naclip import NACLIPForSemanticSegmentation
     from ..models.naclip.processing_naclip import NACLIPProcessor
 
@@ -245,47 +247,6 @@ def resolve_settings(
     return settings
 
 
-def _world_size() -> int:
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size()
-    except ImportError:  # pragma: no cover - torch always has torch.distributed on supported builds
-        pass
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
-def distributed_accelerator() -> Accelerator | None:
-    """An `Accelerator` when launched on several processes (`WORLD_SIZE > 1`), else None.
-
-    Without a GPU the processes join a gloo (CPU) group. Raises `ValueError` if the launcher asked for several
-    processes but they could not be joined.
-    """
-    world_size = _world_size()
-    if world_size <= 1:
-        return None
-    import torch
-    from accelerate import Accelerator
-    from accelerate.state import PartialState
-
-    if PartialState._shared_state:  # already set up by the caller: reuse it as it is
-        accelerator = Accelerator()
-    else:
-        has_device = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-        accelerator = Accelerator(cpu=not has_device)
-    if accelerator.num_processes != world_size:
-        raise ValueError(
-            f"Launched with WORLD_SIZE={world_size} but the processes joined a group of "
-            f"{accelerator.num_processes}; launch with `torchrun --nproc_per_node N` or "
-            "`accelerate launch --multi_gpu --num_processes N`."
-        )
-    return accelerator
-
-
 def _open_image(value: Any) -> Any:
     """An RGB PIL image (or the array itself) from a path, PIL image, `{"bytes"/"path"}` dict or array."""
     import io
@@ -351,82 +312,29 @@ def _protocol_deviations(
     return notes
 
 
-def _sum_across_processes(
-    values: np.ndarray, accelerator: Accelerator | None
-) -> np.ndarray:
-    """The element-wise sum of an int64 array over all processes (the array itself on one process)."""
-    if accelerator is None or accelerator.num_processes <= 1:
-        return values
-    import torch
+def split_call_options(config: Any, settings: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """The per-call options of `Segmenter.segment` for a run's `settings`: those that differ from the model's
+    `config`, among the options a call takes (`split_options` of the model package: the forward and
+    post-processing ones); and the short side (None if not among the settings).
 
-    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(accelerator.device)
-    return accelerator.reduce(tensor, reduction="sum").cpu().numpy().astype(np.int64)
-
-
-def split_call_options(
-    model: NACLIPForSemanticSegmentation, settings: Mapping[str, Any]
-) -> tuple[dict[str, Any], int | None]:
-    """The per-call options of `segment_image` for a run's `settings` (those that differ from the model's
-    config), and the short side (None if not among the settings).
-
-    Text settings cannot change per call: one that differs from the model's raises `ValueError` (load the model
-    with it instead)."""
+    A setting a call cannot change (the text settings, the resize of the positional embeddings) that differs from
+    the model's raises `ValueError` (load the model with it instead)."""
+    per_call = (*FORWARD_OPTIONS, *POST_PROCESSING_OPTIONS)
     options: dict[str, Any] = {}
     for key, value in settings.items():
-        if key == "short_side":
+        if key == "short_side" or _plain(getattr(config, key)) == _plain(value):
             continue
-        if _plain(getattr(model.config, key)) == _plain(value):
-            continue
-        if SETTINGS_BY_NAME[key].stage == "text":
+        if key not in per_call:
             raise ValueError(
-                f"{key} differs from the model's ({key}={value!r}); load the model with it, e.g. "
-                f"load_model(..., overrides={{{key!r}: ...}})."
+                f"{key} differs from the model's ({key}={value!r}) and cannot change per call; load the model with "
+                f"it, e.g. load_segmenter(..., overrides={{{key!r}: ...}})."
             )
         options[key] = value
     return options, settings.get("short_side")
 
 
-def evaluate_preset(
-    model: NACLIPForSemanticSegmentation,
-    processor: NACLIPProcessor,
-    preset: Benchmark | str,
-    dataset: datasets.Dataset,
-    *,
-    pamr: bool | None = None,
-    short_side: int | None = None,
-    limit: int | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    split: str | None = None,
-    classes: Sequence[Sequence[str]] | None = None,
-    class_embeddings: ClassEmbeddings | None = None,
-    accelerator: Accelerator | None = None,
-    progress: bool = True,
-) -> EvaluationResult:
-    """Evaluate `model` on `dataset` (columns image, label, id) with the official protocol of a benchmark.
-
-    The run's settings are the benchmark's `slide_crop`, `slide_stride` and `prob_thd`; `pamr=True/False` sets
-    `pamr_steps` to 10 / 0 (None keeps the model's value); `overrides` (settings of
-    `naclip_hf.models.naclip.options`) win over both. Those that differ from the model's config are passed to
-    `segment_image` per call; the config is not changed. `short_side` defaults to the benchmark's. `limit` keeps
-    the first images. `classes` (each a list of synonyms, class i = label id i) are the names to embed, by
-    default the benchmark's `class_names()`; e.g. `class_names(method="clearclip")` for the names ClearCLIP's
-    code uses. `class_embeddings` (from `encode_classes` on those classes) skips embedding the class names again,
-    e.g. when running a benchmark with and without PAMR. Labels are read with the benchmark's
-    `reduce_zero_label` and checked against their image; 255 is ignored.
-
-    When launched on several processes (`accelerator`, or `WORLD_SIZE > 1`, which creates one), image `i` is
-    segmented by process `i % num_processes` and the confusion matrices are summed: every process returns the
-    same result, equal to a single-process run. The progress bar shows on the main process only.
-
-    Raises `EvaluationFailed` (naming the file) when an image cannot be evaluated, on every process, with the
-    scores of the images done so far in its `partial`.
-    """
-    from tqdm.auto import tqdm
-
-    from ..inference import encode_classes, segment_image
-
-    start = time.perf_counter()
-    preset = get_benchmark(preset)
+def _select_images(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    """`dataset` cut to its first `limit` rows, checked: image and label columns, at least one row."""
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit={limit!r} must be a positive integer (or None for the whole split).")
@@ -437,7 +345,14 @@ def evaluate_preset(
         raise ValueError(f"The dataset has no {missing} column(s); its columns are {dataset.column_names}.")
     if len(dataset) == 0:
         raise ValueError("The dataset has no images to evaluate.")
-    preset_classes = preset.class_names()
+    return dataset
+
+
+def _classes_to_embed(
+    preset: Benchmark, classes: Sequence[Sequence[str]] | None, class_embeddings: Any
+) -> list[list[str]]:
+    """The class names of the run: `classes` (one per label id), else those `class_embeddings` were made from,
+    else the benchmark's."""
     if classes is not None:
         classes = [list(names) for names in classes]
         if len(classes) != preset.num_classes:
@@ -445,92 +360,164 @@ def evaluate_preset(
                 f"classes hold {len(classes)} classes but {preset.name} has {preset.num_classes} (class i is label "
                 f"id i); pass the benchmark's names, e.g. get_benchmark({preset.name!r}).class_names(method=...)."
             )
-    elif class_embeddings is not None:
-        classes = [list(names) for names in class_embeddings.classes]
-    else:
-        classes = preset_classes
-    run_settings = resolve_settings(preset, pamr, overrides)
-    if short_side is not None:
-        run_settings["short_side"] = short_side
-    short_side = int(run_settings["short_side"])
-    if short_side < 0:
-        raise ValueError(f"short_side={short_side} must be >= 0 (0 keeps the original size).")
-    options, _ = split_call_options(model, run_settings)
-    if accelerator is None:
-        accelerator = distributed_accelerator()
-    if accelerator is not None and model.device != accelerator.device:
-        model.to(accelerator.device)
-    rank = accelerator.process_index if accelerator is not None else 0
-    world_size = accelerator.num_processes if accelerator is not None else 1
-    is_main = rank == 0
+        return classes
+    if class_embeddings is not None:
+        return [list(names) for names in class_embeddings.classes]
+    return preset.class_names()
 
-    names = class_display_names(preset, classes)
-    metric = MeanIoU(num_labels=preset.num_classes, ignore_index=IGNORE_INDEX)
-    indices = range(rank, len(dataset), world_size)
-    settings = {key: _plain(getattr(model.config, key)) for key in NACLIP_SETTING_KEYS}
-    settings.update({key: _plain(value) for key, value in options.items()})
-    error: str | None = None
-    done = 0
-    try:
-        embeddings = class_embeddings
-        if embeddings is None:
-            embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
-        elif len(embeddings.classes) != preset.num_classes:
+
+def _as_segmenter(model: Any, processor: Any, processes: ProcessGroup) -> Segmenter:
+    """`model` itself when it is a `Segmenter` (then `processor` must be None), else a PyTorch model and its
+    processor, moved to this process's device under a multi-process launch."""
+    if isinstance(model, Segmenter):
+        if processor is not None:
             raise ValueError(
-                f"class_embeddings hold {len(embeddings.classes)} classes but {preset.name} has "
+                "A Segmenter brings its own processor; call evaluate_preset(segmenter, None, ...) without one."
+            )
+        return model
+    if model is None or processor is None:
+        raise ValueError(
+            "Pass a Segmenter (naclip_hf.segmenter.load_segmenter: a checkpoint or an ONNX export) with "
+            "processor=None, or a NACLIP model with its processor (naclip_hf.inference.load_model, load_processor)."
+        )
+    device = processes.model_device
+    if device is not None and str(model.device) != device:
+        model.to(device)
+    return TorchSegmenter(model, processor)
+
+
+def _embed_classes(segmenter: Segmenter, preset: Benchmark, classes: list[list[str]], class_embeddings: Any) -> Any:
+    """The text side of the run: `class_embeddings` when given (checked), else `classes` embedded (disk cache)."""
+    try:
+        if class_embeddings is None:
+            return segmenter.encode_classes(classes, cache_dir=True)
+        if len(class_embeddings.classes) != preset.num_classes:
+            raise ValueError(
+                f"class_embeddings hold {len(class_embeddings.classes)} classes but {preset.name} has "
                 f"{preset.num_classes}; embed the benchmark's class_names()."
             )
+        return class_embeddings
     except Exception as problem:  # every process meets the same problem: no need to tell the others
         raise ValueError(f"{preset.name}: could not embed the class names ({problem})") from problem
-    description = preset.name if world_size == 1 else f"{preset.name} [{world_size} processes]"
-    for index in tqdm(indices, desc=description, unit="img", disable=not (progress and is_main)):
-        row = dataset[index]
-        where = f"{_describe_row(row, 'image')} (label {_describe_row(row, 'label')})"
-        try:
-            image = _open_image(row["image"])
-            label = read_label_map(row["label"], preset.reduce_zero_label)
-            size = (image.height, image.width) if hasattr(image, "height") else image.shape[:2]
-            try:
-                check_label_map(label, preset.num_classes, size, IGNORE_INDEX)
-            except ValueError as problem:
-                where = f"{_describe_row(row, 'label')} (image {_describe_row(row, 'image')})"
-                raise problem
-            result = segment_image(model, processor, image, embeddings, short_side=short_side, **options)
-            metric.update(result.segmentation.numpy(), label)
-        except Exception as problem:  # reported with the file, once the other processes know about it
-            error = f"{where}: {problem}"
-            break
-        done += 1
-    flat = np.concatenate([metric.confusion_matrix.reshape(-1), np.array([done, int(error is not None)])])
-    total_flat = _sum_across_processes(flat.astype(np.int64), accelerator)
-    matrix = total_flat[:-2].reshape(metric.confusion_matrix.shape)
-    done_total, failures = int(total_flat[-2]), int(total_flat[-1])
 
+
+def _score_image(
+    segmenter: Segmenter,
+    preset: Benchmark,
+    row: Mapping[str, Any],
+    embeddings: Any,
+    short_side: int,
+    options: Mapping[str, Any],
+    metric: MeanIoU,
+) -> str | None:
+    """Segment the image of `row` and add its pixel counts to `metric`; None when done, else the problem, naming
+    the file at fault first."""
+    where = f"{_describe_row(row, 'image')} (label {_describe_row(row, 'label')})"
+    try:
+        image = _open_image(row["image"])
+        label = read_label_map(row["label"], preset.reduce_zero_label)
+        size = (image.height, image.width) if hasattr(image, "height") else image.shape[:2]
+        try:
+            check_label_map(label, preset.num_classes, size, IGNORE_INDEX)
+        except ValueError:
+            where = f"{_describe_row(row, 'label')} (image {_describe_row(row, 'image')})"
+            raise
+        result = segmenter.segment(image, embeddings, short_side=short_side, **options)
+        metric.update(np.asarray(result.segmentation), label)
+    except Exception as problem:  # reported with the file, once the other processes know about it
+        return f"{where}: {problem}"
+    return None
+
+
+def _count_pixels(
+    segmenter: Segmenter,
+    preset: Benchmark,
+    dataset: datasets.Dataset,
+    embeddings: Any,
+    short_side: int,
+    options: Mapping[str, Any],
+    processes: ProcessGroup,
+    progress: bool,
+) -> tuple[np.ndarray, int, str | None]:
+    """This process's images (`rank, rank + world_size, ...`) scored in order until one fails: its confusion
+    matrix (int64 `[classes, classes]`), the number of images done and the problem (None when all were done)."""
+    from tqdm.auto import tqdm
+
+    metric = MeanIoU(num_labels=preset.num_classes, ignore_index=IGNORE_INDEX)
+    indices = range(processes.rank, len(dataset), processes.world_size)
+    world_size = processes.world_size
+    description = preset.name if world_size == 1 else f"{preset.name} [{world_size} processes]"
+    done = 0
+    for index in tqdm(indices, desc=description, unit="img", disable=not (progress and processes.is_main)):
+        error = _score_image(segmenter, preset, dataset[index], embeddings, short_side, options, metric)
+        if error is not None:
+            return metric.confusion_matrix, done, error
+        done += 1
+    return metric.confusion_matrix, done, None
+
+
+def _sum_over_processes(
+    matrix: np.ndarray, done: int, error: str | None, processes: ProcessGroup
+) -> tuple[np.ndarray, int, str | None]:
+    """The confusion matrix and images done summed over the processes (exchanged in one int64 array, so every
+    process gets the same), and the error: this process's, else a note when another process failed."""
+    flat = np.concatenate([matrix.reshape(-1), np.array([done, int(error is not None)])])
+    total = processes.sum_array(flat)
+    failures = int(total[-1])
     if error is None and failures:
-        error = (
-            f"The evaluation failed on {failures} other process(es); see the error message printed by that process."
-        )
-    total = MeanIoU(num_labels=preset.num_classes, ignore_index=IGNORE_INDEX)
-    total.add_confusion_matrix(matrix)
-    scores = total.compute()
+        error = f"The evaluation failed on {failures} other process(es); see the error message printed by that process."
+    return total[:-2].reshape(matrix.shape), int(total[-2]), error
+
+
+def _recorded_settings(
+    segmenter: Segmenter,
+    options: Mapping[str, Any],
+    preset: Benchmark,
+    short_side: int,
+    num_images: int,
+    limit: int | None,
+    split: str | None,
+    overrides: Mapping[str, Any] | None,
+    world_size: int,
+) -> dict[str, Any]:
+    """Every setting the run used (the model's with the per-call options over them) and how it ran."""
+    settings = {key: _plain(value) for key, value in segmenter.settings.items()}
+    settings.update({key: _plain(value) for key, value in options.items()})
     settings.update(
         {
             "short_side": short_side,
-            "max_long_side": getattr(processor.image_processor, "max_long_side", None),
-            "model": str(getattr(model, "name_or_path", "") or "") or None,
+            "max_long_side": segmenter.max_long_side,
+            "model": segmenter.source or None,
             "preset": preset.name,
             "split": split,
-            "num_images": len(dataset),
+            "num_images": num_images,
             "limit": limit,
             "reduce_zero_label": preset.reduce_zero_label,
             "ignore_index": IGNORE_INDEX,
             "num_processes": world_size,
-            "device": str(model.device),
-            "dtype": str(model.dtype).replace("torch.", ""),
+            "device": segmenter.device,
+            "dtype": segmenter.dtype,
             "overrides": {key: _plain(value) for key, value in (overrides or {}).items()},
         }
     )
-    result = EvaluationResult(
+    return settings
+
+
+def _scored_result(
+    preset: Benchmark,
+    names: list[str],
+    matrix: np.ndarray,
+    settings: dict[str, Any],
+    deviations: list[str],
+    elapsed: float,
+    done: int,
+    error: str | None,
+) -> EvaluationResult:
+    """The scores of the summed confusion matrix, with the run's settings (partial when `error`)."""
+    total = MeanIoU(num_labels=preset.num_classes, ignore_index=IGNORE_INDEX)
+    total.add_confusion_matrix(matrix)
+    scores = total.compute()
+    return EvaluationResult(
         preset=preset.name,
         class_names=names,
         confusion_matrix=scores["confusion_matrix"],
@@ -539,17 +526,90 @@ def evaluate_preset(
         overall_accuracy=scores["overall_accuracy"],
         per_class_iou=scores["per_category_iou"],
         per_class_accuracy=scores["per_category_accuracy"],
-        num_images=len(dataset),
+        num_images=settings["num_images"],
         settings=settings,
         published=dict(preset.published),
-        protocol_deviations=_protocol_deviations(preset, settings, short_side, limit, classes != preset_classes),
-        elapsed_seconds=time.perf_counter() - start,
+        protocol_deviations=deviations,
+        elapsed_seconds=elapsed,
         partial=error is not None,
-        num_images_done=done_total,
+        num_images_done=done,
         error=error,
     )
+
+
+def evaluate_preset(
+    model: Segmenter | NACLIPForSemanticSegmentation | None,
+    processor: NACLIPProcessor | None,
+    preset: Benchmark | str,
+    dataset: datasets.Dataset,
+    *,
+    pamr: bool | None = None,
+    short_side: int | None = None,
+    limit: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    split: str | None = None,
+    classes: Sequence[Sequence[str]] | None = None,
+    class_embeddings: Any = None,
+    processes: ProcessGroup | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate a model on `dataset` (columns image, label, id) with the official protocol of a benchmark.
+
+    `model` is a `Segmenter` (`naclip_hf.segmenter.load_segmenter`: a PyTorch checkpoint or an ONNX export folder)
+    with `processor=None`, or a `NACLIPForSemanticSegmentation` with its `NACLIPProcessor`.
+
+    The run's settings are the benchmark's `slide_crop`, `slide_stride` and `prob_thd`; `pamr=True/False` sets
+    `pamr_steps` to 10 / 0 (None keeps the model's value); `overrides` (settings of
+    `naclip_hf.models.naclip.options`) win over both. Those that differ from the model's config are passed to
+    `segment` per call; the config is not changed. `short_side` defaults to the benchmark's. `limit` keeps
+    the first images. `classes` (each a list of synonyms, class i = label id i) are the names to embed, by
+    default the benchmark's `class_names()`; e.g. `class_names(method="clearclip")` for the names ClearCLIP's
+    code uses. `class_embeddings` (from `encode_classes` on those classes) skips embedding the class names again,
+    e.g. when running a benchmark with and without PAMR. Labels are read with the benchmark's
+    `reduce_zero_label` and checked against their image; 255 is ignored.
+
+    When launched on several processes (`processes`, or `WORLD_SIZE > 1`, which joins them with
+    `ProcessGroup.start()`), image `i` is segmented by process `i % world_size` and the confusion matrices are
+    summed: every process returns the same result, equal to a single-process run. A PyTorch model is moved to the
+    process's device; load a `Segmenter` there (`load_segmenter(..., device=processes.model_device)`). The
+    progress bar shows on the main process only.
+
+    Raises `EvaluationFailed` (naming the file) when an image cannot be evaluated, on every process, with the
+    scores of the images done so far in its `partial`.
+
+    Example:
+
+    ```python
+    >>> segmenter = load_segmenter("openai/clip-vit-base-patch16")  # or an export folder
+    >>> dataset = load_evaluation_dataset("voc21", data_root="data/VOCdevkit/VOC2012")
+    >>> evaluate_preset(segmenter, None, "voc21", dataset, pamr=False).miou_percent
+    ```
+    """
+    start = time.perf_counter()
+    preset = get_benchmark(preset)
+    dataset = _select_images(dataset, limit)
+    classes = _classes_to_embed(preset, classes, class_embeddings)
+    run_settings = resolve_settings(preset, pamr, overrides)
+    if short_side is not None:
+        run_settings["short_side"] = short_side
+    short_side = int(run_settings["short_side"])
+    if short_side < 0:
+        raise ValueError(f"short_side={short_side} must be >= 0 (0 keeps the original size).")
+    processes = processes if processes is not None else ProcessGroup.start()
+    segmenter = _as_segmenter(model, processor, processes)
+    options, _ = split_call_options(segmenter.config, run_settings)
+    embeddings = _embed_classes(segmenter, preset, classes, class_embeddings)
+
+    matrix, done, error = _count_pixels(segmenter, preset, dataset, embeddings, short_side, options, processes,
+                                        progress)  # fmt: skip
+    matrix, done, error = _sum_over_processes(matrix, done, error, processes)
+    settings = _recorded_settings(segmenter, options, preset, short_side, len(dataset), limit, split, overrides,
+                                  processes.world_size)  # fmt: skip
+    deviations = _protocol_deviations(preset, settings, short_side, limit, classes != preset.class_names())
+    result = _scored_result(preset, class_display_names(preset, classes), matrix, settings, deviations,
+                            time.perf_counter() - start, done, error)  # fmt: skip
     if error is not None:
-        raise EvaluationFailed(error, result if done_total > 0 else None)
+        raise EvaluationFailed(error, result if done > 0 else None)
     return result
 
 
@@ -588,7 +648,6 @@ __all__ = [
     "EvaluationFailed",
     "EvaluationResult",
     "class_display_names",
-    "distributed_accelerator",
     "evaluate_preset",
     "load_evaluation_dataset",
     "resolve_settings",

@@ -22,7 +22,6 @@ it lets the runtime embed any class name without torch (`naclip_hf.export.text`)
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -536,7 +535,7 @@ def export_onnx(
     output_dir = Path(output_dir)
     with staged_directory(output_dir) as staging:
         (staging / ONNX_DIR).mkdir()
-        graph_model = model if dtype in (None, model.dtype) else copy.deepcopy(model).to(dtype)
+        graph_model = model if dtype in (None, model.dtype) else _converted(model, dtype)
         same = graph_model.dtype == model.dtype
         graph_path = export_graph(graph_model, staging / ONNX_DIR / MODEL_FILE, opset_version)
         tolerance = VERIFY_TOLERANCE if same else FLOAT16_VERIFY_TOLERANCE
@@ -558,6 +557,13 @@ def export_onnx(
             str(path.relative_to(staging)): path.stat().st_size for path in sorted(staging.rglob("*")) if path.is_file()
         }
     return ExportReport(output_dir, files, worst, text_worst, quantized, time.perf_counter() - start)
+
+
+def _converted(model: NACLIPForSemanticSegmentation, dtype: torch.dtype) -> NACLIPForSemanticSegmentation:
+    """A copy of `model` in `dtype`; `model` keeps its weights (the graphs are verified against it)."""
+    converted = type(model)(model.config)
+    converted.load_state_dict(model.state_dict())
+    return converted.to(dtype).eval()
 
 
 def _export_tokenizer(model: NACLIPForSemanticSegmentation, processor: Any) -> Any:

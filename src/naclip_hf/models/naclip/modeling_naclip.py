@@ -678,20 +678,35 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
 
     def _window_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`."""
+        return F.interpolate(self._patch_logits(hidden, text_embeds, size), size=size, mode="bilinear",
+                             align_corners=False)  # fmt: skip
+
+    def _patch_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Per-name logits [B, names, gh, gw] (float32) at patch resolution, from the last block's output
+        [B, 1 + gh*gw, width] of windows of `size`."""
         features = self.visual_projection(self.vision_model.post_layernorm(hidden))[:, 1:]
         # The similarity and its upsampling in float32 whatever the model's dtype: class margins are small.
         features = F.normalize(features.float(), dim=-1)
         patch = self.config.vision_config.patch_size
         logits = (features @ text_embeds.float().T).transpose(1, 2)
-        logits = logits.reshape(logits.shape[0], -1, size[0] // patch, size[1] // patch)
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits.reshape(logits.shape[0], -1, size[0] // patch, size[1] // patch)
 
     def _encode_windows(
-        self, windows: torch.Tensor, text_embeds: torch.Tensor, padding: str, outputs: dict, **block
-    ) -> torch.Tensor:
+        self,
+        windows: torch.Tensor,
+        text_embeds: torch.Tensor,
+        padding: str,
+        outputs: dict,
+        add: Callable[[int, torch.Tensor], None] | None = None,
+        **block,
+    ) -> torch.Tensor | None:
         """Logits [n, names, h, w] (float32) of `windows` [n, 3, h, w]. With `padding="centered"` (ClearCLIP), a
         side that is not a multiple of the patch size is zero-padded on both sides to whole patches (the extra
-        pixel, if odd, after) and the logits are cropped back. Hidden states / attentions go into `outputs`."""
+        pixel, if odd, after) and the logits are cropped back. Hidden states / attentions go into `outputs`.
+
+        With `add`, each window's logits [names, h, w] go to `add(index, logits)` as soon as they are upsampled and
+        None is returned: memory then holds one window's full-size logits, not the batch's (the values are the same:
+        the upsampling treats every window on its own)."""
         height, width = windows.shape[-2:]
         patch = self.config.vision_config.patch_size
         top = left = 0
@@ -705,8 +720,15 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         )  # fmt: skip
         for name, value in outputs.items():
             value.append(getattr(encoded, name))
-        logits = self._window_logits(encoded.last_hidden_state, text_embeds, tuple(windows.shape[-2:]))
-        return logits[:, :, top : top + height, left : left + width].float()
+        size = tuple(windows.shape[-2:])
+        if add is None:
+            logits = self._window_logits(encoded.last_hidden_state, text_embeds, size)
+            return logits[:, :, top : top + height, left : left + width].float()
+        patch_logits = self._patch_logits(encoded.last_hidden_state, text_embeds, size)
+        for index in range(len(patch_logits)):
+            logits = F.interpolate(patch_logits[index : index + 1], size=size, mode="bilinear", align_corners=False)
+            add(index, logits[0, :, top : top + height, left : left + width])
+        return None
 
     def forward(
         self,
@@ -807,13 +829,16 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         for start in range(0, len(windows), step):
             chunk = windows[start : start + step]
             batch = torch.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
-            chunk_logits = self._encode_windows(batch, text_embeds, options["window_padding"], recorded, **block)
-            for (image, (a, b, c, d)), values in zip(chunk, chunk_logits):
+
+            def add(index: int, values: torch.Tensor, chunk: list = chunk) -> None:
+                image, (a, b, c, d) = chunk[index]
                 logits[image, :, a:b, c:d] += values
+
+            self._encode_windows(batch, text_embeds, options["window_padding"], recorded, add=add, **block)
         count = logits.new_zeros((height, width))
         for a, b, c, d in boxes:
             count[a:b, c:d] += 1
-        return logits / count
+        return logits.div_(count)
 
 
 def _concatenate_layers(per_chunk: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
@@ -824,14 +849,7 @@ def _concatenate_layers(per_chunk: list[tuple[torch.Tensor, ...]]) -> tuple[torc
 
 
 __all__ = [
-    "NACLIP_ATTENTION_FUNCTIONS",
-    "NACLIPAttention",
-    "NACLIPEncoderLayer",
-    "NACLIPForSemanticSegmentation",
-    "NACLIPPreTrainedModel",
-    "NACLIPSemanticSegmenterOutput",
-    "NACLIPVisionEmbeddings",
-    "gaussian_neighbourhood_bias",
-    "register_attention",
-    "sliding_windows",
+    "NACLIP_ATTENTION_FUNCTIONS", "NACLIPAttention", "NACLIPEncoderLayer", "NACLIPForSemanticSegmentation",
+    "NACLIPPreTrainedModel", "NACLIPSemanticSegmenterOutput", "NACLIPVisionEmbeddings",
+    "gaussian_neighbourhood_bias", "register_attention", "sliding_windows"
 ]

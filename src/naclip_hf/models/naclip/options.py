@@ -297,19 +297,7 @@ def check_settings(values: Mapping[str, Any], context: Mapping[str, Any] | None 
 
 
 __all__ = [
-    "CONFIG_SETTINGS",
-    "DEFAULTS",
-    "DEFAULT_CHECKPOINT",
-    "DEFAULT_URL_TIMEOUT",
-    "FORWARD_OPTIONS",
-    "POST_PROCESSING_OPTIONS",
-    "MethodSettings",
-    "SETTINGS",
-    "SETTINGS_BY_NAME",
-    "STAGES",
-    "Setting",
-    "check_settings",
-    "method_settings",
-    "names_of_stage",
-    "settings_typed_dict",
+    "CONFIG_SETTINGS", "DEFAULTS", "DEFAULT_CHECKPOINT", "DEFAULT_URL_TIMEOUT", "FORWARD_OPTIONS",
+    "POST_PROCESSING_OPTIONS", "MethodSettings", "SETTINGS", "SETTINGS_BY_NAME", "STAGES", "Setting",
+    "check_settings", "method_settings", "names_of_stage", "settings_typed_dict"
 ]

@@ -146,6 +146,8 @@ DEFAULT_MAX_TILE_BYTES = 1 << 30
 """Default memory budget of one post-processing tile (speed and memory only: results do not depend on it)."""
 PAMR_NAME_CHUNK = 8
 """Names refined by PAMR at a time inside a tile (PAMR treats every name on its own)."""
+PAMR_BAND_BYTES = 1 << 18
+"""Bytes per channel of the row bands one PAMR step refines at a time (speed only: see `_pamr_refine`)."""
 _AFFINITY_FLOATS = 53  # floats per guide pixel while `pamr_affinity` runs (its padded copies and temporaries)
 
 
@@ -309,17 +311,30 @@ def upsample_region(
 
 def _pamr_refine(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilations: Sequence[int]) -> torch.Tensor:
     """`steps` PAMR iterations of `scores` [B, C, H, W] with a precomputed `affinity` [B, P, 1, H, W] (see
-    `pamr`). Neighbours are read as views of one padded copy per dilation and accumulated in place."""
+    `pamr`). Neighbours are read as views of one padded copy and accumulated in place.
+
+    One copy padded by the largest dilation serves every dilation (replicate padding repeats the edge pixel, so a
+    neighbour past the border is the same pixel whatever the padding width). Rows are refined in bands of about
+    `PAMR_BAND_BYTES` per channel, so that a band of each neighbour's weights is read from cache for every channel
+    rather than from memory; every pixel sums the same terms in the same order, so the result does not depend on the
+    bands."""
     height, width = scores.shape[-2:]
+    reach = max(dilations)
+    offsets = [(dy * dilation, dx * dilation) for dilation in dilations for dy, dx in NEIGHBOUR_OFFSETS]
+    rows = max(1, PAMR_BAND_BYTES // max(1, width * scores.element_size()))
     for _ in range(steps):
-        refined = torch.zeros_like(scores)
-        p = 0
-        for dilation in dilations:
-            padded = F.pad(scores, [dilation] * 4, mode="replicate")
-            for neighbour in _shifted_views(padded, dilation, height, width, NEIGHBOUR_OFFSETS):
-                refined.addcmul_(neighbour, affinity[:, p])
-                p += 1
-            del padded, neighbour  # the last view would keep this padded copy alive next to the next one
+        padded = F.pad(scores, [reach] * 4, mode="replicate")
+        refined = torch.empty_like(scores)
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            band, weights = refined[..., top:bottom, :], affinity[..., top:bottom, :]
+            for p, (dy, dx) in enumerate(offsets):
+                neighbour = padded[..., reach + dy + top : reach + dy + bottom, reach + dx : reach + dx + width]
+                if p == 0:
+                    torch.mul(neighbour, weights[:, 0], out=band)
+                else:
+                    band.addcmul_(neighbour, weights[:, p])
+        del padded
         scores = refined
     return scores
 

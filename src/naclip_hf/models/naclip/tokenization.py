@@ -130,9 +130,6 @@ def _config_value(config: Any, key: str) -> int | None:
 
 
 __all__ = [
-    "CLIP_CONTEXT_LENGTH",
-    "OPENAI_CLIP_VOCAB_SIZE",
-    "builtin_bpe_dir",
-    "has_tokenizer_files",
-    "load_clip_tokenizer",
+    "CLIP_CONTEXT_LENGTH", "OPENAI_CLIP_VOCAB_SIZE", "builtin_bpe_dir", "has_tokenizer_files",
+    "load_clip_tokenizer"
 ]

@@ -100,6 +100,32 @@ def test_evaluate_preset_checks_the_number_of_classes():
         evaluate_preset(None, None, "voc21", data, classes=[["cat"], ["dog"]])
 
 
+def test_evaluate_preset_takes_a_segmenter_or_a_model_with_its_processor():
+    import datasets
+
+    from naclip_hf.evaluation.runner import evaluate_preset
+    from naclip_hf.segmenter import TorchSegmenter
+
+    data = datasets.Dataset.from_dict({"image": ["a.jpg"], "label": ["a.png"]})
+    with pytest.raises(ValueError, match="A Segmenter brings its own processor"):
+        evaluate_preset(TorchSegmenter(None, None), object(), "voc21", data)
+    with pytest.raises(ValueError, match="or a NACLIP model with its processor"):
+        evaluate_preset(object(), None, "voc21", data)
+
+
+def test_per_call_options_are_the_settings_that_differ_and_a_call_can_take():
+    from naclip_hf.evaluation.runner import split_call_options
+    from naclip_hf.models.naclip.configuration_naclip import NACLIPConfig
+
+    config = NACLIPConfig(pamr_steps=0)
+    settings = {"pamr_steps": 10, "slide_crop": config.slide_crop, "prob_thd": 0.3, "short_side": 448}
+    assert split_call_options(config, settings) == ({"pamr_steps": 10, "prob_thd": 0.3}, 448)
+    assert split_call_options(config, {"prompt_templates": config.prompt_templates}) == ({}, None)
+    for key, value in (("prompt_templates", ["a {}."]), ("pos_embed_interpolation", "transformers")):
+        with pytest.raises(ValueError, match=f"{key} differs from the model's .* load the model with it"):
+            split_call_options(config, {key: value})
+
+
 # ------------------------------------------------------------------------------------------------ command line
 def _segment(image_file, checkpoint, templates_file, out, *extra):
     return main(["segment", str(image_file), "--preset", "voc21", "--model", str(checkpoint), "--set",

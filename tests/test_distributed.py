@@ -1,4 +1,5 @@
-"""`naclip evaluate` on two CPU processes gives exactly the single-process confusion matrix."""
+"""`naclip_hf.distributed`: splitting items across processes, the single-process group, and `naclip evaluate` on two
+CPU processes giving exactly the single-process confusion matrix."""
 
 from __future__ import annotations
 
@@ -16,10 +17,52 @@ import torch
 from PIL import Image
 
 from naclip_hf import cli
+from naclip_hf.distributed import ProcessGroup, shard_for_process
 from synthetic_data import make_benchmark_dataset, save_gray_png
 
 PRESET = "cityscapes"  # sliding window, nested folders; PAMR stays on (the model's setting)
 TIMEOUT = 240
+
+
+def test_every_item_goes_to_exactly_one_process():
+    items = [f"image{i}" for i in range(11)]
+    for world_size in (1, 2, 3, 5, 16):
+        shards = [shard_for_process(items, rank, world_size) for rank in range(world_size)]
+        assert sorted(sum(shards, [])) == sorted(items)
+        assert max(map(len, shards)) == ProcessGroup(0, world_size).rounds(len(items))
+        # by position: the same split whatever happens at run time
+        assert shards[0][0] == items[0] and (world_size == 1 or shards[1][0] == items[1])
+    assert shard_for_process(items, 1, 2) == items[1::2]
+    with pytest.raises(ValueError, match="rank=2"):
+        shard_for_process(items, 2, 2)
+
+
+def test_single_process_group_needs_no_distributed(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    group = ProcessGroup.start()
+    assert (group.rank, group.world_size, group.is_main, group.model_device) == (0, 1, True, None)
+    assert group.shard([1, 2, 3]) == [1, 2, 3]
+    assert group.gather({"a": 1}) == [{"a": 1}] and group.sum([2, 3]) == [2, 3]
+    counts = np.array([[1, 2], [3, 4]], dtype=np.int32)
+    summed = group.sum_array(counts)
+    assert summed.dtype == np.int64 and summed.shape == (2, 2) and summed.tolist() == counts.tolist()
+    summed[0, 0] = 9
+    assert counts[0, 0] == 1  # a copy: the caller's counts stay as they were
+    group.barrier()
+    code = (
+        "import sys, numpy, naclip_hf.distributed as d; g = d.ProcessGroup.start(); g.gather(1); g.sum([1]); "
+        "g.sum_array(numpy.ones(3)); "
+        "print(any(m.startswith(('accelerate', 'torch.distributed')) or m == 'torch' for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "WORLD_SIZE": "1"})  # fmt: skip
+    assert out.stdout.strip() == "False"
+
+
+def test_model_device_is_the_accelerator_of_a_multi_process_run():
+    assert ProcessGroup(1, 2, 1, "cuda:1").model_device == "cuda:1"
+    assert ProcessGroup(1, 2, 1, "cpu").model_device is None  # gloo on CPU: the loader's default
+    assert ProcessGroup(0, 1, 0, "cuda:0").model_device is None  # one process: wherever the caller loads it
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +97,7 @@ def evaluate_argv(root: Path, checkpoint: Path, out: Path | None = None) -> list
 def launch(launcher: list[str], argv: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env["TQDM_DELAY"] = "0"  # the progress bar at once, however short the run
     command = [sys.executable, "-m", *launcher, "-m", "naclip_hf.cli", *argv]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT)
 

@@ -389,6 +389,48 @@ def test_no_data_and_unknown_preset(fast_checkpoint, capsys):
     expect_error(capsys, ["evaluate", "--preset", "voc99", "--data-root", "x"], "voc99", "voc21")
 
 
+# --- an ONNX export
+
+
+def test_an_export_is_evaluated_like_its_checkpoint(tiny_export, tiny_checkpoint, tmp_path, capsys):
+    """`--model EXPORT` runs the same protocol on onnxruntime; its float32 graph gives the checkpoint's matrix."""
+    root = make_benchmark_dataset("voc20", tmp_path / "data")
+    templates = tmp_path / "templates.txt"  # two prompts per class instead of 80: quick to embed
+    templates.write_text("\n".join(FAST_TEMPLATES) + "\n")
+    results = {}
+    for name, model in (("checkpoint", tiny_checkpoint), ("export", tiny_export)):
+        out = tmp_path / f"{name}.json"
+        argv = evaluate_args("voc20", root, model, out, "--pamr", "off", "--templates-file", str(templates))
+        code, stdout, err = run_in_process(argv, capsys)
+        assert code == 0, err
+        assert "NACLIP evaluation: voc20" in stdout
+        results[name] = json.loads(out.read_text())
+    checkpoint, export = (np.array(results[name]["confusion_matrix"]) for name in ("checkpoint", "export"))
+    assert export.sum() == checkpoint.sum() > 0
+    # logits within about 1e-6 of PyTorch's: at most a few pixels may change class
+    assert np.abs(export - checkpoint).sum() <= 0.002 * checkpoint.sum()
+    settings = results["export"]["settings"]
+    assert (settings["model"], settings["dtype"], settings["device"]) == (str(tiny_export), "float32", "cpu")
+    assert settings["pamr_steps"] == 0 and settings["short_side"] == SHORT_SIDE
+    assert settings["prompt_templates"] == FAST_TEMPLATES  # embedded by the export's text graph
+    naclip = {key: results["checkpoint"]["settings"][key] for key in NACLIP_KEYS}
+    assert {key: settings[key] for key in NACLIP_KEYS} == naclip
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--dtype", "bfloat16"], ["ONNX export", "runs in the precision it was exported in (float32)"]),
+        (["--method", "sclip"], ["arch='vanilla' cannot be changed on an exported model", "--set arch="]),
+    ],
+)
+def test_an_export_refuses_what_its_graph_fixed(tiny_export, tmp_path, capsys, extra, fragments):
+    root = make_benchmark_dataset("voc20", tmp_path / "data")
+    out = tmp_path / "r.json"
+    expect_error(capsys, evaluate_args("voc20", root, tiny_export, out, *extra), *fragments)
+    assert not out.exists()
+
+
 # --- scripts/run_all_benchmarks.py
 
 

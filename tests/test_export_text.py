@@ -167,6 +167,7 @@ def test_name_embeddings_are_cached_on_disk(plain_export, tmp_path, monkeypatch,
 
     monkeypatch.setattr(second.text_tower, "compute_name_embeddings", fail)
     assert np.array_equal(second.encode_classes(["zebra", "sky"], cache_dir=cache).text_embeds, first.text_embeds)
+    assert second.text_tower._session is None  # a cached label set does not even load the text graph
     monkeypatch.undo()
     # Other names or templates are other entries; a corrupt file is ignored (with a warning) and rewritten.
     runtime.ExportedSegmenter(folder).encode_classes(["zebra", "sky"], templates=["a {}."], cache_dir=cache)

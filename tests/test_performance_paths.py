@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from helpers import CASE_IDS, case_settings
-from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation, modeling_naclip
+from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
 from naclip_hf.inference import encode_classes, load_processor, segment_image, split_options
-from naclip_hf.models.naclip.postprocessing_naclip import pamr
+from naclip_hf.models.naclip import modeling_naclip, postprocessing_naclip
+from naclip_hf.models.naclip.postprocessing_naclip import NEIGHBOUR_OFFSETS, pamr, pamr_affinity, post_process_image
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "scripts" / "benchmark.py"
@@ -151,6 +152,67 @@ def test_pamr_matches_the_reference_on_other_shapes(bench_script, size, channels
     fast = pamr(image, scores, 10, dilations)
     reference = pamr_reference(image, scores, 10, dilations)
     assert (fast - reference).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("band_bytes", [1, 7 * 4 * 61, 1 << 40])
+@pytest.mark.parametrize("dilations", [[1, 2, 4], [3], [8, 16]])
+def test_pamr_steps_in_row_bands_equal_whole_image_steps(bench_script, monkeypatch, band_bytes, dilations):
+    """Bands of 1 row, of 7 rows (the last one ragged) and one band give identical scores, and every dilation reads
+    the single copy padded by the largest one as it would its own padded copy."""
+    image, scores = realistic_pamr_inputs(bench_script, (45, 61), 5, batch=2)
+    affinity = pamr_affinity(image, dilations).unsqueeze(2)
+    expected = scores
+    for _ in range(3):  # one padded copy per dilation, all neighbours accumulated over the whole image
+        refined = torch.zeros_like(expected)
+        weights = iter(affinity.unbind(dim=1))
+        for dilation in dilations:
+            padded = F.pad(expected, [dilation] * 4, mode="replicate")
+            for dy, dx in NEIGHBOUR_OFFSETS:
+                top, left = dilation + dy * dilation, dilation + dx * dilation
+                refined.addcmul_(padded[..., top : top + 45, left : left + 61], next(weights))
+        expected = refined
+    monkeypatch.setattr(postprocessing_naclip, "PAMR_BAND_BYTES", band_bytes)
+    assert torch.equal(postprocessing_naclip._pamr_refine(scores, affinity, 3, dilations), expected)
+
+
+@pytest.mark.parametrize("padding,crop", [("none", 64), ("centered", 70)])
+def test_windows_upsampled_one_at_a_time_equal_the_batch_upsampled_at_once(quick_model, padding, crop):
+    """The forward upsamples and adds each window's logits on its own; the batch's logits upsampled together, added
+    where each window lies and divided by the coverage give the same values (windows of 2 images, batches that
+    straddle them)."""
+    model = quick_model
+    torch.manual_seed(5)
+    pixels = torch.randn(2, 3, 112, 149)
+    text = F.normalize(torch.randn(5, model.config.projection_dim), dim=-1)
+    options = {"slide_crop": crop, "slide_stride": 32, "slide_batch_size": 5, "window_padding": padding}
+    block = {name: model.config.inference_options()[name] for name in modeling_naclip.LAST_BLOCK_SETTINGS}
+    boxes = modeling_naclip.sliding_windows(112, 149, crop, 32)
+    windows = [(image, box) for image in range(2) for box in boxes]
+    expected = torch.zeros(2, 5, 112, 149)
+    with torch.no_grad():
+        fast = model(pixels, text_embeds=text, **options).logits
+        for start in range(0, len(windows), 5):
+            chunk = windows[start : start + 5]
+            batch = torch.stack([pixels[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
+            for (image, (a, b, c, d)), values in zip(chunk, model._encode_windows(batch, text, padding, {}, **block)):
+                expected[image, :, a:b, c:d] += values
+    count = torch.zeros(112, 149)
+    for a, b, c, d in boxes:
+        count[a:b, c:d] += 1
+    assert torch.equal(fast, expected / count)
+
+
+def test_labels_are_the_first_most_probable_class_unless_below_the_threshold():
+    """Labels from one max over the classes are the argmax (the first of tied classes) with `prob_thd` applied."""
+    torch.manual_seed(6)
+    logits = torch.randn(1, 6, 20, 30) * 0.05 + 0.2
+    logits[:, 4] = logits[:, 1]  # exact ties between classes 1 and 4
+    result = post_process_image(logits, None, (20, 30), list(range(6)), 40.0, 0.25, 0, [8])
+    probabilities = (logits * 40.0).softmax(dim=1)[0]
+    expected = probabilities.argmax(dim=0)
+    expected[probabilities.amax(dim=0) < 0.25] = 0
+    assert torch.equal(result.segmentation, expected)
+    assert (expected == 1).any() and not (expected == 4).any() and (expected == 0).any()
 
 
 def test_segment_image_equals_the_baseline_end_to_end(bench_script, quick_model, quick_image):
@@ -385,7 +447,8 @@ def test_benchmark_quick_runs_every_section(tmp_path):
     assert all(row["ours_s"] > 0 for row in results["rows"])
     targets = {entry["target"] for entry in results["targets"]}
     assert targets >= {"end to end vs baseline", "PAMR time vs baseline", "text classifier vs baseline",
-                       "`naclip segment` repeat call vs baseline command"}  # fmt: skip
+                       "`naclip segment` repeat call vs baseline command", "bf16 / fp32 end to end, 7 names",
+                       "naclip-hf bf16 / CLIPSeg best dtype, 7 classes"}  # fmt: skip
     titles = {table["title"] for table in results["tables"]}
     assert titles >= {"Start-up", "Windows per batch", "Prompts per text batch", "Vision pass efficiency"}
 

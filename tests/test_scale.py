@@ -1,5 +1,5 @@
-"""Process splitting, resume bookkeeping and the memory check of `naclip_hf.scale`; the memory-lean writing of
-large images' label maps and overlays."""
+"""Resume bookkeeping and the memory check of `naclip_hf.scale`; the memory-lean writing of large images' label
+maps and overlays; `naclip segment` resuming and on two processes."""
 
 from __future__ import annotations
 
@@ -12,44 +12,14 @@ import pytest
 from PIL import Image
 
 from naclip_hf import scale, visualization
+from naclip_hf.distributed import TRACE_INPUTS_ENV
 from naclip_hf.scale import (
-    ProcessGroup,
     estimate_image_peak_bytes,
     is_complete,
     memory_problem,
     parse_bytes,
     run_summary,
-    shard_for_process,
 )
-
-
-def test_every_item_goes_to_exactly_one_process():
-    items = [f"image{i}" for i in range(11)]
-    for world_size in (1, 2, 3, 5, 16):
-        shards = [shard_for_process(items, rank, world_size) for rank in range(world_size)]
-        assert sorted(sum(shards, [])) == sorted(items)
-        assert max(map(len, shards)) == ProcessGroup(0, world_size).rounds(len(items))
-        # by position: the same split whatever happens at run time
-        assert shards[0][0] == items[0] and (world_size == 1 or shards[1][0] == items[1])
-    assert shard_for_process(items, 1, 2) == items[1::2]
-    with pytest.raises(ValueError, match="rank=2"):
-        shard_for_process(items, 2, 2)
-
-
-def test_single_process_group_needs_no_distributed(monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    group = ProcessGroup.start()
-    assert (group.rank, group.world_size, group.is_main) == (0, 1, True)
-    assert group.shard([1, 2, 3]) == [1, 2, 3]
-    assert group.gather({"a": 1}) == [{"a": 1}] and group.sum([2, 3]) == [2, 3]
-    group.barrier()
-    code = (
-        "import sys, naclip_hf.scale as s; g = s.ProcessGroup.start(); g.gather(1); g.sum([1]); "
-        "print(any(m.startswith(('accelerate', 'torch.distributed')) or m == 'torch' for m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PATH": "/usr/bin:/bin", "WORLD_SIZE": "1"})  # fmt: skip
-    assert out.stdout.strip() == "False"
 
 
 def write_summary(folder, stem, outputs):
@@ -227,7 +197,7 @@ def segment_argv(photos, checkpoint, out, *extra):
 def segment_here(argv, capsys, monkeypatch, trace):
     from naclip_hf.cli import main
 
-    monkeypatch.setenv(scale.TRACE_INPUTS_ENV, str(trace))
+    monkeypatch.setenv(TRACE_INPUTS_ENV, str(trace))
     code = main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -301,7 +271,7 @@ def test_two_processes_write_the_single_process_files(fast_checkpoint, photos, t
         port = sock.getsockname()[1]
     trace = tmp_path / "two.txt"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               **{scale.TRACE_INPUTS_ENV: str(trace)})  # fmt: skip
+               **{TRACE_INPUTS_ENV: str(trace)})  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                "-m", "naclip_hf.cli", *segment_argv(photos, fast_checkpoint, tmp_path / "two")]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

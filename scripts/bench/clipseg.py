@@ -145,7 +145,7 @@ def run(context: Context) -> SectionResult:
             rows.append([str(count), name, *cells, speedup])
     table = Table(
         "Per image: ours vs CLIPSeg ViT-B/16 (352 px, one backbone pass per prompt)",
-        ["Classes", "dtype", "naclip-hf (s)", "CLIPSeg (s)", "CLIPSeg / naclip-hf"],
+        ["Classes", "dtype", "naclip-hf (s)", "CLIPSeg ViT-B/16, 352 px (s)", "CLIPSeg / naclip-hf"],
         rows,
     )  # fmt: skip
     first = CLASS_COUNTS[0]

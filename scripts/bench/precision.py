@@ -14,7 +14,9 @@ Stages (`stage_times`): resize and normalise (`image_processor(image)`); the vis
 stacked sliding windows, in `slide_batch_size` batches); the window head (the model's forward minus the tower:
 cutting the windows, projection, similarity at patch resolution, upsampling to the windows, accumulation);
 post-processing without PAMR (upsampling to the original size, softmax, labels) and PAMR (post-processing with
-minus without); the rest of `segment_image` (casts and copies of inputs and outputs).
+minus without); the rest of `segment_image` (casts and copies of inputs and outputs). Stages are differences of
+calls timed separately: on a busy machine a small one can come out negative. The tower's own time is also split by
+operator (`torch.profiler`, one call), for each dtype measured.
 """
 
 from __future__ import annotations
@@ -108,6 +110,19 @@ def stage_calls(model: Any, context: Context, classes: Any) -> dict[str, Callabl
     }
 
 
+def tower_operators(model: Any, context: Context, top: int = 8) -> list[tuple[str, float]]:
+    """The vision tower's `top` operators by self CPU time in one call, (name, seconds), then the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tower = tower_call(model, context.processor.image_processor(context.image)["pixel_values"].to(model.dtype))
+    tower()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        tower()
+    totals = sorted(((event.key, event.self_cpu_time_total / 1e6) for event in profiler.key_averages()),
+                    key=lambda item: -item[1])  # fmt: skip
+    return [*totals[:top], ("other operators", sum(value for _, value in totals[top:]))]
+
+
 def stage_times(model: Any, context: Context, classes: Any) -> dict[str, float]:
     """Seconds of each stage of `STAGES` and of `end_to_end` (best of the run's repeats after a warm-up)."""
     calls = stage_calls(model, context, classes)
@@ -170,9 +185,10 @@ def measure(context: Context) -> dict[str, Any]:
         stages["bf16"] = stage_times(context.model_in(torch.bfloat16), context, first)
     pixel_values = context.processor.image_processor(context.image)["pixel_values"]
     tower_flops = count_flops(tower_call(fp32_model, pixel_values))
+    operators = {name: tower_operators(context.model_in(DTYPES[name]), context) for name in stages}
     context.shared["precision"] = {
         "rates": rates, "fast_bf16": fast_bf16, "per_image": per_image, "agreement": agreement, "stages": stages,
-        "tower_flops": tower_flops,
+        "tower_flops": tower_flops, "operators": operators,
     }  # fmt: skip
     return context.shared["precision"]
 
@@ -190,13 +206,14 @@ def run(context: Context) -> SectionResult:
             f"{found['agreement'][count]:.2%}" if count in found["agreement"] else "—",
         ])  # fmt: skip
     size = "x".join(map(str, context.image.shape[:2]))
-    once = "" if found["fast_bf16"] else " (bf16: one call)"
+    once = "" if found["fast_bf16"] else ", one call"
     e2e = Table(f"Per image, end to end ({size} image){once}",
-                ["Names", "fp32 (s)", "bf16 (s)", "bf16 / fp32", "bf16 labels equal to fp32"], rows)  # fmt: skip
+                ["Names (end to end)", "fp32 (s)", f"bf16 (s){once}", "bf16 / fp32", "bf16 labels equal to fp32"],
+                rows)  # fmt: skip
     total = {name: times["end_to_end"] for name, times in stages.items()}
     breakdown = Table(
         f"Where the time goes ({NAME_COUNTS[0]} names, best of {context.repeats})",
-        ["Stage", *[f"{name} (s)" for name in stages], *[f"{name} share" for name in stages]],
+        [f"Stage ({NAME_COUNTS[0]} names)", *[f"{name} (s)" for name in stages], *[f"{name} share" for name in stages]],
         [[label, *[seconds(times[key]) for times in stages.values()],
           *[f"{times[key] / total[name]:.1%}" for name, times in stages.items()]] for key, label in STAGES]
         + [["end to end", *[seconds(value) for value in total.values()], *["100%" for _ in total]]],
@@ -215,10 +232,16 @@ def run(context: Context) -> SectionResult:
                            skipped, "—", "—", "—"])  # fmt: skip
     tower = Table(
         "Vision tower against the matmul rate of its dtype (this run)",
-        ["dtype", "Tower GFLOP", "matmul GFLOP/s", "Limit (s)", "Tower (s)", "Tower GFLOP/s", "Share of the limit",
+        ["Vision tower", "GFLOP", "matmul GFLOP/s", "Limit (s)", "Tower (s)", "Tower GFLOP/s", "Share of the limit",
          "End to end share"],
         tower_rows,
     )  # fmt: skip
+    profiles = [
+        Table(f"Vision tower by operator, {name} (torch.profiler, one call)",
+              [f"Operator ({name} tower, one call)", "Self CPU (s)", "Share"],
+              [[key, f"{value:.3f}", f"{value / sum(v for _, v in rows_):.1%}"] for key, value in rows_])
+        for name, rows_ in found["operators"].items()
+    ]  # fmt: skip
     first = NAME_COUNTS[0]
     bf16 = per_image.get(("bf16", first))
     ratio_ = None if bf16 is None else bf16 / per_image[("fp32", first)]
@@ -228,4 +251,4 @@ def run(context: Context) -> SectionResult:
         + ("" if found["fast_bf16"] else " (no native bf16 matrix products: bf16 timed once, at "
            f"{first} names)"),
     }  # fmt: skip
-    return SectionResult(tables=[e2e, breakdown, tower], targets=targets, settings=settings)
+    return SectionResult(tables=[e2e, breakdown, tower, *profiles], targets=targets, settings=settings)

@@ -216,14 +216,7 @@ class OnnxSegmenter(Segmenter):
 
     @property
     def dtype(self) -> str:
-        import json
-
-        # The graphs' precision, recorded in config.json by `naclip export` (float32 when absent).
-        try:
-            recorded = json.loads((self.runtime.folder / "config.json").read_text(encoding="utf-8")).get("dtype")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
-        return recorded if isinstance(recorded, str) else "float32"
+        return export_dtype(self.runtime.folder)
 
     def encode_classes(
         self,
@@ -253,6 +246,26 @@ class OnnxSegmenter(Segmenter):
         save_scores(path, result, metadata)
 
 
+def export_dtype(folder: str | os.PathLike, requested: str | None = None) -> str:
+    """The precision of an export written by `naclip export` (fixed in its graphs; its config.json's `dtype`,
+    float32 when absent). `requested` may be None, `auto` or that precision; another raises `ValueError`."""
+    import json
+    from pathlib import Path
+
+    try:
+        recorded = json.loads((Path(folder).expanduser() / "config.json").read_text(encoding="utf-8")).get("dtype")
+    except (OSError, ValueError):
+        recorded = None
+    recorded = recorded if isinstance(recorded, str) else "float32"
+    if requested not in (None, "auto", recorded):
+        raise ValueError(
+            f"--dtype {requested}: {folder} is an ONNX export, which runs in the precision it was exported in "
+            f"({recorded}); drop --dtype, export again with `naclip export ... --dtype {requested}`, or run the "
+            "PyTorch checkpoint with it."
+        )
+    return recorded
+
+
 def load_segmenter(
     model: str | os.PathLike,
     overrides: Mapping[str, Any] | None = None,
@@ -273,6 +286,7 @@ def load_segmenter(
     from .export.runtime import ExportedSegmenter, is_exported_folder
 
     if is_exported_folder(model):
+        export_dtype(model, None if dtype is None else str(dtype).removeprefix("torch."))
         return OnnxSegmenter(ExportedSegmenter(model, overrides, quantized=quantized), model)
     if quantized:
         raise ValueError(
@@ -287,4 +301,4 @@ def load_segmenter(
     return TorchSegmenter(load_model(model, overrides, **kwargs), load_processor(model), model)
 
 
-__all__ = ["OnnxSegmenter", "Segmenter", "TorchSegmenter", "load_segmenter"]
+__all__ = ["OnnxSegmenter", "Segmenter", "TorchSegmenter", "export_dtype", "load_segmenter"]

@@ -212,22 +212,10 @@ def add_dtype_option(parser: argparse.ArgumentParser, dtype_help: str = "", help
 
 
 def check_export_dtype(dtype: str | None, folder: str | os.PathLike) -> str:
-    """The precision of an export written by `naclip export` (fixed in its graph; its config.json's `dtype`,
-    float32 when absent). `--dtype` may be left out, `auto` or that precision; another raises `ValueError`."""
-    import json
+    """`naclip_hf.segmenter.export_dtype`: the precision of an export, checked against `--dtype`."""
+    from ..segmenter import export_dtype
 
-    try:
-        recorded = json.loads((Path(folder).expanduser() / "config.json").read_text(encoding="utf-8")).get("dtype")
-    except (OSError, ValueError):
-        recorded = None
-    recorded = recorded if recorded in DTYPE_CHOICES else "float32"
-    if dtype not in (None, "auto", recorded):
-        raise ValueError(
-            f"--dtype {dtype}: {folder} is an ONNX export, which runs in the precision it was exported in "
-            f"({recorded}); drop --dtype, export again with `naclip export ... --dtype {dtype}`, or run the "
-            "PyTorch checkpoint with it."
-        )
-    return recorded
+    return export_dtype(folder, dtype)
 
 
 def check_model_source(model: str, option: str = "--model") -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..benchmarks import BENCHMARKS, get_benchmark
 from ..methods import METHODS, combine_settings, describe_methods
-from ..models.naclip.options import DEFAULT_URL_TIMEOUT, DEFAULTS
+from ..models.naclip.options import DEFAULT_URL_TIMEOUT
 from ._common import (
     DelayedProgress,
     add_dtype_option,
@@ -29,7 +29,6 @@ from ._common import (
     add_model_option,
     add_preset_classes_option,
     add_set_option,
-    check_export_dtype,
     check_model_source,
     classes_from_options,
     jsonable,
@@ -187,62 +186,59 @@ def run(args: argparse.Namespace) -> int:
         return _finish(total, failures)
     check_model_source(args.model)
 
-    from ..export.runtime import is_exported_folder
-    from ..models.naclip.image_io import load_image
-    from ..models.naclip.options import CONFIG_SETTINGS
-
-    load_options: dict[str, Any] = {}
-    if is_exported_folder(args.model):  # written by `naclip export`: onnxruntime and numpy, no torch
-        from ..export.runtime import encode_classes, load_model, load_processor, save_scores, segment_image
-
-        load_options["quantized"] = args.quantized
-        dtype = check_export_dtype(args.dtype, args.model)
-    elif args.quantized:
-        raise ValueError(
-            f"--quantized runs the int8 graph of an exported model, but {args.model} is a PyTorch checkpoint; export "
-            "it with `naclip export MODEL OUT --quantize` and pass --model OUT, or leave out --quantized."
-        )
-    else:
-        from ..inference import encode_classes, load_model, load_processor, save_scores, segment_image
-
-        load_options["dtype"] = args.dtype
-
     from .. import scale
     from ..distributed import ProcessGroup
+    from ..segmenter import load_segmenter
 
     group = ProcessGroup.start()  # several processes under torchrun / accelerate launch
-    device = group.device if group.world_size > 1 and not str(group.device).startswith("cpu") else None
-    model = load_model(args.model, overrides, **load_options, **({"device": device} if device else {}))
-    processor = load_processor(args.model)
-    embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
-    if short_side is None:
-        short_side = getattr(processor.image_processor, "short_side", DEFAULTS["short_side"])
-    if "dtype" in load_options:  # PyTorch: --dtype as resolved (an export's is fixed, read above)
-        dtype = str(model.dtype).removeprefix("torch.")
-    recorded = {key: jsonable(getattr(model.config, key)) for key in CONFIG_SETTINGS}
-    recorded["short_side"] = short_side
-    context = {"model": str(args.model), "dtype": dtype, "preset": preset, "method": args.method,
-               "settings": recorded, "save_scores": save_scores}  # fmt: skip
-    exported = is_exported_folder(args.model)
-    keep_probabilities = args.scores or args.save_scores is not None
-    extra = {} if exported else {"return_probabilities": keep_probabilities}
-    stems = output_stems(sources)
-    # Resume: every process checks every image before any writes, then they split what is left.
-    skipped = 0
-    if out_dir is not None and args.save_scores is None and not args.overwrite:
-        same_run = {"model": str(args.model), "settings": recorded,
-                    "classes": [names[0] for names in embeddings.classes], "dtype": dtype}  # fmt: skip
-        done = [_is_done(out_dir, stem, args.scores, same_run) for stem in stems]
-        skipped = sum(done)
-        group.barrier()
-        sources = [source for source, finished in zip(sources, done) if not finished]
-        stems = [stem for stem, finished in zip(stems, done) if not finished]
-    if exported:
-        post = None
-    else:
-        from ..models.naclip.configuration_naclip import split_options
+    segmenter = load_segmenter(args.model, overrides, quantized=args.quantized, device=group.model_device,
+                               dtype=args.dtype)  # fmt: skip
+    label_set = segmenter.encode_classes(classes, cache_dir=True)
+    context = _run_context(args, segmenter, label_set, preset, short_side)
+    sources, stems, skipped = _left_to_do(args, out_dir, sources, context, group)
+    segmented, failures = _segment_all(args, out_dir, sources, stems, segmenter, label_set, context, failures, group)
+    if group.world_size > 1 or skipped:
+        if group.is_main:
+            print(scale.run_summary(segmented, skipped, len(failures), group.world_size), file=sys.stdout)
+    if not group.is_main:
+        return 1 if failures else 0
+    return _finish(total, failures)
 
-        post = split_options(model.config, {})[1]
+
+def _run_context(
+    args: argparse.Namespace, segmenter: Any, label_set: Any, preset: str | None, short_side: int | None
+) -> dict[str, Any]:
+    """What every image's outputs record: model, dtype, preset, method, settings (with the short side used)."""
+    from ..models.naclip.options import CONFIG_SETTINGS
+
+    recorded = {key: jsonable(getattr(segmenter.config, key)) for key in CONFIG_SETTINGS}
+    recorded["short_side"] = segmenter.short_side if short_side is None else short_side
+    return {"model": str(args.model), "dtype": segmenter.dtype, "preset": preset, "method": args.method,
+            "settings": recorded, "classes": [names[0] for names in label_set.classes], "segmenter": segmenter}
+
+
+def _left_to_do(
+    args: argparse.Namespace, out_dir: Path | None, sources: list[Source], context: dict[str, Any], group: Any
+) -> tuple[list[Source], list[str], int]:
+    """(sources, output stems, number skipped): every process checks every image before any writes, then they
+    split what is left; an image is skipped when an earlier run with the same model, settings, classes and dtype
+    left complete outputs (`--overwrite` redoes everything)."""
+    stems = output_stems(sources)
+    if out_dir is None or args.save_scores is not None or args.overwrite:
+        return sources, stems, 0
+    same_run = {key: context[key] for key in ("model", "settings", "classes", "dtype")}
+    done = [_is_done(out_dir, stem, args.scores, same_run) for stem in stems]
+    group.barrier()
+    left = [(source, stem) for source, stem, finished in zip(sources, stems, done) if not finished]
+    return [source for source, _ in left], [stem for _, stem in left], sum(done)
+
+
+def _segment_all(
+    args: argparse.Namespace, out_dir: Path | None, sources: list[Source], stems: list[str], segmenter: Any,
+    label_set: Any, context: dict[str, Any], failures: list[tuple[Source, str]], group: Any,
+) -> tuple[int, list[tuple[Source, str]]]:
+    """Segment this process's share of `sources`; returns (images segmented by all processes, the failures of all
+    processes, those found before loading first)."""
     mine = group.shard(list(zip(sources, stems)))
     description = "naclip segment" + (f" [{group.world_size} processes]" if group.world_size > 1 else "")
     progress = DelayedProgress(len(sources), description, "image", disable=len(sources) < 2 or not group.is_main)
@@ -252,25 +248,16 @@ def run(args: argparse.Namespace) -> int:
             before = len(failures)
             if round_index < len(mine):
                 source, stem = mine[round_index]
-                segmented += _segment_one(args, out_dir, source, stem, model, processor, embeddings, context,
-                                          failures, progress, group, load_image, segment_image, short_side, post,
-                                          extra)  # fmt: skip
+                segmented += _segment_one(args, out_dir, source, stem, segmenter, label_set, context, failures,
+                                          progress, group)  # fmt: skip
             counts = group.sum([1 if round_index < len(mine) else 0, len(failures) - before])
             progress.update(counts[0])
     finally:  # also on Ctrl-C, so that the next message starts on its own line
         progress.close()
     # Failures of every process, reported once by the main process.
     everything = group.gather([(source.describe(), reason) for source, reason in failures[missing:]])
-    totals = group.sum([segmented])
     gathered = [(Source(where, False), reason) for part in everything for where, reason in part]
-    all_failures = failures[:missing] + gathered
-    if group.world_size > 1 or skipped:
-        if group.is_main:
-            print(scale.run_summary(totals[0], skipped, len(all_failures), group.world_size), file=sys.stdout)
-    if not group.is_main:
-        return 1 if all_failures else 0
-    failures = all_failures
-    return _finish(total, failures)
+    return group.sum([segmented])[0], failures[:missing] + gathered
 
 
 def _is_done(out_dir: Path, stem: str, scores: bool, same_run: dict[str, Any]) -> bool:
@@ -290,12 +277,12 @@ def _is_done(out_dir: Path, stem: str, scores: bool, same_run: dict[str, Any]) -
 
 
 def _segment_one(
-    args: argparse.Namespace, out_dir: Path | None, source: Source, stem: str, model: Any, processor: Any,
-    embeddings: Any, context: dict[str, Any], failures: list[tuple[Source, str]], progress: Any, group: Any,
-    load_image: Any, segment_image: Any, short_side: int, post: dict[str, Any] | None, extra: dict[str, Any],
+    args: argparse.Namespace, out_dir: Path | None, source: Source, stem: str, segmenter: Any, label_set: Any,
+    context: dict[str, Any], failures: list[tuple[Source, str]], progress: Any, group: Any,
 ) -> int:
     """Read, segment and write one image; 1 when done, 0 when it failed (added to `failures` and reported)."""
     from ..distributed import trace_input
+    from ..models.naclip.image_io import load_image
     from ..scale import estimate_image_peak_bytes, memory_problem, release_free_memory
     from ..visualization import narrow_segmentation
 
@@ -307,20 +294,21 @@ def _segment_one(
         failures.append((source, f"{what} ({error})"))
         _report_failure(*failures[-1], progress)
         return 0
-    if post is not None:
-        height, width = image.shape[:2]
-        needed = estimate_image_peak_bytes(
-            height, width, len(embeddings.name_to_class), len(embeddings.classes), post["pamr_steps"],
-            post["pamr_dilations"], return_probabilities=extra.get("return_probabilities", True),
-        )  # fmt: skip
-        problem = memory_problem(needed)
-        if problem is not None:
-            failures.append((source, f"too large for this machine: {width}x{height} pixels {problem}"))
-            _report_failure(*failures[-1], progress)
-            return 0
+    keep_probabilities = args.scores or args.save_scores is not None
+    settings = context["settings"]
+    needed = estimate_image_peak_bytes(
+        *image.shape[:2], len(label_set.name_to_class), len(label_set.classes), settings["pamr_steps"],
+        settings["pamr_dilations"], return_probabilities=keep_probabilities,
+    )  # fmt: skip
+    problem = memory_problem(needed)
+    if problem is not None:
+        failures.append((source, f"too large for this machine: {image.shape[1]}x{image.shape[0]} pixels {problem}"))
+        _report_failure(*failures[-1], progress)
+        return 0
     try:
-        result = segment_image(model, processor, image, embeddings, short_side=short_side, **extra)
-        segmentation = narrow_segmentation(result.segmentation, len(embeddings.classes))
+        result = segmenter.segment(image, label_set, short_side=settings["short_side"],
+                                   return_probabilities=keep_probabilities)  # fmt: skip
+        segmentation = narrow_segmentation(result.segmentation, len(label_set.classes))
     except (RuntimeError, ValueError) as error:
         failures.append((source, f"segmentation failed ({error})"))
         _report_failure(*failures[-1], progress)
@@ -329,7 +317,7 @@ def _segment_one(
         result = None  # drops the int64 label map (864 MB for 12000x9000 pixels) before the overlay is drawn
     release_free_memory()
     try:
-        lines = write_outputs(args, out_dir, stem, source, image, segmentation, result, embeddings, context)
+        lines = write_outputs(args, out_dir, stem, source, image, segmentation, result, label_set, context)
     except OSError as error:
         failures.append((source, f"could not write the outputs ({error})"))
         _report_failure(*failures[-1], progress)
@@ -485,7 +473,7 @@ def write_outputs(
     from ..fileio import write_atomic
     from ..visualization import class_palette, class_shares, label_map_image, overlay_image
 
-    save_scores = context["save_scores"]  # the backend's (PyTorch or the ONNX runtime)
+    save_scores = context["segmenter"].save_scores
 
     metadata = {"classes": embeddings.classes, "image": source.describe()}
     lines = []

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..fileio import staged_directory
 from ..models.naclip.modeling_naclip import NACLIPForSemanticSegmentation, NACLIPVisionEmbeddings
+from ..models.naclip.options import names_of_stage
 from .layout import (
     CLASS_EMBEDDINGS_FILE,
     CLASSES_FILE,
@@ -173,7 +174,7 @@ class SegmentationGraph(nn.Module):
         super().__init__()
         self.model = _graph_view(model)
         options = model.config.inference_options()
-        self.block = {key: options[key] for key in ("arch", "attn_strategy", "gaussian_std")}
+        self.block = {key: options[key] for key in names_of_stage("block")}
 
     def forward(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         hidden = self.model.encode_patches(pixel_values.to(self.model.dtype), **self.block).last_hidden_state

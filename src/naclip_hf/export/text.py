@@ -11,7 +11,7 @@ Cache: the directory and file layout of `naclip_hf.text_cache` (`$NACLIP_CACHE`,
 `$XDG_CACHE_HOME/naclip_hf/text`; one safetensors file per entry named by the BLAKE2b hash of its description, the
 description stored in the file and compared on reading). The description holds what the embeddings depend on here:
 a fingerprint of the text graph file (its size, its first and last 64 KiB and 4096 samples spread over it), the
-tokenizer file's hash and maximum length, the text configuration, the dtype, the templates and the names.
+hashes of the tokenizer files, the text configuration, the dtype, the templates and the names.
 
 Example:
 
@@ -170,29 +170,53 @@ class ExportedTextTower:
         folder: an exported folder holding `onnx/text_model.onnx` and `tokenizer.json`.
         session_options, providers: for `onnxruntime.InferenceSession` (default: the CPU provider).
 
-    Calls may come from several threads.
+    The tokenizer and the graph are loaded on first use: label sets found in memory or in the disk cache need
+    neither. Calls may come from several threads.
     """
 
     def __init__(
         self, folder: str | os.PathLike, session_options: Any = None, providers: Sequence[Any] | None = None
     ) -> None:
-        import onnxruntime
-
         self.folder = Path(folder).expanduser()
         self.graph_path = self.folder / ONNX_DIR / TEXT_MODEL_FILE
-        if not self.graph_path.is_file():
-            raise OSError(
-                f"The exported model {self.folder} has no {ONNX_DIR}/{TEXT_MODEL_FILE} (its text model); "
-                f"{_REEXPORT_HINT}."
-            )
-        self.tokenizer = ExportedTokenizer(self.folder)
-        self.session = onnxruntime.InferenceSession(
-            str(self.graph_path), sess_options=session_options, providers=list(providers or ["CPUExecutionProvider"])
-        )
-        self.embedding_dim = int(self.session.get_outputs()[0].shape[-1])
+        for path, what in ((self.graph_path, "text model"), (self.folder / TOKENIZER_FILE, "tokenizer")):
+            if not path.is_file():
+                raise OSError(
+                    f"The exported model {self.folder} has no {path.relative_to(self.folder)} (its {what}); "
+                    f"{_REEXPORT_HINT}."
+                )
+        self._config = _read_optional_json(self.folder / CONFIG_FILE)
+        try:
+            self.embedding_dim = int(self._config["projection_dim"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{self.folder / CONFIG_FILE} gives no projection_dim; {_REEXPORT_HINT}.") from None
+        self._session_options = session_options
+        self._providers = list(providers or ["CPUExecutionProvider"])
+        self._tokenizer: ExportedTokenizer | None = None
+        self._session: Any = None
         self._identity: dict[str, Any] | None = None
         self._memory: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> ExportedTokenizer:
+        """The folder's `ExportedTokenizer`, loaded on first use."""
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = ExportedTokenizer(self.folder)
+            return self._tokenizer
+
+    @property
+    def session(self) -> Any:
+        """The `onnxruntime.InferenceSession` of the text graph, created on first use."""
+        with self._lock:
+            if self._session is None:
+                import onnxruntime
+
+                self._session = onnxruntime.InferenceSession(
+                    str(self.graph_path), sess_options=self._session_options, providers=self._providers
+                )
+            return self._session
 
     def prompt_features(self, prompts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """L2-normalised features [len(prompts), D] of the prompts, `batch_size` prompts per graph run, in order of
@@ -201,10 +225,11 @@ class ExportedTextTower:
         lengths = np.asarray([len(ids) for ids in encoded])
         order = np.argsort(lengths, kind="stable")
         features = np.empty((len(encoded), self.embedding_dim), dtype=np.float32)
+        session, pad_token_id = self.session, self.tokenizer.pad_token_id
         for start in range(0, len(encoded), batch_size):
             rows = order[start : start + batch_size]
-            input_ids = pad_token_ids([encoded[row] for row in rows], self.tokenizer.pad_token_id)["input_ids"]
-            features[rows] = self.session.run([TEXT_GRAPH_OUTPUT], {TEXT_GRAPH_INPUT: input_ids})[0]
+            input_ids = pad_token_ids([encoded[row] for row in rows], pad_token_id)["input_ids"]
+            features[rows] = session.run([TEXT_GRAPH_OUTPUT], {TEXT_GRAPH_INPUT: input_ids})[0]
         return features
 
     def compute_name_embeddings(
@@ -257,25 +282,26 @@ class ExportedTextTower:
     def cache_description(self, names: Sequence[str], templates: Sequence[str]) -> str:
         """Canonical JSON of everything the embeddings of `names` depend on (the cache key is its hash)."""
         if self._identity is None:
-            config = _read_optional_json(self.folder / CONFIG_FILE)
-            text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+            text_config = self._config.get("text_config")
+            text_config = text_config if isinstance(text_config, dict) else {}
             ignored = {"transformers_version", "architectures", "dtype", "torch_dtype", "name_or_path"}
+            tokenizer_config = self.folder / TOKENIZER_CONFIG_FILE
+            tokenizer_config_fingerprint = (
+                file_fingerprint(tokenizer_config, whole=True) if tokenizer_config.is_file() else None
+            )
             self._identity = {
                 "format": CACHE_FORMAT,
                 "backend": "onnxruntime",
                 "text_graph": file_fingerprint(self.graph_path),
-                "tokenizer": {
-                    "file": file_fingerprint(self.folder / TOKENIZER_FILE, whole=True),
-                    "model_max_length": self.tokenizer.model_max_length,
-                    "pad_token_id": self.tokenizer.pad_token_id,
-                },
+                "tokenizer": file_fingerprint(self.folder / TOKENIZER_FILE, whole=True),
+                "tokenizer_config": tokenizer_config_fingerprint,
                 "text_config": {
                     key: value
                     for key, value in sorted(text_config.items())
                     if not key.startswith("_")
                     and key not in ignored
                     and isinstance(value, (str, int, float, bool, type(None)))
-                },  # fmt: skip
+                },
                 "projection_dim": self.embedding_dim,
                 "dtype": "float32",
             }

@@ -455,8 +455,9 @@ def post_process_image(
                 keep = area_threshold_keep(torch.bincount(probs.argmax(dim=1).reshape(-1), minlength=num_classes),
                                            area_thd)  # fmt: skip
             probs = drop_classes(probs, keep)
-        labels = probs.argmax(dim=1)
-        labels[probs.amax(dim=1) < prob_thd] = 0
+        best, labels = probs.max(dim=1)  # one pass, and faster than argmax over dim 1; same first-maximum indices
+        labels[best < prob_thd] = 0
+        del best
         probs = probs.div_(probs.sum(dim=1, keepdim=True).clamp_(min=torch.finfo(probs.dtype).tiny))[0]
         labels = labels[0]
         segmentation[top:bottom, left:right] = labels

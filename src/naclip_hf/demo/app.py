@@ -275,10 +275,8 @@ def build_demo(
 
         attention_methods = list(check_methods(backend.model, list(attention_methods)))
     example = str(example_image_path())
-    strategies = backend.attention_strategies()
     # Label maps offered for download; each request's file is kept for an hour (Gradio serves a copy of it).
     downloads = tempfile.TemporaryDirectory(prefix="naclip-demo-")
-    help_of = {name: SETTINGS_BY_NAME[name].help for name in ("arch", "prob_thd", "short_side", "gaussian_std")}
 
     def run_segment(
         image: str | None,
@@ -313,27 +311,48 @@ def build_demo(
         _remove_old_downloads(Path(downloads.name))
         return result.overlay, result.rows, str(label_map_path)
 
-    def method_controls(name: str, preset: str | None) -> tuple[Any, ...]:
-        """Every control back to "the method's", showing its values; a preset's settings on top."""
-        values = backend.method_settings(name or None)
-        preset_values = _preset_values(preset, name or None)
-        return (
-            gr.update(choices=[(_theirs(values["attn_strategy"]), "")] + [(s, s) for s in strategies], value=""),
-            gr.update(choices=[(_theirs(values["arch"]), ""), ("reduced", "reduced"), ("vanilla", "vanilla")],
-                      value=""),  # fmt: skip
-            gr.update(choices=[(_theirs(values["pamr"]), ""), ("on", "on"), ("off", "off")], value=""),
-            *(
-                gr.update(value=_shown(preset_values.get(setting)), placeholder=_theirs(values[setting]))
-                for setting in NUMBER_LABELS
-            ),
-            _fixed_block_note(backend) if exported else _method_note(name),
-        )
+    first = _method_controls(backend, method, None)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {TITLE}\nName any classes in text and get a per-pixel segmentation from a frozen CLIP.")
+        gr.Markdown(_model_note(backend), elem_id="model-note")
+        with gr.Tabs():
+            _segment_tab(backend, example, first, run_segment, method)
+            _attention_tab(backend, example, attention_methods)
+    demo.queue(default_concurrency_limit=concurrency)
+    demo.naclip_downloads = downloads  # removed with the app
+    return demo
+
+
+def _method_controls(backend: DemoBackend | ExportedDemoBackend, name: str, preset: str | None) -> tuple[Any, ...]:
+    """Every control back to "the method's", showing its values; a preset's settings on top."""
+    values = backend.method_settings(name or None)
+    preset_values = _preset_values(preset, name or None)
+    strategies = backend.attention_strategies()
+    return (
+        gr.update(choices=[(_theirs(values["attn_strategy"]), "")] + [(s, s) for s in strategies], value=""),
+        gr.update(choices=[(_theirs(values["arch"]), ""), ("reduced", "reduced"), ("vanilla", "vanilla")],
+                  value=""),  # fmt: skip
+        gr.update(choices=[(_theirs(values["pamr"]), ""), ("on", "on"), ("off", "off")], value=""),
+        *(
+            gr.update(value=_shown(preset_values.get(setting)), placeholder=_theirs(values[setting]))
+            for setting in NUMBER_LABELS
+        ),
+        _fixed_block_note(backend) if backend.exported else _method_note(name),
+    )
+
+
+def _segment_tab(
+    backend: DemoBackend | ExportedDemoBackend, example: str, first: tuple[Any, ...], run_segment: Any, method: str
+) -> None:
+    """The Segment tab: image, classes, method and settings, the overlay with its legend; `/segment`."""
+    exported = backend.exported
 
     def method_changed(name: str, preset: str | None) -> tuple[Any, ...]:
         try:
-            return method_controls(name, preset)
+            return _method_controls(backend, name, preset)
         except ValueError as error:
             raise _error(error) from None
+    help_of = {name: SETTINGS_BY_NAME[name].help for name in ("arch", "prob_thd", "short_side", "gaussian_std")}
 
     def apply_preset(name: str, method: str) -> tuple[Any, ...]:
         if not name:
@@ -350,6 +369,61 @@ def build_demo(
         except ValueError:
             return gr.update()
         return options["arch"] if notes else gr.update()
+
+    with gr.Tab("Segment", id="segment"):
+        with gr.Row():
+            with gr.Column():
+                image = image_input(label="Image", elem_id="segment-image")
+                labels = gr.Textbox(
+                    label="Classes (one per line, synonyms after commas)", lines=6, elem_id="labels",
+                    placeholder="sky\nroad, street\nperson, person in shirt",
+                    value=backend.stored_labels_text if exported else None,
+                )  # fmt: skip
+                # An export stores the embeddings of its own classes only: no benchmark's classes.
+                preset = gr.Dropdown(_preset_choices(), value="", label="Or a benchmark's classes",
+                                     visible=not exported)  # fmt: skip
+                methods = [EXPORTED_METHOD_CHOICE, *_method_choices()] if exported else _method_choices()
+                chosen = gr.Dropdown(methods, value=method, label="Method", elem_id="method",
+                                     interactive=not exported)  # fmt: skip
+                method_note = gr.Markdown(first[-1], elem_id="method-note")
+                with gr.Row():
+                    strategy = gr.Dropdown(label="Attention of the last block", elem_id="strategy",
+                                           interactive=not exported, **_initial(first[0]))  # fmt: skip
+                    arch = gr.Radio(label="Last block", info=help_of["arch"], elem_id="arch",
+                                    interactive=not exported, **_initial(first[1]))  # fmt: skip
+                with gr.Row():
+                    pamr = gr.Radio(label="PAMR refinement", elem_id="pamr", **_initial(first[2]))
+                    prob_thd = _number_box(first[3], "prob_thd", help_of["prob_thd"])
+                with gr.Accordion("More settings", open=False):
+                    short_side = _number_box(first[4], "short_side", help_of["short_side"])
+                    slide_crop = _number_box(first[5], "slide_crop")
+                    gaussian_std = _number_box(first[6], "gaussian_std", help_of["gaussian_std"],
+                                               interactive=not exported)  # fmt: skip
+                gr.Markdown(SEGMENT_HELP, elem_id="settings-help")
+                run = gr.Button("Segment", variant="primary", elem_id="segment-button")
+            with gr.Column():
+                # No label badge: it would cover the legend drawn in the overlay's top-left corner.
+                overlay = gr.Image(label="Segmentation", show_label=False, type="pil", format="png",
+                                   interactive=False, elem_id="overlay")  # fmt: skip
+                table = gr.HTML(legend_html(None), elem_id="legend")
+                found = gr.JSON(label="Classes found", visible=False)
+                label_map = gr.File(label="Label map (PNG, pixel value = class id)", elem_id="label-map")
+        example_labels = backend.stored_labels_text if exported else EXAMPLE_LABELS
+        gr.Examples([[example, example_labels]], inputs=[image, labels], label="Example")
+        settings = [strategy, arch, pamr, prob_thd, short_side, slide_crop, gaussian_std]
+        run.click(run_segment, [image, labels, chosen, *settings], [overlay, found, label_map],
+                  api_name="segment").then(legend_html, found, table, api_visibility="private")  # fmt: skip
+        chosen.change(method_changed, [chosen, preset], [*settings, method_note], api_visibility="private")
+        preset.change(apply_preset, [preset, chosen], [labels, prob_thd, short_side, slide_crop],
+                      api_visibility="private")  # fmt: skip
+        strategy.change(strategy_changed, [chosen, strategy, arch], arch, api_visibility="private")
+
+
+def _attention_tab(
+    backend: DemoBackend | ExportedDemoBackend, example: str, attention_methods: Sequence[str]
+) -> None:
+    """The Attention tab: click a point, see its patch's last-layer attention under each method chosen."""
+    exported = backend.exported
 
     def run_attention(image: str | None, methods: list[str], evt: gr.SelectData) -> tuple[Any, str, Any]:
         point = (evt.index[0], evt.index[1])
@@ -375,89 +449,34 @@ def build_demo(
             return gr.update(), gr.update()
         return draw_attention(image, methods, point)
 
-    first = method_controls(method, None)
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        gr.Markdown(f"# {TITLE}\nName any classes in text and get a per-pixel segmentation from a frozen CLIP.")
-        gr.Markdown(_model_note(backend), elem_id="model-note")
-        with gr.Tabs():
-            with gr.Tab("Segment", id="segment"):
-                with gr.Row():
-                    with gr.Column():
-                        image = image_input(label="Image", elem_id="segment-image")
-                        labels = gr.Textbox(
-                            label="Classes (one per line, synonyms after commas)", lines=6, elem_id="labels",
-                            placeholder="sky\nroad, street\nperson, person in shirt",
-                            value=backend.stored_labels_text if exported else None,
-                        )  # fmt: skip
-                        # An export stores the embeddings of its own classes only: no benchmark's classes.
-                        preset = gr.Dropdown(_preset_choices(), value="", label="Or a benchmark's classes",
-                                             visible=not exported)  # fmt: skip
-                        methods = [EXPORTED_METHOD_CHOICE, *_method_choices()] if exported else _method_choices()
-                        chosen = gr.Dropdown(methods, value=method, label="Method", elem_id="method",
-                                             interactive=not exported)  # fmt: skip
-                        method_note = gr.Markdown(first[-1], elem_id="method-note")
-                        with gr.Row():
-                            strategy = gr.Dropdown(label="Attention of the last block", elem_id="strategy",
-                                                   interactive=not exported, **_initial(first[0]))  # fmt: skip
-                            arch = gr.Radio(label="Last block", info=help_of["arch"], elem_id="arch",
-                                            interactive=not exported, **_initial(first[1]))  # fmt: skip
-                        with gr.Row():
-                            pamr = gr.Radio(label="PAMR refinement", elem_id="pamr", **_initial(first[2]))
-                            prob_thd = _number_box(first[3], "prob_thd", help_of["prob_thd"])
-                        with gr.Accordion("More settings", open=False):
-                            short_side = _number_box(first[4], "short_side", help_of["short_side"])
-                            slide_crop = _number_box(first[5], "slide_crop")
-                            gaussian_std = _number_box(first[6], "gaussian_std", help_of["gaussian_std"],
-                                                       interactive=not exported)  # fmt: skip
-                        gr.Markdown(SEGMENT_HELP, elem_id="settings-help")
-                        run = gr.Button("Segment", variant="primary", elem_id="segment-button")
-                    with gr.Column():
-                        # No label badge: it would cover the legend drawn in the overlay's top-left corner.
-                        overlay = gr.Image(label="Segmentation", show_label=False, type="pil", format="png",
-                                           interactive=False, elem_id="overlay")  # fmt: skip
-                        table = gr.HTML(legend_html(None), elem_id="legend")
-                        found = gr.JSON(label="Classes found", visible=False)
-                        label_map = gr.File(label="Label map (PNG, pixel value = class id)", elem_id="label-map")
-                example_labels = backend.stored_labels_text if exported else EXAMPLE_LABELS
-                gr.Examples([[example, example_labels]], inputs=[image, labels], label="Example")
-                settings = [strategy, arch, pamr, prob_thd, short_side, slide_crop, gaussian_std]
-                run.click(run_segment, [image, labels, chosen, *settings], [overlay, found, label_map],
-                          api_name="segment").then(legend_html, found, table, api_visibility="private")  # fmt: skip
-                chosen.change(method_changed, [chosen, preset], [*settings, method_note], api_visibility="private")
-                preset.change(apply_preset, [preset, chosen], [labels, prob_thd, short_side, slide_crop],
-                              api_visibility="private")  # fmt: skip
-                strategy.change(strategy_changed, [chosen, strategy, arch], arch, api_visibility="private")
-            with gr.Tab("Attention", id="attention"):
-                if exported:
-                    gr.Markdown(ATTENTION_NEEDS_PYTORCH, elem_id="attention-unavailable")
-                else:
-                    titles = [get_method(name).title for name in attention_methods]
-                    gr.Markdown(
-                        "Click a point of the image to see where its patch looks in the last layer under each method "
-                        f"chosen (at first {', '.join(titles)}), each with its own last block (`arch`, "
-                        "`attn_strategy`, `gaussian_std`); all maps come from one pass at the same size, so they "
-                        "show the same patch. With CLIP's weights, CLIP's own attention is spread over the whole "
-                        "image wherever you click; NACLIP's stays around the clicked patch."
-                    )
-                    with gr.Row():
-                        attention_image = image_input(value=example, label="Image (click a point)", scale=1,
-                                                      elem_id="attention-image")  # fmt: skip
-                        with gr.Column(scale=1):
-                            compared = gr.Dropdown(_method_choices(), value=attention_methods, multiselect=True,
-                                                   label="Methods compared", elem_id="attention-methods")  # fmt: skip
-                            caption = gr.Markdown("No point clicked yet.", elem_id="attention-caption")
-                    maps = gr.Gallery(label="Attention of the clicked patch", columns=len(attention_methods),
-                                      height="auto", elem_id="attention-maps", format="png", object_fit="contain")
-                    clicked = gr.State(None)
-                    attention_image.select(run_attention, [attention_image, compared], [maps, caption, clicked],
-                                           api_visibility="private")  # fmt: skip
-                    compared.change(methods_changed, [attention_image, compared, clicked], [maps, caption],
-                                    api_visibility="private")  # fmt: skip
-                    attention_image.upload(lambda: (None, "No point clicked yet."), None, [clicked, caption],
-                                           api_visibility="private")  # fmt: skip
-    demo.queue(default_concurrency_limit=concurrency)
-    demo.naclip_downloads = downloads  # removed with the app
-    return demo
+    with gr.Tab("Attention", id="attention"):
+        if exported:
+            gr.Markdown(ATTENTION_NEEDS_PYTORCH, elem_id="attention-unavailable")
+        else:
+            titles = [get_method(name).title for name in attention_methods]
+            gr.Markdown(
+                "Click a point of the image to see where its patch looks in the last layer under each method "
+                f"chosen (at first {', '.join(titles)}), each with its own last block (`arch`, "
+                "`attn_strategy`, `gaussian_std`); all maps come from one pass at the same size, so they "
+                "show the same patch. With CLIP's weights, CLIP's own attention is spread over the whole "
+                "image wherever you click; NACLIP's stays around the clicked patch."
+            )
+            with gr.Row():
+                attention_image = image_input(value=example, label="Image (click a point)", scale=1,
+                                              elem_id="attention-image")  # fmt: skip
+                with gr.Column(scale=1):
+                    compared = gr.Dropdown(_method_choices(), value=attention_methods, multiselect=True,
+                                           label="Methods compared", elem_id="attention-methods")  # fmt: skip
+                    caption = gr.Markdown("No point clicked yet.", elem_id="attention-caption")
+            maps = gr.Gallery(label="Attention of the clicked patch", columns=len(attention_methods),
+                              height="auto", elem_id="attention-maps", format="png", object_fit="contain")
+            clicked = gr.State(None)
+            attention_image.select(run_attention, [attention_image, compared], [maps, caption, clicked],
+                                   api_visibility="private")  # fmt: skip
+            compared.change(methods_changed, [attention_image, compared, clicked], [maps, caption],
+                            api_visibility="private")  # fmt: skip
+            attention_image.upload(lambda: (None, "No point clicked yet."), None, [clicked, caption],
+                                   api_visibility="private")  # fmt: skip
 
 
 def _number_box(

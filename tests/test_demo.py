@@ -345,8 +345,13 @@ def test_demo_command_sets_the_pages_method(tiny_checkpoint, monkeypatch, capsys
     built = {}
 
     class Served:
+        local_url, share_url = "http://127.0.0.1:7999/", None
+
         def launch(self, **kwargs):
             built["launch"] = kwargs
+
+        def block_thread(self):
+            built["served"] = True
 
     def build(model, **kwargs):
         built.update(kwargs, model=model)
@@ -355,7 +360,9 @@ def test_demo_command_sets_the_pages_method(tiny_checkpoint, monkeypatch, capsys
     monkeypatch.setattr(app, "build_demo", build)
     assert main(["demo", "--model", str(tiny_checkpoint), "--method", "clearclip", "--port", "7999"]) == 0
     assert built["method"] == "clearclip" and built["model"] == str(tiny_checkpoint)
-    assert built["launch"]["server_port"] == 7999
+    assert built["launch"]["server_port"] == 7999 and built["launch"]["quiet"] and built["served"]
+    served = f"naclip demo: serving {tiny_checkpoint} on http://127.0.0.1:7999/ (Ctrl-C to stop)\n"
+    assert capsys.readouterr().out == served
     with pytest.raises(SystemExit):
         main(["demo", "--model", str(tiny_checkpoint), "--method", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
@@ -524,8 +531,13 @@ def test_demo_command_runs_an_export_with_its_stored_settings(exported_demo, mon
     built = {}
 
     class Served:
+        local_url, share_url = "http://127.0.0.1:7999/", None
+
         def launch(self, **kwargs):
             built["launch"] = kwargs
+
+        def block_thread(self):
+            built["served"] = True
 
     monkeypatch.setattr(app, "build_demo", lambda model, **kwargs: built.update(kwargs, model=model) or Served())
     assert main(["demo", "--model", str(out)]) == 0

@@ -339,3 +339,18 @@ def test_a_new_pipeline_reads_label_embeddings_from_the_disk_cache(tiny_checkpoi
     finally:
         handle.remove()
     assert calls, "text_cache_dir=None turns the disk cache off"
+
+
+def test_model_called_with_the_processors_output_equals_the_explicit_call(tiny_checkpoint, image):
+    model = NACLIPForSemanticSegmentation.from_pretrained(tiny_checkpoint).eval()
+    processor = load_processor(tiny_checkpoint)
+    inputs = processor(images=image, text=["cat", "dog, puppy", "car"], short_side=64)
+    assert set(inputs) == {"pixel_values", "input_ids", "attention_mask", "num_templates"}
+    with torch.no_grad():
+        direct = model(**inputs, slide_crop=0)
+        explicit = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                         attention_mask=inputs["attention_mask"], num_templates=inputs["num_templates"], slide_crop=0)
+    torch.testing.assert_close(direct.logits, explicit.logits, rtol=0, atol=0)
+    (labels,) = processor.post_process_semantic_segmentation(direct, inputs, pamr_steps=0)
+    assert tuple(labels.shape) == tuple(inputs.original_sizes[0].tolist())
+    assert int(labels.max()) <= 2 and inputs.name_to_class.tolist() == [0, 1, 1, 2]

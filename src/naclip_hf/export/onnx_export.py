@@ -425,10 +425,10 @@ def quantize_graph(source: str | os.PathLike, target: str | os.PathLike) -> dict
 
     The weights of the matrix products with constant weights (the transformer's linear layers) are stored as signed
     int8 with one scale per output channel; activations are quantized per call (dynamic), so no calibration data is
-    needed. Per-channel scales follow the weights' range closely: on the ViT-B/16-shaped benchmark model the labels
-    agree with the float graph's on about 99.8 % of pixels, against about 98 % with one scale per tensor, at the same
-    speed. The patch-embedding convolution (one small layer) and the products between activations (attention, the
-    final comparison with `text_embeds`) stay in float.
+    needed. Per-channel scales follow each output's range: on the ViT-B/16-shaped benchmark model (random weights,
+    12 names) they raised the share of pixels whose label equals the float graph's from 98.1 % (one unsigned scale
+    per tensor) to 99.7 %, at the same speed. The patch-embedding convolution (one small layer) and the products
+    between activations (attention, the final comparison with `text_embeds`) stay in float.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -68,25 +68,6 @@ _UNSUPPORTED_SETTINGS = {"window_padding": DEFAULTS["window_padding"], "area_thd
 _EXPORT_HINT = "export the model again with `naclip export MODEL OUT` (naclip-hf installed with `pip install .[onnx]`)"
 
 
-def default_session_options() -> Any:
-    """`onnxruntime.SessionOptions` for the CPU: every graph optimisation, one intra-op thread per core available
-    to this process, memory patterns reused between runs of the same shapes."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = _available_cores()
-    options.enable_mem_pattern = True
-    return options
-
-
-def _available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def is_exported_folder(path: str | os.PathLike) -> bool:
     """Whether `path` is a folder written by `naclip export` (it holds `onnx/model.onnx`)."""
     return (Path(path).expanduser() / ONNX_DIR / MODEL_FILE).is_file()
@@ -148,8 +129,9 @@ class ExportedSegmenter:
             `gaussian_std`, `pos_embed_interpolation`) are fixed in the graph and may only be repeated with their
             exported values.
         quantized: run `onnx/model_quantized.onnx` (written by `naclip export --quantize`).
-        providers, session_options: passed to `onnxruntime.InferenceSession` (default: the CPU provider and
-            `default_session_options()`).
+        providers, session_options: passed to `onnxruntime.InferenceSession` of both graphs (default: the CPU
+            provider and onnxruntime's options, which already apply every graph optimisation and run one thread per
+            physical core).
 
     Calls never change the results of later calls; one instance may serve several threads.
 
@@ -211,7 +193,7 @@ class ExportedSegmenter:
             )
         self.graph_path = graph
         self._providers = list(providers or ["CPUExecutionProvider"])
-        self._session_options = session_options if session_options is not None else default_session_options()
+        self._session_options = session_options
         self.session = onnxruntime.InferenceSession(
             str(graph), sess_options=self._session_options, providers=self._providers
         )
@@ -676,7 +658,6 @@ __all__ = [
     "RuntimeSegmentation",
     "TEXT_MODEL_FILE",
     "TEXT_SETTINGS",
-    "default_session_options",
     "encode_classes",
     "is_exported_folder",
     "load_model",

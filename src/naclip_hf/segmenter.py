@@ -109,6 +109,11 @@ class Segmenter(ABC):
     def save_scores(self, path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
         """Write `logits`, `probabilities` and `segmentation` of `result` to a safetensors file, atomically."""
 
+    def peak_bytes(self, height: int, width: int, label_set: Any, return_probabilities: bool) -> int | None:
+        """An estimate of the memory that segmenting an image of `height` × `width` needs, or None when the backend
+        has none (see `naclip_hf.scale.estimate_image_peak_bytes`)."""
+        return None
+
     def attention_maps(
         self, image: Any, point: tuple[float, float], methods: Sequence[str], *, short_side: int | None = None
     ) -> Any:
@@ -177,6 +182,15 @@ class TorchSegmenter(Segmenter):
         return segment_image(
             self.model, self.processor, image, label_set, short_side, return_probabilities=return_probabilities,
             max_tile_bytes=max_tile_bytes, **options,
+        )  # fmt: skip
+
+    def peak_bytes(self, height: int, width: int, label_set: Any, return_probabilities: bool) -> int | None:
+        from .scale import estimate_image_peak_bytes
+
+        config = self.config
+        return estimate_image_peak_bytes(
+            height, width, len(label_set.name_to_class), len(label_set.classes), config.pamr_steps,
+            config.pamr_dilations, return_probabilities=return_probabilities,
         )  # fmt: skip
 
     def save_scores(self, path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:

@@ -283,7 +283,7 @@ def _segment_one(
     """Read, segment and write one image; 1 when done, 0 when it failed (added to `failures` and reported)."""
     from ..distributed import trace_input
     from ..models.naclip.image_io import load_image
-    from ..scale import estimate_image_peak_bytes, memory_problem, release_free_memory
+    from ..scale import memory_problem, release_free_memory
     from ..visualization import narrow_segmentation
 
     trace_input(group.rank, source.location)
@@ -296,11 +296,8 @@ def _segment_one(
         return 0
     keep_probabilities = args.scores or args.save_scores is not None
     settings = context["settings"]
-    needed = estimate_image_peak_bytes(
-        *image.shape[:2], len(label_set.name_to_class), len(label_set.classes), settings["pamr_steps"],
-        settings["pamr_dilations"], return_probabilities=keep_probabilities,
-    )  # fmt: skip
-    problem = memory_problem(needed)
+    needed = segmenter.peak_bytes(*image.shape[:2], label_set, keep_probabilities)
+    problem = None if needed is None else memory_problem(needed)
     if problem is not None:
         failures.append((source, f"too large for this machine: {image.shape[1]}x{image.shape[0]} pixels {problem}"))
         _report_failure(*failures[-1], progress)

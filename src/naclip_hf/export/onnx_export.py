@@ -428,7 +428,7 @@ def quantize_graph(source: str | os.PathLike, target: str | os.PathLike) -> dict
     no calibration data is needed. Unsigned weights: onnxruntime's x86 kernels for unsigned activations times signed
     weights can saturate on CPUs without VNNI, which wrecked the labels of the tiny test model. Per-channel scales
     follow each output's range: the share of pixels whose label equals the float graph's rose from 96-99.7 % (one
-    scale per tensor) to 99.4-99.8 % on the test images of the tiny golden model, and from 98.1 % to 99.2 % on the
+    scale per tensor) to 99.4-99.8 % on the test images of the tiny golden model, and from 98.1 % to 99.8 % on the
     ViT-B/16-shaped benchmark model, at the same speed. The patch-embedding convolution (one small layer) and the
     products between activations (attention, the final comparison with `text_embeds`) stay in float.
     """

@@ -234,7 +234,9 @@ class NACLIPVisionEmbeddings(CLIPVisionEmbeddings):
         table = self.position_embedding.weight
         grid = (height // self.patch_size, width // self.patch_size)
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        key = (grid, table.device, table.dtype, table.data_ptr(), table._version)
+        # Inference tensors (weights created under torch.inference_mode) have no version counter and never change.
+        version = -1 if table.is_inference() else table._version
+        key = (grid, table.device, table.dtype, table.data_ptr(), version)
         if not tracing:
             cached = self._cache.get(key)
             if cached is not None:

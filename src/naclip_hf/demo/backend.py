@@ -504,11 +504,11 @@ def load_backend(
     """The demo's backend for `model`: an `ExportedDemoBackend` for a folder written by `naclip export` (it holds
     `onnx/model.onnx`; `device` must then be None or "cpu", and `dtype` None, "auto" or the export's), else a
     `DemoBackend` on the PyTorch checkpoint in `dtype` (see `naclip_hf.inference.resolve_dtype`)."""
-    from ..cli._common import check_export_dtype
     from ..export.runtime import is_exported_folder
+    from ..segmenter import export_dtype
 
     if is_exported_folder(model):
-        check_export_dtype(dtype, model)
+        export_dtype(model, dtype)
         if device not in (None, "cpu"):
             raise ValueError(
                 f"device={device!r}: an exported model runs with onnxruntime on the CPU; leave the device out, or "

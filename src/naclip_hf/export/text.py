@@ -303,7 +303,7 @@ class ExportedTextTower:
                     and isinstance(value, (str, int, float, bool, type(None)))
                 },
                 "projection_dim": self.embedding_dim,
-                "dtype": "float32",
+                "dtype": str(self._config.get("dtype") or "float32"),  # the graphs' precision
             }
         description = {**self._identity, "templates": list(templates), "names": list(names)}
         return json.dumps(description, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

@@ -391,8 +391,10 @@ def test_float16_export_runs_on_onnxruntime(checkpoint, image_folder, golden_lab
     import onnx
 
     graph = onnx.load(str(out / "onnx" / "model.onnx"))
-    weights = [initializer.data_type for initializer in graph.graph.initializer if len(initializer.dims) == 2]
-    assert weights and set(weights) == {onnx.TensorProto.FLOAT16}
+    floating = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    weights = [initializer.data_type for initializer in graph.graph.initializer
+               if initializer.data_type in floating and np.prod(initializer.dims) > 1]  # float32 scalars aside
+    assert len(weights) > 10 and set(weights) == {onnx.TensorProto.FLOAT16}
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
     segmented = tmp_path / "segmented"
     argv = ["segment", str(image_folder), "--model", str(out), "--labels-file", str(golden_labels_file), "--set",

@@ -249,7 +249,7 @@ def draw_legend(
     box_height = pad + len(shown) * row - (row - swatch) + pad
     left = top = gap
     # Only the corner under the legend (with a margin for glyphs reaching past their advance) is drawn and
-    # composited: an RGBA copy of a whole 100-megapixel image would take 800 MB.
+    # composited: whole-image RGBA copies of a 100-megapixel image (base, layer, composite) would take 1.2 GB.
     corner = (0, 0, min(width, left + box_width + size), min(height, top + box_height + size))
     layer = Image.new("RGBA", corner[2:], (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)

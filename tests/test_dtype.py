@@ -328,9 +328,9 @@ def test_compare_in_bfloat16(image_folder, float32_label_maps, options, tmp_path
     segmentations: dict[str, np.ndarray] = {}
     original = figures.segment_with_methods
 
-    def recording(model, *args, **kwargs):
-        assert model.dtype == torch.bfloat16
-        results = original(model, *args, **kwargs)
+    def recording(segmenter, *args, **kwargs):
+        assert segmenter.dtype == "bfloat16"
+        results = original(segmenter, *args, **kwargs)
         segmentations.update({name: result.segmentation.numpy() for name, result in results.items()})
         return results
 

@@ -11,8 +11,10 @@ method's settings per call, so the model's config is never changed); `naclip_hf.
 Example:
 
 ```python
->>> results = segment_with_methods(model, processor, image, classes, ["clip", "sclip", "naclip"])
->>> segmentation_figure(image, {name: r.segmentation for name, r in results.items()}, classes.class_labels)
+>>> segmenter = load_segmenter("openai/clip-vit-base-patch16")
+>>> label_set = segmenter.encode_classes(["cat", "dog, puppy", "grass"])
+>>> results = segment_with_methods(segmenter, image, label_set, ["clip", "sclip", "naclip"])
+>>> segmentation_figure(image, {name: r.segmentation for name, r in results.items()}, label_set.class_labels)
 ```
 """
 
@@ -55,25 +57,24 @@ def _method_options(method: str, overrides: Mapping[str, Any] | None) -> tuple[d
 
 
 def segment_with_methods(
-    model: Any,
-    processor: Any,
+    segmenter: Any,
     image: Any,
-    classes: Any,
+    label_set: Any,
     methods: Sequence[str],
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Segment `image` with each method: {method name: `naclip_hf.inference.SegmentationResult`}.
+    """Segment `image` with each method: {method name: the result of `segmenter.segment`}.
 
-    `classes` comes from `naclip_hf.inference.encode_classes`; each method runs with its own settings (and its own
-    short side), `overrides` on top of every method's (e.g. `{"pamr_steps": 0}`).
+    `segmenter` is a `naclip_hf.segmenter.Segmenter` and `label_set` comes from its `encode_classes`; each method
+    runs with its own settings (and its own short side), `overrides` on top of every method's (e.g.
+    `{"pamr_steps": 0}`).
     """
-    from .inference import segment_image
-
     array = load_image(image)
     results = {}
     for name in methods:
         options, short_side = _method_options(name, overrides)
-        results[name] = segment_image(model, processor, array, classes, short_side=short_side, **options)
+        results[name] = segmenter.segment(array, label_set, short_side=short_side, return_probabilities=False,
+                                          **options)  # fmt: skip
     return results
 
 

@@ -115,10 +115,16 @@ class Segmenter(ABC):
         return None
 
     def attention_maps(
-        self, image: Any, point: tuple[float, float], methods: Sequence[str], *, short_side: int | None = None
+        self,
+        image: Any,
+        point: tuple[float, float],
+        methods: Sequence[str],
+        *,
+        short_side: int | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> Any:
-        """The last layer's attention of the patch under `point` = (x, y), per method (see
-        `naclip_hf.attention_maps.attention_maps`)."""
+        """The last layer's attention of the patch under `point` = (x, y), per method, `overrides` on top of each
+        method's last-block settings (see `naclip_hf.attention_maps.attention_maps`)."""
         raise ValueError(
             f"The model {self.source} cannot show attention maps: an exported ONNX graph returns the segmentation "
             "logits only. Use the PyTorch checkpoint it was exported from (a Hub id such as "
@@ -199,11 +205,18 @@ class TorchSegmenter(Segmenter):
         save_scores(path, result, metadata)
 
     def attention_maps(
-        self, image: Any, point: tuple[float, float], methods: Sequence[str], *, short_side: int | None = None
+        self,
+        image: Any,
+        point: tuple[float, float],
+        methods: Sequence[str],
+        *,
+        short_side: int | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> Any:
         from .attention_maps import attention_maps
 
-        return attention_maps(self.model, self.processor, image, point, methods, short_side=short_side)
+        return attention_maps(self.model, self.processor, image, point, methods, short_side=short_side,
+                              overrides=overrides)  # fmt: skip
 
 
 class OnnxSegmenter(Segmenter):

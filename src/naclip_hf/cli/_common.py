@@ -211,6 +211,15 @@ def add_dtype_option(parser: argparse.ArgumentParser, dtype_help: str = "", help
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help=help_text + dtype_help)
 
 
+def add_quantized_option(parser: argparse.ArgumentParser) -> None:
+    """`--quantized`: run an export's int8 graph (see `naclip_hf.segmenter.load_segmenter`)."""
+    parser.add_argument(
+        "--quantized", action="store_true",
+        help="with --model EXPORT (a folder written by `naclip export --quantize`): run its int8 graph "
+        "onnx/model_quantized.onnx instead of onnx/model.onnx",
+    )  # fmt: skip
+
+
 def check_export_dtype(dtype: str | None, folder: str | os.PathLike) -> str:
     """`naclip_hf.segmenter.export_dtype`: the precision of an export, checked against `--dtype`."""
     from ..segmenter import export_dtype

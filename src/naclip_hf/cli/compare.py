@@ -98,12 +98,13 @@ def run(args: argparse.Namespace) -> int:
                         "folder of the figure")  # fmt: skip
     check_model_source(args.model)
 
-    from ..attention_maps import attention_maps
+    import numpy as np
+
     from ..figures import attention_figure, segment_with_methods, segmentation_figure
     from ..fileio import write_atomic
-    from ..inference import encode_classes, load_model, load_processor
     from ..models.naclip.image_io import load_image
     from ..models.naclip.options import SETTINGS_BY_NAME
+    from ..segmenter import load_segmenter
 
     image = load_image(args.image)
     # Settings that are not per call (text, positional embeddings) go into the model's config, for every method.
@@ -112,18 +113,17 @@ def run(args: argparse.Namespace) -> int:
     if templates is not None:
         config_overrides["prompt_templates"] = templates
     per_call = {k: v for k, v in overrides.items() if k not in config_overrides}
-    model = load_model(args.model, config_overrides, dtype=args.dtype)
-    processor = load_processor(args.model)
+    segmenter = load_segmenter(args.model, config_overrides, dtype=args.dtype)
     if args.attention_at is not None:
-        found = attention_maps(model, processor, image, args.attention_at, methods,
-                               short_side=per_call.pop("short_side", None), overrides=per_call)  # fmt: skip
+        found = segmenter.attention_maps(image, args.attention_at, methods, short_side=per_call.pop("short_side", None),
+                                         overrides=per_call)  # fmt: skip
         maps = dict(zip(found.methods, found.heat))
         figure = attention_figure(image, maps, args.attention_at, alpha=args.alpha, panel_height=args.panel_height)
     else:
-        embeddings = encode_classes(model, processor, classes, cache_dir=True)
-        results = segment_with_methods(model, processor, image, embeddings, methods, per_call)
-        segmentations = {name: result.segmentation.numpy() for name, result in results.items()}
-        figure = segmentation_figure(image, segmentations, embeddings.class_labels, alpha=args.alpha,
+        label_set = segmenter.encode_classes(classes, cache_dir=True)
+        results = segment_with_methods(segmenter, image, label_set, methods, per_call)
+        segmentations = {name: np.asarray(result.segmentation) for name, result in results.items()}
+        figure = segmentation_figure(image, segmentations, label_set.class_labels, alpha=args.alpha,
                                      panel_height=args.panel_height)  # fmt: skip
     write_atomic(args.out, lambda temporary: figure.save(temporary, "PNG"))
     print(f"Wrote {args.out} ({', '.join(methods)})")

@@ -26,6 +26,7 @@ from ._common import (
     add_label_options,
     add_model_option,
     add_preset_classes_option,
+    add_quantized_option,
     add_set_option,
     check_model_source,
     jsonable,
@@ -80,6 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_preset_classes_option(parser)
     add_model_option(parser)
     add_dtype_option(parser)
+    add_quantized_option(parser)
     add_set_option(parser)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="folder of the new dataset (must not exist, unless --overwrite or a resumed run)")
@@ -134,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..distributed import ProcessGroup
     from ..fileio import staged_directory
-    from ..inference import encode_classes, load_model, load_processor
     from ..models.naclip.options import CONFIG_SETTINGS
+    from ..segmenter import load_segmenter
 
     group = ProcessGroup.start()
     dataset = load_source_dataset(args.dataset, args.split)
@@ -150,23 +152,22 @@ def run(args: argparse.Namespace) -> int:
         for folder in (out, parts):
             shutil.rmtree(folder, ignore_errors=True)
     group.barrier()
-    device = group.device if group.world_size > 1 and not str(group.device).startswith("cpu") else None
-    model = load_model(args.model, overrides, dtype=args.dtype, **({"device": device} if device else {}))
-    processor = load_processor(args.model)
-    embeddings = encode_classes(model=model, processor=processor, classes=classes, cache_dir=True)
+    segmenter = load_segmenter(args.model, overrides, quantized=args.quantized, device=group.model_device,
+                               dtype=args.dtype)  # fmt: skip
+    label_set = segmenter.encode_classes(classes, cache_dir=True)
     if short_side is None:
-        short_side = processor.image_processor.short_side
-    recorded = {key: jsonable(getattr(model.config, key)) for key in CONFIG_SETTINGS}
+        short_side = segmenter.short_side
+    recorded = {key: jsonable(getattr(segmenter.config, key)) for key in CONFIG_SETTINGS}
     recorded["short_side"] = short_side
     source = {"dataset": str(args.dataset), "split": args.split, "image_column": args.image_column}
-    metadata = {"task": "naclip-segmentation", "class_labels": embeddings.class_labels, "classes": embeddings.classes,
-                "model": str(args.model), "dtype": str(model.dtype).removeprefix("torch."), "preset": preset,
-                "method": args.method, "settings": recorded, "source": source}  # fmt: skip
+    metadata = {"task": "naclip-segmentation", "class_labels": label_set.class_labels, "classes": label_set.classes,
+                "model": str(args.model), "dtype": segmenter.dtype, "preset": preset, "method": args.method,
+                "settings": recorded, "source": source}  # fmt: skip
 
     shard_dir = parts / f"shard-{group.rank:05d}-of-{group.world_size:05d}"
     error = None
     if not (shard_dir / "dataset_info.json").is_file():
-        error = _label_shard(args, dataset, group, shard_dir, model, processor, embeddings, short_side, metadata)
+        error = _label_shard(args, dataset, group, shard_dir, segmenter, label_set, short_side, metadata)
     else:
         print(f"naclip label: shard {group.rank + 1} of {group.world_size} already done ({shard_dir}), skipped",
               file=sys.stderr)  # fmt: skip
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     with staged_directory(out) as staging, _without_dataset_bars():
         joined.save_to_disk(str(staging))
     shutil.rmtree(parts, ignore_errors=True)
-    print(f"Wrote {out} ({len(joined)} rows, column {SEGMENTATION_COLUMN!r}, {len(embeddings.classes)} classes)")
+    print(f"Wrote {out} ({len(joined)} rows, column {SEGMENTATION_COLUMN!r}, {len(label_set.classes)} classes)")
     if args.push_to_hub:
         datasets.load_from_disk(str(out)).push_to_hub(args.push_to_hub)
         print(f"Pushed {out} to the Hub as {args.push_to_hub}")
@@ -196,12 +197,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _label_shard(
-    args: argparse.Namespace, dataset: Any, group: Any, shard_dir: Path, model: Any, processor: Any, embeddings: Any,
+    args: argparse.Namespace, dataset: Any, group: Any, shard_dir: Path, segmenter: Any, label_set: Any,
     short_side: int, metadata: dict[str, Any],
 ) -> str | None:
-    """Label this process's contiguous shard and save it atomically in `shard_dir`; the error message, if any."""
+    """Label this process's contiguous shard with `segmenter` (a `naclip_hf.segmenter.Segmenter`) and save it
+    atomically in `shard_dir`; the error message, if any."""
+    import numpy as np
+
     from ..fileio import staged_directory
-    from ..inference import segment_image
 
     shard = dataset.shard(num_shards=group.world_size, index=group.rank, contiguous=True)
     masks = []
@@ -210,12 +213,11 @@ def _label_shard(
     for row_index in range(len(shard)):
         try:
             image = shard[row_index][args.image_column]
-            result = segment_image(model, processor, image, embeddings, short_side=short_side,
-                                   return_probabilities=False)  # fmt: skip
+            result = segmenter.segment(image, label_set, short_side=short_side, return_probabilities=False)
         except (OSError, RuntimeError, ValueError) as error:
             bar.close()
             return f"row {_global_row(len(dataset), group, row_index)} of {args.dataset}: {error}"
-        masks.append({"bytes": _label_png(result.segmentation.numpy(), len(embeddings.classes)), "path": None})
+        masks.append({"bytes": _label_png(np.asarray(result.segmentation), len(label_set.classes)), "path": None})
         bar.update(1)
     bar.close()
     labelled = _with_segmentation(shard, masks, metadata)

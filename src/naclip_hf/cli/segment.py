@@ -28,6 +28,7 @@ from ._common import (
     add_label_options,
     add_model_option,
     add_preset_classes_option,
+    add_quantized_option,
     add_set_option,
     check_model_source,
     classes_from_options,
@@ -114,11 +115,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_preset_classes_option(parser)
     add_model_option(parser)
     add_dtype_option(parser, "; an export (--model EXPORT) runs in the precision it was exported in")
-    parser.add_argument(
-        "--quantized", action="store_true",
-        help="with --model EXPORT (a folder written by `naclip export --quantize`): run its int8 graph "
-        "onnx/model_quantized.onnx instead of onnx/model.onnx",
-    )  # fmt: skip
+    add_quantized_option(parser)
     add_set_option(parser)
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR",

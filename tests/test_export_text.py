@@ -180,13 +180,15 @@ def test_name_embeddings_are_cached_on_disk(plain_export, tmp_path, monkeypatch,
     assert np.array_equal(load_file(str(files[0]))["text_embeds"], again.text_embeds)
 
 
-def test_runtime_cache_directory_is_the_pytorch_one(monkeypatch, tmp_path):
+def test_runtime_cache_directory_is_the_pytorch_one(tiny_export, monkeypatch, tmp_path):
+    """The default cache of the runtime is the PyTorch path's directory ($NACLIP_CACHE, else under
+    $XDG_CACHE_HOME), and its entries do not collide with the PyTorch path's."""
     monkeypatch.delenv("NACLIP_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert text.default_cache_dir() == text_cache.default_cache_dir() == tmp_path / "xdg" / "naclip_hf" / "text"
+    assert text_cache.default_cache_dir() == tmp_path / "xdg" / "naclip_hf" / "text"
     monkeypatch.setenv("NACLIP_CACHE", str(tmp_path / "mine"))
-    assert text.default_cache_dir() == text_cache.default_cache_dir() == tmp_path / "mine"
-    assert text.resolve_cache_dir(True) == tmp_path / "mine" and text.resolve_cache_dir(None) is None
+    runtime.ExportedSegmenter(tiny_export).encode_classes(["zebra", "sky"], cache_dir=True)
+    assert len(list((tmp_path / "mine").glob("*.safetensors"))) == 1
 
 
 def test_export_without_text_graph_explains_what_to_do(tiny_export, tmp_path):

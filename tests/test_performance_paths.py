@@ -45,7 +45,7 @@ STRATEGIES = [
     ("vanilla", "csa"),
     ("vanilla", "naclip"),
 ]
-BF16_MIN_CASE_AGREEMENT = 0.93
+BF16_MIN_CASE_AGREEMENT = 0.92
 BF16_MIN_MEAN_AGREEMENT = 0.975
 COCO_STUFF = next(
     path
@@ -368,9 +368,10 @@ def test_padding_before_the_pooled_token_falls_back_to_whole_prompts(monkeypatch
 def test_bfloat16_label_agreement(tiny_checkpoint, golden, manifest):
     """The tiny golden checkpoint loaded with `dtype=torch.bfloat16` runs on CPU; post-processing stays fp32.
 
-    Measured label agreement with fp32 (which matches the official outputs) on the 14 golden cases: 98.7 % on
-    average, 94.9 % for the worst case (c_slide_reduced_vanilla); the thresholds leave a little room for other
-    CPUs' bf16 kernels. Random weights make the class margins small; a trained CLIP agrees more.
+    Measured label agreement with fp32 (which matches the official outputs) on the 14 golden cases: 98.5 % on
+    average and 94.1 % for the worst case on a CPU without native bf16 products, 98.3 % and 93.3 %
+    (d_odd_width_slide) on one with AMX; bf16 kernels round differently from CPU to CPU, and the thresholds leave
+    room for that. Random weights make the class margins small; a trained CLIP agrees more.
     """
     processor = load_processor(tiny_checkpoint)
     model = NACLIPForSemanticSegmentation.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16).eval()

@@ -25,53 +25,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .embedding_store import CACHE_ENV_VAR, EmbeddingStore, cache_key, default_cache_dir, resolve_cache_dir
 from .models.naclip.templates import IMAGENET_TEMPLATES
 
-logger = logging.getLogger(__name__)
-
-CACHE_ENV_VAR = "NACLIP_CACHE"
-"""Environment variable naming the default cache directory."""
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Version of the file layout and key; bumping it invalidates every entry."""
 SAMPLES_PER_TENSOR = 1024
 """Elements of each text-tower tensor that enter the weight fingerprint."""
-_TENSOR_NAME = "text_embeds"
-_METADATA_KEY = "naclip_text_cache"
 _TOKENIZER_PROBE = "a photo of the naïve café-owner's 2 TV monitors."
-
-
-def default_cache_dir() -> Path:
-    """`$NACLIP_CACHE` if set, else `$XDG_CACHE_HOME/naclip_hf/text` (`~/.cache/naclip_hf/text`)."""
-    configured = os.environ.get(CACHE_ENV_VAR)
-    if configured:
-        return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(base).expanduser() / "naclip_hf" / "text"
 
 
 def disk_cache(cache_dir: str | os.PathLike | bool | None) -> TextEmbeddingCache | None:
     """The cache in `cache_dir` (see `resolve_cache_dir`), or None for no cache."""
     directory = resolve_cache_dir(cache_dir)
     return None if directory is None else TextEmbeddingCache(directory)
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None:
-    """The cache directory meant by a `cache_dir` argument: `None`/`False` -> no cache, `True` -> the default
-    directory (see `default_cache_dir`), a path -> that directory."""
-    if cache_dir is None or cache_dir is False:
-        return None
-    if cache_dir is True:
-        return default_cache_dir()
-    return Path(cache_dir).expanduser()
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -147,74 +121,23 @@ def cache_entry_description(
     return json.dumps(description, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def cache_key(description: str) -> str:
-    """File-name key of a cache entry: BLAKE2b (128 bits, hex) of its description."""
-    return hashlib.blake2b(description.encode("utf-8"), digest_size=16).hexdigest()
+class TextEmbeddingCache(EmbeddingStore):
+    """A directory of class-name embeddings, one safetensors file per entry (see the module docstring and
+    `naclip_hf.embedding_store.EmbeddingStore`, whose files the exported runtime shares)."""
 
-
-class TextEmbeddingCache:
-    """A directory of class-name embeddings, one safetensors file per entry (see the module docstring)."""
-
-    def __init__(self, directory: str | os.PathLike) -> None:
-        self.directory = Path(directory)
-
-    def path_for(self, key: str) -> Path:
-        """File of the entry with this key."""
-        return self.directory / f"{key}.safetensors"
-
-    def load(self, description: str, expected_rows: int | None = None) -> torch.Tensor | None:
-        """The stored embeddings [names, D] for this description, or None when there is no valid entry (a missing,
-        unreadable or mismatching file counts as no entry). The file is read whole into memory, so the returned
-        tensor does not depend on the file afterwards."""
-        from safetensors.torch import load as load_safetensors
-
-        path = self.path_for(cache_key(description))
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+    def load(self, description: str, rows: int | None = None) -> torch.Tensor | None:  # type: ignore[override]
+        """The stored embeddings [names, D] for this description in the dtype it names, or None when there is no
+        valid entry (a missing, unreadable or mismatching file counts as no entry)."""
+        described = json.loads(description)
+        stored = super().load(description, len(described["names"]) if rows is None else rows)
+        if stored is None:
             return None
-        except OSError as error:
-            logger.warning("Ignoring unreadable text-embedding cache file %s (%s).", path, error)
-            return None
-        try:
-            header_size = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8 : 8 + header_size])
-            stored = (header.get("__metadata__") or {}).get(_METADATA_KEY)
-            embeddings = load_safetensors(data)[_TENSOR_NAME] if stored == description else None
-        except Exception as error:  # truncated or corrupt files raise various exception types
-            logger.warning("Ignoring corrupt text-embedding cache file %s (%s).", path, error)
-            return None
-        if embeddings is None:
-            logger.warning("Ignoring text-embedding cache file %s: it was written for other inputs.", path)
-            return None
-        rows = len(json.loads(description)["names"]) if expected_rows is None else expected_rows
-        if embeddings.ndim != 2 or embeddings.shape[0] != rows or not torch.isfinite(embeddings).all():
-            logger.warning("Ignoring text-embedding cache file %s: it holds a tensor of the wrong shape.", path)
-            return None
-        return embeddings
+        return torch.from_numpy(stored).to(getattr(torch, str(described["dtype"]).removeprefix("torch.")))
 
-    def save(self, description: str, embeddings: torch.Tensor) -> Path | None:
+    def save(self, description: str, embeddings: torch.Tensor) -> Path | None:  # type: ignore[override]
         """Store embeddings for this description, atomically; returns the file, or None when the directory is not
         writable (the failure is logged, not raised: the cache is an optimisation)."""
-        from safetensors.torch import save_file
-
-        path = self.path_for(cache_key(description))
-        temporary = None
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.directory)
-            os.close(handle)
-            tensors = {_TENSOR_NAME: embeddings.detach().to("cpu").contiguous()}
-            save_file(tensors, temporary, metadata={_METADATA_KEY: description})
-            os.replace(temporary, path)
-            temporary = None
-        except OSError as error:
-            logger.warning("Could not write the text-embedding cache file %s (%s).", path, error)
-            return None
-        finally:
-            if temporary is not None and os.path.exists(temporary):
-                os.unlink(temporary)
-        return path
+        return super().save(description, embeddings.detach().to("cpu", torch.float32).numpy())
 
     def __call__(
         self,
@@ -237,7 +160,7 @@ class TextEmbeddingCache:
             [len(names), D] on the model's device.
         """
         description = cache_entry_description(model, tokenizer, names, templates)
-        embeddings = self.load(description, expected_rows=len(names))
+        embeddings = self.load(description, len(names))
         if embeddings is not None:
             return embeddings.to(model.device)
         embeddings = compute()

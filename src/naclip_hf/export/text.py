@@ -7,7 +7,7 @@ batches cut to their longest prompt, padded with the tokenizer's pad token as tr
 causal and pools the end-of-text token, so padding after it changes nothing. Per name, the normalised prompt
 features are averaged over the templates and normalised again.
 
-Cache: the directory and file layout of `naclip_hf.text_cache` (`$NACLIP_CACHE`, else
+Cache: the store of `naclip_hf.embedding_store`, shared with the PyTorch path (`$NACLIP_CACHE`, else
 `$XDG_CACHE_HOME/naclip_hf/text`; one safetensors file per entry named by the BLAKE2b hash of its description, the
 description stored in the file and compared on reading). The description holds what the embeddings depend on here:
 a fingerprint of the text graph file (its size, its first and last 64 KiB and 4096 samples spread over it), the
@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..embedding_store import EmbeddingStore, resolve_cache_dir
 from .layout import (
     CONFIG_FILE,
     ONNX_DIR,
@@ -50,14 +50,10 @@ logger = logging.getLogger(__name__)
 
 # CLIP's context length: the tokenizer's maximum when its config does not give a usable one (as the processor).
 CLIP_CONTEXT_LENGTH = 77
-# Environment variable naming the default cache directory (shared with the PyTorch path's cache).
-CACHE_ENV_VAR = "NACLIP_CACHE"
 # Version of this runtime's cache description; bumping it invalidates its entries.
 CACHE_FORMAT = 1
 # Label sets whose embeddings a tower keeps in memory (the most recently used ones).
 MEMORY_CACHE_ENTRIES = 16
-_TENSOR_NAME = "text_embeds"
-_METADATA_KEY = "naclip_text_cache"
 _FINGERPRINT_SAMPLES = 4096
 _FINGERPRINT_SAMPLE_BYTES = 16
 _FINGERPRINT_EDGE_BYTES = 65536
@@ -266,7 +262,7 @@ class ExportedTextTower:
         directory = resolve_cache_dir(cache_dir)
         embeddings = None
         if directory is not None:
-            cache = NameEmbeddingCache(directory)
+            cache = EmbeddingStore(directory)
             description = self.cache_description(names, templates)
             embeddings = cache.load(description, len(names))
         if embeddings is None:
@@ -329,102 +325,10 @@ def file_fingerprint(path: Path, whole: bool = False) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------------------------------- cache
-def default_cache_dir() -> Path:
-    """`$NACLIP_CACHE` if set, else `$XDG_CACHE_HOME/naclip_hf/text` (`~/.cache/naclip_hf/text`): the same
-    directory as `naclip_hf.text_cache.default_cache_dir` (which needs torch to import)."""
-    configured = os.environ.get(CACHE_ENV_VAR)
-    if configured:
-        return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(base).expanduser() / "naclip_hf" / "text"
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None:
-    """`None`/`False` -> no cache, `True` -> `default_cache_dir()`, a path -> that directory."""
-    if cache_dir is None or cache_dir is False:
-        return None
-    if cache_dir is True:
-        return default_cache_dir()
-    return Path(cache_dir).expanduser()
-
-
-def cache_key(description: str) -> str:
-    """File-name key of a cache entry: BLAKE2b (128 bits, hex) of its description."""
-    return hashlib.blake2b(description.encode("utf-8"), digest_size=16).hexdigest()
-
-
-class NameEmbeddingCache:
-    """A directory of name embeddings, one safetensors file per entry (the layout of the PyTorch path's cache)."""
-
-    def __init__(self, directory: str | os.PathLike) -> None:
-        self.directory = Path(directory)
-
-    def path_for(self, description: str) -> Path:
-        """File of the entry with this description."""
-        return self.directory / f"{cache_key(description)}.safetensors"
-
-    def load(self, description: str, rows: int) -> np.ndarray | None:
-        """The stored embeddings [rows, D] for this description, or None when there is no valid entry (a missing,
-        unreadable or mismatching file counts as none)."""
-        from safetensors.numpy import load as load_safetensors
-
-        path = self.path_for(description)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            logger.warning("Ignoring unreadable text-embedding cache file %s (%s).", path, error)
-            return None
-        try:
-            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-            stored = (header.get("__metadata__") or {}).get(_METADATA_KEY)
-            embeddings = load_safetensors(data)[_TENSOR_NAME] if stored == description else None
-        except Exception as error:  # truncated or corrupt files raise various exception types
-            logger.warning("Ignoring corrupt text-embedding cache file %s (%s).", path, error)
-            return None
-        if embeddings is None:
-            logger.warning("Ignoring text-embedding cache file %s: it was written for other inputs.", path)
-            return None
-        if embeddings.ndim != 2 or embeddings.shape[0] != rows or not np.isfinite(embeddings).all():
-            logger.warning("Ignoring text-embedding cache file %s: it holds an array of the wrong shape.", path)
-            return None
-        return np.ascontiguousarray(embeddings, dtype=np.float32)
-
-    def save(self, description: str, embeddings: np.ndarray) -> Path | None:
-        """Store the embeddings for this description, atomically; returns the file, or None when the directory is
-        not writable (logged, not raised: the cache is an optimisation)."""
-        from safetensors.numpy import save_file
-
-        path = self.path_for(description)
-        temporary = None
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.directory)
-            os.close(handle)
-            arrays = {_TENSOR_NAME: np.ascontiguousarray(embeddings, dtype=np.float32)}
-            save_file(arrays, temporary, metadata={_METADATA_KEY: description})
-            os.replace(temporary, path)
-            temporary = None
-        except OSError as error:
-            logger.warning("Could not write the text-embedding cache file %s (%s).", path, error)
-            return None
-        finally:
-            if temporary is not None and os.path.exists(temporary):
-                os.unlink(temporary)
-        return path
-
-
 __all__ = [
-    "CACHE_ENV_VAR",
     "ExportedTextTower",
     "ExportedTokenizer",
-    "NameEmbeddingCache",
-    "cache_key",
-    "default_cache_dir",
     "file_fingerprint",
     "normalize_rows",
     "pad_token_ids",
-    "resolve_cache_dir",
 ]

@@ -45,6 +45,15 @@ def backend(tiny_checkpoint) -> DemoBackend:
 
 
 @pytest.fixture(scope="module")
+def pipeline(backend):
+    """The `transformers` pipeline on the backend's model: the reference of the demo's segmentations."""
+    from naclip_hf.models.naclip.pipeline_naclip import NACLIPSegmentationPipeline
+
+    model = backend.segmenter.model
+    return NACLIPSegmentationPipeline(model=model, processor=backend.segmenter.processor, device=model.device)
+
+
+@pytest.fixture(scope="module")
 def demo_url(backend, tmp_path_factory):
     from naclip_hf.demo import build_demo
 
@@ -102,11 +111,11 @@ def test_labels_text_parsing_and_its_errors():
         parse_labels_text("cat\ncat")
 
 
-def test_segment_matches_the_pipeline_and_leaves_the_config_alone(backend):
-    config_before = backend.model.config.to_dict()
+def test_segment_matches_the_pipeline_and_leaves_the_config_alone(backend, pipeline):
+    config_before = backend.segmenter.config.to_dict()
     result = backend.segment(example_image_path(), LABELS_A, attn_strategy="kk", pamr=False, prob_thd=0.2)
-    assert backend.model.config.to_dict() == config_before
-    direct = backend.segmenter(
+    assert backend.segmenter.config.to_dict() == config_before
+    direct = pipeline(
         str(example_image_path()), candidate_labels=LABELS_A.splitlines(), return_label_map=True,
         attn_strategy="kk", pamr_steps=0, prob_thd=0.2,
     )  # fmt: skip
@@ -119,23 +128,23 @@ def test_csa_runs_with_the_vanilla_block_and_says_so(backend):
     result = backend.segment(example_image_path(), LABELS_B, attn_strategy="csa", arch="reduced", pamr=False)
     assert result.options["arch"] == "vanilla"
     assert any("csa" in note and "vanilla" in note for note in result.notes)
-    assert backend.model.config.arch == "reduced"
+    assert backend.segmenter.config.arch == "reduced"
 
 
-def test_a_method_with_settings_over_it_matches_the_pipeline(backend):
+def test_a_method_with_settings_over_it_matches_the_pipeline(backend, pipeline):
     # SCLIP's settings (csa, its logit scale, windows and short side), the threshold given over them.
     result = backend.segment(example_image_path(), LABELS_A, method="sclip", prob_thd=0.3)
     assert result.options == {"method": "sclip", "prob_thd": 0.3} and not result.notes
-    direct = backend.segmenter(str(example_image_path()), candidate_labels=LABELS_A.splitlines(),
-                               return_label_map=True, method="sclip", prob_thd=0.3)  # fmt: skip
+    direct = pipeline(str(example_image_path()), candidate_labels=LABELS_A.splitlines(), return_label_map=True,
+                      method="sclip", prob_thd=0.3)  # fmt: skip
     assert np.array_equal(np.asarray(result.label_map), direct["label_map"])
-    plain = backend.segmenter(str(example_image_path()), candidate_labels=LABELS_A.splitlines(),
-                              return_label_map=True, prob_thd=0.3)  # fmt: skip
+    plain = pipeline(str(example_image_path()), candidate_labels=LABELS_A.splitlines(), return_label_map=True,
+                     prob_thd=0.3)  # fmt: skip
     assert not np.array_equal(direct["label_map"], plain["label_map"])  # the method did change the result
     # The controls left at "the method's" stand for the method's values over the model's.
     assert backend.method_settings("sclip") == {"attn_strategy": "csa", "arch": "vanilla", "pamr": False,
                                                 "prob_thd": 0.0, "short_side": 336, "slide_crop": 224,
-                                                "gaussian_std": backend.model.config.gaussian_std}  # fmt: skip
+                                                "gaussian_std": backend.segmenter.config.gaussian_std}  # fmt: skip
     with pytest.raises(ValueError, match="Unknown method 'nope'.*sclip"):
         backend.segment(example_image_path(), LABELS_A, method="nope")
 
@@ -181,20 +190,21 @@ def test_attention_maps_of_chosen_methods_are_the_models_rows_and_the_compare_fi
     assert maps.methods == methods
     assert [label for label, _ in maps.maps] == ["MaskCLIP", "ClearCLIP", "Neighbours only", "CLIP"]
     # Recomputed from the model: each method's last block, head-averaged row of the clicked patch's token.
-    pixel_values = backend.image_processor(np.asarray(load_example()))["pixel_values"]
+    model = backend.segmenter.model
+    pixel_values = backend.segmenter.processor.image_processor(np.asarray(load_example()))["pixel_values"]
     rows, columns = maps.grid
     token = 1 + maps.patch[0] * columns + maps.patch[1]
     for name, weights in zip(methods, maps.weights):
         with torch.no_grad():
-            attention = backend.model.encode_patches(pixel_values, output_attentions=True,
-                                                     **block_settings(name)).attentions[-1]  # fmt: skip
+            attention = model.encode_patches(pixel_values, output_attentions=True,
+                                             **block_settings(name)).attentions[-1]  # fmt: skip
         expected = attention[0].float().mean(dim=0)[token, 1:].reshape(rows, columns).numpy()
         np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-7)
     assert not np.allclose(maps.weights[0], maps.weights[2])
     # `naclip compare --attention-at` draws the same maps for the same point and methods, whatever the image size.
     for image in (np.asarray(load_example()), np.asarray(load_example())[:250, :301]):
         shown = backend.attention_maps(image, point[::-1], methods)
-        compared = attention_maps(backend.model, backend.segmenter.processor, image, point[::-1], methods)
+        compared = attention_maps(model, backend.segmenter.processor, image, point[::-1], methods)
         for heat, same in zip(shown.heat, compared.heat):
             np.testing.assert_array_equal(heat, same)
 
@@ -236,7 +246,24 @@ def test_page_offers_the_registered_methods(backend, neighbours_method):
 
 
 def test_test_model_is_flagged(backend):
-    assert backend.is_test_model
+    assert backend.segmenter.is_test_model
+
+
+def test_a_second_request_with_the_same_classes_embeds_nothing(backend, monkeypatch):
+    embedded = []
+    encode = backend.segmenter.encode_classes
+
+    def counting(classes, **kwargs):
+        embedded.append([list(names) for names in classes])
+        return encode(classes, **kwargs)
+
+    monkeypatch.setattr(backend.segmenter, "encode_classes", counting)
+    first = backend.segment(example_image_path(), "lamp\nchair, stool", pamr=False)
+    second = backend.segment(example_image_path(), "lamp\nchair,stool", pamr=False)  # the same classes
+    assert embedded == [[["lamp"], ["chair", "stool"]]]
+    assert np.array_equal(np.asarray(first.label_map), np.asarray(second.label_map))
+    backend.segment(example_image_path(), "lamp\nchair", pamr=False)  # another set of classes
+    assert len(embedded) == 2
 
 
 # ----------------------------------------------------------------------------------------------- the API
@@ -277,12 +304,12 @@ def test_segment_endpoint_defaults_are_the_models_settings(client, backend):
                               ("prob_thd", ""), ("short_side", ""), ("slide_crop", ""), ("gaussian_std", "")]
 
 
-def test_segment_endpoint_with_a_method_equals_the_pipeline_with_it(client, backend):
+def test_segment_endpoint_with_a_method_equals_the_pipeline_with_it(client, backend, pipeline):
     from gradio_client import handle_file
 
     image = str(example_image_path())
     overlay, rows, label_map = client.predict(handle_file(image), LABELS_A, method="sclip", api_name="/segment")
-    direct = backend.segmenter(image, candidate_labels=LABELS_A.splitlines(), return_label_map=True, method="sclip")
+    direct = pipeline(image, candidate_labels=LABELS_A.splitlines(), return_label_map=True, method="sclip")
     assert _classes(rows) == pytest.approx(_shares(direct))
     from PIL import Image
 
@@ -290,8 +317,8 @@ def test_segment_endpoint_with_a_method_equals_the_pipeline_with_it(client, back
     # A setting given over the method overrides it, as in the pipeline.
     _, rows, label_map = client.predict(handle_file(image), LABELS_A, method="sclip", prob_thd=0.4, pamr="on",
                                         api_name="/segment")  # fmt: skip
-    direct = backend.segmenter(image, candidate_labels=LABELS_A.splitlines(), return_label_map=True,
-                               method="sclip", prob_thd=0.4, pamr_steps=backend.model.config.pamr_steps)  # fmt: skip
+    direct = pipeline(image, candidate_labels=LABELS_A.splitlines(), return_label_map=True, method="sclip",
+                      prob_thd=0.4, pamr_steps=backend.segmenter.config.pamr_steps)  # fmt: skip
     assert np.array_equal(np.asarray(Image.open(label_map)), direct["label_map"])
 
 
@@ -542,3 +569,64 @@ def test_demo_command_runs_an_export_with_its_stored_settings(exported_demo, mon
     monkeypatch.setattr(app, "build_demo", lambda model, **kwargs: built.update(kwargs, model=model) or Served())
     assert main(["demo", "--model", str(out)]) == 0
     assert built["method"] is None and built["model"] == str(out)
+
+
+def test_one_backend_class_for_checkpoints_and_exports(tiny_checkpoint, tiny_export):
+    import ast
+
+    import naclip_hf.demo.app as app
+    import naclip_hf.demo.backend as backend_module
+    from naclip_hf.demo.backend import load_backend
+
+    assert not hasattr(backend_module, "ExportedDemoBackend")
+    checkpoint, export = load_backend(tiny_checkpoint), load_backend(tiny_export)
+    assert type(checkpoint) is DemoBackend and type(export) is DemoBackend
+    assert export.segmenter.fixed_settings and not checkpoint.segmenter.fixed_settings
+    assert not export.segmenter.supports_attention_maps and checkpoint.segmenter.supports_attention_maps
+    # The demo asks the segmenter's capabilities, never which backend it has.
+    kinds = {"TorchSegmenter", "OnnxSegmenter", "ExportedSegmenter", "is_exported_folder"}
+    for module in (app, backend_module):
+        tree = ast.parse(Path(module.__file__).read_text())
+        attributes = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+        names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        assert "exported" not in attributes, module.__name__
+        assert not (names & kinds) or module is backend_module and names & kinds == {"is_exported_folder"}
+    with pytest.raises(ValueError, match="device='cuda'.*onnxruntime on the CPU"):
+        load_backend(tiny_export, device="cuda")
+
+
+def test_both_backends_give_the_same_options_when_the_exports_block_matches(tiny_checkpoint, tiny_export):
+    from naclip_hf.demo.backend import load_backend
+    from naclip_hf.export.runtime import ExportedSegmenter
+    from naclip_hf.methods import get_method
+    from naclip_hf.models.naclip.options import names_of_stage
+
+    checkpoint, export = load_backend(tiny_checkpoint), load_backend(tiny_export)
+    fixed = export.segmenter.fixed_settings
+    assert {name: checkpoint.segmenter.config.to_dict()[name] for name in fixed} == fixed
+    assert {name: get_method("naclip").settings.get(name, value) for name, value in fixed.items()} == fixed
+    cases = [
+        {},
+        {"method": "naclip"},
+        {"method": "naclip", "pamr": False, "prob_thd": 0.3, "slide_crop": 64},
+        {"pamr": True, "attn_strategy": fixed["attn_strategy"], "arch": fixed["arch"]},
+    ]
+    for case in cases:
+        assert checkpoint.call_options(**case) == export.call_options(**case), case
+    assert checkpoint.method_settings("naclip") == export.method_settings("naclip")
+    assert checkpoint.method_settings() == export.method_settings()
+    # The method's options reach the exported graph: its per-call settings, as the runtime takes them.
+    image = str(example_image_path())
+    result = export.segment(image, "cat\nsky", method="naclip", pamr=False)
+    assert result.options == {"method": "naclip", "pamr_steps": 0}
+    stages = names_of_stage("block", "windows", "post", "image")
+    settings = {name: value for name, value in get_method("naclip").settings.items() if name in stages}
+    short_side = settings.pop("short_side", None)
+    expected = ExportedSegmenter(tiny_export).segment(image, ["cat", "sky"], short_side=short_side,
+                                                      **{**settings, "pamr_steps": 0}).segmentation  # fmt: skip
+    assert np.array_equal(np.asarray(result.label_map), expected)
+    assert expected.shape == (300, 450)  # the photo's size
+    with pytest.raises(ValueError, match=r"fixed in its graph.*the method 'sclip' needs arch='vanilla'"):
+        export.call_options("sclip")
+    with pytest.raises(ValueError, match="cannot show attention maps.*PyTorch checkpoint"):
+        export.attention_maps(image, (10, 10))

@@ -347,7 +347,7 @@ def test_demo_backend_in_bfloat16(image_folder, float32_label_maps, checkpoint, 
     from naclip_hf.demo.backend import load_backend
 
     backend = load_backend(checkpoint, dtype="bfloat16")
-    assert backend.model.dtype == torch.bfloat16
+    assert backend.segmenter.dtype == "bfloat16" and backend.segmenter.model.dtype == torch.bfloat16
     assert "runs in bfloat16" in _model_note(backend) and "runs in" not in _model_note(load_backend(checkpoint))
     labels_text = "\n".join(", ".join(names) for names in manifest["classes"])
     segmentation = backend.segment(str(image_folder / "img_a.png"), labels_text, short_side=SHORT_SIDE)

@@ -12,6 +12,10 @@ transformers for it). Callers use the `Segmenter` methods only and never ask whi
   cannot compute it raises a `ValueError` saying what to use instead);
 - `settings`, `short_side`, `save_scores(...)`.
 
+What differs between backends is told by capabilities, not by the backend's kind: `fixed_settings` (the last-block
+settings a compiled graph fixed), `stored_classes`, `has_text_model`, `attention_strategies()`,
+`supports_attention_maps` (with `check_attention_methods`) and `is_test_model`.
+
 Example:
 
 ```python
@@ -28,7 +32,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .models.naclip.options import CONFIG_SETTINGS, DEFAULTS
+from .models.naclip.options import CONFIG_SETTINGS, DEFAULTS, names_of_stage
+
+SMALLEST_REAL_VISION_WIDTH = 384
+"""A vision tower narrower than this (every published CLIP has at least 768: ViT-B) is a test model."""
+
+# The per-call settings a method may bring to `segment`: the last block, sliding windows, post-processing and the
+# short side. (Its text and positional-embedding settings take effect when a model is loaded, not per call.)
+_METHOD_CALL_STAGES = ("block", "windows", "post", "image")
 
 
 class Segmenter(ABC):
@@ -36,7 +47,8 @@ class Segmenter(ABC):
 
     Attributes:
         source: the model as given (Hub id or folder).
-        exported: whether the model is an ONNX export (for messages; behaviour goes through the methods).
+        exported: whether the model is an ONNX export (for messages; behaviour goes through the methods and the
+            capabilities below).
         supports_attention_maps: whether `attention_maps` can run.
     """
 
@@ -73,6 +85,39 @@ class Segmenter(ABC):
     def dtype(self) -> str:
         """The precision the model runs in ("float32", "bfloat16", ...)."""
         return "float32"
+
+    # ---------------------------------------------------------------------------------------- capabilities
+    @property
+    def fixed_settings(self) -> dict[str, Any]:
+        """The last block's settings (`arch`, `attn_strategy`, `gaussian_std`) fixed in a compiled graph, by name:
+        a call may only repeat these values. Empty when every call may choose its own last block."""
+        return {}
+
+    @property
+    def stored_classes(self) -> list[list[str]]:
+        """The classes (each a list of names) whose text embeddings come with the model; empty when none do."""
+        return []
+
+    @property
+    def has_text_model(self) -> bool:
+        """Whether the model can embed any class name (else only the names of `stored_classes`)."""
+        return True
+
+    @property
+    def is_test_model(self) -> bool:
+        """Whether the model is too small to be a real CLIP (e.g. a random test checkpoint); False when the model
+        does not tell."""
+        return False
+
+    def attention_strategies(self) -> list[str]:
+        """The attention strategies the last block can run (`attn_strategy` values)."""
+        fixed = self.fixed_settings
+        return [fixed["attn_strategy"]] if "attn_strategy" in fixed else [self.config.attn_strategy]
+
+    def check_attention_methods(self, methods: Sequence[str]) -> list[str]:
+        """The names of `methods` whose attention `attention_maps` can show, checked against the model
+        (`ValueError` naming a method the model cannot run, or saying what to use when it shows none)."""
+        raise ValueError(self._no_attention_maps())
 
     @abstractmethod
     def encode_classes(
@@ -125,7 +170,10 @@ class Segmenter(ABC):
     ) -> Any:
         """The last layer's attention of the patch under `point` = (x, y), per method, `overrides` on top of each
         method's last-block settings (see `naclip_hf.attention_maps.attention_maps`)."""
-        raise ValueError(
+        raise ValueError(self._no_attention_maps())
+
+    def _no_attention_maps(self) -> str:
+        return (
             f"The model {self.source} cannot show attention maps: an exported ONNX graph returns the segmentation "
             "logits only. Use the PyTorch checkpoint it was exported from (a Hub id such as "
             "openai/clip-vit-base-patch16, or a local folder)."
@@ -161,6 +209,21 @@ class TorchSegmenter(Segmenter):
     @property
     def dtype(self) -> str:
         return str(self.model.dtype).removeprefix("torch.")
+
+    @property
+    def is_test_model(self) -> bool:
+        return self.model.config.vision_config.hidden_size < SMALLEST_REAL_VISION_WIDTH
+
+    def attention_strategies(self) -> list[str]:
+        """Every registered attention strategy (`NACLIP_ATTENTION_FUNCTIONS`): a call may pick any."""
+        from .models.naclip.modeling_naclip import NACLIP_ATTENTION_FUNCTIONS
+
+        return list(NACLIP_ATTENTION_FUNCTIONS)
+
+    def check_attention_methods(self, methods: Sequence[str]) -> list[str]:
+        from .attention_maps import check_methods
+
+        return list(check_methods(self.model, list(methods)))
 
     def encode_classes(
         self,
@@ -245,6 +308,21 @@ class OnnxSegmenter(Segmenter):
     def dtype(self) -> str:
         return export_dtype(self.runtime.folder)
 
+    @property
+    def fixed_settings(self) -> dict[str, Any]:
+        """The last block's settings the graph was exported with."""
+        return {name: getattr(self.runtime.config, name) for name in names_of_stage("block")}
+
+    @property
+    def stored_classes(self) -> list[list[str]]:
+        """The classes whose text embeddings the export stores (`naclip export --labels`)."""
+        return [list(names) for names in self.runtime.stored_classes or []]
+
+    @property
+    def has_text_model(self) -> bool:
+        """Whether the export holds its text graph (`onnx/text_model.onnx`)."""
+        return bool(self.runtime.has_text_model)
+
     def encode_classes(
         self,
         classes: Sequence[str | Sequence[str]] | None,
@@ -265,12 +343,27 @@ class OnnxSegmenter(Segmenter):
         **options: Any,
     ) -> Any:
         # The NumPy post-processing always builds the probabilities; it runs whole images (no tiles).
+        method = options.pop("method", None)
+        if method is not None:  # the method's per-call settings under the others (its last block must be the graph's)
+            settings = _method_call_settings(method)
+            method_side = settings.pop("short_side", None)
+            short_side = method_side if short_side is None else short_side
+            options = {**settings, **options}
         return self.runtime.segment(image, label_set, short_side=short_side, **options)
 
     def save_scores(self, path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
         from .export.runtime import save_scores
 
         save_scores(path, result, metadata)
+
+
+def _method_call_settings(method: str) -> dict[str, Any]:
+    """The settings of the method named `method` that a call takes (see `_METHOD_CALL_STAGES`); `ValueError`
+    listing the methods for an unknown name."""
+    from .methods import get_method
+
+    per_call = names_of_stage(*_METHOD_CALL_STAGES)
+    return {name: value for name, value in get_method(method).settings.items() if name in per_call}
 
 
 def export_dtype(folder: str | os.PathLike, requested: str | None = None) -> str:

@@ -93,12 +93,9 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise CommandError(f"the demo needs Gradio, which is not installed; install it with: {INSTALL_HINT}") from None
     from ..demo.app import DEFAULT_CONCURRENCY, build_demo
-    from ..export.runtime import is_exported_folder
-
-    # An export runs with its stored settings unless a method is named (its last block must then be the graph's).
-    method = args.method if args.method or is_exported_folder(args.model) else DEFAULT_METHOD
+    # Without --method, build_demo starts at the default method, or at an export's stored settings.
     demo = build_demo(
-        args.model, method=method, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device,
+        args.model, method=args.method, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device,
         dtype=args.dtype,
     )
     # Gradio's own start-up lines (with its advice on share links) are replaced by one line of ours.

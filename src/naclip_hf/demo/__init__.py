@@ -1,7 +1,8 @@
 """The interactive demo: a Gradio app (`build_demo`, extra `demo`: `pip install "naclip-hf[demo]"`) and a writer of
 Hugging Face Space folders that run it (`write_space`).
 
-Importing this package imports neither Gradio nor torch; `build_demo` and `DemoBackend` load them when first used.
+Importing this package imports neither Gradio nor torch; `build_demo` and `DemoBackend` load them when first used
+(torch only for a PyTorch checkpoint: an exported model runs on onnxruntime).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ The app also serves an API endpoint `/segment(image, labels, method, attn_strate
 slide_crop, gaussian_std)` returning the overlay, the classes found with their share of the pixels, and the label
 map PNG (see `segment_api_example`). `method` defaults to the page's method; the settings after it default to `""`,
 "the method's value", and override the method's when given (`pamr` "on" or "off"; the numbers as numbers or text).
+
+The page adapts to what the model can do (`naclip_hf.segmenter.Segmenter`'s capabilities), whichever backend runs it:
+a last block fixed in an exported graph disables the method and the last block's controls, stored classes fill the
+classes box, and a model without attention maps gets an Attention tab saying where to find them.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ from .backend import (
     DEFAULT_ATTENTION_METHODS,
     EXAMPLE_LABELS,
     DemoBackend,
-    ExportedDemoBackend,
     example_image_path,
     legend_html,
     load_backend,
@@ -101,7 +104,7 @@ def segment_api_example(url: str) -> str:
 
 
 EXPORTED_METHOD_CHOICE = ("the exported model's settings", "")
-"""The method control's value on an exported model: its stored settings."""
+"""The method control's value on a model whose last block is fixed in its graph: its stored settings."""
 ATTENTION_NEEDS_PYTORCH = (
     "**Not available with an exported model:** its ONNX graph returns the segmentation logits only, not the "
     "attention maps. To compare where a patch looks under several methods, run the demo on the PyTorch checkpoint "
@@ -110,22 +113,24 @@ ATTENTION_NEEDS_PYTORCH = (
 )
 
 
-def _model_note(backend: DemoBackend | ExportedDemoBackend) -> str:
+def _model_note(backend: DemoBackend) -> str:
+    """The page's note on the model: how it runs, which classes it takes, whether its results mean anything."""
+    segmenter = backend.segmenter
     name = html.escape(backend.model_name)
-    if backend.exported and backend.segmenter.has_text_model:
-        return (
-            f"**Model:** `{name}`, exported with `naclip export` and run with onnxruntime (no PyTorch). Type any "
-            "classes (one per line, synonyms after commas): the exported text model embeds them; the classes stored "
-            f"with the export ({html.escape(_stored_names(backend))}) need no text model run."
-        )
-    if backend.exported:
+    if not segmenter.has_text_model:
         return (
             f"**Model:** `{name}`, exported with `naclip export` and run with onnxruntime (no PyTorch). Its text "
             f"embeddings are stored for these classes only: {html.escape(_stored_names(backend))}; type any of "
             "these names (one class per line, synonyms after commas). To segment other classes, export the model "
             "again with them (`naclip export MODEL OUT --labels ...`) or run the demo on the PyTorch checkpoint."
-        )
-    if backend.is_test_model:
+        ) + _precision_note(backend)
+    if segmenter.fixed_settings:  # a graph exported for one last block
+        return (
+            f"**Model:** `{name}`, exported with `naclip export` and run with onnxruntime (no PyTorch). Type any "
+            "classes (one per line, synonyms after commas): the exported text model embeds them; the classes stored "
+            f"with the export ({html.escape(_stored_names(backend))}) need no text model run."
+        ) + _precision_note(backend)
+    if segmenter.is_test_model:
         return (
             f"**Model:** `{name}`, a tiny test model with random weights: its segmentations and attention maps are "
             "noise. For real results use CLIP weights: `naclip demo --model openai/clip-vit-base-patch16` (download "
@@ -140,7 +145,7 @@ def _model_note(backend: DemoBackend | ExportedDemoBackend) -> str:
 
 def _precision_note(backend: DemoBackend) -> str:
     """A sentence naming the model's precision when it is not float32 (the default), else nothing."""
-    dtype = str(backend.model.dtype).removeprefix("torch.")
+    dtype = backend.segmenter.dtype
     if dtype == "float32":
         return ""
     return (
@@ -171,13 +176,13 @@ def _method_choices() -> list[tuple[str, str]]:
     return [(method.title, method.name) for method in METHODS.values()]
 
 
-def _stored_names(backend: ExportedDemoBackend) -> str:
-    names = [name for names in backend.stored_classes for name in names]
+def _stored_names(backend: DemoBackend) -> str:
+    names = [name for names in backend.segmenter.stored_classes for name in names]
     return ", ".join(f"'{name}'" for name in names) if names else "none (the export stores no class embeddings)"
 
 
-def _fixed_block_note(backend: ExportedDemoBackend) -> str:
-    fixed = ", ".join(f"{name}={value!r}" for name, value in backend.fixed_settings().items())
+def _fixed_block_note(backend: DemoBackend) -> str:
+    fixed = ", ".join(f"{name}={value!r}" for name, value in backend.segmenter.fixed_settings.items())
     return (
         f"**Last block fixed in the exported graph** (`{html.escape(fixed)}`): the method, the attention strategy, "
         "the block and σ cannot be changed here. PAMR, the threshold, the short side and the sliding window still "
@@ -231,7 +236,7 @@ def _preset_values(preset: str | None, method: str | None) -> dict[str, Any]:
 
 
 def build_demo(
-    model: str | os.PathLike | DemoBackend | ExportedDemoBackend = DEFAULT_CHECKPOINT,
+    model: str | os.PathLike | DemoBackend = DEFAULT_CHECKPOINT,
     method: str | None = DEFAULT_METHOD,
     attention_methods: Sequence[str] = DEFAULT_ATTENTION_METHODS,
     concurrency: int = DEFAULT_CONCURRENCY,
@@ -242,14 +247,16 @@ def build_demo(
     `naclip export` or a loaded backend.
 
     With an export (a folder holding `onnx/model.onnx`), the app runs on onnxruntime without torch: the Segment tab
-    and `/segment` take any classes (the stored ones pre-filled), the last block's controls are disabled (the block is
-    fixed in the graph) and the Attention tab explains how to get it (the PyTorch checkpoint).
+    and `/segment` take any classes its text model embeds (the stored ones pre-filled), the last block's controls are
+    disabled (the block is fixed in the graph) and the Attention tab explains how to get it (the PyTorch
+    checkpoint). The page asks the model's capabilities for this (see `DemoBackend`), not its kind.
 
     Args:
         model: Hub id, checkpoint or export folder (loaded here; `OSError` with the fix when it cannot be), or a
-            backend (`DemoBackend`, `ExportedDemoBackend`).
+            `DemoBackend`.
         method: the Segment tab's method at first and the `/segment` endpoint's default (a name of
-            `naclip_hf.methods.METHODS`; None: `DEFAULT_METHOD`, or an export's stored settings).
+            `naclip_hf.methods.METHODS`; None: `DEFAULT_METHOD`, or the stored settings of a model whose last block
+            is fixed in its graph).
         attention_methods: the methods the Attention tab compares at first (any registered method can be added
             in the page).
         concurrency: how many requests run at once on the shared model.
@@ -264,16 +271,13 @@ def build_demo(
         >>> demo = build_demo("path/to/checkpoint", method="sclip")  # doctest: +SKIP
         >>> demo.launch(server_name="127.0.0.1", server_port=7860)  # doctest: +SKIP
     """
-    backend = model if isinstance(model, (DemoBackend, ExportedDemoBackend)) else load_backend(model, device, dtype)
-    exported = backend.exported
-    if exported:
-        method = get_method(method).name if method else ""
-        backend.call_options(method or None)  # a method whose last block differs from the graph's raises
-    else:
-        method = get_method(method or DEFAULT_METHOD).name
-        from ..attention_maps import check_methods
-
-        attention_methods = list(check_methods(backend.model, list(attention_methods)))
+    backend = model if isinstance(model, DemoBackend) else load_backend(model, device, dtype)
+    segmenter = backend.segmenter
+    # A graph's fixed last block may not be the default method's: the page then starts at the stored settings.
+    method = get_method(method).name if method else ("" if segmenter.fixed_settings else DEFAULT_METHOD)
+    backend.call_options(method or None)  # a method that does not suit the model raises, naming it
+    if segmenter.supports_attention_maps:
+        attention_methods = segmenter.check_attention_methods(list(attention_methods))
     example = str(example_image_path())
     # Label maps offered for download; each request's file is kept for an hour (Gradio serves a copy of it).
     downloads = tempfile.TemporaryDirectory(prefix="naclip-demo-")
@@ -323,7 +327,7 @@ def build_demo(
     return demo
 
 
-def _method_controls(backend: DemoBackend | ExportedDemoBackend, name: str, preset: str | None) -> tuple[Any, ...]:
+def _method_controls(backend: DemoBackend, name: str, preset: str | None) -> tuple[Any, ...]:
     """Every control back to "the method's", showing its values; a preset's settings on top."""
     values = backend.method_settings(name or None)
     preset_values = _preset_values(preset, name or None)
@@ -337,15 +341,16 @@ def _method_controls(backend: DemoBackend | ExportedDemoBackend, name: str, pres
             gr.update(value=_shown(preset_values.get(setting)), placeholder=_theirs(values[setting]))
             for setting in NUMBER_LABELS
         ),
-        _fixed_block_note(backend) if backend.exported else _method_note(name),
+        _fixed_block_note(backend) if backend.segmenter.fixed_settings else _method_note(name),
     )
 
 
 def _segment_tab(
-    backend: DemoBackend | ExportedDemoBackend, example: str, first: tuple[Any, ...], run_segment: Any, method: str
+    backend: DemoBackend, example: str, first: tuple[Any, ...], run_segment: Any, method: str
 ) -> None:
     """The Segment tab: image, classes, method and settings, the overlay with its legend; `/segment`."""
-    exported = backend.exported
+    fixed = backend.segmenter.fixed_settings  # settings a graph fixed: their controls are shown, not editable
+    stored_labels = backend.stored_labels_text
 
     def method_changed(name: str, preset: str | None) -> tuple[Any, ...]:
         try:
@@ -377,20 +382,21 @@ def _segment_tab(
                 labels = gr.Textbox(
                     label="Classes (one per line, synonyms after commas)", lines=6, elem_id="labels",
                     placeholder="sky\nroad, street\nperson, person in shirt",
-                    value=backend.stored_labels_text if exported else None,
+                    value=stored_labels or None,
                 )  # fmt: skip
-                # An export stores the embeddings of its own classes only: no benchmark's classes.
+                # A benchmark's classes come with its settings for the chosen method: offered where any class can be
+                # embedded and the method chosen.
                 preset = gr.Dropdown(_preset_choices(), value="", label="Or a benchmark's classes",
-                                     visible=not exported)  # fmt: skip
-                methods = [EXPORTED_METHOD_CHOICE, *_method_choices()] if exported else _method_choices()
+                                     visible=backend.segmenter.has_text_model and not fixed)  # fmt: skip
+                methods = [EXPORTED_METHOD_CHOICE, *_method_choices()] if fixed else _method_choices()
                 chosen = gr.Dropdown(methods, value=method, label="Method", elem_id="method",
-                                     interactive=not exported)  # fmt: skip
+                                     interactive=not fixed)  # fmt: skip
                 method_note = gr.Markdown(first[-1], elem_id="method-note")
                 with gr.Row():
                     strategy = gr.Dropdown(label="Attention of the last block", elem_id="strategy",
-                                           interactive=not exported, **_initial(first[0]))  # fmt: skip
+                                           interactive="attn_strategy" not in fixed, **_initial(first[0]))  # fmt: skip
                     arch = gr.Radio(label="Last block", info=help_of["arch"], elem_id="arch",
-                                    interactive=not exported, **_initial(first[1]))  # fmt: skip
+                                    interactive="arch" not in fixed, **_initial(first[1]))  # fmt: skip
                 with gr.Row():
                     pamr = gr.Radio(label="PAMR refinement", elem_id="pamr", **_initial(first[2]))
                     prob_thd = _number_box(first[3], "prob_thd", help_of["prob_thd"])
@@ -398,7 +404,7 @@ def _segment_tab(
                     short_side = _number_box(first[4], "short_side", help_of["short_side"])
                     slide_crop = _number_box(first[5], "slide_crop")
                     gaussian_std = _number_box(first[6], "gaussian_std", help_of["gaussian_std"],
-                                               interactive=not exported)  # fmt: skip
+                                               interactive="gaussian_std" not in fixed)  # fmt: skip
                 gr.Markdown(SEGMENT_HELP, elem_id="settings-help")
                 run = gr.Button("Segment", variant="primary", elem_id="segment-button")
             with gr.Column():
@@ -408,7 +414,7 @@ def _segment_tab(
                 table = gr.HTML(legend_html(None), elem_id="legend")
                 found = gr.JSON(label="Classes found", visible=False)
                 label_map = gr.File(label="Label map (PNG, pixel value = class id)", elem_id="label-map")
-        example_labels = backend.stored_labels_text if exported else EXAMPLE_LABELS
+        example_labels = stored_labels or EXAMPLE_LABELS
         gr.Examples([[example, example_labels]], inputs=[image, labels], label="Example")
         settings = [strategy, arch, pamr, prob_thd, short_side, slide_crop, gaussian_std]
         run.click(run_segment, [image, labels, chosen, *settings], [overlay, found, label_map],
@@ -419,11 +425,9 @@ def _segment_tab(
         strategy.change(strategy_changed, [chosen, strategy, arch], arch, api_visibility="private")
 
 
-def _attention_tab(
-    backend: DemoBackend | ExportedDemoBackend, example: str, attention_methods: Sequence[str]
-) -> None:
-    """The Attention tab: click a point, see its patch's last-layer attention under each method chosen."""
-    exported = backend.exported
+def _attention_tab(backend: DemoBackend, example: str, attention_methods: Sequence[str]) -> None:
+    """The Attention tab: click a point, see its patch's last-layer attention under each method chosen (or, for a
+    model without attention maps, where to find them)."""
 
     def run_attention(image: str | None, methods: list[str], evt: gr.SelectData) -> tuple[Any, str, Any]:
         point = (evt.index[0], evt.index[1])
@@ -450,7 +454,7 @@ def _attention_tab(
         return draw_attention(image, methods, point)
 
     with gr.Tab("Attention", id="attention"):
-        if exported:
+        if not backend.segmenter.supports_attention_maps:
             gr.Markdown(ATTENTION_NEEDS_PYTORCH, elem_id="attention-unavailable")
         else:
             titles = [get_method(name).title for name in attention_methods]

@@ -2,6 +2,10 @@
 method (`naclip_hf.methods`) and settings overriding it, and the last layer's attention map of one clicked patch
 under several methods.
 
+One `DemoBackend` runs every model through the `naclip_hf.segmenter.Segmenter` interface: a PyTorch checkpoint or a
+folder written by `naclip export` (onnxruntime, no torch). What a model cannot do is told by the segmenter's
+capabilities (a last block fixed in its graph, stored classes, no attention maps), never by asking its kind.
+
 The demo's Gradio app (`naclip_hf.demo.app`) only turns widgets into these calls and their results into widgets,
 so everything here is usable (and tested) without Gradio. Every call carries its own options: the model's config
 is never changed, so many requests can run at once on one model.
@@ -12,6 +16,7 @@ from __future__ import annotations
 import html
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,12 +30,11 @@ from ..figures import heat_colours
 from ..methods import DEFAULT_METHOD, Method, get_method
 from ..models.naclip.image_io import describe_input, load_image
 from ..models.naclip.labels import parse_class_entries
-from ..models.naclip.options import DEFAULTS, SETTINGS_BY_NAME, check_settings, names_of_stage
+from ..models.naclip.options import DEFAULTS, SETTINGS_BY_NAME, check_settings
 from ..visualization import class_palette, label_map_image, overlay_image
 
 if TYPE_CHECKING:  # torch is loaded only for a PyTorch checkpoint: an exported model runs without it
-    from ..export.runtime import ExportedSegmenter
-    from ..models.naclip.pipeline_naclip import NACLIPSegmentationPipeline
+    from ..segmenter import Segmenter
 
 Report = Callable[[float, str], None]
 """A progress callback: (fraction done in [0, 1], what is happening)."""
@@ -39,8 +43,8 @@ DEFAULT_ATTENTION_METHODS: tuple[str, ...] = ("clip", "sclip", "naclip")
 """The methods (names of `naclip_hf.methods.METHODS`) whose attention maps the Attention tab shows side by side at
 first, as in Figure 1 of the NACLIP paper."""
 
-# A vision tower narrower than every published CLIP (ViT-B: 768) is a test model with no useful weights.
-SMALLEST_REAL_VISION_WIDTH = 384
+LABEL_SETS_IN_MEMORY = 32
+"""Label sets (sets of classes) whose text embeddings a backend keeps in memory, the most recently used."""
 
 EXAMPLE_LABELS = "table, wooden table\nsaucer, plate\ncoffee cup, cup\nspoon\ncoffee"
 """The classes of the example photo (the same as `examples/labels.txt`)."""
@@ -136,12 +140,16 @@ class AttentionMaps:
 
 
 class DemoBackend:
-    """The demo's computations on one loaded model, safe to call from many threads at once.
+    """The demo's computations on one loaded model (a `naclip_hf.segmenter.Segmenter`: a PyTorch checkpoint or a
+    folder written by `naclip export`), safe to call from many threads at once.
+
+    Everything that differs between models comes from the segmenter's capabilities: `fixed_settings` (a last block
+    fixed in an exported graph: a method or setting asking for another is refused with the fix), `stored_classes`,
+    `has_text_model`, `attention_strategies()` and `supports_attention_maps`.
 
     Args:
-        segmenter: a `NACLIPSegmentationPipeline` (its label-embedding cache makes a second image with the same
-            classes fast).
-        model_name: how to name the model in the page (e.g. its Hub id or folder).
+        segmenter: the loaded model (see `naclip_hf.segmenter.load_segmenter`).
+        model_name: how to name the model in the page (e.g. its Hub id or folder; default: the segmenter's source).
 
     Example:
         >>> backend = DemoBackend.from_pretrained("openai/clip-vit-base-patch16")  # doctest: +SKIP
@@ -149,64 +157,94 @@ class DemoBackend:
         >>> [(row["label"], round(row["share"], 2)) for row in result.rows]  # doctest: +SKIP
     """
 
-    exported = False
-    """Whether the model is an ONNX export (see `ExportedDemoBackend`)."""
-
-    def __init__(self, segmenter: NACLIPSegmentationPipeline, model_name: str | None = None) -> None:
+    def __init__(self, segmenter: Segmenter, model_name: str | None = None) -> None:
         self.segmenter = segmenter
-        self.model = segmenter.model
-        self.image_processor = segmenter.image_processor
-        self.model_name = model_name or getattr(self.model, "name_or_path", "") or "the model"
-        # Embedding a label set is the slow part of a first request; one at a time keeps the CPU for the others,
-        # and later requests with the same classes read the pipeline's cache.
+        self.model_name = model_name or segmenter.source or "the model"
+        # Embedding a label set is the slow part of a first request; one at a time keeps the CPU for the others.
+        # The label sets embedded last stay in memory, so a later request with the same classes skips even the
+        # segmenter's disk cache.
         self._embedding_lock = threading.Lock()
+        self._label_sets: OrderedDict[tuple[tuple[str, ...], ...], Any] = OrderedDict()
 
     @classmethod
     def from_pretrained(
-        cls, model_id_or_path: str, device: str | None = None, dtype: str | None = None
+        cls,
+        model: str | os.PathLike,
+        device: str | None = None,
+        dtype: str | None = None,
+        quantized: bool = False,
     ) -> DemoBackend:
-        """Load a checkpoint (Hub id or folder) with its processor, in `dtype` (None: float32; see
-        `naclip_hf.inference.resolve_dtype`); `OSError` with the fix when it cannot be found."""
-        from ..inference import load_model, load_processor
-        from ..models.naclip.pipeline_naclip import NACLIPSegmentationPipeline
+        """Load `model`: a checkpoint (Hub id or folder) in `dtype` (None: float32; see
+        `naclip_hf.inference.resolve_dtype`) on `device`, or a folder written by `naclip export` (run with
+        onnxruntime on the CPU, in the precision it was exported in; `quantized`: its int8 graph). `OSError` with
+        the fix when it cannot be found; `ValueError` for a device, dtype or `quantized` the model cannot take."""
+        from ..export.runtime import is_exported_folder
+        from ..segmenter import load_segmenter
 
-        model = load_model(model_id_or_path, device=device, dtype=dtype)
-        processor = load_processor(model_id_or_path)
-        segmenter = NACLIPSegmentationPipeline(model=model, processor=processor, device=model.device)
-        return cls(segmenter, model_name=str(model_id_or_path))
+        if device not in (None, "cpu") and is_exported_folder(model):
+            raise ValueError(
+                f"device={device!r}: an exported model runs with onnxruntime on the CPU; leave the device out, or "
+                "run the demo on the PyTorch checkpoint to use this device."
+            )
+        segmenter = load_segmenter(os.fspath(model), quantized=quantized, device=device, dtype=dtype)
+        return cls(segmenter, model_name=os.fspath(model))
 
     # ------------------------------------------------------------------------------------------- settings
+    @property
+    def stored_labels_text(self) -> str:
+        """The model's stored classes as the labels box shows them (one per line, synonyms after commas); "" when
+        it stores none."""
+        return "\n".join(", ".join(names) for names in self.segmenter.stored_classes)
+
     def method_settings(self, method: str | None = None) -> dict[str, Any]:
         """The values the page's controls stand for when left at "the method's": `method`'s settings over the
-        model's config (None: the config's alone), as `attn_strategy`, `arch`, `pamr` (on/off), `prob_thd`,
-        `short_side`, `slide_crop`, `gaussian_std`. `ValueError` naming the method if it does not suit the model."""
-        if method is not None:
-            get_method(method)  # an unknown name raises, listing the methods
-        try:
-            options = self.model.config.inference_options(method=method)
-        except ValueError as error:
-            raise ValueError(f"Method {method!r}: {error}") from None
-        short_side = options.get("short_side", getattr(self.image_processor, "short_side", DEFAULTS["short_side"]))
+        model's (None: the model's alone), as `attn_strategy`, `arch`, `pamr` (on/off), `prob_thd`, `short_side`,
+        `slide_crop`, `gaussian_std`. `ValueError` naming the method if it does not suit the model."""
+        self.call_options(method)  # refuses a method whose last block differs from a fixed one
+        base = self._base_settings(method)
         return {
-            "attn_strategy": options["attn_strategy"],
-            "arch": options["arch"],
-            "pamr": options["pamr_steps"] > 0,
-            "prob_thd": float(options["prob_thd"]),
-            "short_side": int(short_side),
-            "slide_crop": int(options["slide_crop"]),
-            "gaussian_std": float(options["gaussian_std"]),
+            "attn_strategy": base["attn_strategy"],
+            "arch": base["arch"],
+            "pamr": base["pamr_steps"] > 0,
+            "prob_thd": float(base["prob_thd"]),
+            "short_side": int(base.get("short_side", self.segmenter.short_side)),
+            "slide_crop": int(base["slide_crop"]),
+            "gaussian_std": float(base["gaussian_std"]),
         }
 
-    @property
-    def is_test_model(self) -> bool:
-        """Whether the model is too small to be a real CLIP (e.g. the random test checkpoint)."""
-        return self.model.config.vision_config.hidden_size < SMALLEST_REAL_VISION_WIDTH
-
     def attention_strategies(self) -> list[str]:
-        """The registered attention strategies of the last block."""
-        from ..models.naclip.modeling_naclip import NACLIP_ATTENTION_FUNCTIONS
+        """The attention strategies the model's last block can run."""
+        return self.segmenter.attention_strategies()
 
-        return list(NACLIP_ATTENTION_FUNCTIONS)
+    def _base_settings(self, method: str | None) -> dict[str, Any]:
+        """The model's settings with `method`'s on top, checked (`ValueError` naming the method)."""
+        settings = self.segmenter.settings
+        if method is not None:
+            settings = {**settings, **get_method(method).settings}  # an unknown name raises, listing the methods
+        try:
+            return check_settings(settings)
+        except ValueError as error:
+            raise ValueError(f"Method {method!r}: {error}") from None
+
+    def _check_fixed_block(self, method: str | None, given: Mapping[str, Any]) -> None:
+        """Refuse last-block settings (`given`, or the method's) other than those fixed in the model's graph."""
+        fixed = self.segmenter.fixed_settings
+        if not fixed:
+            return
+        asked = {} if method is None else {k: v for k, v in get_method(method).settings.items() if k in fixed}
+        asked.update({name: value for name, value in given.items() if value is not None})
+        for name in fixed:
+            wanted = asked.get(name)
+            if wanted is None or SETTINGS_BY_NAME[name].check(wanted) == fixed[name]:
+                continue
+            who = "you asked for" if given.get(name) is not None else f"the method {method!r} needs"
+            raise ValueError(
+                "The last block of this exported model is fixed in its graph ("
+                + ", ".join(f"{key}={value!r}" for key, value in fixed.items())
+                + f"), but {who} {name}={wanted!r}. Leave the method and the last block's settings empty, "
+                "export the model again with this block (`naclip export MODEL OUT --set NAME=VALUE`), or run "
+                "the demo on the PyTorch checkpoint."
+            )
 
     # ------------------------------------------------------------------------------------------- options
     def call_options(
@@ -219,20 +257,17 @@ class DemoBackend:
         slide_crop: int | None = None,
         gaussian_std: float | None = None,
     ) -> tuple[dict[str, Any], list[str]]:
-        """The pipeline options of one request and notes on what was adjusted: `method` (None = the model's own
-        settings) and the settings given (not None), which override the method's.
+        """The options of one `segmenter.segment` call and notes on what was adjusted: `method` (None = the model's
+        own settings) and the settings given (not None), which override the method's.
 
-        A strategy that needs another `arch` (SCLIP's `csa` keeps the block's residual and MLP) gets it, with a note.
-        Sliding windows overlap by half a window. Raises `ValueError` naming an invalid method or option.
+        A last block fixed in the model's graph (`segmenter.fixed_settings`) must not be asked to change: a
+        `ValueError` says so and how to get another block. Otherwise a strategy that needs another `arch` (SCLIP's
+        `csa` keeps the block's residual and MLP) gets it, with a note. Sliding windows overlap by half a window.
+        Raises `ValueError` naming an invalid method or option.
         """
+        self._check_fixed_block(method, {"attn_strategy": attn_strategy, "arch": arch, "gaussian_std": gaussian_std})
+        base = self._base_settings(method)
         options: dict[str, Any] = {}
-        notes: list[str] = []
-        if method is not None:
-            get_method(method)  # an unknown name raises, listing the methods
-        try:
-            base = self.model.config.inference_options(method=method)
-        except ValueError as error:
-            raise ValueError(f"Method {method!r}: {error}") from None
         if attn_strategy is not None:
             known = self.attention_strategies()
             if attn_strategy not in known:
@@ -241,7 +276,7 @@ class DemoBackend:
         if arch is not None:
             options["arch"] = arch
         if pamr is not None:
-            steps = base["pamr_steps"] or self.model.config.pamr_steps or DEFAULTS["pamr_steps"]
+            steps = base["pamr_steps"] or self.segmenter.config.pamr_steps or DEFAULTS["pamr_steps"]
             options["pamr_steps"] = steps if pamr else 0
         if prob_thd is not None:
             options["prob_thd"] = float(prob_thd)
@@ -253,20 +288,38 @@ class DemoBackend:
         if gaussian_std is not None:
             options["gaussian_std"] = float(gaussian_std)
         context = {name: base[name] for name in ("arch", "attn_strategy", "slide_crop", "slide_stride")}
-        named = {} if method is None else {"method": method}
+        named = {} if method is None else {"method": get_method(method).name}
         try:
-            return {**named, **check_settings(options, context)}, notes
+            return {**named, **check_settings(options, context)}, []
         except ValueError as error:
+            if self.segmenter.fixed_settings:  # the block cannot be adjusted
+                raise
             strategy = options.get("attn_strategy", base["attn_strategy"])
             other = {"reduced": "vanilla", "vanilla": "reduced"}[options.get("arch", base["arch"])]
             try:
                 checked = check_settings({**options, "arch": other}, context)
             except ValueError:
                 raise error from None
-            notes.append(f"The attention strategy {strategy!r} needs arch={other!r}; this run used it.")
-            return {**named, **checked}, notes
+            note = f"The attention strategy {strategy!r} needs arch={other!r}; this run used it."
+            return {**named, **checked}, [note]
 
     # ------------------------------------------------------------------------------------------- segment
+    def label_set(self, classes: Sequence[Sequence[str]]) -> Any:
+        """The text embeddings of `classes` (see `Segmenter.encode_classes`): embedded once per set of classes
+        (and kept on disk), later requests read them from memory. `ValueError` naming a class the model cannot
+        embed."""
+        key = tuple(tuple(names) for names in classes)
+        with self._embedding_lock:
+            label_set = self._label_sets.get(key)
+            if label_set is None:
+                label_set = self.segmenter.encode_classes([list(names) for names in key])
+                self._label_sets[key] = label_set
+                while len(self._label_sets) > LABEL_SETS_IN_MEMORY:
+                    self._label_sets.popitem(last=False)
+            else:
+                self._label_sets.move_to_end(key)
+        return label_set
+
     def segment(
         self,
         image: Any,
@@ -285,7 +338,8 @@ class DemoBackend:
         `method` (a name of `naclip_hf.methods.METHODS`; None: the model's own settings), the other settings given
         (not None) overriding the method's; the method's own short side applies unless `short_side` is given.
 
-        Raises `ValueError` with the fix for no classes, an unreadable image, an unknown method or an invalid option.
+        Raises `ValueError` with the fix for no classes, a class the model cannot embed, an unreadable image, an
+        unknown method, a last block other than a fixed one or an invalid option.
         """
         report = report or (lambda fraction, message: None)
         classes = parse_labels_text(labels_text)
@@ -297,15 +351,15 @@ class DemoBackend:
         report(0.05, "Reading the image")
         rgb = _read_image(image)
         report(0.15, f"Embedding {len(classes)} classes (once per set of classes)")
-        with self._embedding_lock:
-            self.segmenter.label_embeddings(classes)  # fills the pipeline's cache that the call below reads
+        label_set = self.label_set(classes)
         report(0.4, "Segmenting")
-        output = self.segmenter(
-            Image.fromarray(rgb), candidate_labels=classes, return_label_map=True, **options
+        call = dict(options)
+        result = self.segmenter.segment(
+            rgb, label_set, short_side=call.pop("short_side", None), return_probabilities=False, **call
         )
         report(0.9, "Drawing")
-        labels = list(output["labels"])
-        label_map = np.asarray(output["label_map"])
+        labels = list(label_set.class_labels)
+        label_map = np.asarray(result.segmentation).astype(np.uint8 if len(labels) <= 256 else np.int64)
         palette = class_palette(len(labels))
         return Segmentation(
             overlay=overlay_image(rgb, label_map, labels, palette),
@@ -327,14 +381,13 @@ class DemoBackend:
     ) -> AttentionMaps:
         """The last layer's attention of the patch under `point` (x, y in the image's pixels), head-averaged, for
         each method of `methods` (names of `naclip_hf.methods.METHODS`), drawn as heat maps over the image and
-        titled with the methods' names: `naclip_hf.attention_maps.attention_maps`, which `naclip compare
-        --attention-at` draws too, at `short_side` (default: the image processor's) for every method."""
-        from ..attention_maps import attention_maps
-
+        titled with the methods' names: `Segmenter.attention_maps` (`naclip_hf.attention_maps.attention_maps`,
+        which `naclip compare --attention-at` draws too), at `short_side` (default: the model's) for every method.
+        A model without attention maps (`segmenter.supports_attention_maps`) raises a `ValueError` saying what to
+        use instead."""
         if image is None:
             raise ValueError("No image given: upload an image, then click a point on it.")
-        found = attention_maps(self.model, self.segmenter.processor, _read_image(image), point, methods,
-                               short_side=short_side)  # fmt: skip
+        found = self.segmenter.attention_maps(_read_image(image), point, list(methods), short_side=short_side)
         point = (float(point[0]), float(point[1]))
         maps = [(get_method(name).title, _heat_overlay(found.image, heat, point, alpha))
                 for name, heat in zip(found.methods, found.heat)]  # fmt: skip
@@ -342,180 +395,13 @@ class DemoBackend:
                              patch=found.patch, grid=found.grid)  # fmt: skip
 
 
-class ExportedDemoBackend:
-    """The Segment tab's computations on a folder written by `naclip export`, with onnxruntime and numpy (no torch).
-
-    The last block (`arch`, `attn_strategy`, `gaussian_std`) is fixed in the exported graph, and the graph returns
-    logits only (no attention maps); any classes are embedded by the exported text graph (an export without it takes
-    its stored classes only).
-    Sliding windows, PAMR, the threshold and the short side still apply per call. Safe to call from many threads.
-
-    Args:
-        segmenter: an `naclip_hf.export.runtime.ExportedSegmenter`.
-        model_name: how to name the model in the page (e.g. its folder).
-
-    Example:
-        >>> backend = ExportedDemoBackend.from_export("naclip-onnx")  # doctest: +SKIP
-        >>> result = backend.segment("examples/coffee.jpg", backend.stored_labels_text)  # doctest: +SKIP
-    """
-
-    exported = True
-    is_test_model = False  # nothing in an export tells a test model apart; the page names the folder instead
-
-    def __init__(self, segmenter: ExportedSegmenter, model_name: str | None = None) -> None:
-        self.segmenter = segmenter
-        self.model_name = model_name or str(segmenter.folder)
-
-    @classmethod
-    def from_export(cls, folder: str | os.PathLike, quantized: bool = False) -> ExportedDemoBackend:
-        """Open an exported folder (`quantized`: its `onnx/model_quantized.onnx`); `OSError` / `ValueError` with the
-        fix when it is not a complete export."""
-        from ..export.runtime import ExportedSegmenter
-
-        return cls(ExportedSegmenter(folder, quantized=quantized), model_name=os.fspath(folder))
-
-    @property
-    def stored_classes(self) -> list[list[str]]:
-        """The classes whose text embeddings the export stores (empty when it stores none)."""
-        return [list(names) for names in self.segmenter.stored_classes or []]
-
-    @property
-    def stored_labels_text(self) -> str:
-        """The stored classes as the labels box shows them: one per line, synonyms after commas."""
-        return "\n".join(", ".join(names) for names in self.stored_classes)
-
-    def fixed_settings(self) -> dict[str, Any]:
-        """The last block's settings the graph was exported with (the `block` stage of `options.SETTINGS`)."""
-        config = self.segmenter.config
-        return {name: getattr(config, name) for name in names_of_stage("block")}
-
-    def attention_strategies(self) -> list[str]:
-        """The one attention strategy of the graph."""
-        return [self.segmenter.config.attn_strategy]
-
-    def method_settings(self, method: str | None = None) -> dict[str, Any]:
-        """As `DemoBackend.method_settings`: the export's stored settings, `method`'s on top (None: the stored
-        ones alone). `ValueError` naming the method when its last block differs from the graph's."""
-        options, _ = self.call_options(method)
-        config = self.segmenter.config
-        short_side = options.get("short_side", config.short_side)
-        return {
-            **self.fixed_settings(),
-            "pamr": options.get("pamr_steps", config.pamr_steps) > 0,
-            "prob_thd": float(options.get("prob_thd", config.prob_thd)),
-            "short_side": int(short_side),
-            "slide_crop": int(options.get("slide_crop", config.slide_crop)),
-        }
-
-    def call_options(
-        self,
-        method: str | None = None,
-        attn_strategy: str | None = None,
-        arch: str | None = None,
-        pamr: bool | None = None,
-        prob_thd: float | None = None,
-        slide_crop: int | None = None,
-        gaussian_std: float | None = None,
-    ) -> tuple[dict[str, Any], list[str]]:
-        """The runtime options of one request (as `DemoBackend.call_options`) and notes. The last block's settings
-        (given or a method's) must equal the exported ones: `ValueError` saying so and how to get another block."""
-        from ..export.runtime import CALL_SETTINGS
-
-        fixed = self.fixed_settings()
-        asked: dict[str, Any] = {}
-        if method is not None:
-            for name, value in get_method(method).settings.items():
-                if name in CALL_SETTINGS or name in fixed:
-                    asked[name] = value
-        given = {"attn_strategy": attn_strategy, "arch": arch, "gaussian_std": gaussian_std}
-        asked.update({name: value for name, value in given.items() if value is not None})
-        config = self.segmenter.config.to_dict()
-        for name in names_of_stage("block"):
-            if name not in asked:
-                continue
-            wanted = asked.pop(name)
-            if SETTINGS_BY_NAME[name].check(wanted) != fixed[name]:
-                who = "you asked for" if given[name] is not None else f"the method {method!r} needs"
-                raise ValueError(
-                    "The last block of this exported model is fixed in its graph ("
-                    + ", ".join(f"{key}={value!r}" for key, value in fixed.items())
-                    + f"), but {who} {name}={wanted!r}. Leave the method and the last block's settings empty, "
-                    "export the model again with this block (`naclip export MODEL OUT --set NAME=VALUE`), or run "
-                    "the demo on the PyTorch checkpoint."
-                )
-        if pamr is not None:
-            steps = asked.get("pamr_steps") or config["pamr_steps"] or DEFAULTS["pamr_steps"]
-            asked["pamr_steps"] = steps if pamr else 0
-        if prob_thd is not None:
-            asked["prob_thd"] = float(prob_thd)
-        if slide_crop is not None:
-            slide_crop = _integer(slide_crop, "Sliding window")
-            asked["slide_crop"] = slide_crop
-            if slide_crop > 0:
-                asked["slide_stride"] = max(1, slide_crop // 2)
-        return check_settings(asked, config), []
-
-    def segment(
-        self,
-        image: Any,
-        labels_text: str | None,
-        method: str | None = None,
-        attn_strategy: str | None = None,
-        arch: str | None = None,
-        pamr: bool | None = None,
-        prob_thd: float | None = None,
-        short_side: int | None = None,
-        slide_crop: int | None = None,
-        gaussian_std: float | None = None,
-        report: Report | None = None,
-    ) -> Segmentation:
-        """As `DemoBackend.segment`, on the exported graph. Raises `ValueError` with the fix for no classes, a class
-        the export stores no embedding of, a last block other than the graph's, an unreadable image or a bad option.
-        """
-        report = report or (lambda fraction, message: None)
-        classes = parse_labels_text(labels_text)
-        options, notes = self.call_options(method, attn_strategy, arch, pamr, prob_thd, slide_crop, gaussian_std)
-        if short_side is not None:
-            options["short_side"] = check_settings({"short_side": _integer(short_side, "Short side")})["short_side"]
-        class_set = self.segmenter.encode_classes(classes)  # ValueError naming the stored classes
-        if image is None:
-            raise ValueError("No image given: upload an image (JPEG, PNG, WebP, ...) or pick the example.")
-        report(0.05, "Reading the image")
-        rgb = _read_image(image)
-        report(0.3, "Segmenting")
-        result = self.segmenter.segment(rgb, class_set, **options)
-        report(0.9, "Drawing")
-        labels = class_set.class_labels
-        label_map = result.segmentation.astype(np.uint8 if len(labels) <= 256 else np.int64)
-        palette = class_palette(len(labels))
-        return Segmentation(
-            overlay=overlay_image(rgb, label_map, labels, palette),
-            label_map=label_map_image(label_map, palette),
-            rows=legend_rows(result.segmentation, labels, palette),
-            class_labels=labels,
-            options=options,
-            notes=notes,
-        )
-
-
 def load_backend(
-    model: str | os.PathLike, device: str | None = None, dtype: str | None = None
-) -> DemoBackend | ExportedDemoBackend:
-    """The demo's backend for `model`: an `ExportedDemoBackend` for a folder written by `naclip export` (it holds
-    `onnx/model.onnx`; `device` must then be None or "cpu", and `dtype` None, "auto" or the export's), else a
-    `DemoBackend` on the PyTorch checkpoint in `dtype` (see `naclip_hf.inference.resolve_dtype`)."""
-    from ..export.runtime import is_exported_folder
-    from ..segmenter import export_dtype
-
-    if is_exported_folder(model):
-        export_dtype(model, dtype)
-        if device not in (None, "cpu"):
-            raise ValueError(
-                f"device={device!r}: an exported model runs with onnxruntime on the CPU; leave the device out, or "
-                "run the demo on the PyTorch checkpoint to use this device."
-            )
-        return ExportedDemoBackend.from_export(model)
-    return DemoBackend.from_pretrained(os.fspath(model), device, dtype)
+    model: str | os.PathLike, device: str | None = None, dtype: str | None = None, quantized: bool = False
+) -> DemoBackend:
+    """The demo's backend for `model` (see `DemoBackend.from_pretrained`): a PyTorch checkpoint (Hub id or folder)
+    in `dtype` on `device`, or a folder written by `naclip export` (it holds `onnx/model.onnx`; `device` must then
+    be None or "cpu", and `dtype` None, "auto" or the export's)."""
+    return DemoBackend.from_pretrained(model, device, dtype, quantized=quantized)
 
 
 def _heat_overlay(rgb: np.ndarray, heat: np.ndarray, point: tuple[float, float], alpha: float) -> Image.Image:
@@ -559,7 +445,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "DemoBackend",
     "EXAMPLE_LABELS",
-    "ExportedDemoBackend",
+    "LABEL_SETS_IN_MEMORY",
     "Segmentation",
     "example_image_path",
     "legend_html",

@@ -3,6 +3,7 @@
     python scripts/benchmark.py --markdown            # every section, ViT-B/16 shapes; about 15 minutes on 2 cores
     python scripts/benchmark.py --sections text,pamr  # some sections only
     python scripts/benchmark.py --quick               # tiny model and image: a smoke test of a few seconds
+    python scripts/benchmark.py --sections scale --scale-parts command  # the whole command on a large image only
 
 Sections (run in this order; `--sections` picks some, default all)
     vision        whole-image pass and sliding windows, ours next to the baseline; FLOP/s vs the matmul rate
@@ -17,7 +18,8 @@ Sections (run in this order; `--sections` picks some, default all)
                   calls vs the baseline command
     batch_sizes   sweeps of `slide_batch_size` and `text_batch_size` (the defaults in naclip_hf.models.naclip.options)
     scale         large images end to end (peak RSS, 12000x9000 and 4000x3000 with 150 classes) and images/s
-                  of `naclip segment` on 1 vs 2 processes (see bench/scale.py)
+                  of `naclip segment` on 1 vs 2 processes (see bench/scale.py; `--scale-parts` picks some of
+                  images, command, throughput)
     kept_memory   PAMR and end to end again with malloc keeping freed memory (last: it cannot be undone)
 The image sections run first, in the fresh process, as for the first image a user segments: whether large
 blocks are page-faulted in again depends on what the process allocated before.
@@ -173,11 +175,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-batch-size", type=int, default=None, help="prompts per batch of our path "
                         "(default: the config's)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--scale-parts", default=",".join(scale.PARTS), help="comma-separated parts of the scale "
+                        f"section, of {', '.join(scale.PARTS)} (default: all)")  # fmt: skip
     args = parser.parse_args(argv)
     args.section_list = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = [name for name in args.section_list if name not in SECTIONS]
     if unknown or not args.section_list:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    args.scale_part_list = [name.strip() for name in args.scale_parts.split(",") if name.strip()]
+    unknown = [name for name in args.scale_part_list if name not in scale.PARTS]
+    if unknown or not args.scale_part_list:
+        parser.error(f"unknown scale parts {unknown}; choose from {', '.join(scale.PARTS)}")
     return args
 
 
@@ -194,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "dtype": args.dtype,
             "image": f"{context.setting.image_size[0]}x{context.setting.image_size[1]}, short side "
             f"{context.setting.short_side}, windows {context.setting.slide_crop}/{context.setting.slide_stride}, "
-            f"slide_batch_size={model.config.slide_batch_size}, PAMR {model.config.pamr_steps} steps, dilations "
+            f"slide_batch_size={model.config.slide_batch_size or 'by precision'}, PAMR {model.config.pamr_steps} steps, dilations "
             f"{model.config.pamr_dilations}, {context.setting.image_names} names",
             "timing": f"best of {args.repeats} (ours and baseline alternating); memory: peak tensor bytes "
             "(torch.profiler)",

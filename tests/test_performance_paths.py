@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import CASE_IDS, case_settings
+from helpers import CASE_IDS, case_settings, tiny_model
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
 from naclip_hf.inference import encode_classes, load_processor, segment_image, split_options
 from naclip_hf.models.naclip import modeling_naclip, postprocessing_naclip
@@ -89,7 +89,7 @@ def test_eager_twin_shares_the_weights_and_leaves_the_model_alone(quick_model):
 @pytest.mark.parametrize("arch,strategy", STRATEGIES)
 def test_batched_sdpa_windows_equal_one_eager_window_at_a_time(quick_model, arch, strategy):
     model = quick_model
-    assert model.config.slide_batch_size > 1
+    assert model.config.slide_batch_size == 0  # by precision: 16 windows per call in float32
     twin = eager_twin(model)
     config_before = model.config.to_dict()
     torch.manual_seed(1)
@@ -461,3 +461,34 @@ def test_benchmark_rejects_an_unknown_section(tmp_path):
     )  # fmt: skip
     assert completed.returncode == 2
     assert "nope" in completed.stderr and "startup" in completed.stderr
+
+
+def test_default_window_batches_follow_the_precision():
+    """`slide_batch_size=0` runs 16 windows per tower call in float32 and about 600 tokens' worth in bfloat16 on a
+    CPU; the logits do not depend on the batches (see tests/test_modeling.py) and an explicit size wins."""
+    from naclip_hf.models.naclip.options import window_batch_size
+
+    assert window_batch_size(0, 197, 4, on_cpu=True) == 16
+    assert window_batch_size(0, 197, 2, on_cpu=True) == 3
+    assert window_batch_size(0, 197, 2, on_cpu=False) == 16
+    assert window_batch_size(0, 785, 2, on_cpu=True) == 1
+    assert window_batch_size(5, 197, 2, on_cpu=True) == 5
+    model = tiny_model(slide_crop=40, slide_stride=8)  # 8-pixel patches: 26 tokens per window
+    torch.manual_seed(0)
+    pixels, text = torch.randn(1, 3, 40, 200), F.normalize(torch.randn(3, model.config.projection_dim), dim=-1)
+    sizes: dict[str, list[int]] = {}
+    for dtype, options in ((torch.float32, {}), (torch.bfloat16, {}), (torch.bfloat16, {"slide_batch_size": 7})):
+        model.to(dtype)
+        seen = sizes.setdefault(f"{dtype}{options}", [])
+
+        def counting(windows, *args, seen=seen, original=model.encode_patches, **kwargs):
+            seen.append(len(windows))
+            return original(windows, *args, **kwargs)
+
+        model.encode_patches = counting
+        with torch.no_grad():
+            model(pixel_values=pixels.to(dtype), text_embeds=text.to(dtype), **options)
+        del model.encode_patches
+    # 21 windows; 600 // 26 = 23 windows per call in bfloat16
+    assert sizes == {"torch.float32{}": [16, 5], "torch.bfloat16{}": [21], "torch.bfloat16{'slide_batch_size': 7}":
+                     [7, 7, 7]}  # fmt: skip

@@ -12,6 +12,9 @@
 - Throughput of `naclip segment` over a folder of images on CPU: one process (all threads) against two processes
   under `torchrun` (one thread each), in images per second (model loading included, as a user would time it).
 
+`--scale-parts` picks some of these parts: `images` (the large images), `command` (the whole command) and
+`throughput`.
+
 `--quick` shrinks everything (a tiny model, 1200x900 and 400x300 images, 8 images) to a smoke test.
 """
 
@@ -39,6 +42,7 @@ QUICK_CASES = [((900, 1200), 3), ((300, 400), 20)]
 COMMAND_IMAGE = (9000, 12000)
 QUICK_COMMAND_IMAGE = (900, 1200)
 COMMAND_LABELS = ["a", "b", "c", "d"]
+PARTS = ("images", "command", "throughput")
 
 # Run in a fresh interpreter: build the model, segment one random image, print seconds and peak RSS as JSON.
 _LARGE_IMAGE_RUN = r"""
@@ -164,8 +168,9 @@ def throughput(setting, count: int) -> dict[str, float]:
 
 def run(context: Context) -> SectionResult:
     quick = context.quick
-    cases = QUICK_CASES if quick else LARGE_CASES
-    rows, targets, table = [], [], []
+    parts = getattr(context.args, "scale_part_list", PARTS)
+    rows, targets, table, settings = [], [], [], {"repo": str(REPO)}
+    cases = (QUICK_CASES if quick else LARGE_CASES) if "images" in parts else []
     for (height, width), classes in cases:
         measured = large_image(height, width, classes, quick)
         stage = f"large image {width}x{height}, {classes} classes, PAMR on"
@@ -173,21 +178,23 @@ def run(context: Context) -> SectionResult:
                         note="peak = process RSS, model included"))  # fmt: skip
         table.append([stage, f"{measured['seconds']:.1f}", f"{measured['peak'] / GIB:.2f}"])
         targets.append(Target(f"peak memory (GiB), {stage}", measured["peak"] / GIB, PEAK_TARGET_GIB, "<="))
-    height, width = QUICK_COMMAND_IMAGE if quick else COMMAND_IMAGE
-    measured = segment_command(context.setting, height, width)
-    stage = f"naclip segment, {width}x{height} JPEG, {len(COMMAND_LABELS)} classes, PAMR on, every output"
-    rows.append(Row(f"command_{width}x{height}_{len(COMMAND_LABELS)}", stage, measured["seconds"], None, "", None,
-                    None, note="peak = Maximum resident set size of /usr/bin/time -v"))  # fmt: skip
-    table.append([stage, f"{measured['seconds']:.1f}", f"{measured['peak'] / GIB:.2f}"])
-    targets.append(Target(f"peak memory (GiB), {stage}", measured["peak"] / GIB, PEAK_TARGET_GIB, "<="))
-    rates = throughput(context.setting, 8 if quick else 50)
-    speedup = rates["2 processes"] / rates["1 process"]
-    table.append(["naclip segment, images/s: 1 process (all threads)", f"{rates['1 process']:.2f}", ""])
-    table.append(["naclip segment, images/s: 2 processes (torchrun, 1 thread each)", f"{rates['2 processes']:.2f}",
-                  ""])  # fmt: skip
+    if "command" in parts:
+        height, width = QUICK_COMMAND_IMAGE if quick else COMMAND_IMAGE
+        measured = segment_command(context.setting, height, width)
+        stage = f"naclip segment, {width}x{height} JPEG, {len(COMMAND_LABELS)} classes, PAMR on, every output"
+        rows.append(Row(f"command_{width}x{height}_{len(COMMAND_LABELS)}", stage, measured["seconds"], None, "", None,
+                        None, note="peak = Maximum resident set size of /usr/bin/time -v"))  # fmt: skip
+        table.append([stage, f"{measured['seconds']:.1f}", f"{measured['peak'] / GIB:.2f}"])
+        targets.append(Target(f"peak memory (GiB), {stage}", measured["peak"] / GIB, PEAK_TARGET_GIB, "<="))
+    if "throughput" in parts:
+        rates = throughput(context.setting, 8 if quick else 50)
+        settings["scale_throughput_ratio_2_vs_1"] = round(rates["2 processes"] / rates["1 process"], 3)
+        table.append(["naclip segment, images/s: 1 process (all threads)", f"{rates['1 process']:.2f}", ""])
+        table.append(["naclip segment, images/s: 2 processes (torchrun, 1 thread each)",
+                      f"{rates['2 processes']:.2f}", ""])  # fmt: skip
     return SectionResult(
         rows=rows,
         targets=targets,
         tables=[Table("Large jobs", ["run", "seconds or images/s", "peak RSS (GiB)"], table)],
-        settings={"scale_throughput_ratio_2_vs_1": round(speedup, 3), "repo": str(REPO)},
+        settings=settings,
     )

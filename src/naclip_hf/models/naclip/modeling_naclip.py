@@ -37,7 +37,7 @@ from transformers.utils.generic import GeneralInterface
 
 from .configuration_naclip import NACLIPConfig
 from .image_utils import sliding_windows  # torch-free: shared with the ONNX runtime
-from .options import FORWARD_OPTIONS, names_of_stage, settings_typed_dict
+from .options import FORWARD_OPTIONS, names_of_stage, settings_typed_dict, window_batch_size
 from .templates import IMAGENET_TEMPLATES
 
 # Keywords of `forward` for one call: the sliding windows and the last block (built from `options.SETTINGS`).
@@ -821,13 +821,16 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
     def _slide(
         self, pixel_values: torch.Tensor, text_embeds: torch.Tensor, options: dict, recorded: dict, block: dict
     ) -> torch.Tensor:
-        """Sliding-window logits [B, names, H, W]: windows in batches of `slide_batch_size` (image 0's first),
+        """Sliding-window logits [B, names, H, W]: windows in batches (`options.window_batch_size`; image 0's first),
         each window's logits added where it lies, then divided by the number of windows covering each pixel."""
         height, width = pixel_values.shape[-2:]
         boxes = sliding_windows(height, width, options["slide_crop"], options["slide_stride"])
         windows = [(image, box) for image in range(pixel_values.shape[0]) for box in boxes]
         logits = pixel_values.new_zeros((pixel_values.shape[0], len(text_embeds), height, width), dtype=torch.float32)
-        step = options["slide_batch_size"]
+        crop, patch = options["slide_crop"], self.config.vision_config.patch_size
+        tokens = 1 + (min(crop, height) // patch) * (min(crop, width) // patch)
+        step = window_batch_size(options["slide_batch_size"], tokens, pixel_values.element_size(),
+                                 pixel_values.device.type == "cpu")  # fmt: skip
         for start in range(0, len(windows), step):
             chunk = windows[start : start + step]
             batch = torch.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])

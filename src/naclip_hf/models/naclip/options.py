@@ -148,8 +148,11 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("none", "centered"),
     ),
     Setting(
-        "slide_batch_size", 16, "int", "windows",
-        "windows per vision-tower call (speed and memory only)", minimum=1, speed_only=True,
+        "slide_batch_size", 0, "int", "windows",
+        "windows per vision-tower call (speed and memory only); 0 = by precision: 16, or on a CPU in bfloat16 or "
+        "float16 about 600 tokens' worth (3 windows of 224 pixels at patch 16), which keeps each call's "
+        "activations in cache",
+        minimum=0, speed_only=True,
     ),
     Setting(
         "logit_scale", 40.0, "float", "post",
@@ -181,6 +184,28 @@ SETTINGS: tuple[Setting, ...] = (
         nullable=True,
     ),
 )
+
+# What `slide_batch_size=0` runs per vision-tower call (see `window_batch_size`).
+WINDOW_BATCH = 16
+HALF_PRECISION_CPU_WINDOW_TOKENS = 600
+
+
+def window_batch_size(setting: int, window_tokens: int, element_size: int, on_cpu: bool) -> int:
+    """Windows per vision-tower call: `setting` (`slide_batch_size`) when positive; else `WINDOW_BATCH`, or for
+    2-byte floats on a CPU as many windows of `window_tokens` tokens as make `HALF_PRECISION_CPU_WINDOW_TOKENS`
+    (at least one). Half-precision matrix products on CPUs are fast enough that the elementwise work between them,
+    paced by memory, decides the speed once a call's activations outgrow the cache; float32 and GPUs keep large
+    batches.
+
+    >>> window_batch_size(0, 197, 2, on_cpu=True), window_batch_size(0, 197, 4, on_cpu=True)
+    (3, 16)
+    """
+    if setting > 0:
+        return setting
+    if element_size >= 4 or not on_cpu:
+        return WINDOW_BATCH
+    return max(1, HALF_PRECISION_CPU_WINDOW_TOKENS // max(1, window_tokens))
+
 
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}

@@ -4,6 +4,7 @@ references, the quantized graph, and `naclip export` / `naclip segment` on an ex
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -107,7 +108,8 @@ def test_exported_graph_of_other_strategies_equals_pytorch(tiny_checkpoint, tmp_
 
 def test_export_folder_layout(exported, manifest):
     files = {str(path.relative_to(exported)) for path in exported.rglob("*") if path.is_file()}
-    expected = {"onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/text_model.onnx", "config.json",
+    expected = {"onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/model_int8.onnx", "onnx/text_model.onnx",
+                "config.json",
                 "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "classes.json",
                 "class_embeddings.safetensors"}  # fmt: skip
     assert expected <= files
@@ -193,12 +195,29 @@ def test_runtime_reads_stored_names_in_any_grouping_without_the_text_graph(expor
         runtime.ExportedSegmenter(exported, {"attn_strategy": "kk"})
 
 
-def test_quantized_graph_agrees_with_fp32(exported, golden):
+@pytest.mark.parametrize("graph", ["model_quantized.onnx", "model_int8.onnx"])
+def test_quantized_graph_agrees_with_fp32(exported, golden, graph, monkeypatch):
+    if graph == "model_int8.onnx" and not runtime.native_int8_dot_products():
+        pytest.skip("signed int8 weights can saturate on a CPU without int8 dot products; the runtime never runs "
+                    "them there (tested below)")  # fmt: skip
+    monkeypatch.setattr(runtime, "int8_graph_file", lambda folder: graph)
     image = golden["img_c/raw"].numpy()
     fp32 = runtime.ExportedSegmenter(exported).segment(image)
-    int8 = runtime.ExportedSegmenter(exported, quantized=True).segment(image)
-    agreement = (fp32.segmentation == int8.segmentation).mean()
+    int8 = runtime.ExportedSegmenter(exported, quantized=True)
+    assert int8.graph_path.name == graph
+    agreement = (fp32.segmentation == int8.segment(image).segmentation).mean()
     assert agreement >= 0.95, agreement
+
+
+def test_the_signed_int8_graph_runs_only_where_int8_dot_products_are_native(exported, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "native_int8_dot_products", lambda: True)
+    assert runtime.ExportedSegmenter(exported, quantized=True).graph_path.name == "model_int8.onnx"
+    monkeypatch.setattr(runtime, "native_int8_dot_products", lambda: False)
+    assert runtime.ExportedSegmenter(exported, quantized=True).graph_path.name == "model_quantized.onnx"
+    older = tmp_path / "older"  # an export made before the signed graph existed
+    shutil.copytree(exported, older, ignore=shutil.ignore_patterns("model_int8.onnx"))
+    monkeypatch.setattr(runtime, "native_int8_dot_products", lambda: True)
+    assert runtime.ExportedSegmenter(older, quantized=True).graph_path.name == "model_quantized.onnx"
 
 
 def test_runtime_imports_neither_torch_nor_transformers(exported, golden, tmp_path):

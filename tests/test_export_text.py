@@ -241,7 +241,7 @@ def test_segment_command_runs_the_quantized_graph(plain_export, tiny_checkpoint,
     assert not np.array_equal(int8["logits"], fp32.logits)  # the int8 graph ran, not the fp32 one
     # Without an int8 graph, or on a PyTorch checkpoint: a usage error naming the fix.
     no_int8 = tmp_path / "no-int8"
-    shutil.copytree(folder, no_int8, ignore=shutil.ignore_patterns("model_quantized.onnx"))
+    shutil.copytree(folder, no_int8, ignore=shutil.ignore_patterns("model_quantized.onnx", "model_int8.onnx"))
     capsys.readouterr()
     assert main(["segment", *common, "--model", str(no_int8), "--quantized", "--out", str(tmp_path / "x")]) == 2
     assert "export it again with `naclip export MODEL OUT --quantize`" in capsys.readouterr().err

@@ -215,8 +215,8 @@ def add_quantized_option(parser: argparse.ArgumentParser) -> None:
     """`--quantized`: run an export's int8 graph (see `naclip_hf.segmenter.load_segmenter`)."""
     parser.add_argument(
         "--quantized", action="store_true",
-        help="with --model EXPORT (a folder written by `naclip export --quantize`): run its int8 graph "
-        "onnx/model_quantized.onnx instead of onnx/model.onnx",
+        help="with --model EXPORT (a folder written by `naclip export --quantize`): run its int8 graph instead of "
+        "onnx/model.onnx (onnx/model_int8.onnx on CPUs with VNNI or AMX, else onnx/model_quantized.onnx)",
     )  # fmt: skip
 
 

@@ -72,7 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_set_option(parser)
     parser.add_argument(
         "--quantize", action="store_true",
-        help="also write onnx/model_quantized.onnx (weights in 8-bit integers, about 4x smaller)",
+        help="also write the int8 graphs onnx/model_quantized.onnx (unsigned weights, right on every CPU) and "
+        "onnx/model_int8.onnx (signed weights, 3-4x faster on CPUs with VNNI or AMX), each about 4x smaller",
     )  # fmt: skip
     add_dtype_option(parser, help_text=EXPORT_DTYPE_HELP)
     return parser

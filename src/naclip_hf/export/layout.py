@@ -5,7 +5,8 @@ from __future__ import annotations
 
 ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
-QUANTIZED_MODEL_FILE = "model_quantized.onnx"
+QUANTIZED_MODEL_FILE = "model_quantized.onnx"  # int8, unsigned weights: right on every CPU
+SIGNED_INT8_MODEL_FILE = "model_int8.onnx"  # int8, signed weights: 3-4x faster where int8 dot products are native
 TEXT_MODEL_FILE = "text_model.onnx"
 CLASSES_FILE = "classes.json"
 CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
@@ -31,6 +32,7 @@ __all__ = [
     "ONNX_DIR",
     "PREPROCESSOR_FILE",
     "QUANTIZED_MODEL_FILE",
+    "SIGNED_INT8_MODEL_FILE",
     "TEXT_GRAPH_INPUT",
     "TEXT_GRAPH_OUTPUT",
     "TEXT_MODEL_FILE",

@@ -202,7 +202,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "dtype": args.dtype,
             "image": f"{context.setting.image_size[0]}x{context.setting.image_size[1]}, short side "
             f"{context.setting.short_side}, windows {context.setting.slide_crop}/{context.setting.slide_stride}, "
-            f"slide_batch_size={model.config.slide_batch_size or 'by precision'}, PAMR {model.config.pamr_steps} steps, dilations "
+            f"slide_batch_size={model.config.slide_batch_size or 'by precision'}, PAMR {model.config.pamr_steps} "
+            f"steps, dilations "
             f"{model.config.pamr_dilations}, {context.setting.image_names} names",
             "timing": f"best of {args.repeats} (ours and baseline alternating); memory: peak tensor bytes "
             "(torch.profiler)",

@@ -73,7 +73,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -285,9 +285,32 @@ def to_json(report: dict[str, Any]) -> dict[str, Any]:
             "targets": targets}  # fmt: skip
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The quiet of the `naclip` commands (`naclip_hf.cli._common.quiet_libraries`), and no progress bars from
+    transformers or huggingface_hub (the sections save and load checkpoints): the output is the report alone."""
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    from naclip_hf.cli._common import quiet_libraries
+
+    bars = transformers.utils.logging.is_progress_bar_enabled(), not huggingface_hub.utils.are_progress_bars_disabled()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        with quiet_libraries():
+            yield
+    finally:
+        if bars[0]:
+            transformers.utils.logging.enable_progress_bar()
+        if bars[1]:
+            huggingface_hub.utils.enable_progress_bars()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = run(args)
+    with quiet():
+        report = run(args)
     print(render(report, args.markdown))
     if args.json:
         args.json.write_text(json.dumps(to_json(report), indent=2, default=str) + "\n")

@@ -4,9 +4,11 @@ the result types (`Row`, `Target`, `Table`, `SectionResult`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -121,14 +123,42 @@ def benchmark_image(size: tuple[int, int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- measurement
+@contextlib.contextmanager
+def cpu_profile(**kwargs: Any) -> Iterator[Any]:
+    """`torch.profiler.profile(activities=[CPU], **kwargs)` without the lines that some PyTorch builds' native
+    profiler prints on stderr when it starts and stops (the benchmark's output stays its own)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    profiler = profile(activities=[ProfilerActivity.CPU], **kwargs)
+    with _native_stderr_closed():
+        profiler.__enter__()
+    try:
+        yield profiler
+    finally:
+        with _native_stderr_closed():
+            profiler.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _native_stderr_closed() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null (what native code writes there is dropped), then restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_tensor_bytes(fn: Callable[[], Any]) -> tuple[int | None, Any]:
     """Run `fn` under `torch.profiler` and return (peak live tensor bytes above the level at the start, its result).
 
     The peak is the maximum of the running sum of the allocation (+) and free (-) events in time order. None when
     this PyTorch does not expose the events."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+    with cpu_profile(profile_memory=True) as profiler:
         result = fn()
     try:
         events = profiler.profiler.kineto_results.events()

@@ -35,6 +35,7 @@ from bench.common import (
     best_times,
     class_names,
     count_flops,
+    cpu_profile,
     matmul_rate,
     seconds,
 )
@@ -115,11 +116,9 @@ def stage_calls(model: Any, context: Context, classes: Any) -> dict[str, Callabl
 
 def tower_operators(model: Any, context: Context, top: int = 8) -> list[tuple[str, float]]:
     """The vision tower's `top` operators by self CPU time in one call, (name, seconds), then the rest."""
-    from torch.profiler import ProfilerActivity, profile
-
     tower = tower_call(model, context.processor.image_processor(context.image)["pixel_values"].to(model.dtype))
     tower()
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    with cpu_profile() as profiler:
         tower()
     totals = sorted(((event.key, event.self_cpu_time_total / 1e6) for event in profiler.key_averages()),
                     key=lambda item: -item[1])  # fmt: skip

@@ -262,3 +262,23 @@ def test_segment_command_on_an_export_runs_without_torch(exported, tiny_checkpoi
     onnx_summary = json.loads((tmp_path / "onnx" / "photo.json").read_text())
     assert onnx_summary["settings"] == torch_summary["settings"]
     assert onnx_summary["class_shares"].keys() == torch_summary["class_shares"].keys()
+
+
+def test_compare_on_an_export(exported, golden, tmp_path, capsys):
+    """`naclip compare` segments with the export's own block; attention maps and other blocks are refused with the
+    fix, as the segmenter interface says."""
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(golden["img_b/raw"].numpy()).save(image)
+    common = [str(image), "--labels", "cat", "sky", "--model", str(exported)]
+    assert main(["compare", *common, "--methods", "naclip", "--out", str(tmp_path / "figure.png")]) == 0
+    with Image.open(tmp_path / "figure.png") as figure:
+        assert figure.width > figure.height > 0
+    capsys.readouterr()
+    assert main(["compare", *common, "--methods", "sclip", "--out", str(tmp_path / "other.png")]) == 2
+    error = capsys.readouterr().err
+    assert "Method 'sclip': arch='vanilla' cannot be changed on an exported model" in error, error
+    assert main(["compare", *common, "--attention-at", "5,5", "--out", str(tmp_path / "attention.png")]) == 2
+    assert "cannot show attention maps" in capsys.readouterr().err
+    assert not (tmp_path / "attention.png").exists() and not (tmp_path / "other.png").exists()

@@ -94,6 +94,20 @@ def test_label_an_image_folder_like_segment(fast_checkpoint, photos, tmp_path, c
     assert code == 2 and "has no column 'img'" in capsys.readouterr().err
 
 
+def test_label_on_an_export_like_segment_on_it(tiny_export, photos, tmp_path):
+    """The same command on an ONNX export (onnxruntime and NumPy; the names not stored at export go through its
+    text graph) writes `naclip segment`'s label maps on that export."""
+    out = tmp_path / "labelled"
+    assert main(["label", str(photos), *options(tiny_export), "--out", str(out)]) == 0
+    dataset, maps = labelled_maps(out)
+    info = json.loads(dataset.info.description)
+    assert info["model"] == str(tiny_export) and info["dtype"] == "float32" and info["settings"]["pamr_steps"] == 3
+    expected = segment_label_maps(photos, tiny_export, tmp_path / "segment")
+    assert maps.keys() == expected.keys()
+    for size, array in maps.items():
+        assert np.array_equal(array, expected[size])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

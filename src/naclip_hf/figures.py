@@ -73,8 +73,11 @@ def segment_with_methods(
     results = {}
     for name in methods:
         options, short_side = _method_options(name, overrides)
-        results[name] = segmenter.segment(array, label_set, short_side=short_side, return_probabilities=False,
-                                          **options)  # fmt: skip
+        try:
+            results[name] = segmenter.segment(array, label_set, short_side=short_side, return_probabilities=False,
+                                              **options)  # fmt: skip
+        except ValueError as error:  # e.g. a last block that an exported graph cannot change
+            raise ValueError(f"Method {name!r}: {error}") from None
     return results
 
 

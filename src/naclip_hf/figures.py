@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .methods import combine_settings, get_method
+from .methods import get_method, method_call_options
 from .models.naclip.image_io import load_image
 from .visualization import blend, class_palette, font_for_text
 
@@ -47,15 +47,6 @@ _MAX_SIDE_COLUMNS = 2
 
 
 # ---------------------------------------------------------------------------------------------- computing
-def _method_options(method: str, overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], int | None]:
-    """A method's per-call options (its settings with `overrides` on top) and its short side (None: default)."""
-    from .models.naclip.options import FORWARD_OPTIONS, POST_PROCESSING_OPTIONS
-
-    settings = combine_settings(None, method, overrides)
-    options = {k: v for k, v in settings.items() if k in FORWARD_OPTIONS or k in POST_PROCESSING_OPTIONS}
-    return options, settings.get("short_side")
-
-
 def segment_with_methods(
     segmenter: Any,
     image: Any,
@@ -72,7 +63,7 @@ def segment_with_methods(
     array = load_image(image)
     results = {}
     for name in methods:
-        options, short_side = _method_options(name, overrides)
+        options, short_side = method_call_options(name, overrides)
         try:
             results[name] = segmenter.segment(array, label_set, short_side=short_side, return_probabilities=False,
                                               **options)  # fmt: skip

@@ -37,10 +37,6 @@ from .models.naclip.options import CONFIG_SETTINGS, DEFAULTS, names_of_stage
 SMALLEST_REAL_VISION_WIDTH = 384
 """A vision tower narrower than this (every published CLIP has at least 768: ViT-B) is a test model."""
 
-# The per-call settings a method may bring to `segment`: the last block, sliding windows, post-processing and the
-# short side. (Its text and positional-embedding settings take effect when a model is loaded, not per call.)
-_METHOD_CALL_STAGES = ("block", "windows", "post", "image")
-
 
 class Segmenter(ABC):
     """Open-vocabulary segmentation of images into classes named in text, on one loaded model.
@@ -345,8 +341,9 @@ class OnnxSegmenter(Segmenter):
         # The NumPy post-processing always builds the probabilities; it runs whole images (no tiles).
         method = options.pop("method", None)
         if method is not None:  # the method's per-call settings under the others (its last block must be the graph's)
-            settings = _method_call_settings(method)
-            method_side = settings.pop("short_side", None)
+            from .methods import method_call_options
+
+            settings, method_side = method_call_options(method)
             short_side = method_side if short_side is None else short_side
             options = {**settings, **options}
         return self.runtime.segment(image, label_set, short_side=short_side, **options)
@@ -355,15 +352,6 @@ class OnnxSegmenter(Segmenter):
         from .export.runtime import save_scores
 
         save_scores(path, result, metadata)
-
-
-def _method_call_settings(method: str) -> dict[str, Any]:
-    """The settings of the method named `method` that a call takes (see `_METHOD_CALL_STAGES`); `ValueError`
-    listing the methods for an unknown name."""
-    from .methods import get_method
-
-    per_call = names_of_stage(*_METHOD_CALL_STAGES)
-    return {name: value for name, value in get_method(method).settings.items() if name in per_call}
 
 
 def export_dtype(folder: str | os.PathLike, requested: str | None = None) -> str:

@@ -40,7 +40,7 @@ from bench.common import (
     seconds,
 )
 from naclip_hf.inference import encode_classes, segment_image, split_options
-from naclip_hf.models.naclip.image_utils import sliding_windows
+from naclip_hf.models.naclip.image_utils import sliding_windows, window_tokens
 from naclip_hf.models.naclip.options import window_batch_size
 
 NAME_COUNTS = (7, 13)
@@ -73,8 +73,7 @@ def tower_call(model: Any, pixel_values: torch.Tensor) -> Callable[[], Any]:
     config = model.config
     boxes = sliding_windows(*pixel_values.shape[-2:], config.slide_crop, config.slide_stride)
     windows = torch.stack([pixel_values[0, :, a:b, c:d] for a, b, c, d in boxes])
-    patch = config.vision_config.patch_size
-    tokens = 1 + (windows.shape[-2] // patch) * (windows.shape[-1] // patch)
+    tokens = window_tokens(*pixel_values.shape[-2:], config.slide_crop, config.vision_config.patch_size)
     step = window_batch_size(config.slide_batch_size, tokens, windows.element_size(), windows.device.type == "cpu")
 
     def tower() -> list[torch.Tensor]:

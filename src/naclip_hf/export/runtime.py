@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..models.naclip.image_io import load_image
-from ..models.naclip.image_utils import resize_short_side, sliding_windows
+from ..models.naclip.image_utils import resize_short_side, sliding_windows, window_tokens
 from ..models.naclip.labels import flatten_class_names, parse_class_entries
 from ..models.naclip.options import (
     CONFIG_SETTINGS,
@@ -343,7 +343,7 @@ class ExportedSegmenter:
         boxes = sliding_windows(height, width, crop, options["slide_stride"])
         windows = [(image, box) for image in range(batch) for box in boxes]
         logits = np.zeros((batch, len(text_embeds), height, width), dtype=np.float32)
-        tokens = 1 + (min(crop, height) // self.patch_size) * (min(crop, width) // self.patch_size)
+        tokens = window_tokens(height, width, crop, self.patch_size)
         # The graph's inputs are float32 whatever its precision: batches as for float32.
         step = window_batch_size(options["slide_batch_size"], tokens, pixel_values.itemsize, on_cpu=True)
         for start in range(0, len(windows), step):

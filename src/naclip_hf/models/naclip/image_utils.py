@@ -168,3 +168,9 @@ def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tup
             y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
             boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
     return boxes
+
+
+def window_tokens(height: int, width: int, crop: int, patch_size: int) -> int:
+    """Tokens of one sliding window of an image of `height` × `width` (see `sliding_windows`): the class token and
+    the window's whole patches."""
+    return 1 + (min(crop, height) // patch_size) * (min(crop, width) // patch_size)

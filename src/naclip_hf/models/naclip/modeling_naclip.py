@@ -36,7 +36,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import GeneralInterface
 
 from .configuration_naclip import NACLIPConfig
-from .image_utils import sliding_windows  # torch-free: shared with the ONNX runtime
+from .image_utils import sliding_windows, window_tokens  # torch-free: shared with the ONNX runtime
 from .options import FORWARD_OPTIONS, names_of_stage, settings_typed_dict, window_batch_size
 from .templates import IMAGENET_TEMPLATES
 
@@ -827,8 +827,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         boxes = sliding_windows(height, width, options["slide_crop"], options["slide_stride"])
         windows = [(image, box) for image in range(pixel_values.shape[0]) for box in boxes]
         logits = pixel_values.new_zeros((pixel_values.shape[0], len(text_embeds), height, width), dtype=torch.float32)
-        crop, patch = options["slide_crop"], self.config.vision_config.patch_size
-        tokens = 1 + (min(crop, height) // patch) * (min(crop, width) // patch)
+        tokens = window_tokens(height, width, options["slide_crop"], self.config.vision_config.patch_size)
         step = window_batch_size(options["slide_batch_size"], tokens, pixel_values.element_size(),
                                  pixel_values.device.type == "cpu")  # fmt: skip
         for start in range(0, len(windows), step):

@@ -15,6 +15,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Several test processes share the cores: one thread each (set before torch is imported; inherited by the
+    # commands the tests start) instead of each process spreading its operators over every core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "golden"
 

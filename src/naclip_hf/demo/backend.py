@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import html
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,6 +29,7 @@ from ..methods import DEFAULT_METHOD, Method, get_method
 from ..models.naclip.image_io import describe_input, load_image
 from ..models.naclip.labels import parse_class_entries
 from ..models.naclip.options import DEFAULTS, SETTINGS_BY_NAME, check_settings
+from ..models.naclip.recently_used import RecentlyUsed
 from ..visualization import class_palette, label_map_image, overlay_image
 
 if TYPE_CHECKING:  # torch is loaded only for a PyTorch checkpoint: an exported model runs without it
@@ -163,8 +162,7 @@ class DemoBackend:
         # Embedding a label set is the slow part of a first request; one at a time keeps the CPU for the others.
         # The label sets embedded last stay in memory, so a later request with the same classes skips even the
         # segmenter's disk cache.
-        self._embedding_lock = threading.Lock()
-        self._label_sets: OrderedDict[tuple[tuple[str, ...], ...], Any] = OrderedDict()
+        self._label_sets: RecentlyUsed[Any] = RecentlyUsed(LABEL_SETS_IN_MEMORY, one_at_a_time=True)
 
     @classmethod
     def from_pretrained(
@@ -309,16 +307,7 @@ class DemoBackend:
         (and kept on disk), later requests read them from memory. `ValueError` naming a class the model cannot
         embed."""
         key = tuple(tuple(names) for names in classes)
-        with self._embedding_lock:
-            label_set = self._label_sets.get(key)
-            if label_set is None:
-                label_set = self.segmenter.encode_classes([list(names) for names in key])
-                self._label_sets[key] = label_set
-                while len(self._label_sets) > LABEL_SETS_IN_MEMORY:
-                    self._label_sets.popitem(last=False)
-            else:
-                self._label_sets.move_to_end(key)
-        return label_set
+        return self._label_sets.get_or_compute(key, lambda: self.segmenter.encode_classes([list(n) for n in key]))
 
     def segment(
         self,

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..embedding_store import EmbeddingStore, resolve_cache_dir
+from ..models.naclip.recently_used import RecentlyUsed
 from .layout import (
     CONFIG_FILE,
     ONNX_DIR,
@@ -191,7 +191,7 @@ class ExportedTextTower:
         self._tokenizer: ExportedTokenizer | None = None
         self._session: Any = None
         self._identity: dict[str, Any] | None = None
-        self._memory: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = OrderedDict()
+        self._memory: RecentlyUsed[np.ndarray] = RecentlyUsed(MEMORY_CACHE_ENTRIES)
         self._lock = threading.Lock()
 
     @property
@@ -254,26 +254,20 @@ class ExportedTextTower:
         Returns:
             [len(names), D] float32 (a new array).
         """
-        key = (tuple(names), tuple(templates))
-        with self._lock:
-            if key in self._memory:
-                self._memory.move_to_end(key)
-                return self._memory[key].copy()
-        directory = resolve_cache_dir(cache_dir)
-        embeddings = None
-        if directory is not None:
+
+        def from_disk_or_computed() -> np.ndarray:
+            directory = resolve_cache_dir(cache_dir)
+            if directory is None:
+                return self.compute_name_embeddings(names, templates, batch_size)
             cache = EmbeddingStore(directory)
             description = self.cache_description(names, templates)
             embeddings = cache.load(description, len(names))
-        if embeddings is None:
-            embeddings = self.compute_name_embeddings(names, templates, batch_size)
-            if directory is not None:
+            if embeddings is None:
+                embeddings = self.compute_name_embeddings(names, templates, batch_size)
                 cache.save(description, embeddings)
-        with self._lock:
-            self._memory[key] = embeddings
-            while len(self._memory) > MEMORY_CACHE_ENTRIES:
-                self._memory.popitem(last=False)
-        return embeddings.copy()
+            return embeddings
+
+        return self._memory.get_or_compute((tuple(names), tuple(templates)), from_disk_or_computed).copy()
 
     def cache_description(self, names: Sequence[str], templates: Sequence[str]) -> str:
         """Canonical JSON of everything the embeddings of `names` depend on (the cache key is its hash)."""

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +24,7 @@ from .image_processing_naclip import NACLIPImageProcessor
 from .labels import parse_class_entries
 from .options import check_settings
 from .processing_naclip import NACLIPProcessor
+from .recently_used import RecentlyUsed
 from .tokenization import load_clip_tokenizer
 
 logger = logging.get_logger(__name__)
@@ -184,8 +183,7 @@ class NACLIPSegmentationPipeline(Pipeline):
                 f"{type(model).__name__}."
             )
         processor = _resolve_processor(model, tokenizer, image_processor, processor)
-        self._label_cache: OrderedDict[tuple, ClassEmbeddings] = OrderedDict()
-        self._label_cache_lock = threading.Lock()
+        self._label_sets: RecentlyUsed[ClassEmbeddings] = RecentlyUsed(LABEL_CACHE_SIZE)
         # A store of label embeddings beyond this pipeline (see `encode_classes`'s `cache`), e.g. on disk.
         self.text_cache = kwargs.pop("text_cache", None)
         super().__init__(
@@ -312,17 +310,9 @@ class NACLIPSegmentationPipeline(Pipeline):
         classes = parse_candidate_labels(candidate_labels)
         templates = self.model.config.prompt_templates
         key = (tuple(tuple(names) for names in classes), None if templates is None else tuple(templates))
-        with self._label_cache_lock:
-            cached = self._label_cache.get(key)
-            if cached is not None:
-                self._label_cache.move_to_end(key)
-                return cached
-        label_set = encode_classes(self.model, self.processor, classes, cache=self.text_cache)
-        with self._label_cache_lock:
-            self._label_cache[key] = label_set
-            while len(self._label_cache) > LABEL_CACHE_SIZE:
-                self._label_cache.popitem(last=False)
-        return label_set
+        return self._label_sets.get_or_compute(
+            key, lambda: encode_classes(self.model, self.processor, classes, cache=self.text_cache)
+        )
 
     # ------------------------------------------------------------------------------------------------ steps
     def preprocess(

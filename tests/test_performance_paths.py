@@ -175,6 +175,17 @@ def test_pamr_steps_in_row_bands_equal_whole_image_steps(bench_script, monkeypat
     assert torch.equal(postprocessing_naclip._pamr_refine(scores, affinity, 3, dilations), expected)
 
 
+@pytest.mark.parametrize("band_bytes", [1, 7 * 4 * 61])
+@pytest.mark.parametrize("dilations", [[1, 2, 4], [8, 16]])
+def test_affinity_in_row_bands_equals_one_band(bench_script, monkeypatch, band_bytes, dilations):
+    """Bands of 1 row and of 7 rows (the last one ragged) give the affinity of the whole guide at once, bit for bit:
+    each band reads its neighbours from the same padded copy."""
+    image, _ = realistic_pamr_inputs(bench_script, (45, 61), 5, batch=2)
+    whole = pamr_affinity(image, dilations)
+    monkeypatch.setattr(postprocessing_naclip, "AFFINITY_BAND_BYTES", band_bytes)
+    assert torch.equal(pamr_affinity(image, dilations), whole)
+
+
 @pytest.mark.parametrize("padding,crop", [("none", 64), ("centered", 70)])
 def test_windows_upsampled_one_at_a_time_equal_the_batch_upsampled_at_once(quick_model, padding, crop):
     """The forward upsamples and adds each window's logits on its own; the batch's logits upsampled together, added

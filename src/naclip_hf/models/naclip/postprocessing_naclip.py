@@ -35,20 +35,6 @@ NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
 WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
 
 
-def _shifted_views(
-    padded: torch.Tensor, dilation: int, height: int, width: int, offsets
-) -> list[torch.Tensor]:
-    """Views of `padded` (replicate-padded by `dilation`) holding, at each pixel, the neighbour at each offset."""
-    return [
-        padded[
-            ...,
-            dilation + dy * dilation : dilation + dy * dilation + height,
-            dilation + dx * dilation : dilation + dx * dilation + width,
-        ]
-        for dy, dx in offsets
-    ]
-
-
 def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     """Affinity of each pixel to its 8 neighbours at each dilation.
 
@@ -58,32 +44,33 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
         weights [B, 8 * len(dilations), H, W] that sum to 1 over dim 1.
     """
     height, width = image.shape[-2:]
-    padded = [F.pad(image, [d] * 4, mode="replicate") for d in dilations]
-    neighbours = [
-        view
-        for d, p in zip(dilations, padded)
-        for view in _shifted_views(p, d, height, width, NEIGHBOUR_OFFSETS)
-    ]
-    # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation, i.e. over the
-    # neighbours and len(dilations) copies of the centre; two passes (mean, then squared deviations), accumulated
-    # in place over views instead of stacking the 9·len(dilations) shifted images.
-    repeats, count = len(dilations), len(neighbours) + len(dilations)
-    mean = image * repeats
-    for neighbour in neighbours:
-        mean.add_(neighbour)
-    mean.div_(count)
-    deviation = image - mean
-    variance = deviation.square() * repeats
-    for neighbour in neighbours:
-        torch.sub(neighbour, mean, out=deviation)
-        variance.addcmul_(deviation, deviation)
-    del mean
-    inverse_scale = variance.div_(count - 1).sqrt_().mul_(0.1).add_(1e-8).reciprocal_()  # 1 / (1e-8 + 0.1 std)
-    # logits[:, p] = -mean over channels of |image - neighbour_p| / scale
-    logits = image.new_empty((image.shape[0], len(neighbours), height, width))
-    for p, neighbour in enumerate(neighbours):
-        torch.sub(image, neighbour, out=deviation).abs_().mul_(inverse_scale)
-        torch.sum(deviation, dim=1, out=logits[:, p])
+    reach = max(dilations)
+    padded = F.pad(image, [reach] * 4, mode="replicate")  # one copy serves every dilation (see `_pamr_refine`)
+    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]
+    logits = image.new_empty((image.shape[0], len(offsets), height, width))
+    repeats, count = len(dilations), len(offsets) + len(dilations)
+    # Rows in bands, so that the ~100 passes below over each band read it from cache (speed only).
+    rows = max(1, AFFINITY_BAND_BYTES // max(1, width * image.element_size()))
+    for top in range(0, height, rows):
+        bottom, centre = min(height, top + rows), image[..., top : top + rows, :]
+        neighbours = [padded[..., reach + dy + top : reach + dy + bottom, reach + dx : reach + dx + width]
+                      for dy, dx in offsets]  # fmt: skip
+        # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation, i.e. over the
+        # neighbours and len(dilations) copies of the centre; two passes (mean, then squared deviations).
+        mean = centre * repeats
+        for neighbour in neighbours:
+            mean.add_(neighbour)
+        mean.div_(count)
+        deviation = centre - mean
+        variance = deviation.square() * repeats
+        for neighbour in neighbours:
+            torch.sub(neighbour, mean, out=deviation)
+            variance.addcmul_(deviation, deviation)
+        inverse_scale = variance.div_(count - 1).sqrt_().mul_(0.1).add_(1e-8).reciprocal_()  # 1 / (1e-8 + 0.1 std)
+        # logits[:, p] = -mean over channels of |image - neighbour_p| / scale
+        for p, neighbour in enumerate(neighbours):
+            torch.sub(centre, neighbour, out=deviation).abs_().mul_(inverse_scale)
+            torch.sum(deviation, dim=1, out=logits[:, p, top:bottom])
     return logits.mul_(-1.0 / image.shape[1]).softmax(dim=1)
 
 
@@ -148,6 +135,8 @@ PAMR_NAME_CHUNK = 8
 """Names refined by PAMR at a time inside a tile (PAMR treats every name on its own)."""
 PAMR_BAND_BYTES = 1 << 18
 """Bytes per channel of the row bands one PAMR step refines at a time (speed only: see `_pamr_refine`)."""
+AFFINITY_BAND_BYTES = 1 << 20
+"""Bytes per channel of the row bands `pamr_affinity` works on (speed only: 1.5× faster on a 1125×1500 guide)."""
 _AFFINITY_FLOATS = 53  # floats per guide pixel while `pamr_affinity` runs (its padded copies and temporaries)
 
 

@@ -136,8 +136,8 @@ PAMR_NAME_CHUNK = 8
 PAMR_BAND_BYTES = 1 << 18
 """Bytes per channel of the row bands one PAMR step refines at a time (speed only: see `_pamr_refine`)."""
 AFFINITY_BAND_BYTES = 1 << 20
-"""Bytes per channel of the row bands `pamr_affinity` works on (speed only: 1.5× faster on a 1125×1500 guide)."""
-_AFFINITY_FLOATS = 53  # floats per guide pixel while `pamr_affinity` runs (its padded copies and temporaries)
+"""Bytes per channel of the row bands of `pamr_affinity` (speed only: about 1.6× faster at 1125×1500)."""
+_AFFINITY_FLOATS = 53  # floats per guide pixel while `pamr_affinity` runs (an upper bound: it works in bands)
 
 
 @dataclass

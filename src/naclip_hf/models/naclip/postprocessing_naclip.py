@@ -35,6 +35,23 @@ NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
 WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
 
 
+def _row_bands(tensor: torch.Tensor, band_bytes: int) -> list[tuple[int, int]]:
+    """(top, bottom) of the row bands of about `band_bytes` per channel that `tensor` [..., H, W] is worked in."""
+    height, width = tensor.shape[-2:]
+    rows = max(1, band_bytes // max(1, width * tensor.element_size()))
+    return [(top, min(height, top + rows)) for top in range(0, height, rows)]
+
+
+def _band_neighbours(padded: torch.Tensor, dilations: Sequence[int], top: int, bottom: int) -> list[torch.Tensor]:
+    """Views of `padded` (replicate-padded by the largest dilation) holding, for rows `top:bottom`, every pixel's
+    neighbour at each dilation and `NEIGHBOUR_OFFSETS` offset, in that order. One copy serves every dilation:
+    replicate padding repeats the edge pixel, so a neighbour past the border is the same whatever the padding."""
+    reach = max(dilations)
+    width = padded.shape[-1] - 2 * reach
+    return [padded[..., reach + dy * d + top : reach + dy * d + bottom, reach + dx * d : reach + dx * d + width]
+            for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]  # fmt: skip
+
+
 def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     """Affinity of each pixel to its 8 neighbours at each dilation.
 
@@ -43,18 +60,12 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
     Returns:
         weights [B, 8 * len(dilations), H, W] that sum to 1 over dim 1.
     """
-    height, width = image.shape[-2:]
-    reach = max(dilations)
-    padded = F.pad(image, [reach] * 4, mode="replicate")  # one copy serves every dilation (see `_pamr_refine`)
-    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]
-    logits = image.new_empty((image.shape[0], len(offsets), height, width))
-    repeats, count = len(dilations), len(offsets) + len(dilations)
+    padded = F.pad(image, [max(dilations)] * 4, mode="replicate")
+    logits = image.new_empty((image.shape[0], len(NEIGHBOUR_OFFSETS) * len(dilations), *image.shape[-2:]))
+    repeats, count = len(dilations), len(WINDOW_OFFSETS) * len(dilations)
     # Rows in bands, so that the ~100 passes below over each band read it from cache (speed only).
-    rows = max(1, AFFINITY_BAND_BYTES // max(1, width * image.element_size()))
-    for top in range(0, height, rows):
-        bottom, centre = min(height, top + rows), image[..., top : top + rows, :]
-        neighbours = [padded[..., reach + dy + top : reach + dy + bottom, reach + dx : reach + dx + width]
-                      for dy, dx in offsets]  # fmt: skip
+    for top, bottom in _row_bands(image, AFFINITY_BAND_BYTES):
+        centre, neighbours = image[..., top:bottom, :], _band_neighbours(padded, dilations, top, bottom)
         # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation, i.e. over the
         # neighbours and len(dilations) copies of the centre; two passes (mean, then squared deviations).
         mean = centre * repeats
@@ -302,23 +313,17 @@ def _pamr_refine(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilat
     """`steps` PAMR iterations of `scores` [B, C, H, W] with a precomputed `affinity` [B, P, 1, H, W] (see
     `pamr`). Neighbours are read as views of one padded copy and accumulated in place.
 
-    One copy padded by the largest dilation serves every dilation (replicate padding repeats the edge pixel, so a
-    neighbour past the border is the same pixel whatever the padding width). Rows are refined in bands of about
-    `PAMR_BAND_BYTES` per channel, so that a band of each neighbour's weights is read from cache for every channel
-    rather than from memory; every pixel sums the same terms in the same order, so the result does not depend on the
-    bands."""
-    height, width = scores.shape[-2:]
-    reach = max(dilations)
-    offsets = [(dy * dilation, dx * dilation) for dilation in dilations for dy, dx in NEIGHBOUR_OFFSETS]
-    rows = max(1, PAMR_BAND_BYTES // max(1, width * scores.element_size()))
+    One copy padded by the largest dilation serves every dilation (see `_band_neighbours`). Rows are refined in
+    bands of about `PAMR_BAND_BYTES` per channel, so that a band of each neighbour's weights is read from cache for
+    every channel rather than from memory; every pixel sums the same terms in the same order, so the result does not
+    depend on the bands."""
+    bands = _row_bands(scores, PAMR_BAND_BYTES)
     for _ in range(steps):
-        padded = F.pad(scores, [reach] * 4, mode="replicate")
+        padded = F.pad(scores, [max(dilations)] * 4, mode="replicate")
         refined = torch.empty_like(scores)
-        for top in range(0, height, rows):
-            bottom = min(height, top + rows)
+        for top, bottom in bands:
             band, weights = refined[..., top:bottom, :], affinity[..., top:bottom, :]
-            for p, (dy, dx) in enumerate(offsets):
-                neighbour = padded[..., reach + dy + top : reach + dy + bottom, reach + dx : reach + dx + width]
+            for p, neighbour in enumerate(_band_neighbours(padded, dilations, top, bottom)):
                 if p == 0:
                     torch.mul(neighbour, weights[:, 0], out=band)
                 else:

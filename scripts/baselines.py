@@ -151,9 +151,10 @@ def baseline_segment_image(
     model: Any, processor: Any, image: Any, text_embeds: torch.Tensor, name_to_class: torch.Tensor, **options: Any
 ) -> Any:
     """`naclip_hf.inference.segment_image` made the official way (`model` should be an `eager_twin`)."""
-    from naclip_hf.inference import SegmentationResult, split_options
+    from naclip_hf.inference import SegmentationResult
 
-    forward_options, post_options = split_options(model.config, options)
+    resolved = model.config.inference_options(**options)
+    forward_options, post_options = resolved.of_stage("block", "windows"), resolved.of_stage("post")
     forward_options.pop("slide_batch_size")
     inputs = processor.image_processor(image)
     pixel_values = inputs["pixel_values"].to(model.device, model.dtype)

@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from naclip_hf import NACLIPForSemanticSegmentation
 from naclip_hf.conversion import convert_openai_checkpoint
-from naclip_hf.inference import encode_classes, load_processor, split_options
+from naclip_hf.inference import encode_classes, load_processor
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden"
 # manifest key -> NACLIPConfig field
@@ -64,16 +64,15 @@ def main() -> None:
             raw = golden[f"{case['image']}/raw"]
             fed = raw if case["short_side"] == 0 else golden[f"{case['image']}/resized_{case['short_side']}"]
             pixel_values = processor.image_processor(fed.numpy(), short_side=0)["pixel_values"]
-            forward_options, post_options = split_options(model.config, {})  # the case's settings, from the config
-            with torch.no_grad():
-                logits = model(pixel_values=pixel_values, text_embeds=classes.text_embeds, **forward_options).logits
+            with torch.no_grad():  # the case's settings, from the config
+                outputs = model(pixel_values=pixel_values, text_embeds=classes.text_embeds)
+            logits = outputs.logits
             (result,) = processor.image_processor.post_process_semantic_segmentation(
-                logits,
+                outputs,
                 target_sizes=[raw.shape[:2]],
                 pixel_values=pixel_values,
                 name_to_class=classes.name_to_class,
                 return_probabilities=True,
-                **post_options,
             )
             case_id = case["id"]
             rows.append(

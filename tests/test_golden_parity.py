@@ -15,7 +15,7 @@ from PIL import Image
 from helpers import CASE_IDS, case_settings
 from naclip_hf import NACLIPForSemanticSegmentation
 from naclip_hf.cli import main
-from naclip_hf.inference import encode_classes, load_processor, split_options
+from naclip_hf.inference import encode_classes, load_processor
 
 LOGITS_TOL = 1e-4
 PROBS_TOL = 1e-3
@@ -62,7 +62,7 @@ def test_text_features(tiny_checkpoint, golden, manifest, attn_implementation):
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_case_through_from_pretrained(tiny_checkpoint, golden, manifest, case_id, attn_implementation, settings_in):
     """The case's settings given to `from_pretrained` (saved in the config), or given to each call of an unchanged
-    default model: `forward` takes the window and block options, the image processor the post-processing ones."""
+    default model: `forward` takes them all, and its output carries them on to the post-processing."""
     case, overrides = case_settings(manifest, case_id)
     at_load = overrides if settings_in == "config" else {}
     model = NACLIPForSemanticSegmentation.from_pretrained(
@@ -71,23 +71,22 @@ def test_case_through_from_pretrained(tiny_checkpoint, golden, manifest, case_id
     for key, value in at_load.items():
         assert getattr(model.config, key) == value
     config_before = model.config.to_dict()
-    forward_options, post_options = split_options(model.config, overrides if settings_in == "call" else {})
+    call = overrides if settings_in == "call" else {}
     processor = load_processor(tiny_checkpoint)
     raw = golden[f"{case['image']}/raw"]
     fed = raw if case["short_side"] == 0 else golden[f"{case['image']}/resized_{case['short_side']}"]
     pixel_values = processor.image_processor(fed.numpy(), short_side=0)["pixel_values"]
     embeddings = encode_classes(model, processor, manifest["classes"])
     with torch.no_grad():
-        logits = model(pixel_values=pixel_values, text_embeds=embeddings.text_embeds, **forward_options).logits
+        outputs = model(pixel_values=pixel_values, text_embeds=embeddings.text_embeds, **call)
     (result,) = processor.image_processor.post_process_semantic_segmentation(
-        logits,
+        outputs,
         target_sizes=[raw.shape[:2]],
         pixel_values=pixel_values,
         name_to_class=embeddings.name_to_class,
         return_probabilities=True,
-        **post_options,
     )
-    assert_matches_golden(golden, case_id, logits[0], result["probabilities"], result["segmentation"])
+    assert_matches_golden(golden, case_id, outputs.logits[0], result["probabilities"], result["segmentation"])
     assert model.config.to_dict() == config_before
 
 

@@ -232,7 +232,7 @@ def test_config_method_with_overrides():
     config = NACLIPConfig(method="sclip", pamr_steps=3)
     assert (config.arch, config.attn_strategy, config.pamr_steps) == ("vanilla", "csa", 3)
     options = NACLIPConfig().inference_options(method="clearclip", prob_thd=0.3)
-    assert (options["attn_strategy"], options["slide_crop"], options["short_side"], options["prob_thd"]) == (
+    assert (options.attn_strategy, options.slide_crop, options.short_side, options.prob_thd) == (
         "qq", 448, 448, 0.3)
     with pytest.raises(ValueError, match="Unknown method"):
         NACLIPConfig(method="nope")

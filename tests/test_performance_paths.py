@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from helpers import CASE_IDS, case_settings, tiny_model
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
-from naclip_hf.inference import encode_classes, load_processor, segment_image, split_options
+from naclip_hf.inference import encode_classes, load_processor, segment_image
 from naclip_hf.models.naclip import modeling_naclip, postprocessing_naclip
 from naclip_hf.models.naclip.postprocessing_naclip import NEIGHBOUR_OFFSETS, pamr, pamr_affinity, post_process_image
 
@@ -196,7 +196,7 @@ def test_windows_upsampled_one_at_a_time_equal_the_batch_upsampled_at_once(quick
     pixels = torch.randn(2, 3, 112, 149)
     text = F.normalize(torch.randn(5, model.config.projection_dim), dim=-1)
     options = {"slide_crop": crop, "slide_stride": 32, "slide_batch_size": 5, "window_padding": padding}
-    block = {name: model.config.inference_options()[name] for name in modeling_naclip.LAST_BLOCK_SETTINGS}
+    block = model.config.inference_options().of_stage("block")
     boxes = modeling_naclip.sliding_windows(112, 149, crop, 32)
     windows = [(image, box) for image in range(2) for box in boxes]
     expected = torch.zeros(2, 5, 112, 149)
@@ -392,15 +392,14 @@ def test_bfloat16_label_agreement(tiny_checkpoint, golden, manifest):
     agreements = {}
     for case_id in CASE_IDS:
         case, overrides = case_settings(manifest, case_id)
-        forward_options, post_options = split_options(model.config, overrides)
         raw = golden[f"{case['image']}/raw"]
         fed = raw if case["short_side"] == 0 else golden[f"{case['image']}/resized_{case['short_side']}"]
         pixel_values = processor.image_processor(fed.numpy(), short_side=0)["pixel_values"].to(torch.bfloat16)
         with torch.no_grad():
-            logits = model(pixel_values=pixel_values, text_embeds=classes.text_embeds, **forward_options).logits
+            outputs = model(pixel_values=pixel_values, text_embeds=classes.text_embeds, **overrides)
         (result,) = processor.image_processor.post_process_semantic_segmentation(
-            logits, target_sizes=[raw.shape[:2]], pixel_values=pixel_values, name_to_class=classes.name_to_class,
-            return_probabilities=True, **post_options,
+            outputs, target_sizes=[raw.shape[:2]], pixel_values=pixel_values, name_to_class=classes.name_to_class,
+            return_probabilities=True,
         )  # fmt: skip
         probabilities = result["probabilities"]
         assert probabilities.dtype == torch.float32

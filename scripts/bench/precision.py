@@ -39,7 +39,7 @@ from bench.common import (
     matmul_rate,
     seconds,
 )
-from naclip_hf.inference import encode_classes, segment_image, split_options
+from naclip_hf.inference import encode_classes, segment_image
 from naclip_hf.models.naclip.image_utils import sliding_windows, window_tokens
 from naclip_hf.models.naclip.options import window_batch_size
 
@@ -89,7 +89,7 @@ def stage_calls(model: Any, context: Context, classes: Any) -> dict[str, Callabl
     inputs = image_processor(image)
     pixel_values = inputs["pixel_values"].to(model.dtype)
     text_embeds = classes.text_embeds
-    post_options = split_options(model.config, {})[1]
+    post_options = model.config.inference_options().of_stage("post")
     with torch.no_grad():
         logits = model(pixel_values=pixel_values, text_embeds=text_embeds).logits
 

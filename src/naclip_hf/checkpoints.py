@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +23,6 @@ from .models.naclip.options import DEFAULT_CHECKPOINT
 # Seconds to wait for the Hub's answer to the one request that checks it can be reached (`HF_HUB_ETAG_TIMEOUT`
 # overrides it, as it does huggingface_hub's own metadata requests).
 HUB_PROBE_TIMEOUT = 4.0
-# How long the answer is reused: checking a checkpoint and then loading it ask the Hub once.
-PROBE_REUSE_SECONDS = 60.0
 CONFIG_FILE = "config.json"
 # The tiny CLIP with random weights that the test suite ships, in a source checkout.
 GOLDEN_WEIGHTS = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "golden" / "openai_clip_tiny.safetensors"
@@ -57,6 +53,9 @@ class Checkpoint:
     def source(self) -> str:
         """What to give `from_pretrained`: the folder, else the Hub id."""
         return str(self.path) if self.path is not None else str(self.repo_id)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def is_hub_id(text: str) -> bool:
@@ -98,7 +97,7 @@ def check_checkpoint(model_id_or_path: str | os.PathLike, option: str | None = N
 
 
 def resolve_checkpoint(
-    model_id_or_path: str | os.PathLike, option: str | None = None, revision: str | None = None
+    model_id_or_path: str | os.PathLike | Checkpoint, option: str | None = None, revision: str | None = None
 ) -> Checkpoint:
     """The checkpoint named by `model_id_or_path`, checked so that loading it can succeed.
 
@@ -108,7 +107,7 @@ def resolve_checkpoint(
     reached.
 
     Args:
-        model_id_or_path: a checkpoint folder or a Hub id.
+        model_id_or_path: a checkpoint folder or a Hub id; a `Checkpoint` (resolved already) is returned as is.
         option: the command-line option that gave it (e.g. "--model"), named in the errors.
         revision: the Hub revision (branch, tag or commit) to check.
 
@@ -123,6 +122,8 @@ def resolve_checkpoint(
     >>> model = NACLIPForSemanticSegmentation.from_pretrained(checkpoint.source)
     ```
     """
+    if isinstance(model_id_or_path, Checkpoint):  # resolved already: a command resolves its checkpoint once
+        return model_id_or_path
     checkpoint = check_checkpoint(model_id_or_path, option)
     if checkpoint.repo_id is None:
         return checkpoint
@@ -139,7 +140,7 @@ def resolve_checkpoint(
             f"({switch}=1), so it is not downloaded: unset {switch} on a machine with network to download it."
         )
         raise CheckpointUnavailableError(_unavailable_message(repo_id, option, why))
-    problem = _probe_hub(repo_id, revision)
+    problem = _ask_hub(repo_id, revision)
     if problem is None:
         return checkpoint
     kind, reason = problem
@@ -164,28 +165,11 @@ def _from_cache(checkpoint: Checkpoint, revision: str | None) -> Checkpoint:
     return Checkpoint(checkpoint.name, path=Path(folder), repo_id=checkpoint.repo_id)
 
 
-_probes: dict[tuple[str, str, str | None], tuple[float, tuple[str, str] | None]] = {}
-_probes_lock = threading.Lock()
-
-
-def _probe_hub(repo_id: str, revision: str | None) -> tuple[str, str] | None:
-    """Ask the Hub once for the checkpoint's config: None when it answers with it, else ("missing", reason) when
-    the Hub answers that it has no such checkpoint (or refuses it), or ("unreachable", reason). Answers are reused
-    for `PROBE_REUSE_SECONDS`."""
-    from huggingface_hub import constants
-
-    key = (constants.ENDPOINT, repo_id, revision)
-    with _probes_lock:
-        asked, answer = _probes.get(key, (float("-inf"), None))
-        if time.monotonic() - asked < PROBE_REUSE_SECONDS:
-            return answer
-        answer = _ask_hub(repo_id, revision)
-        _probes[key] = (time.monotonic(), answer)
-    return answer
-
-
 def _ask_hub(repo_id: str, revision: str | None) -> tuple[str, str] | None:
-    """One HEAD request for the checkpoint's config, on huggingface_hub's session (its proxies, certificates and
+    """Ask the Hub once for the checkpoint's config: None when it answers with it, else ("missing", reason) when
+    the Hub answers that it has no such checkpoint (or refuses it), or ("unreachable", reason).
+
+    One HEAD request, on huggingface_hub's session (its proxies, certificates and
     offline switch) and with its error types, but without its retries and without the other requests its headers
     can bring (its agent registry)."""
     import huggingface_hub

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .methods import get_method, method_call_options
+from .methods import get_method
 from .models.naclip.image_io import load_image
 from .visualization import blend, class_palette, font_for_text
 
@@ -63,10 +63,9 @@ def segment_with_methods(
     array = load_image(image)
     results = {}
     for name in methods:
-        options, short_side = method_call_options(name, overrides)
         try:
-            results[name] = segmenter.segment(array, label_set, short_side=short_side, return_probabilities=False,
-                                              **options)  # fmt: skip
+            options = segmenter.options(method=name, **(overrides or {}))
+            results[name] = segmenter.segment(array, label_set, options, return_probabilities=False)
         except ValueError as error:  # e.g. a last block that an exported graph cannot change
             raise ValueError(f"Method {name!r}: {error}") from None
     return results

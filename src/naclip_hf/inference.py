@@ -17,9 +17,8 @@ from .checkpoints import resolve_checkpoint
 from .fileio import write_atomic
 from .models.naclip import class_embeddings
 from .models.naclip.class_embeddings import ClassEmbeddings
-from .models.naclip.configuration_naclip import split_options
 from .models.naclip.modeling_naclip import NACLIPForSemanticSegmentation
-from .models.naclip.options import DEFAULT_CHECKPOINT
+from .models.naclip.options import DEFAULT_CHECKPOINT, NACLIPInferenceOptions
 from .models.naclip.processing_naclip import NACLIPProcessor
 from .registration import register_naclip
 from .text_cache import disk_cache
@@ -205,24 +204,23 @@ def segment_image(
     processor: NACLIPProcessor,
     image: Any,
     classes: ClassEmbeddings,
-    short_side: int | None = None,
+    options: NACLIPInferenceOptions | None = None,
     *,
     return_probabilities: bool = True,
     max_tile_bytes: int | None = None,
-    **options: Any,
+    **call: Any,
 ) -> SegmentationResult:
     """Segment one image into the given classes.
 
     Args:
         image: a path, URL, PIL image, array or tensor (see `naclip_hf.models.naclip.image_io`).
         classes: from `encode_classes`.
-        short_side: resize the short side to this (default: the image processor's).
+        options: the call's options, resolved (`model.config.inference_options(...)`); default: the config's.
         return_probabilities: also return the full-size probabilities; without them post-processing memory does
             not grow with classes × height × width (see `post_process_semantic_segmentation`).
         max_tile_bytes: memory budget of one post-processing tile (speed and memory only).
-        **options: per-call settings of `forward` (`slide_crop`, `slide_stride`, `slide_batch_size`, `arch`,
-            `attn_strategy`, `gaussian_std`) and of post-processing (`logit_scale`, `prob_thd`, `pamr_steps`,
-            `pamr_dilations`); defaults: the model's config, which is not changed.
+        **call: options of this call on top of `options` (`method`, `short_side`, the sliding windows, the last
+            block, post-processing; see `options.CALL_OPTIONS`); the model's config is not changed.
 
     Example:
 
@@ -231,30 +229,27 @@ def segment_image(
     >>> result.segmentation.shape  # (H, W) of the image
     ```
     """
-    forward_options, post_options = split_options(model.config, options)
-    if short_side is None and options.get("method") is not None:
-        short_side = model.config.inference_options(method=options["method"]).get("short_side")
-    inputs = processor.image_processor(image, short_side=short_side)
+    options = model.resolve_options(call, options=options)
+    inputs = processor.image_processor(image, short_side=options.short_side)
     pixel_values = inputs["pixel_values"]
     if isinstance(pixel_values, list):
         pixel_values = pixel_values[0]
     pixel_values = pixel_values.to(model.device, model.dtype)
-    text_embeds = classes.text_embeds.to(model.device)
-    logits = model(pixel_values=pixel_values, text_embeds=text_embeds, **forward_options).logits
+    outputs = model(pixel_values=pixel_values, text_embeds=classes.text_embeds.to(model.device), options=options)
     (result,) = processor.image_processor.post_process_semantic_segmentation(
-        logits,
+        outputs,
         target_sizes=inputs.original_sizes,
         pixel_values=pixel_values,
         name_to_class=classes.name_to_class,
         return_probabilities=return_probabilities,
         return_class_scores=True,  # a dict in both cases
         max_tile_bytes=max_tile_bytes,
-        **post_options,
     )
     probabilities = result.get("probabilities")
     return SegmentationResult(
-        logits[0].float().cpu(), None if probabilities is None else probabilities.cpu(), result["segmentation"].cpu()
-    )
+        outputs.logits[0].float().cpu(), None if probabilities is None else probabilities.cpu(),
+        result["segmentation"].cpu(),
+    )  # fmt: skip
 
 
 def save_scores(path: str | os.PathLike, result: SegmentationResult, metadata: Mapping[str, Any] | None = None) -> None:
@@ -273,4 +268,4 @@ def save_scores(path: str | os.PathLike, result: SegmentationResult, metadata: M
 
 __all__ = ["ClassEmbeddings", "DEFAULT_CHECKPOINT", "DTYPES", "SegmentationResult", "cpu_has_fast_bfloat16",
            "encode_classes", "load_model", "load_processor", "resolve_dtype", "save_scores",
-           "segment_image", "split_options"]  # fmt: skip
+           "segment_image"]  # fmt: skip

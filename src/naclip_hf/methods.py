@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .benchmarks import BENCHMARKS, Benchmark, get_benchmark, paper_benchmarks
-from .models.naclip.options import FORWARD_OPTIONS, POST_PROCESSING_OPTIONS, MethodSettings, check_settings
+from .models.naclip.options import MethodSettings, check_settings
 
 DEFAULT_METHOD = "naclip"
 
@@ -178,21 +178,6 @@ def combine_settings(
         settings.update(get_method(method).settings_for(benchmark))
     settings.update(overrides or {})
     return check_settings(settings)
-
-
-def method_call_options(
-    method: str | Method, overrides: Mapping[str, Any] | None = None
-) -> tuple[dict[str, Any], int | None]:
-    """A method's per-call options for `Segmenter.segment` (its last-block, window and post-processing settings,
-    `overrides` on top, checked) and its short side (None: the model's). `ValueError` listing the methods for an
-    unknown name.
-
-    >>> method_call_options("sclip")[1]
-    336
-    """
-    settings = combine_settings(None, method, overrides)
-    options = {k: v for k, v in settings.items() if k in FORWARD_OPTIONS or k in POST_PROCESSING_OPTIONS}
-    return options, settings.get("short_side")
 
 
 def describe_methods() -> str:
@@ -371,7 +356,6 @@ __all__ = [
     "describe_methods",
     "format_settings",
     "get_method",
-    "method_call_options",
     "method_names",
     "register_method",
 ]

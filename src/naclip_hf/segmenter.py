@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .models.naclip.options import CONFIG_SETTINGS, DEFAULTS, names_of_stage
+from .models.naclip.options import CONFIG_SETTINGS, DEFAULTS, NACLIPInferenceOptions, names_of_stage
 
 SMALLEST_REAL_VISION_WIDTH = 384
 """A vision tower narrower than this (every published CLIP has at least 768: ViT-B) is a test model."""
@@ -128,22 +128,27 @@ class Segmenter(ABC):
         `cache_dir` is set (True: the default folder)."""
 
     @abstractmethod
+    def options(self, options: NACLIPInferenceOptions | None = None, **call: Any) -> NACLIPInferenceOptions:
+        """A call's options resolved once (`options.resolve_options`): the model's settings, then `options` when
+        given, then `call` (`method=NAME`, `short_side`, sliding windows, last block where the backend allows it,
+        post-processing). `TypeError` for an unknown keyword, `ValueError` for a value the backend cannot run."""
+
+    @abstractmethod
     def segment(
         self,
         image: Any,
         label_set: Any,
+        options: NACLIPInferenceOptions | None = None,
         *,
-        short_side: int | None = None,
         return_probabilities: bool = True,
         max_tile_bytes: int | None = None,
-        **options: Any,
+        **call: Any,
     ) -> Any:
         """Segment one image (path, URL, PIL image or array) into the classes of `label_set`.
 
-        `options`: per-call settings (sliding windows, last block where the backend allows it, post-processing,
-        `method=NAME`); defaults: the model's config. Returns `segmentation` [H, W] (class ids), `probabilities`
-        [classes, H, W] (None without `return_probabilities`, where the backend can skip them) and `logits`
-        [names, h, w].
+        `options`: the call's options from `options(...)` (default: the model's); `call`: keywords on top of them,
+        resolved here. Returns `segmentation` [H, W] (class ids), `probabilities` [classes, H, W] (None without
+        `return_probabilities`, where the backend can skip them) and `logits` [names, h, w].
         """
 
     @abstractmethod
@@ -232,21 +237,24 @@ class TorchSegmenter(Segmenter):
 
         return encode_classes(self.model, self.processor, classes, templates=templates, cache_dir=cache_dir)
 
+    def options(self, options: NACLIPInferenceOptions | None = None, **call: Any) -> NACLIPInferenceOptions:
+        return self.model.resolve_options(call, options=options)
+
     def segment(
         self,
         image: Any,
         label_set: Any,
+        options: NACLIPInferenceOptions | None = None,
         *,
-        short_side: int | None = None,
         return_probabilities: bool = True,
         max_tile_bytes: int | None = None,
-        **options: Any,
+        **call: Any,
     ) -> Any:
         from .inference import segment_image
 
         return segment_image(
-            self.model, self.processor, image, label_set, short_side, return_probabilities=return_probabilities,
-            max_tile_bytes=max_tile_bytes, **options,
+            self.model, self.processor, image, label_set, self.options(options, **call),
+            return_probabilities=return_probabilities, max_tile_bytes=max_tile_bytes,
         )  # fmt: skip
 
     def peak_bytes(self, height: int, width: int, label_set: Any, return_probabilities: bool) -> int | None:
@@ -328,25 +336,21 @@ class OnnxSegmenter(Segmenter):
     ) -> Any:
         return self.runtime.encode_classes(classes, templates, cache_dir)
 
+    def options(self, options: NACLIPInferenceOptions | None = None, **call: Any) -> NACLIPInferenceOptions:
+        return self.runtime.options(options, **call)
+
     def segment(
         self,
         image: Any,
         label_set: Any,
+        options: NACLIPInferenceOptions | None = None,
         *,
-        short_side: int | None = None,
         return_probabilities: bool = True,
         max_tile_bytes: int | None = None,
-        **options: Any,
+        **call: Any,
     ) -> Any:
         # The NumPy post-processing always builds the probabilities; it runs whole images (no tiles).
-        method = options.pop("method", None)
-        if method is not None:  # the method's per-call settings under the others (its last block must be the graph's)
-            from .methods import method_call_options
-
-            settings, method_side = method_call_options(method)
-            short_side = method_side if short_side is None else short_side
-            options = {**settings, **options}
-        return self.runtime.segment(image, label_set, short_side=short_side, **options)
+        return self.runtime.segment(image, label_set, self.options(options, **call))
 
     def save_scores(self, path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
         from .export.runtime import save_scores
@@ -375,7 +379,7 @@ def export_dtype(folder: str | os.PathLike, requested: str | None = None) -> str
 
 
 def load_segmenter(
-    model: str | os.PathLike,
+    model: str | os.PathLike | Any,
     overrides: Mapping[str, Any] | None = None,
     *,
     quantized: bool = False,
@@ -383,7 +387,8 @@ def load_segmenter(
     dtype: Any = None,
 ) -> Segmenter:
     """The segmenter of `model`: an export folder (`onnx/model.onnx` inside) runs on onnxruntime, anything else is a
-    PyTorch checkpoint (Hub id or folder, see `naclip_hf.inference.load_model`).
+    PyTorch checkpoint (Hub id or folder, or a `naclip_hf.checkpoints.Checkpoint` resolved already; see
+    `naclip_hf.inference.load_model`), resolved once.
 
     Args:
         overrides: settings for every call, on top of the model's.
@@ -391,9 +396,11 @@ def load_segmenter(
         device, dtype: where and in which precision a PyTorch model runs (`dtype`: a torch dtype or its name;
             None: float32).
     """
+    from .checkpoints import Checkpoint, resolve_checkpoint
     from .export.runtime import ExportedSegmenter, is_exported_folder
 
-    if is_exported_folder(model):
+    if is_exported_folder(model.source if isinstance(model, Checkpoint) else model):
+        model = model.source if isinstance(model, Checkpoint) else model
         export_dtype(model, None if dtype is None else str(dtype).removeprefix("torch."))
         return OnnxSegmenter(ExportedSegmenter(model, overrides, quantized=quantized), model)
     if quantized:
@@ -403,10 +410,11 @@ def load_segmenter(
         )
     from .inference import load_model, load_processor
 
+    checkpoint = resolve_checkpoint(model)  # once: the loaders below take the resolved checkpoint as it is
     kwargs: dict[str, Any] = {} if device is None else {"device": device}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return TorchSegmenter(load_model(model, overrides, **kwargs), load_processor(model), model)
+    return TorchSegmenter(load_model(checkpoint, overrides, **kwargs), load_processor(checkpoint), checkpoint.name)
 
 
 __all__ = ["OnnxSegmenter", "Segmenter", "TorchSegmenter", "export_dtype", "load_segmenter"]

@@ -227,13 +227,14 @@ def check_export_dtype(dtype: str | None, folder: str | os.PathLike) -> str:
     return export_dtype(folder, dtype)
 
 
-def check_model_source(model: str, option: str = "--model") -> None:
-    """Check `model` before anything heavy is imported (see `naclip_hf.checkpoints.resolve_checkpoint`): a folder
-    must exist and hold config.json; a Hub id must be cached or downloadable (the Hub is asked once, briefly).
-    Raises `OSError` with the fix."""
+def check_model_source(model: str, option: str = "--model") -> Any:
+    """Resolve `model` once, before anything heavy is imported (see `naclip_hf.checkpoints.resolve_checkpoint`): a
+    folder must exist and hold config.json; a Hub id must be cached or downloadable (the Hub is asked once,
+    briefly). Returns the `Checkpoint`, which the command loads from (`load_segmenter(checkpoint)`) without
+    resolving it again. Raises `OSError` with the fix."""
     from ..checkpoints import resolve_checkpoint
 
-    resolve_checkpoint(model, option)
+    return resolve_checkpoint(model, option)
 
 
 class DelayedProgress:

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                              "FILE (attention maps with --attention-at X,Y need none).")  # fmt: skip
     ensure_writable_dir(args.out.parent if str(args.out.parent) else Path("."), "--out FILE.png",
                         "folder of the figure")  # fmt: skip
-    check_model_source(args.model)
+    checkpoint = check_model_source(args.model)
 
     import numpy as np
 
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if templates is not None:
         config_overrides["prompt_templates"] = templates
     per_call = {k: v for k, v in overrides.items() if k not in config_overrides}
-    segmenter = load_segmenter(args.model, config_overrides, dtype=args.dtype)
+    segmenter = load_segmenter(checkpoint, config_overrides, dtype=args.dtype)
     if args.attention_at is not None:
         found = segmenter.attention_maps(image, args.attention_at, methods, short_side=per_call.pop("short_side", None),
                                          overrides=per_call)  # fmt: skip

@@ -87,7 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, build the app and serve it until interrupted."""
-    check_model_source(args.model)
+    checkpoint = check_model_source(args.model)
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from ..demo.app import DEFAULT_CONCURRENCY, build_demo
     # Without --method, build_demo starts at the default method, or at an export's stored settings.
     demo = build_demo(
-        args.model, method=args.method, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device,
+        checkpoint, method=args.method, concurrency=args.concurrency or DEFAULT_CONCURRENCY, device=args.device,
         dtype=args.dtype,
     )
     # Gradio's own start-up lines (with its advice on share links) are replaced by one line of ours.

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             f"{len(problems)} problem(s) in the {benchmark.name} data at {source}; fix or remove these files, "
             "then run again:\n  - " + "\n  - ".join(problems)
         )
-    check_model_source(args.model)
+    checkpoint = check_model_source(args.model)
 
     from ..distributed import ProcessGroup
     from ..export.runtime import is_exported_folder
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
         transformers_logging.disable_progress_bar()
     overrides = {key: value for key, value in run_settings.items() if key != "short_side"}
-    segmenter = load_segmenter(args.model, overrides, device=group.model_device, dtype=args.dtype)
+    segmenter = load_segmenter(checkpoint, overrides, device=group.model_device, dtype=args.dtype)
     data = str(args.data_root) if args.data_root is not None else str(args.dataset)
     try:
         result = evaluate_preset(

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{out} already holds a labelled dataset; pass --overwrite to label again.")
             return 0
         raise ValueError(f"--out {out} exists and is not a dataset written by naclip label; choose a new folder.")
-    check_model_source(args.model)
+    checkpoint = check_model_source(args.model)
 
     from ..distributed import ProcessGroup
     from ..fileio import staged_directory
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         for folder in (out, parts):
             shutil.rmtree(folder, ignore_errors=True)
     group.barrier()
-    segmenter = load_segmenter(args.model, overrides, quantized=args.quantized, device=group.model_device,
+    segmenter = load_segmenter(checkpoint, overrides, quantized=args.quantized, device=group.model_device,
                                dtype=args.dtype)  # fmt: skip
     label_set = segmenter.encode_classes(classes, cache_dir=True)
     if short_side is None:

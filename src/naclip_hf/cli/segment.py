@@ -181,14 +181,14 @@ def run(args: argparse.Namespace) -> int:
         _report_failure(source, reason)
     if not sources:
         return _finish(total, failures)
-    check_model_source(args.model)
+    checkpoint = check_model_source(args.model)
 
     from .. import scale
     from ..distributed import ProcessGroup
     from ..segmenter import load_segmenter
 
     group = ProcessGroup.start()  # several processes under torchrun / accelerate launch
-    segmenter = load_segmenter(args.model, overrides, quantized=args.quantized, device=group.model_device,
+    segmenter = load_segmenter(checkpoint, overrides, quantized=args.quantized, device=group.model_device,
                                dtype=args.dtype)  # fmt: skip
     label_set = segmenter.encode_classes(classes, cache_dir=True)
     context = _run_context(args, segmenter, label_set, preset, short_side)

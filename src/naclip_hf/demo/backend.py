@@ -184,8 +184,8 @@ class DemoBackend:
                 f"device={device!r}: an exported model runs with onnxruntime on the CPU; leave the device out, or "
                 "run the demo on the PyTorch checkpoint to use this device."
             )
-        segmenter = load_segmenter(os.fspath(model), quantized=quantized, device=device, dtype=dtype)
-        return cls(segmenter, model_name=os.fspath(model))
+        segmenter = load_segmenter(model, quantized=quantized, device=device, dtype=dtype)
+        return cls(segmenter, model_name=segmenter.source)
 
     # ------------------------------------------------------------------------------------------- settings
     @property

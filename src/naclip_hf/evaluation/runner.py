@@ -30,7 +30,14 @@ import numpy as np
 from ..benchmarks import PUBLISHED_KEYS, Benchmark, get_benchmark
 from ..distributed import ProcessGroup
 from ..fileio import write_text_atomic
-from ..models.naclip.options import CONFIG_SETTINGS, DEFAULTS, FORWARD_OPTIONS, POST_PROCESSING_OPTIONS, SETTINGS
+from ..models.naclip.options import (
+    CONFIG_SETTINGS,
+    DEFAULTS,
+    FORWARD_OPTIONS,
+    POST_PROCESSING_OPTIONS,
+    SETTINGS,
+    NACLIPInferenceOptions,
+)
 from ..segmenter import Segmenter, TorchSegmenter
 from .datasets import IGNORE_INDEX, check_label_map, load_benchmark_dataset, load_hub_dataset, read_label_map
 from .metric import MeanIoU
@@ -406,8 +413,7 @@ def _score_image(
     preset: Benchmark,
     row: Mapping[str, Any],
     embeddings: Any,
-    short_side: int,
-    options: Mapping[str, Any],
+    options: NACLIPInferenceOptions,
     metric: MeanIoU,
 ) -> str | None:
     """Segment the image of `row` and add its pixel counts to `metric`; None when done, else the problem, naming
@@ -422,7 +428,7 @@ def _score_image(
         except ValueError:
             where = f"{_describe_row(row, 'label')} (image {_describe_row(row, 'image')})"
             raise
-        result = segmenter.segment(image, embeddings, short_side=short_side, **options)
+        result = segmenter.segment(image, embeddings, options)
         metric.update(np.asarray(result.segmentation), label)
     except Exception as problem:  # reported with the file, once the other processes know about it
         return f"{where}: {problem}"
@@ -434,8 +440,7 @@ def _count_pixels(
     preset: Benchmark,
     dataset: datasets.Dataset,
     embeddings: Any,
-    short_side: int,
-    options: Mapping[str, Any],
+    options: NACLIPInferenceOptions,
     processes: ProcessGroup,
     progress: bool,
 ) -> tuple[np.ndarray, int, str | None]:
@@ -449,7 +454,7 @@ def _count_pixels(
     description = preset.name if world_size == 1 else f"{preset.name} [{world_size} processes]"
     done = 0
     for index in tqdm(indices, desc=description, unit="img", disable=not (progress and processes.is_main)):
-        error = _score_image(segmenter, preset, dataset[index], embeddings, short_side, options, metric)
+        error = _score_image(segmenter, preset, dataset[index], embeddings, options, metric)
         if error is not None:
             return metric.confusion_matrix, done, error
         done += 1
@@ -600,7 +605,8 @@ def evaluate_preset(
     options, _ = split_call_options(segmenter.config, run_settings)
     embeddings = _embed_classes(segmenter, preset, classes, class_embeddings)
 
-    matrix, done, error = _count_pixels(segmenter, preset, dataset, embeddings, short_side, options, processes,
+    resolved = segmenter.options(short_side=short_side, **options)  # once for the whole run
+    matrix, done, error = _count_pixels(segmenter, preset, dataset, embeddings, resolved, processes,
                                         progress)  # fmt: skip
     matrix, done, error = _sum_over_processes(matrix, done, error, processes)
     settings = _recorded_settings(segmenter, options, preset, short_side, len(dataset), limit, split, overrides,

@@ -47,8 +47,10 @@ from ..models.naclip.options import (
     CONFIG_SETTINGS,
     DEFAULTS,
     SETTINGS_BY_NAME,
+    NACLIPInferenceOptions,
     check_settings,
     names_of_stage,
+    resolve_options,
     window_batch_size,
 )
 from ..models.naclip.templates import IMAGENET_TEMPLATES
@@ -360,33 +362,39 @@ class ExportedSegmenter:
         feed = {GRAPH_INPUTS[0]: np.ascontiguousarray(pixel_values), GRAPH_INPUTS[1]: text_embeds}
         return self.session.run([GRAPH_OUTPUT], feed)[0]
 
+    def options(self, options: NACLIPInferenceOptions | None = None, **call: Any) -> NACLIPInferenceOptions:
+        """A call's options, resolved once (`options.resolve_options`) over the stored settings (or `options`);
+        the settings the graph fixed may only repeat their exported values (`ValueError` naming how to change
+        them), and settings this runtime does not implement are refused."""
+        stored = self.config.to_dict()
+        resolved = resolve_options(stored if options is None else options.to_dict(), call)
+        _check_call_settings({k: v for k, v in resolved.to_dict().items() if k in GRAPH_SETTINGS}, stored, "options")
+        _check_supported(resolved.to_dict(), self.folder)
+        return resolved
+
     def segment(
         self,
         image: Any,
         classes: Sequence[str | Sequence[str]] | ClassSet | None = None,
-        short_side: int | None = None,
+        options: NACLIPInferenceOptions | None = None,
         timeout: float | None = None,
-        **options: Any,
+        **call: Any,
     ) -> RuntimeSegmentation:
         """Segment one image (path, URL, PIL image or array) into `classes` (default: the stored classes).
 
-        `options`: sliding windows and post-processing settings for this call (defaults: the stored ones); see
-        `naclip_hf.inference.segment_image`.
+        `options`: this call's options from `options(...)` (default: the stored ones); `call`: keywords on top of
+        them (`method`, `short_side`, sliding windows and post-processing); see `naclip_hf.inference.segment_image`.
         """
-        short_side = options.pop("short_side", short_side)
-        _check_call_settings(options, self.config.to_dict(), "options")
-        resolved = {**self.config.to_dict(), **check_settings(options, context=self.config.to_dict())}
-        _check_supported(resolved, self.folder)
+        options = self.options(options, **call)
         class_set = classes if isinstance(classes, ClassSet) else self.encode_classes(classes)
         original = load_image(image, timeout=timeout)
-        pixel_values = self.preprocess(original, short_side)
+        pixel_values = self.preprocess(original, options.short_side)
         logits = self.forward(
-            pixel_values, class_set.text_embeds, resolved["slide_crop"], resolved["slide_stride"],
-            resolved["slide_batch_size"],
-        )  # fmt: skip
+            pixel_values, class_set.text_embeds, options.slide_crop, options.slide_stride, options.slide_batch_size
+        )
         probabilities, segmentation = post_process_logits(
-            logits, pixel_values, original.shape[:2], class_set.name_to_class, resolved["logit_scale"],
-            resolved["prob_thd"], resolved["pamr_steps"], resolved["pamr_dilations"],
+            logits, pixel_values, original.shape[:2], class_set.name_to_class, options.logit_scale,
+            options.prob_thd, options.pamr_steps, options.pamr_dilations,
         )  # fmt: skip
         return RuntimeSegmentation(logits[0], probabilities[0], segmentation[0])
 
@@ -728,11 +736,11 @@ def segment_image(
     processor: Any,
     image: Any,
     classes: ClassSet,
-    short_side: int | None = None,
-    **options: Any,
+    options: NACLIPInferenceOptions | None = None,
+    **call: Any,
 ) -> RuntimeSegmentation:
     """Segment one image (as `naclip_hf.inference.segment_image`)."""
-    return model.segment(image, classes, short_side=short_side, **options)
+    return model.segment(image, classes, options, **call)
 
 
 def save_scores(path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:

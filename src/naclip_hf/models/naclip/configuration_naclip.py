@@ -3,7 +3,6 @@ defaults of the inference options."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from transformers import CLIPConfig
@@ -11,11 +10,10 @@ from transformers import CLIPConfig
 from .options import (
     CONFIG_SETTINGS,
     DEFAULTS,
-    FORWARD_OPTIONS,
-    POST_PROCESSING_OPTIONS,
+    NACLIPInferenceOptions,
     check_settings,
     method_settings,
-    names_of_stage,
+    resolve_options,
 )
 
 # Configs of these types describe a CLIP whose weights NACLIP can use as they are.
@@ -41,14 +39,15 @@ class NACLIPConfig(CLIPConfig):
 
     `method="sclip"` (a name of `options.MethodSettings`: naclip, clip, maskclip, sclip, clearclip) takes that
     method's settings; settings given alongside override them (`NACLIPConfig(method="sclip", pamr_steps=10)`,
-    `from_pretrained(path, method="sclip")`). The method's name is not stored, only its settings.
+    `from_pretrained(path, method="sclip")`). The config keeps the method's name (`config.method`), which also
+    gives the method's own image size (`short_side`) where the processing is resolved (`inference_options`).
 
     Example:
 
     ```python
     >>> from naclip_hf import NACLIPConfig
     >>> config = NACLIPConfig(attn_strategy="gav", pamr_steps=0)
-    >>> config.inference_options(prob_thd=0.2)["prob_thd"]
+    >>> config.inference_options(prob_thd=0.2).prob_thd
     0.2
     ```
     """
@@ -59,11 +58,12 @@ class NACLIPConfig(CLIPConfig):
         # `NACLIPConfig(method="sclip", pamr_steps=10)`: the method's settings, under those given.
         if method is not None:
             kwargs = {**_config_fields(method_settings(method)), **kwargs}
-        super().__init__(**kwargs)
+        super().__init__(method=method, **kwargs)
 
     def __post_init__(self, **kwargs: Any) -> None:
         # CLIPConfig's `__init__` sets its own fields; NACLIP's settings (not dataclass fields: `options.SETTINGS`
         # owns them) arrive here with the other keywords.
+        object.__setattr__(self, "method", kwargs.pop("method", None))
         for name in CONFIG_SETTINGS:
             object.__setattr__(self, name, kwargs.pop(name, DEFAULTS[name]))
         super().__post_init__(**kwargs)
@@ -81,22 +81,12 @@ class NACLIPConfig(CLIPConfig):
         """
         return check_settings(self.naclip_settings())
 
-    def inference_options(self, **overrides: Any) -> dict[str, Any]:
-        """The inference options of one call: this config's values with `overrides` on top, checked.
-
-        `method="sclip"` (a name of `options.MethodSettings`) puts that method's settings between the config's
-        values and the other overrides. Returns every NACLIP setting but those of the text stage, plus the image
-        processor's `short_side` when given (or set by the method). The config itself is not changed. Raises
-        `ValueError` for an unknown option or an invalid value.
+    def inference_options(self, **call: Any) -> NACLIPInferenceOptions:
+        """The options of one call (`options.resolve_options`): this config's settings and method, then the call's
+        `method`, then its other keywords. The config itself is not changed. Raises `TypeError` for an unknown
+        option and `ValueError` for an invalid value.
         """
-        overrides = {name: value for name, value in overrides.items() if value is not None}
-        if "method" in overrides:
-            overrides = method_settings(overrides.pop("method"), overrides)
-        # The config's own values are checked too: they may have been assigned after loading.
-        options = check_settings({**self.naclip_settings(), **overrides})
-        for name in names_of_stage("text"):
-            options.pop(name)
-        return options
+        return resolve_options({**self.naclip_settings(), "method": self.method}, call)
 
     @classmethod
     def get_config_dict(cls, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -117,21 +107,8 @@ class NACLIPConfig(CLIPConfig):
         the other keyword arguments over both (`from_pretrained(path, method="sclip", pamr_steps=10)`)."""
         method = kwargs.pop("method", None)
         if method is not None:
-            config_dict = {**config_dict, **_config_fields(method_settings(method))}
+            config_dict = {**config_dict, **_config_fields(method_settings(method)), "method": method}
         return super().from_dict(config_dict, **kwargs)
-
-
-def split_options(config: NACLIPConfig, options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per-call options -> (keywords of `forward`, keywords of post-processing), with `config`'s values for the
-    options not given. `method=NAME` gives that method's settings, under the other options. Raises
-    `TypeError` for an unknown option and `ValueError` for an invalid value."""
-    unknown = sorted(set(options) - set(FORWARD_OPTIONS) - set(POST_PROCESSING_OPTIONS) - {"method"})
-    if unknown:
-        valid = ", ".join((*FORWARD_OPTIONS, *POST_PROCESSING_OPTIONS, "short_side", "method"))
-        raise TypeError(f"Unknown option(s) {', '.join(unknown)}; valid options: {valid}.")
-    resolved = config.inference_options(**options)
-    forward = {name: resolved[name] for name in FORWARD_OPTIONS}
-    return forward, {name: resolved[name] for name in POST_PROCESSING_OPTIONS}
 
 
 def _config_fields(settings: dict[str, Any]) -> dict[str, Any]:
@@ -139,4 +116,4 @@ def _config_fields(settings: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in settings.items() if name in CONFIG_SETTINGS}
 
 
-__all__ = ["COMPATIBLE_MODEL_TYPES", "NACLIPConfig", "split_options"]
+__all__ = ["COMPATIBLE_MODEL_TYPES", "NACLIPConfig"]

@@ -13,7 +13,14 @@ from transformers.processing_utils import Unpack
 
 from .image_io import load_image
 from .image_utils import resize_short_side
-from .options import DEFAULTS, POST_PROCESSING_OPTIONS, check_settings, settings_typed_dict
+from .options import (
+    DEFAULTS,
+    POST_PROCESSING_OPTIONS,
+    NACLIPInferenceOptions,
+    check_settings,
+    resolve_options,
+    settings_typed_dict,
+)
 from .postprocessing_naclip import post_process_image
 
 # Keywords of `post_process_semantic_segmentation` for one call (built from `options.SETTINGS`).
@@ -21,8 +28,6 @@ NACLIPPostProcessingKwargs = settings_typed_dict("NACLIPPostProcessingKwargs", "
 # Pixel statistics of CLIP's training data, on the 0-255 scale, RGB.
 CLIP_PIXEL_MEAN = (122.771, 116.746, 104.094)
 CLIP_PIXEL_STD = (68.501, 66.632, 70.323)
-# The options of `post_process_semantic_segmentation` (see naclip_hf.models.naclip.options).
-
 
 
 class NACLIPImageProcessor(BaseImageProcessor):
@@ -99,7 +104,10 @@ class NACLIPImageProcessor(BaseImageProcessor):
         resizing) is what `post_process_semantic_segmentation` takes as `target_sizes`.
         """
         if kwargs:
-            raise TypeError(f"Unexpected arguments {sorted(kwargs)} for {type(self).__name__}.")
+            raise TypeError(
+                f"Unexpected argument(s) {', '.join(sorted(kwargs))} for {type(self).__name__}; it takes images, "
+                "short_side and return_tensors."
+            )
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors={return_tensors!r} is not supported; NACLIP works on PyTorch tensors.")
         batch = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -144,9 +152,9 @@ class NACLIPImageProcessor(BaseImageProcessor):
             pixel_values (`(batch_size, 3, h, w)`): the model input, PAMR's guide image (needed when PAMR is on).
             name_to_class (`(num_names,)`): class index of each name; default: every name its own class.
             kwargs (`NACLIPPostProcessingKwargs`): the post-processing options of `options.SETTINGS` (stage
-                `post`: `logit_scale`, `prob_thd`, `area_thd`, `pamr_steps`, `pamr_dilations`); default: their
-                defaults (pass a model config's with `**split_options(model.config, {})[1]`). Any other keyword
-                raises a `TypeError`.
+                `post`: `logit_scale`, `prob_thd`, `area_thd`, `pamr_steps`, `pamr_dilations`), on top of those the
+                model ran with (`outputs.options`: its config, method and call keywords); for a bare logits tensor,
+                on top of the defaults. Any other keyword raises a `TypeError` naming the valid ones.
             return_probabilities: also return the class probabilities (the only full-size float output: without
                 it, memory does not grow with classes × height × width).
             return_class_scores: also return `class_scores` `(num_classes,)` float64, the mean probability of each
@@ -171,7 +179,7 @@ class NACLIPImageProcessor(BaseImageProcessor):
         ```
         """
         logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
-        options = self.post_processing_options(**kwargs)
+        options = self.post_processing_options(getattr(outputs, "options", None), **kwargs)
         if logits.ndim != 4:
             raise ValueError(f"logits must be [batch, names, height, width], got shape {tuple(logits.shape)}.")
         batch, num_names = logits.shape[:2]
@@ -205,14 +213,18 @@ class NACLIPImageProcessor(BaseImageProcessor):
         return results
 
     @staticmethod
-    def post_processing_options(**options: Any) -> dict[str, Any]:
-        """The post-processing options with `None` replaced by the defaults, checked (`ValueError` otherwise)."""
+    def post_processing_options(ran_with: NACLIPInferenceOptions | None = None, **options: Any) -> dict[str, Any]:
+        """The post-processing options: `options` (None values ignored) on top of `ran_with` (the options the
+        model ran with; default: the defaults), checked (`TypeError` for an unknown name, `ValueError` for a
+        value)."""
         unknown = sorted(set(options) - set(POST_PROCESSING_OPTIONS))
         if unknown:
             valid = ", ".join(POST_PROCESSING_OPTIONS)
             raise TypeError(f"Unknown post-processing option(s) {unknown}; valid: {valid}.")
         given = {name: value for name, value in options.items() if value is not None}
-        return {**{name: DEFAULTS[name] for name in POST_PROCESSING_OPTIONS}, **check_settings(given)}
+        if ran_with is None:
+            ran_with = resolve_options({})
+        return (ran_with.replace(**given) if given else ran_with).of_stage("post")
 
 
 __all__ = ["CLIP_PIXEL_MEAN", "CLIP_PIXEL_STD", "NACLIPImageProcessor"]

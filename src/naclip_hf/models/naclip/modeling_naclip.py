@@ -12,6 +12,7 @@ Everything but the last vision encoder layer is transformers' CLIP, under the sa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Callable
@@ -33,15 +34,23 @@ from transformers.models.clip.modeling_clip import (
 )
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput
-from transformers.utils.generic import GeneralInterface
+from transformers.utils.generic import GeneralInterface, can_return_tuple
 
 from .configuration_naclip import NACLIPConfig
 from .image_utils import sliding_windows, window_tokens  # torch-free: shared with the ONNX runtime
-from .options import FORWARD_OPTIONS, names_of_stage, settings_typed_dict, window_batch_size
+from .options import (
+    CALL_OPTIONS,
+    NACLIPInferenceOptions,
+    names_of_stage,
+    resolve_options,
+    settings_typed_dict,
+    window_batch_size,
+)
 from .templates import IMAGENET_TEMPLATES
 
-# Keywords of `forward` for one call: the sliding windows and the last block (built from `options.SETTINGS`).
-NACLIPForwardKwargs = settings_typed_dict("NACLIPForwardKwargs", "block", "windows")
+# Keywords of `forward` for one call (built from `options.SETTINGS`): the last block and the sliding windows, and
+# the post-processing and image size, which the output carries on to `post_process_semantic_segmentation`.
+NACLIPForwardKwargs = settings_typed_dict("NACLIPForwardKwargs", "block", "windows", "post", "image")
 # The last block's settings, which the encoder hands to the last layer only (with the patch grid).
 LAST_BLOCK_SETTINGS = names_of_stage("block")
 
@@ -66,6 +75,11 @@ class NACLIPSemanticSegmenterOutput(ModelOutput):
             `attentions[-1]` is always NACLIP's last layer; for `csa` it is the sum of its two softmaxes (rows sum
             to 2). Tokens are the CLS token, then the patches row by row.
 
+        options (`NACLIPInferenceOptions`):
+            The options this call ran with (the config's, the call's method and keywords on top): post-processing
+            takes its defaults from them, so `processor.post_process_semantic_segmentation(outputs, inputs)` refines
+            as the method asks.
+
     With sliding windows, the windows of image 0 come first (in `sliding_windows` order), then those of image 1.
     """
 
@@ -73,6 +87,7 @@ class NACLIPSemanticSegmenterOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    options: NACLIPInferenceOptions | None = None
 
 
 # ------------------------------------------------------------------------------------- neighbourhood bias Ω
@@ -394,7 +409,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
     >>> processor = NACLIPProcessor.from_pretrained("openai/clip-vit-base-patch16")
     >>> inputs = processor(images=image, text=["sky", "tree", "road, street"])
     >>> with torch.no_grad():
-    ...     outputs = model(**inputs.model_inputs())
+    ...     outputs = model(**inputs)
     >>> labels = processor.post_process_semantic_segmentation(outputs, inputs)[0]  # [H, W] class ids
     ```
     """
@@ -625,6 +640,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         pixel_values: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        options: NACLIPInferenceOptions | None = None,
         **kwargs: Unpack[NACLIPForwardKwargs],
     ) -> BaseModelOutput:
         """Run the vision tower (`CLIPVisionModel.forward`) with NACLIP's last layer.
@@ -633,12 +649,14 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             pixel_values: [B, 3, H, W]; H and W need not be multiples of the patch size (the remainder is
                 dropped, as a strided convolution does).
             output_attentions, output_hidden_states: as for `CLIPVisionModel`.
+            options: this call's resolved options (`forward` passes its own); or
             kwargs: the last block for this call (`arch`, `attn_strategy`, `gaussian_std`; default: the config's).
         Returns:
             `last_hidden_state` [B, 1 + gh*gw, width]: output of the last block, before post-layernorm; and the
             `hidden_states` / `attentions` asked for.
         """
-        options = self._call_options(kwargs, LAST_BLOCK_SETTINGS)
+        if options is None:
+            options = self.resolve_options(kwargs, LAST_BLOCK_SETTINGS)
         patch = self.config.vision_config.patch_size
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
         if grid[0] < 1 or grid[1] < 1:
@@ -652,7 +670,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             patch_grid=grid,
-            **{name: options[name] for name in LAST_BLOCK_SETTINGS},
+            **options.of_stage("block"),
         )
         return BaseModelOutput(
             last_hidden_state=outputs.last_hidden_state,
@@ -660,22 +678,23 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             attentions=outputs.attentions if output_attentions else None,
         )
 
-    def check_options(self, options: dict) -> None:
-        """Check per-call options of `forward` before any work (`TypeError`/`ValueError` as `forward` raises)."""
-        self._call_options(dict(options), FORWARD_OPTIONS)
-
-    def _call_options(self, given: dict, allowed: tuple[str, ...]) -> dict:
-        """The config's options with the call's `given` on top, checked; `TypeError` for a keyword not in
-        `allowed`."""
-        unknown = sorted(set(given) - set(allowed))
+    def resolve_options(
+        self, call: dict, allowed: tuple[str, ...] = CALL_OPTIONS, options: NACLIPInferenceOptions | None = None
+    ) -> NACLIPInferenceOptions:
+        """This call's options, resolved once: `options` (default: the config's) with the keywords `call` on top
+        (`options.resolve_options`); `TypeError` for a keyword not in `allowed`, listing those that are."""
+        unknown = sorted(set(call) - set(allowed))
         if unknown:
             names = ", ".join(repr(name) for name in unknown)
             raise TypeError(
                 f"{type(self).__name__}.forward() got an unexpected keyword argument {names}; the per-call options "
                 f"are {', '.join(allowed)}."
             )
-        options = self.config.inference_options(**given)
-        check_attention_strategy(options["attn_strategy"])
+        if options is None:
+            options = self.config.inference_options(**call)
+        elif call:
+            options = resolve_options(options.to_dict(), call)
+        check_attention_strategy(options.attn_strategy)
         return options
 
     def _window_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -697,12 +716,11 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         self,
         windows: torch.Tensor,
         text_embeds: torch.Tensor,
-        padding: str,
+        options: NACLIPInferenceOptions,
         outputs: dict,
         add: Callable[[int, torch.Tensor], None] | None = None,
-        **block,
     ) -> torch.Tensor | None:
-        """Logits [n, names, h, w] (float32) of `windows` [n, 3, h, w]. With `padding="centered"` (ClearCLIP), a
+        """Logits [n, names, h, w] (float32) of `windows` [n, 3, h, w]. With `window_padding="centered"` (ClearCLIP), a
         side that is not a multiple of the patch size is zero-padded on both sides to whole patches (the extra
         pixel, if odd, after) and the logits are cropped back. Hidden states / attentions go into `outputs`.
 
@@ -712,13 +730,13 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         height, width = windows.shape[-2:]
         patch = self.config.vision_config.patch_size
         top = left = 0
-        if padding == "centered" and (height % patch or width % patch):
+        if options.window_padding == "centered" and (height % patch or width % patch):
             pad_h, pad_w = -height % patch, -width % patch
             top, left = pad_h // 2, pad_w // 2
             windows = F.pad(windows, (left, pad_w - left, top, pad_h - top))
         encoded = self.encode_patches(
             windows, output_attentions="attentions" in outputs, output_hidden_states="hidden_states" in outputs,
-            **block,
+            options=options,
         )  # fmt: skip
         for name, value in outputs.items():
             value.append(getattr(encoded, name))
@@ -732,6 +750,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             add(index, logits[0, :, top : top + height, left : left + width])
         return None
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -741,9 +760,10 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         num_templates: int | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        options: NACLIPInferenceOptions | None = None,
+        method: str | None = None,
         **kwargs: Unpack[NACLIPForwardKwargs],
-    ) -> NACLIPSemanticSegmenterOutput | tuple:
+    ) -> NACLIPSemanticSegmenterOutput:
         r"""Per-name logits at the resolution of `pixel_values`.
 
         Args:
@@ -757,12 +777,18 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             output_attentions, output_hidden_states (`bool`, *optional*): return the vision tower's attention maps
                 / hidden states (see `NACLIPSemanticSegmenterOutput`).
             return_dict (`bool`, *optional*): `False` returns a tuple instead of the output object.
-            kwargs (`NACLIPForwardKwargs`): options of this call only, defaulting to the config's: the sliding
-                windows (`slide_crop`, `slide_stride`, `slide_batch_size`, `window_padding`) and the last block
-                (`arch`, `attn_strategy`, `gaussian_std`). Any other keyword raises a `TypeError`.
+            options (`NACLIPInferenceOptions`, *optional*): this call's options, already resolved (the pipeline
+                and segmenters pass theirs); default: the config's.
+            method (`str`, *optional*): a method of `options.MethodSettings` (e.g. "sclip") for this call: its
+                settings over the config's (`NACLIPProcessor(..., method=...)` passes it on).
+            kwargs (`NACLIPForwardKwargs`): options of this call only, on top of those: the sliding windows
+                (`slide_crop`, `slide_stride`, `slide_batch_size`, `window_padding`), the last block (`arch`,
+                `attn_strategy`, `gaussian_std`), and the post-processing ones and `short_side`, which the output
+                carries to post-processing. Any other keyword raises a `TypeError` naming the valid ones.
 
         Returns:
-            `NACLIPSemanticSegmenterOutput` with `logits` `(batch_size, num_names, height, width)` and `text_embeds`.
+            `NACLIPSemanticSegmenterOutput` with `logits` `(batch_size, num_names, height, width)`, `text_embeds`
+            and the resolved `options`.
 
         Example:
 
@@ -772,7 +798,8 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         >>> outputs.logits.shape  # (1, 4, height, width): one map per name
         ```
         """
-        options = self._call_options(kwargs, FORWARD_OPTIONS)
+        options = self.resolve_options({**kwargs, "method": method} if method is not None else kwargs, CALL_OPTIONS,
+                                       options)  # fmt: skip
         text_embeds = self._text_embeds(input_ids, attention_mask, text_embeds, num_templates)
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
@@ -789,18 +816,18 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             recorded["hidden_states"] = []
         if output_attentions:
             recorded["attentions"] = []
-        block = {name: options[name] for name in LAST_BLOCK_SETTINGS}
-        if options["slide_crop"] > 0:
-            logits = self._slide(pixel_values, text_embeds, options, recorded, block)
+        if options.slide_crop > 0:
+            logits = self._slide(pixel_values, text_embeds, options, recorded)
         else:
-            logits = self._encode_windows(pixel_values, text_embeds, "none", recorded, **block)
-        output = NACLIPSemanticSegmenterOutput(
+            whole = dataclasses.replace(options, window_padding="none")  # one pass over the whole image: no padding
+            logits = self._encode_windows(pixel_values, text_embeds, whole, recorded)
+        return NACLIPSemanticSegmenterOutput(
             logits=logits,
             text_embeds=text_embeds,
             hidden_states=_concatenate_layers(recorded["hidden_states"]) if output_hidden_states else None,
             attentions=_concatenate_layers(recorded["attentions"]) if output_attentions else None,
+            options=options,
         )
-        return output.to_tuple() if return_dict is False else output
 
     def _text_embeds(
         self,
@@ -819,16 +846,16 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         return self.get_name_embeddings(input_ids, attention_mask, int(num_templates))
 
     def _slide(
-        self, pixel_values: torch.Tensor, text_embeds: torch.Tensor, options: dict, recorded: dict, block: dict
+        self, pixel_values: torch.Tensor, text_embeds: torch.Tensor, options: NACLIPInferenceOptions, recorded: dict
     ) -> torch.Tensor:
         """Sliding-window logits [B, names, H, W]: windows in batches (`options.window_batch_size`; image 0's first),
         each window's logits added where it lies, then divided by the number of windows covering each pixel."""
         height, width = pixel_values.shape[-2:]
-        boxes = sliding_windows(height, width, options["slide_crop"], options["slide_stride"])
+        boxes = sliding_windows(height, width, options.slide_crop, options.slide_stride)
         windows = [(image, box) for image in range(pixel_values.shape[0]) for box in boxes]
         logits = pixel_values.new_zeros((pixel_values.shape[0], len(text_embeds), height, width), dtype=torch.float32)
-        tokens = window_tokens(height, width, options["slide_crop"], self.config.vision_config.patch_size)
-        step = window_batch_size(options["slide_batch_size"], tokens, pixel_values.element_size(),
+        tokens = window_tokens(height, width, options.slide_crop, self.config.vision_config.patch_size)
+        step = window_batch_size(options.slide_batch_size, tokens, pixel_values.element_size(),
                                  pixel_values.device.type == "cpu")  # fmt: skip
         for start in range(0, len(windows), step):
             chunk = windows[start : start + step]
@@ -838,7 +865,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
                 image, (a, b, c, d) = chunk[index]
                 logits[image, :, a:b, c:d] += values
 
-            self._encode_windows(batch, text_embeds, options["window_padding"], recorded, add=add, **block)
+            self._encode_windows(batch, text_embeds, options, recorded, add=add)
         count = logits.new_zeros((height, width))
         for a, b, c, d in boxes:
             count[a:b, c:d] += 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, TypedDict
 
 # The checkpoint used when none is named (pipeline default, command line, model card).
@@ -297,6 +297,83 @@ def settings_typed_dict(name: str, *stages: str) -> type:
 # The keywords of `forward` and of `post_process_semantic_segmentation`, by stage.
 FORWARD_OPTIONS: tuple[str, ...] = names_of_stage("block", "windows")
 POST_PROCESSING_OPTIONS: tuple[str, ...] = names_of_stage("post")
+# What one call may choose: the method, the last block, the windows, the resize and the post-processing.
+CALL_OPTIONS: tuple[str, ...] = ("method", *names_of_stage("block", "windows", "post", "image"))
+
+
+class _OptionsMethods:
+    """Methods of `NACLIPInferenceOptions` (its fields are built from `SETTINGS`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option by name (`method` and `short_side` may be None)."""
+        return {name: getattr(self, name) for name in CALL_OPTIONS}
+
+    def of_stage(self, *stages: str) -> dict[str, Any]:
+        """The options of `stages` by name, e.g. `of_stage("post")` for post-processing."""
+        return {name: getattr(self, name) for name in names_of_stage(*stages)}
+
+    def replace(self, **changes: Any) -> NACLIPInferenceOptions:
+        """A copy with `changes` (names of `CALL_OPTIONS` but `method`), checked against the other options."""
+        return resolve_options(self.to_dict(), changes)
+
+
+def _option_field(setting: Setting) -> tuple[str, Any, Any]:
+    kind = _PYTHON_TYPES[setting.kind] if setting.name != "short_side" else int | None
+    default = tuple(setting.default) if isinstance(setting.default, (list, tuple)) else setting.default
+    return setting.name, kind, field(default=None if setting.name == "short_side" else default)
+
+
+NACLIPInferenceOptions = make_dataclass(
+    "NACLIPInferenceOptions",
+    [("method", str | None, field(default=None)), *(_option_field(SETTINGS_BY_NAME[n]) for n in CALL_OPTIONS[1:])],
+    bases=(_OptionsMethods,),
+    frozen=True,
+)
+NACLIPInferenceOptions.__module__ = __name__
+NACLIPInferenceOptions.__doc__ = """The options of one call, resolved once (`resolve_options`) at the boundary (the
+pipeline's call, `model.forward`, a segmenter's `options`, a command) and passed down unchanged: frozen, checked,
+complete.
+
+Fields: `method` (the method whose settings were taken, or None), then every setting of the stages `block`,
+`windows`, `post` and `image` of `SETTINGS` (`short_side` None: the image processor's). Lists are tuples.
+
+Example:
+
+```python
+>>> resolve_options({}, {"method": "clearclip"}).short_side
+448
+```
+"""
+
+
+def resolve_options(base: Mapping[str, Any], call: Mapping[str, Any] | None = None) -> NACLIPInferenceOptions:
+    """The one place where a call's options are resolved.
+
+    Args:
+        base: the model's settings by name (a config's `naclip_settings()`, with its `method` if it has one);
+            settings missing here take their defaults.
+        call: this call's keywords (names of `CALL_OPTIONS`; None values are ignored).
+    Layers, each on top of the one before: the defaults; `base` (with its method's `short_side`); the settings of
+    the call's `method`; the call's other keywords. Raises `TypeError` for an unknown keyword (listing the known
+    ones) and `ValueError` for an invalid value or an unknown method.
+    """
+    call = {name: value for name, value in (call or {}).items() if value is not None}
+    unknown = sorted(set(call) - set(CALL_OPTIONS))
+    if unknown:
+        known = ", ".join(CALL_OPTIONS)
+        raise TypeError(f"Unknown option(s) {', '.join(unknown)}; the options of a call are: {known}.")
+    layered = {name: base[name] for name in CALL_OPTIONS if name in base}
+    if layered.get("method") is not None and layered.get("short_side") is None:
+        layered["short_side"] = MethodSettings()[layered["method"]].get("short_side")
+    if "method" in call:
+        layered.update(method_settings(call["method"]), method=call["method"])
+    layered.update(call)
+    method, short_side = layered.pop("method", None), layered.pop("short_side", None)
+    checked = check_settings({k: v for k, v in layered.items() if k in SETTINGS_BY_NAME} | (
+        {} if short_side is None else {"short_side": short_side}))  # fmt: skip
+    values = {**{name: DEFAULTS[name] for name in CALL_OPTIONS[1:]}, "short_side": None, **checked}
+    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
+    return NACLIPInferenceOptions(method=method, **values)
 
 
 def check_settings(values: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -322,7 +399,8 @@ def check_settings(values: Mapping[str, Any], context: Mapping[str, Any] | None 
 
 
 __all__ = [
-    "CONFIG_SETTINGS", "DEFAULTS", "DEFAULT_CHECKPOINT", "DEFAULT_URL_TIMEOUT", "FORWARD_OPTIONS",
-    "POST_PROCESSING_OPTIONS", "MethodSettings", "SETTINGS", "SETTINGS_BY_NAME", "STAGES", "Setting",
-    "check_settings", "method_settings", "names_of_stage", "settings_typed_dict"
+    "CALL_OPTIONS", "CONFIG_SETTINGS", "DEFAULTS", "DEFAULT_CHECKPOINT", "DEFAULT_URL_TIMEOUT", "FORWARD_OPTIONS",
+    "POST_PROCESSING_OPTIONS", "MethodSettings", "NACLIPInferenceOptions", "SETTINGS", "SETTINGS_BY_NAME", "STAGES",
+    "Setting",
+    "check_settings", "method_settings", "names_of_stage", "resolve_options", "settings_typed_dict"
 ]

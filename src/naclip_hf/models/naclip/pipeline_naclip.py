@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,11 +18,11 @@ from transformers import Pipeline
 from transformers.utils import logging
 
 from .class_embeddings import ClassEmbeddings, encode_classes
-from .configuration_naclip import split_options
 from .image_io import describe_input, load_image
 from .image_processing_naclip import NACLIPImageProcessor
 from .labels import parse_class_entries
-from .options import check_settings
+from .modeling_naclip import NACLIPSemanticSegmenterOutput, check_attention_strategy
+from .options import CALL_OPTIONS, NACLIPInferenceOptions
 from .processing_naclip import NACLIPProcessor
 from .recently_used import RecentlyUsed
 from .tokenization import load_clip_tokenizer
@@ -186,6 +186,8 @@ class NACLIPSegmentationPipeline(Pipeline):
         self._label_sets: RecentlyUsed[ClassEmbeddings] = RecentlyUsed(LABEL_CACHE_SIZE)
         # A store of label embeddings beyond this pipeline (see `encode_classes`'s `cache`), e.g. on disk.
         self.text_cache = kwargs.pop("text_cache", None)
+        # Options given when building the pipeline: every call's, under the call's own.
+        self._built_settings = {name: kwargs[name] for name in CALL_OPTIONS if name in kwargs}
         super().__init__(
             model=model,
             tokenizer=processor.tokenizer,
@@ -198,7 +200,6 @@ class NACLIPSegmentationPipeline(Pipeline):
     def _sanitize_parameters(
         self,
         candidate_labels: Any = None,
-        short_side: int | None = None,
         return_label_map: bool | None = None,
         return_probabilities: bool | None = None,
         skip_errors: bool | None = None,
@@ -206,39 +207,27 @@ class NACLIPSegmentationPipeline(Pipeline):
         **settings: Any,
     ) -> tuple[dict, dict, dict]:
         preprocess: dict[str, Any] = {}
-        forward: dict[str, Any] = {}
         postprocess: dict[str, Any] = {}
         if candidate_labels is not None:
             preprocess["candidate_labels"] = parse_candidate_labels(candidate_labels)
-        if short_side is not None:
-            preprocess["short_side"] = check_settings({"short_side": short_side})["short_side"]
         if timeout is not None:
             preprocess["timeout"] = timeout
         if skip_errors is not None:
             preprocess["skip_errors"] = bool(skip_errors)
-        if settings:
-            # Options given at call time add to those given when the pipeline was built; all are checked now,
-            # before any image is read.
-            settings = {**getattr(self, "_forward_params", {}).get("settings", {}), **settings}
-            try:
-                forward_options, post_options = split_options(self.model.config, settings)
-            except TypeError as error:
-                raise TypeError(f"{error} (for the {TASK} pipeline; also candidate_labels, short_side, "
-                                "return_label_map, return_probabilities, skip_errors, timeout)") from None
-            self.model.check_options(forward_options)
-            forward["settings"] = settings
-            forward["forward_options"] = forward_options
-            postprocess["post_options"] = post_options
-            if settings.get("method") is not None and short_side is None:
-                # A method's own short side, unless one was given when the pipeline was built.
-                method_side = self.model.config.inference_options(method=settings["method"]).get("short_side")
-                if method_side is not None and "short_side" not in getattr(self, "_preprocess_params", {}):
-                    preprocess["short_side"] = method_side
+        # This call's options, resolved once before any image is read: the model's config (with its method), the
+        # options given when the pipeline was built, then those given now.
+        try:
+            options = self.model.config.inference_options(**{**self._built_settings, **settings})
+        except TypeError as error:
+            raise TypeError(f"{error} (for the {TASK} pipeline; also candidate_labels, return_label_map, "
+                            "return_probabilities, skip_errors, timeout)") from None
+        check_attention_strategy(options.attn_strategy)
+        preprocess["short_side"] = options.short_side
         if return_label_map is not None:
             postprocess["return_label_map"] = bool(return_label_map)
         if return_probabilities is not None:
             postprocess["return_probabilities"] = bool(return_probabilities)
-        return preprocess, forward, postprocess
+        return preprocess, {"options": options}, postprocess
 
     def __call__(self, inputs: Any = None, candidate_labels: Any = None, **kwargs: Any) -> Any:
         """Segment an image or a list of images into `candidate_labels` (see the class docstring).
@@ -344,12 +333,7 @@ class NACLIPSegmentationPipeline(Pipeline):
             "label_set": self.label_embeddings(candidate_labels),
         }
 
-    def _forward(
-        self,
-        model_inputs: dict[str, Any],
-        settings: Mapping[str, Any] | None = None,
-        forward_options: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def _forward(self, model_inputs: dict[str, Any], options: NACLIPInferenceOptions | None = None) -> dict[str, Any]:
         """One image's `pixel_values` [1, 3, h, w] -> its `logits` [1, names, h, w]; or, for `{"batch": [...]}`,
         the outputs of every image, images of equal processed size in one model call."""
         batch = model_inputs["batch"] if "batch" in model_inputs else [model_inputs]
@@ -363,12 +347,12 @@ class NACLIPSegmentationPipeline(Pipeline):
             for positions in by_size.values():
                 pixel_values = torch.cat([batch[position]["pixel_values"] for position in positions])
                 pixel_values = pixel_values.to(self.device, self.model.dtype)
-                logits = self.model(
-                    pixel_values=pixel_values, text_embeds=label_set.text_embeds, **(forward_options or {})
-                ).logits
+                output = self.model(pixel_values=pixel_values, text_embeds=label_set.text_embeds, options=options)
                 for row, position in enumerate(positions):
                     outputs[position] = {
-                        "logits": logits[row : row + 1],
+                        "outputs": NACLIPSemanticSegmenterOutput(
+                            logits=output.logits[row : row + 1], options=output.options
+                        ),
                         "pixel_values": pixel_values[row : row + 1],
                         "original_size": batch[position]["original_size"],
                         "label_set": label_set,
@@ -378,24 +362,20 @@ class NACLIPSegmentationPipeline(Pipeline):
     def postprocess(
         self,
         model_outputs: dict[str, Any],
-        post_options: Mapping[str, Any] | None = None,
         return_label_map: bool = False,
         return_probabilities: bool = False,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         if "error" in model_outputs:
             return {"error": model_outputs["error"]}
-        if post_options is None:
-            post_options = split_options(self.model.config, {})[1]
         label_set = model_outputs["label_set"]
         # `class_scores`: mean probability of each class over the pixels labelled with it, gathered tile by tile.
         (result,) = self.image_processor.post_process_semantic_segmentation(
-            model_outputs["logits"],
+            model_outputs["outputs"],  # post-processed with the options the model ran with
             target_sizes=[model_outputs["original_size"]],
             pixel_values=model_outputs["pixel_values"],
             name_to_class=label_set.name_to_class,
             return_probabilities=return_probabilities,
             return_class_scores=True,
-            **post_options,
         )
         segmentation, scores = result["segmentation"], result["class_scores"]
         labels = label_set.class_labels

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from transformers import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessorMixin, Unpack
 
 from .image_processing_naclip import NACLIPImageProcessor
 from .labels import flatten_class_names, parse_class_entries
+from .options import resolve_options
 from .templates import IMAGENET_TEMPLATES
 
 # CLIP's text tower has this many positions; a bare BPE folder does not say so.
 CLIP_CONTEXT_LENGTH = 77
 # Keywords of `from_pretrained` that locate files (passed on to the config and image processor loaders).
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+class NACLIPProcessorKwargs(TypedDict, total=False):
+    """The keywords of `NACLIPProcessor.__call__`."""
+
+    templates: Sequence[str] | None
+    short_side: int | None
+    method: str | None
+    return_tensors: str | None
 
 
 def build_prompts(names: Sequence[str], templates: Sequence[str] | None = None) -> list[str]:
@@ -111,26 +121,36 @@ class NACLIPProcessor(ProcessorMixin):
         return features
 
     def __call__(
-        self,
-        images: Any = None,
-        text: Sequence[str | Sequence[str]] | None = None,
-        templates: Sequence[str] | None = None,
-        short_side: int | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs: Any,
+        self, images: Any = None, text: Sequence[str | Sequence[str]] | None = None,
+        **kwargs: Unpack[NACLIPProcessorKwargs],
     ) -> BatchFeature:
         """Images -> `pixel_values` (attribute `original_sizes`); class entries -> prompts (see
-        `tokenize_class_names`; attribute `name_to_class`). `model(**processor(images, text))` runs the model."""
-        if kwargs:
-            raise TypeError(f"Unexpected arguments {sorted(kwargs)} for {type(self).__name__}.")
+        `tokenize_class_names`; attribute `name_to_class`). `model(**processor(images, text))` runs the model.
+
+        Keywords (`NACLIPProcessorKwargs`): `templates`, `short_side` (default: the method's, else this
+        processor's), `return_tensors`, and `method`: a method's name, resized for as it asks and handed on to the
+        model with the inputs, so that `model(**inputs)` and then `post_process_semantic_segmentation(outputs,
+        inputs)` run that method with the keyword given once. Any other keyword raises a `TypeError` listing these.
+        """
+        unknown = sorted(set(kwargs) - set(NACLIPProcessorKwargs.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"Unexpected argument(s) {', '.join(unknown)} for {type(self).__name__}; it takes images, text and "
+                f"{', '.join(NACLIPProcessorKwargs.__annotations__)}."
+            )
         if images is None and text is None:
             raise ValueError("Pass images, class names (text), or both.")
+        method, short_side = kwargs.get("method"), kwargs.get("short_side")
+        if method is not None and short_side is None:
+            short_side = resolve_options({}, {"method": method}).short_side
         features = BatchFeature()
-        for part in self._parts(images, text, templates, short_side, return_tensors):
+        for part in self._parts(images, text, kwargs.get("templates"), short_side, kwargs.get("return_tensors", "pt")):
             features.update(part)
             for name in ("original_sizes", "name_to_class"):
                 if name in vars(part):
                     setattr(features, name, vars(part)[name])
+        if method is not None:
+            features["method"] = method
         return features
 
     def _parts(
@@ -160,4 +180,4 @@ class NACLIPProcessor(ProcessorMixin):
         return self.image_processor.post_process_semantic_segmentation(outputs, **kwargs)
 
 
-__all__ = ["NACLIPProcessor", "build_prompts"]
+__all__ = ["NACLIPProcessor", "NACLIPProcessorKwargs", "build_prompts"]

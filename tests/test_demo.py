@@ -386,7 +386,7 @@ def test_demo_command_sets_the_pages_method(tiny_checkpoint, monkeypatch, capsys
 
     monkeypatch.setattr(app, "build_demo", build)
     assert main(["demo", "--model", str(tiny_checkpoint), "--method", "clearclip", "--port", "7999"]) == 0
-    assert built["method"] == "clearclip" and built["model"] == str(tiny_checkpoint)
+    assert built["method"] == "clearclip" and str(built["model"]) == str(tiny_checkpoint)
     assert built["launch"]["server_port"] == 7999 and built["launch"]["quiet"] and built["served"]
     served = f"naclip demo: serving {tiny_checkpoint} on http://127.0.0.1:7999/ (Ctrl-C to stop)\n"
     assert capsys.readouterr().out == served

@@ -108,7 +108,7 @@ def independent_counts(checkpoint: Path, preset_name: str, root: Path, pamr: boo
     for image_path, label_path in zip(rows["image"], rows["label"]):
         with Image.open(image_path) as image:
             prediction = inference.segment_image(
-                model, processor, image.convert("RGB"), embeddings, SHORT_SIDE
+                model, processor, image.convert("RGB"), embeddings, short_side=SHORT_SIDE
             ).segmentation.numpy()
         with Image.open(label_path) as label_image:
             raw = np.array(label_image).astype(np.int64)  # palette PNGs give their indices

@@ -196,7 +196,7 @@ def test_windows_upsampled_one_at_a_time_equal_the_batch_upsampled_at_once(quick
     pixels = torch.randn(2, 3, 112, 149)
     text = F.normalize(torch.randn(5, model.config.projection_dim), dim=-1)
     options = {"slide_crop": crop, "slide_stride": 32, "slide_batch_size": 5, "window_padding": padding}
-    block = model.config.inference_options().of_stage("block")
+    resolved = model.config.inference_options(**options)
     boxes = modeling_naclip.sliding_windows(112, 149, crop, 32)
     windows = [(image, box) for image in range(2) for box in boxes]
     expected = torch.zeros(2, 5, 112, 149)
@@ -205,7 +205,7 @@ def test_windows_upsampled_one_at_a_time_equal_the_batch_upsampled_at_once(quick
         for start in range(0, len(windows), 5):
             chunk = windows[start : start + 5]
             batch = torch.stack([pixels[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
-            for (image, (a, b, c, d)), values in zip(chunk, model._encode_windows(batch, text, padding, {}, **block)):
+            for (image, (a, b, c, d)), values in zip(chunk, model._encode_windows(batch, text, resolved, {})):
                 expected[image, :, a:b, c:d] += values
     count = torch.zeros(112, 149)
     for a, b, c, d in boxes:

@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     shard_dir = parts / f"shard-{group.rank:05d}-of-{group.world_size:05d}"
     error = None
     if not (shard_dir / "dataset_info.json").is_file():
-        error = _label_shard(args, dataset, group, shard_dir, segmenter, label_set, short_side, metadata)
+        options = segmenter.options(short_side=short_side)  # the run's options, resolved once
+        error = _label_shard(args, dataset, group, shard_dir, segmenter, label_set, options, metadata)
     else:
         print(f"naclip label: shard {group.rank + 1} of {group.world_size} already done ({shard_dir}), skipped",
               file=sys.stderr)  # fmt: skip
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _label_shard(
     args: argparse.Namespace, dataset: Any, group: Any, shard_dir: Path, segmenter: Any, label_set: Any,
-    short_side: int, metadata: dict[str, Any],
+    options: Any, metadata: dict[str, Any],
 ) -> str | None:
     """Label this process's contiguous shard with `segmenter` (a `naclip_hf.segmenter.Segmenter`) and save it
     atomically in `shard_dir`; the error message, if any."""
@@ -213,7 +214,7 @@ def _label_shard(
     for row_index in range(len(shard)):
         try:
             image = shard[row_index][args.image_column]
-            result = segmenter.segment(image, label_set, short_side=short_side, return_probabilities=False)
+            result = segmenter.segment(image, label_set, options, return_probabilities=False)
         except (OSError, RuntimeError, ValueError) as error:
             bar.close()
             return f"row {_global_row(len(dataset), group, row_index)} of {args.dataset}: {error}"

@@ -210,8 +210,10 @@ def _run_context(
 
     recorded = {key: jsonable(getattr(segmenter.config, key)) for key in CONFIG_SETTINGS}
     recorded["short_side"] = segmenter.short_side if short_side is None else short_side
+    options = segmenter.options(short_side=recorded["short_side"])  # the run's options, resolved once
     return {"model": str(args.model), "dtype": segmenter.dtype, "preset": preset, "method": args.method,
-            "settings": recorded, "classes": [names[0] for names in label_set.classes], "segmenter": segmenter}
+            "settings": recorded, "classes": [names[0] for names in label_set.classes], "segmenter": segmenter,
+            "options": options}
 
 
 def _left_to_do(
@@ -292,7 +294,6 @@ def _segment_one(
         _report_failure(*failures[-1], progress)
         return 0
     keep_probabilities = args.scores or args.save_scores is not None
-    settings = context["settings"]
     needed = segmenter.peak_bytes(*image.shape[:2], label_set, keep_probabilities)
     problem = None if needed is None else memory_problem(needed)
     if problem is not None:
@@ -300,8 +301,7 @@ def _segment_one(
         _report_failure(*failures[-1], progress)
         return 0
     try:
-        result = segmenter.segment(image, label_set, short_side=settings["short_side"],
-                                   return_probabilities=keep_probabilities)  # fmt: skip
+        result = segmenter.segment(image, label_set, context["options"], return_probabilities=keep_probabilities)
         segmentation = narrow_segmentation(result.segmentation, len(label_set.classes))
     except (RuntimeError, ValueError) as error:
         failures.append((source, f"segmentation failed ({error})"))

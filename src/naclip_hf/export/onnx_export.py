@@ -38,7 +38,6 @@ from torch import nn
 
 from ..fileio import staged_directory
 from ..models.naclip.modeling_naclip import NACLIPForSemanticSegmentation, NACLIPVisionEmbeddings
-from ..models.naclip.options import names_of_stage
 from .layout import (
     CLASS_EMBEDDINGS_FILE,
     CLASSES_FILE,
@@ -175,11 +174,10 @@ class SegmentationGraph(nn.Module):
     def __init__(self, model: NACLIPForSemanticSegmentation) -> None:
         super().__init__()
         self.model = _graph_view(model)
-        options = model.config.inference_options()
-        self.block = {key: options[key] for key in names_of_stage("block")}
+        self.options = model.config.inference_options()
 
     def forward(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.encode_patches(pixel_values.to(self.model.dtype), **self.block).last_hidden_state
+        hidden = self.model.encode_patches(pixel_values.to(self.model.dtype), options=self.options).last_hidden_state
         return self.model._window_logits(hidden, text_embeds, pixel_values.shape[-2:]).float()
 
 

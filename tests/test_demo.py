@@ -570,7 +570,7 @@ def test_demo_command_runs_an_export_with_its_stored_settings(exported_demo, mon
 
     monkeypatch.setattr(app, "build_demo", lambda model, **kwargs: built.update(kwargs, model=model) or Served())
     assert main(["demo", "--model", str(out)]) == 0
-    assert built["method"] is None and built["model"] == str(out)
+    assert built["method"] is None and str(built["model"]) == str(out)
 
 
 def test_one_backend_class_for_checkpoints_and_exports(tiny_checkpoint, tiny_export):

@@ -115,8 +115,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "arch", "reduced", "str", "block",
         "last vision block: 'reduced' = its attention output only, no residual and no MLP (NACLIP); 'vanilla' = "
-        "the usual block with residuals and MLP",
-        choices=("reduced", "vanilla"),
+        "the usual block with residuals and MLP; or a name of the dense-method registry in dense_methods, which "
+        "replaces the last block and builds the patch tokens from the earlier blocks (attn_strategy is then "
+        "unused): 'scclip' (SC-CLIP), 'sfp' (SFP)",
     ),
     Setting(
         "attn_strategy", "naclip", "str", "block",
@@ -240,6 +241,14 @@ class MethodSettings(MutableMapping):
             "arch": "reduced", "attn_strategy": "qq", "slide_crop": 448, "slide_stride": 224,
             "window_padding": "centered", "logit_scale": 50.0, "prob_thd": 0.0, "pamr_steps": 0, "short_side": 448,
         },
+        "scclip": {
+            "arch": "scclip", "slide_crop": 224, "slide_stride": 112, "window_padding": "none", "logit_scale": 40.0,
+            "prob_thd": 0.0, "area_thd": 0.0, "pamr_steps": 0, "short_side": 336,
+        },
+        "sfp": {
+            "arch": "sfp", "slide_crop": 224, "slide_stride": 112, "window_padding": "none", "logit_scale": 40.0,
+            "prob_thd": 0.0, "area_thd": 0.0, "pamr_steps": 0, "short_side": 336,
+        },
     }  # fmt: skip
 
     def __init__(self) -> None:
@@ -316,7 +325,7 @@ def check_settings(values: Mapping[str, Any], context: Mapping[str, Any] | None 
             f"slide_stride={merged['slide_stride']} is larger than slide_crop={merged['slide_crop']}: pixels between "
             "windows would get no prediction; use slide_stride <= slide_crop."
         )
-    if merged["attn_strategy"] == "csa" and merged["arch"] != "vanilla":
+    if merged["attn_strategy"] == "csa" and merged["arch"] == "reduced":
         raise ValueError("attn_strategy='csa' (SCLIP) keeps the residual and MLP of the block; set arch='vanilla'.")
     return checked
 

@@ -26,7 +26,8 @@ def method_block(model, hidden_states, attentions, *, patch_grid, pixel_values, 
 - `settings`: the resolved settings of the call by name (a read-only mapping).
 
 It returns the patch tokens [B, rows*cols, width] (no CLS token) that replace the last block's output: the model
-applies `post_layernorm` and `visual_projection` to them. Every statistic is computed per window, so a batch of
+applies `post_layernorm` and `visual_projection` to them (in float32 when the tokens are float32, as SC-CLIP's and
+SFP's are: they compute in float32 whatever the model's dtype). Every statistic is computed per window, so a batch of
 windows gives the same tokens as one call per window.
 
 Layer indices: the official methods hard-code those of a 12-layer ViT-B/16. `layer_plan` keeps them for 12
@@ -96,8 +97,8 @@ def layer_plan(depth: int) -> LayerPlan:
 
 
 def block_output(hidden_states: Sequence[torch.Tensor], block: int) -> torch.Tensor:
-    """The output of `block` (0-based) [B, 1 + N, width], from `CLIPVisionModel`'s hidden states."""
-    return hidden_states[block + 1]
+    """The output of `block` (0-based) [B, 1 + N, width] in float32, from `CLIPVisionModel`'s hidden states."""
+    return hidden_states[block + 1].float()
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -195,6 +196,21 @@ def repair_outliers(tokens: torch.Tensor, outliers: torch.Tensor, patch_grid: tu
 
 
 # -------------------------------------------------------------------------------- the last layer, in parts
+# The methods compute in float32 whatever the model's dtype (their similarity thresholds, outlier statistics and
+# small class margins need it; it costs one layer's weights): the last layer's pieces run with float32 copies of
+# its weights (the weights themselves for a float32 model).
+def _layer_norm(module: nn.LayerNorm, tokens: torch.Tensor) -> torch.Tensor:
+    """`module` (a LayerNorm) applied in float32: [..., width] -> [..., width] float32."""
+    weight = None if module.weight is None else module.weight.float()
+    bias = None if module.bias is None else module.bias.float()
+    return F.layer_norm(tokens.float(), module.normalized_shape, weight, bias, module.eps)
+
+
+def _linear(module: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+    """`module` (a Linear) applied in float32."""
+    return F.linear(tokens.float(), module.weight.float(), None if module.bias is None else module.bias.float())
+
+
 def _heads(attention: nn.Module, projected: torch.Tensor) -> torch.Tensor:
     """[B, N, width] -> [B, heads, N, head_dim]."""
     return projected.view(*projected.shape[:-1], -1, attention.head_dim).transpose(1, 2)
@@ -203,7 +219,7 @@ def _heads(attention: nn.Module, projected: torch.Tensor) -> torch.Tensor:
 def _attend(attention: nn.Module, weights: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """out_proj(weights · value): weights [B, heads, N, N], value [B, heads, N, head_dim] -> [B, N, width]."""
     output = (weights.to(value.dtype) @ value).transpose(1, 2)
-    return attention.out_proj(output.reshape(*output.shape[:2], -1))
+    return _linear(attention.out_proj, output.reshape(*output.shape[:2], -1))
 
 
 def _self_softmax(attention: nn.Module, projected: torch.Tensor) -> torch.Tensor:
@@ -216,8 +232,9 @@ def scclip_attention(layer: nn.Module, tokens: torch.Tensor, prior: torch.Tensor
     """SC-CLIP's last attention on patch tokens [B, N, width] (no residual, no MLP): per head
     (softmax(prior) + softmax(s·k kᵀ)) / 2 with prior [B, 1, N, N] -> [B, N, width]."""
     attention = layer.self_attn
-    normed = layer.layer_norm1(tokens)
-    key, value = _heads(attention, attention.k_proj(normed)), _heads(attention, attention.v_proj(normed))
+    normed = _layer_norm(layer.layer_norm1, tokens)
+    key = _heads(attention, _linear(attention.k_proj, normed))
+    value = _heads(attention, _linear(attention.v_proj, normed))
     weights = (prior.softmax(dim=-1) + _self_softmax(attention, key)) / 2
     return _attend(attention, weights, value)
 
@@ -226,9 +243,10 @@ def sfp_attention(layer: nn.Module, tokens: torch.Tensor, prior: torch.Tensor) -
     """SFP's last attention on patch tokens [B, N, width]: per head (softmax(s·k kᵀ) + softmax(s·q qᵀ) +
     softmax(prior)) / 3 with prior [B, 1, N, N] -> [B, N, width]."""
     attention = layer.self_attn
-    normed = layer.layer_norm1(tokens)
-    query, key = _heads(attention, attention.q_proj(normed)), _heads(attention, attention.k_proj(normed))
-    value = _heads(attention, attention.v_proj(normed))
+    normed = _layer_norm(layer.layer_norm1, tokens)
+    query = _heads(attention, _linear(attention.q_proj, normed))
+    key = _heads(attention, _linear(attention.k_proj, normed))
+    value = _heads(attention, _linear(attention.v_proj, normed))
     weights = (_self_softmax(attention, key) + _self_softmax(attention, query) + prior.softmax(dim=-1)) / 3
     return _attend(attention, weights, value)
 
@@ -237,7 +255,7 @@ def prior_attention(layer: nn.Module, tokens: torch.Tensor, prior: torch.Tensor)
     """Attention by the similarity prior alone (SFP's multi-level branch): out_proj(softmax(prior) · v), tokens
     [B, N, width], prior [B, 1, N, N] -> [B, N, width]."""
     attention = layer.self_attn
-    value = _heads(attention, attention.v_proj(layer.layer_norm1(tokens)))
+    value = _heads(attention, _linear(attention.v_proj, _layer_norm(layer.layer_norm1, tokens)))
     return _attend(attention, prior.softmax(dim=-1).expand(-1, value.shape[1], -1, -1), value)
 
 

@@ -724,7 +724,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         """The dense method `options["arch"]` on windows [B, 3, H, W]: the layers before the last run through
         `CLIPVisionModel.forward` with their hidden states captured (and the attention weights the method reads,
         from eager attention in those layers); the method's patch tokens [B, gh*gw, width] come back as
-        `last_hidden_state`."""
+        `last_hidden_state` (float32 for SC-CLIP and SFP whatever the model's dtype)."""
         method = DENSE_METHODS[options["arch"]]
         depth = len(self.vision_model.encoder.layers)
         wanted = attention_layers(method, depth)
@@ -748,7 +748,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             text_embeds=text_embeds, settings=MappingProxyType(dict(options)),
         )  # fmt: skip
         return BaseModelOutput(
-            last_hidden_state=tokens.to(outputs.last_hidden_state.dtype),
+            last_hidden_state=tokens,
             hidden_states=outputs.hidden_states if output_hidden_states else None,
             attentions=recorded if output_attentions else None,
         )
@@ -781,7 +781,13 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         """Per-name logits [B, names, gh, gw] (float32) at patch resolution, from the last block's output
         [B, 1 + gh*gw, width] of windows of `size` (or a dense method's patch tokens [B, gh*gw, width])."""
         patch = self.config.vision_config.patch_size
-        features = self.visual_projection(self.vision_model.post_layernorm(hidden))
+        if hidden.dtype == self.visual_projection.weight.dtype:
+            features = self.visual_projection(self.vision_model.post_layernorm(hidden))
+        else:  # a dense method's float32 tokens, projected in float32
+            norm = self.vision_model.post_layernorm
+            normed = F.layer_norm(hidden.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(),
+                                  norm.eps)  # fmt: skip
+            features = F.linear(normed, self.visual_projection.weight.float())
         if features.shape[1] != (size[0] // patch) * (size[1] // patch):
             features = features[:, 1:]  # the CLS token
         # The similarity and its upsampling in float32 whatever the model's dtype: class margins are small.

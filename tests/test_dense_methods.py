@@ -362,3 +362,11 @@ def test_bfloat16(narrow_checkpoint, methods_golden, methods_manifest, case_id):
         labels[dtype] = logits[0].argmax(dim=0)
     equal = (labels[torch.float32] == labels[torch.bfloat16]).float().mean().item()
     assert equal >= 0.95, f"bfloat16 labels equal to float32 on only {equal:.2%}"
+
+
+def test_attention_maps_refuse_dense_methods(narrow_model):
+    from naclip_hf.attention_maps import check_methods
+
+    assert check_methods(narrow_model, ["sclip"]) == {"sclip": {"arch": "vanilla", "attn_strategy": "csa"}}
+    with pytest.raises(ValueError, match="Method 'sfp' replaces the last block"):
+        check_methods(narrow_model, ["naclip", "sfp"])

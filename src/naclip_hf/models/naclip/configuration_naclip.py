@@ -39,9 +39,10 @@ class NACLIPConfig(CLIPConfig):
     `attn_strategy`, `gaussian_std`), the architecture (`pos_embed_interpolation`), sliding windows, post-processing
     and text settings.
 
-    `method="sclip"` (a name of `options.MethodSettings`: naclip, clip, maskclip, sclip, clearclip) takes that
-    method's settings; settings given alongside override them (`NACLIPConfig(method="sclip", pamr_steps=10)`,
-    `from_pretrained(path, method="sclip")`). The method's name is not stored, only its settings.
+    `method="sclip"` (a name of `options.MethodSettings`: naclip, clip, maskclip, sclip, clearclip, scclip, sfp)
+    takes that method's settings; settings given alongside override them (`NACLIPConfig(method="sclip",
+    pamr_steps=10)`, `from_pretrained(path, method="sclip")`). The method's name is not stored, only its settings.
+    `arch="scclip"` / `"sfp"` (any name of `dense_methods.DENSE_METHODS`) replaces the last block by that method.
 
     Example:
 

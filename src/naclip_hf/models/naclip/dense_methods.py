@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils.generic import GeneralInterface
 
+from .options import BLOCK_ARCHS
+
 # The official constants of both methods.
 SIMILARITY_THRESHOLD = 0.4  # similarities below it are set to 0 (SC-CLIP's beta; SFP's hard-coded 0.4)
 PRIOR_SHARPNESS = 3.0  # the similarity prior is 3 · (S - mean(S)), negatives masked out
@@ -364,9 +366,6 @@ class DenseMethodInterface(GeneralInterface):
 
 # The registry the model reads.
 DENSE_METHODS = DenseMethodInterface()
-
-# The `arch` values that run the last layer as a block; every other `arch` names a dense method.
-BLOCK_ARCHS = ("reduced", "vanilla")
 
 
 def register_dense_method(name: str, function: Callable) -> None:

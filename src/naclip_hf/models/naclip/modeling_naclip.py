@@ -71,7 +71,10 @@ class NACLIPSemanticSegmenterOutput(ModelOutput):
             Attention maps of the vision layers, `(batch_size * num_windows, num_heads, tokens, tokens)` each, as
             `CLIPVisionModel` records them (with SDPA, transformers records none for CLIP's own layers).
             `attentions[-1]` is always NACLIP's last layer; for `csa` it is the sum of its two softmaxes (rows sum
-            to 2). Tokens are the CLS token, then the patches row by row.
+            to 2). Tokens are the CLS token, then the patches row by row. With a dense method (`arch="scclip"`,
+            ...) the last layer is not run as a block: the hidden states end with the layer before it, and the
+            attentions are those of the layers before it that ran eager attention (all with eager attention; with
+            SDPA only those the method reads).
 
     With sliding windows, the windows of image 0 come first (in `sliding_windows` order), then those of image 1.
     """
@@ -685,7 +688,8 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         Returns:
             `last_hidden_state` [B, 1 + gh*gw, width]: output of the last block, before post-layernorm (with a dense
             method `arch`: its patch tokens [B, gh*gw, width], no CLS token); and the `hidden_states` /
-            `attentions` asked for (with a dense method, those of the layers before the last).
+            `attentions` asked for (with a dense method, those of the layers before the last; attention weights
+            of every such layer with eager attention, with SDPA only of those the method reads).
         """
         options = self._call_options(kwargs, LAST_BLOCK_SETTINGS)
         patch = self.config.vision_config.patch_size
@@ -772,14 +776,20 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         check_arch(options["arch"])
         return options
 
-    def _window_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`."""
-        return F.interpolate(self._patch_logits(hidden, text_embeds, size), size=size, mode="bilinear",
+    def _window_logits(
+        self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int], cls_token: bool = True
+    ) -> torch.Tensor:
+        """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`
+        (`cls_token=False`: a dense method's patch tokens [B, gh*gw, width])."""
+        return F.interpolate(self._patch_logits(hidden, text_embeds, size, cls_token), size=size, mode="bilinear",
                              align_corners=False)  # fmt: skip
 
-    def _patch_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _patch_logits(
+        self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int], cls_token: bool = True
+    ) -> torch.Tensor:
         """Per-name logits [B, names, gh, gw] (float32) at patch resolution, from the last block's output
-        [B, 1 + gh*gw, width] of windows of `size` (or a dense method's patch tokens [B, gh*gw, width])."""
+        [B, 1 + gh*gw, width] of windows of `size` (`cls_token=False`: a dense method's patch tokens
+        [B, gh*gw, width])."""
         patch = self.config.vision_config.patch_size
         if hidden.dtype == self.visual_projection.weight.dtype:
             features = self.visual_projection(self.vision_model.post_layernorm(hidden))
@@ -788,8 +798,8 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             normed = F.layer_norm(hidden.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(),
                                   norm.eps)  # fmt: skip
             features = F.linear(normed, self.visual_projection.weight.float())
-        if features.shape[1] != (size[0] // patch) * (size[1] // patch):
-            features = features[:, 1:]  # the CLS token
+        if cls_token:
+            features = features[:, 1:]
         # The similarity and its upsampling in float32 whatever the model's dtype: class margins are small.
         features = F.normalize(features.float(), dim=-1)
         logits = (features @ text_embeds.float().T).transpose(1, 2)
@@ -825,10 +835,11 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         for name, value in outputs.items():
             value.append(getattr(encoded, name))
         size = tuple(windows.shape[-2:])
+        cls_token = not is_dense_method(block.get("arch", self.config.arch))
         if add is None:
-            logits = self._window_logits(encoded.last_hidden_state, text_embeds, size)
+            logits = self._window_logits(encoded.last_hidden_state, text_embeds, size, cls_token)
             return logits[:, :, top : top + height, left : left + width].float()
-        patch_logits = self._patch_logits(encoded.last_hidden_state, text_embeds, size)
+        patch_logits = self._patch_logits(encoded.last_hidden_state, text_embeds, size, cls_token)
         for index in range(len(patch_logits)):
             logits = F.interpolate(patch_logits[index : index + 1], size=size, mode="bilinear", align_corners=False)
             add(index, logits[0, :, top : top + height, left : left + width])

@@ -186,6 +186,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+# The `arch` values that run the last layer as a block; any other `arch` names a dense method (`dense_methods`).
+BLOCK_ARCHS = ("reduced", "vanilla")
+
 # What `slide_batch_size=0` runs per vision-tower call (see `window_batch_size`).
 WINDOW_BATCH = 16
 HALF_PRECISION_CPU_WINDOW_TOKENS = 600
@@ -331,7 +334,7 @@ def check_settings(values: Mapping[str, Any], context: Mapping[str, Any] | None 
 
 
 __all__ = [
-    "CONFIG_SETTINGS", "DEFAULTS", "DEFAULT_CHECKPOINT", "DEFAULT_URL_TIMEOUT", "FORWARD_OPTIONS",
+    "BLOCK_ARCHS", "CONFIG_SETTINGS", "DEFAULTS", "DEFAULT_CHECKPOINT", "DEFAULT_URL_TIMEOUT", "FORWARD_OPTIONS",
     "POST_PROCESSING_OPTIONS", "MethodSettings", "SETTINGS", "SETTINGS_BY_NAME", "STAGES", "Setting",
     "check_settings", "method_settings", "names_of_stage", "settings_typed_dict"
 ]

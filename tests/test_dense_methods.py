@@ -142,6 +142,27 @@ def test_pipeline_with_a_dense_method(narrow_checkpoint, methods_golden, methods
     assert segmenter.model.config.arch == "reduced"  # the call changed nothing shared
 
 
+@pytest.mark.parametrize("case_id", ["scclip_voc20_b", "scclip_voc21_p", "sfp_voc20_b", "sfp_voc21_p"])
+def test_outliers_equal_the_official_ones(narrow_model, methods_golden, methods_manifest, case_id):
+    """Per window, the LOF / SOM outliers are the patches the official code flags (recorded in the manifest)."""
+    case, _ = _case(methods_manifest, case_id)
+    image = methods_golden[f"{case['image']}/resized_{case['short_side']}"].permute(2, 0, 1).float()
+    mean = torch.tensor(methods_manifest["pixel_mean"])[:, None, None]
+    std = torch.tensor(methods_manifest["pixel_std"])[:, None, None]
+    windows = torch.stack([((image - mean) / std)[:, a:b, c:d] for a, b, c, d in case["windows"]])
+    with torch.no_grad():
+        encoded = narrow_model.encode_patches(windows, output_hidden_states=True, output_attentions=True,
+                                              arch=case["method"])  # fmt: skip
+    if case["method"] == "scclip":
+        outliers = lof_outliers(encoded.hidden_states[11][:, 1:])
+        expected = case["debug"]["lof_outliers"]
+    else:
+        outliers = som_outliers(encoded.attentions[0])
+        # The official pairs are (index // rows, index % rows): on these square 14×14 windows, row and column.
+        expected = [sorted(a * 14 + b for a, b in pairs) for pairs in case["debug"]["som_outliers_rowcol"]]
+    assert [row.nonzero().flatten().tolist() for row in outliers] == expected
+
+
 # ------------------------------------------------------------------------------------------- the registry
 def test_methods_and_their_settings():
     assert combine_settings("voc21", "scclip") | {} == {

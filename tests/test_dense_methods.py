@@ -340,6 +340,14 @@ def test_lof_with_few_tokens_and_without_outliers(narrow_model, methods_golden):
     assert torch.isfinite(logits).all()
 
 
+def test_som_with_few_or_no_salient_patches():
+    attention = torch.full((2, 2, 10, 10), 0.05)
+    attention[:, :, range(10), range(10)] = 0.5  # every patch attends to itself more than the CLS token to it
+    attention[1, :, 0, 1:4] = 0.9  # window 1: three salient patches, fewer than ten
+    outliers = som_outliers(attention)
+    assert outliers[0].sum() == 0 and outliers[1].nonzero().flatten().tolist() == [0, 1, 2]
+
+
 # ---------------------------------------------------------------------------------------- depth and precision
 def test_layer_plan_by_depth():
     official = layer_plan(12)

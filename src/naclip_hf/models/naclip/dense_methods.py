@@ -19,8 +19,9 @@ def method_block(model, hidden_states, attentions, *, patch_grid, pixel_values, 
 - `model`: the `NACLIPForSemanticSegmentation` (`model.vision_model.encoder.layers[-1]` is CLIP's last layer);
 - `hidden_states`: as `CLIPVisionModel` returns them with `output_hidden_states`: index 0 the input of block 0
   (after the pre-LayerNorm), index k + 1 the output of block k, for blocks 0 … L-2, each [B, 1 + rows*cols, width];
-- `attentions`: one entry per block 0 … L-2, the weights [B, heads, T, T] of the blocks the method reads
-  (`reads_attentions`), None for the others;
+- `attentions`: one entry per block 0 … L-2: the weights [B, heads, T, T] of the blocks the method declares with
+  `@reads_attentions(...)` (every block if it declares none); the other entries are None, unless the model runs
+  eager attention everywhere (then every block's weights are there);
 - `patch_grid`: (rows, cols); `pixel_values`: the windows [B, 3, h, w] (normalised); `text_embeds`: the
   normalised name embeddings [names, projection_dim] (or None when the caller has none);
 - `settings`: the resolved settings of the call by name (a read-only mapping).
@@ -393,8 +394,10 @@ def attention_layers(function: Callable, depth: int) -> tuple[int, ...]:
     """The blocks whose attention weights `function` reads (its `reads_attentions` declaration; all blocks before
     the last when it declares none), sorted."""
     declared = getattr(function, "attention_layers", None)
-    layers = range(depth - 1) if declared is None else declared(depth)
-    return tuple(sorted({int(layer) for layer in layers}))
+    layers = tuple(sorted({int(layer) for layer in (range(depth - 1) if declared is None else declared(depth))}))
+    if layers and not 0 <= layers[0] <= layers[-1] < depth - 1:
+        raise ValueError(f"A dense method may read the attention of blocks 0 … {depth - 2}, not {list(layers)}.")
+    return layers
 
 
 __all__ = [

@@ -81,8 +81,10 @@ def layer_plan(depth: int) -> LayerPlan:
     """The blocks read by SC-CLIP and SFP in a vision tower of `depth` layers.
 
     For 12 layers these are the official indices (outliers 10, pre 8, post 3, multi 3 … 9). For another depth
-    each official index k becomes round(k · depth / 12) (halves up), at most depth - 2: ViT-L/14's 24 layers give
-    outliers 22, pre 16, post 6, multi 6 … 19. The official code has no other depth (its indices are fixed).
+    each official index k becomes round(k · depth / 12) (halves up), at most depth - 2, and the outliers come from
+    the last block run: ViT-L/14's 24 layers give outliers 22, pre 16, post 6, multi 6 … 19, i.e. the same
+    relative depths as in ViT-B/16. (Run on another depth, the official code keeps its absolute indices 8, 3 and
+    3 … 9 — SFP hard-codes them, SC-CLIP's configs give no others — with the outliers at depth - 2.)
 
     >>> layer_plan(12)
     LayerPlan(outliers=10, pre=8, post=3, multi=range(3, 10))

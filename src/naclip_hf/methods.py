@@ -360,8 +360,8 @@ for _method in (
     ),  # fmt: skip
     Method(
         "scclip", "SC-CLIP",
-        "last block replaced: LOF outlier tokens repaired, tokens aggregated by intermediate-layer similarities, "
-        "similarity-prior attention and a multi-level branch (no residual, no MLP)",
+        "last block replaced: LOF outlier tokens repaired, intermediate-layer similarities as aggregation and "
+        "attention prior, multi-level fusion",
         settings=_BUILT_IN["scclip"],
         # The official configs (configs/cfg_*.py); the others use the defaults (short side 336, no threshold).
         benchmark_settings={
@@ -381,8 +381,8 @@ for _method in (
     ),  # fmt: skip
     Method(
         "sfp", "SFP",
-        "last block replaced: outlier tokens the CLS token over-attends repaired, tokens aggregated by "
-        "intermediate-layer similarities, attention mixing key, query and similarity prior, multi-level branch",
+        "last block replaced: outlier tokens the CLS token over-attends repaired, key-key, query-query and "
+        "similarity-prior attention, multi-level fusion",
         settings=_BUILT_IN["sfp"],
         # The official configs (SFP_ICCV/configs/cfg_*.py, ViT-B/16 values).
         benchmark_settings={

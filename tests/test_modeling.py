@@ -181,7 +181,6 @@ def test_image_smaller_than_one_patch():
 @pytest.mark.parametrize(
     "settings,message",
     [
-        ({"arch": "full"}, "arch='full' is invalid: it must be one of reduced, vanilla"),
         ({"attn_strategy": "csa", "arch": "reduced"}, "set arch='vanilla'"),
         ({"gaussian_std": 0.0}, "gaussian_std=0.0 is invalid: it must be a number > 0"),
         ({"attn_strategy": "nonly", "gaussian_std": -1.0}, "gaussian_std=-1.0 is invalid"),
@@ -208,6 +207,9 @@ def test_unknown_attention_strategy_is_refused_when_the_model_is_built():
     # The registry lives with the model (the configuration module imports no modeling code).
     with pytest.raises(ValueError, match="attn_strategy='bogus' is invalid: it must be one of naclip, gav"):
         tiny_model(attn_strategy="bogus")
+    # `arch` is a block architecture or a name of the dense-method registry, checked alike.
+    with pytest.raises(ValueError, match="arch='full' is invalid: it must be one of reduced, vanilla, scclip, sfp"):
+        tiny_model(arch="full")
 
 
 def test_invalid_settings_are_refused_at_load_and_per_call(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 
 from .methods import Method, get_method
 from .models.naclip.image_io import load_image
-from .models.naclip.options import names_of_stage
+from .models.naclip.options import BLOCK_ARCHS, names_of_stage
 
 
 @dataclass
@@ -58,9 +58,14 @@ def check_methods(
     for method in methods:
         method = get_method(method)
         try:
-            model.config.inference_options(**block_settings(method, overrides))
+            arch = model.config.inference_options(**block_settings(method, overrides)).arch
         except ValueError as error:
             raise ValueError(f"Method {method.name!r}: {error}") from None
+        if arch not in BLOCK_ARCHS:
+            raise ValueError(
+                f"Method {method.name!r} replaces the last block (arch={arch!r}) with no attention map of its own to "
+                "show; compare methods whose last block runs as a block."
+            )
         settings[method.name] = block_settings(method, overrides)
     return settings
 

@@ -37,10 +37,12 @@ class NACLIPConfig(CLIPConfig):
     `attn_strategy`, `gaussian_std`), the architecture (`pos_embed_interpolation`), sliding windows, post-processing
     and text settings.
 
-    `method="sclip"` (a name of `options.MethodSettings`: naclip, clip, maskclip, sclip, clearclip) takes that
-    method's settings; settings given alongside override them (`NACLIPConfig(method="sclip", pamr_steps=10)`,
-    `from_pretrained(path, method="sclip")`). The config keeps the method's name (`config.method`), which also
-    gives the method's own image size (`short_side`) where the processing is resolved (`inference_options`).
+    `method="sclip"` (a name of `options.MethodSettings`: naclip, clip, maskclip, sclip, clearclip, scclip, sfp)
+    takes that method's settings; settings given alongside override them (`NACLIPConfig(method="sclip",
+    pamr_steps=10)`, `from_pretrained(path, method="sclip")`). The config keeps the method's name
+    (`config.method`), which also gives the method's own image size (`short_side`) where a call's options are
+    resolved (`inference_options`). `arch="scclip"` / `"sfp"` (any name of `dense_methods.DENSE_METHODS`) replaces
+    the last block by that method.
 
     Example:
 

@@ -8,6 +8,11 @@ Everything but the last vision encoder layer is transformers' CLIP, under the sa
 - `NACLIPVisionEncoder`: CLIP's encoder loop, handing the last block's per-call settings to the last layer only;
 - `NACLIPAttention`: the last layer's attention weights, chosen from `NACLIPAttentionInterface`;
 - `NACLIPEncoderLayer`: the last layer run as the `reduced` block (attention output only) or the usual one.
+
+With `arch` naming a dense method (`dense_methods.DENSE_METHODS`: SC-CLIP, SFP, ...), the last layer is not run
+as a block: the layers before it run through `CLIPVisionModel.forward`, which captures their hidden states (and the
+attention weights the method reads, from eager attention in those layers), and the method makes the final patch
+tokens from them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +43,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import GeneralInterface, can_return_tuple
 
 from .configuration_naclip import NACLIPConfig
+from .dense_methods import DENSE_METHODS, attention_layers, check_arch, is_dense_method
 from .image_utils import sliding_windows, window_tokens  # torch-free: shared with the ONNX runtime
 from .options import (
     CALL_OPTIONS,
@@ -73,7 +80,10 @@ class NACLIPSemanticSegmenterOutput(ModelOutput):
             Attention maps of the vision layers, `(batch_size * num_windows, num_heads, tokens, tokens)` each, as
             `CLIPVisionModel` records them (with SDPA, transformers records none for CLIP's own layers).
             `attentions[-1]` is always NACLIP's last layer; for `csa` it is the sum of its two softmaxes (rows sum
-            to 2). Tokens are the CLS token, then the patches row by row.
+            to 2). Tokens are the CLS token, then the patches row by row. With a dense method (`arch="scclip"`,
+            ...) the last layer is not run as a block: the hidden states end with the layer before it, and the
+            attentions are those of the layers before it that ran eager attention (all with eager attention; with
+            SDPA only those the method reads).
 
         options (`NACLIPInferenceOptions`):
             The options this call ran with (the config's, the call's method and keywords on top): post-processing
@@ -334,6 +344,31 @@ class NACLIPAttention(CLIPAttention):
         return self.out_proj(output), weights
 
 
+class CLIPAttentionWithWeights(CLIPAttention):
+    """CLIP's attention (same parameters, same computation) for the layers before the last. A call with
+    `eager_attention=True` runs transformers' eager attention whatever `config._attn_implementation` says, so that
+    it returns its weights (which `output_attentions` then records): the dense methods read some layers' weights
+    without making every layer eager. Other calls are `CLIPAttention.forward` itself."""
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, eager_attention: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, T, D] -> (output [B, T, D], weights [B, heads, T, T] or None)."""
+        if not eager_attention:
+            return super().forward(hidden_states, attention_mask, **kwargs)
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        dropout = self.dropout if self.training else 0.0
+        output, weights = eager_attention_forward(
+            self, query, key, value, attention_mask, scaling=self.scale, dropout=dropout
+        )  # fmt: skip
+        output = output.reshape(*hidden_states.shape[:-1], -1).contiguous()
+        return self.out_proj(output), weights
+
+
 class NACLIPEncoderLayer(CLIPEncoderLayer):
     """The last CLIP vision encoder layer, run as NACLIP's `reduced` block or the usual `vanilla` one."""
 
@@ -360,20 +395,32 @@ class NACLIPVisionEncoder(CLIPEncoder):
 
     def __init__(self, config) -> None:
         super().__init__(config)
+        for layer in self.layers[:-1]:
+            layer.self_attn = CLIPAttentionWithWeights(config)
         self.layers[-1] = NACLIPEncoderLayer(config)
 
     def forward(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutput:
-        """inputs_embeds [B, T, D] -> `last_hidden_state` [B, T, D], the last block's output."""
+        """inputs_embeds [B, T, D] -> `last_hidden_state` [B, T, D], the last block's output.
+
+        With `arch` naming a dense method the last layer is not run: `last_hidden_state` is then the output of the
+        layer before it, and the layers listed in `eager_attention_layers` run eager attention (their weights are
+        recorded with `output_attentions`)."""
         last_block = {name: kwargs.pop(name) for name in (*LAST_BLOCK_SETTINGS, "patch_grid")}
+        eager_layers = kwargs.pop("eager_attention_layers", ())
         clip_kwargs = dict(kwargs)
         if self.config._attn_implementation not in (None, "eager"):
             # Those kernels return no weights (and say so); NACLIP's last layer computes its own.
             clip_kwargs.pop("output_attentions", None)
         hidden_states = inputs_embeds
-        for layer in self.layers[:-1]:
-            hidden_states = layer(hidden_states, attention_mask, **clip_kwargs)
+        for index, layer in enumerate(self.layers[:-1]):
+            if index in eager_layers:
+                hidden_states = layer(hidden_states, attention_mask, eager_attention=True, **clip_kwargs)
+            else:
+                hidden_states = layer(hidden_states, attention_mask, **clip_kwargs)
+        if is_dense_method(last_block["arch"]):
+            return BaseModelOutput(last_hidden_state=hidden_states)
         hidden_states = self.layers[-1](hidden_states, attention_mask, **last_block, **kwargs)
         return BaseModelOutput(last_hidden_state=hidden_states)
 
@@ -427,7 +474,9 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.vision_model.embeddings = NACLIPVisionEmbeddings(vision_config, config)
         self.vision_model.encoder = NACLIPVisionEncoder(vision_config)
-        check_attention_strategy(config.check_naclip_settings()["attn_strategy"])
+        settings = config.check_naclip_settings()
+        check_attention_strategy(settings["attn_strategy"])
+        check_arch(settings["arch"])
         self.post_init()
 
     # ----------------------------------------------------------------------------------------------- text
@@ -641,6 +690,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         options: NACLIPInferenceOptions | None = None,
+        text_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[NACLIPForwardKwargs],
     ) -> BaseModelOutput:
         """Run the vision tower (`CLIPVisionModel.forward`) with NACLIP's last layer.
@@ -649,11 +699,14 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             pixel_values: [B, 3, H, W]; H and W need not be multiples of the patch size (the remainder is
                 dropped, as a strided convolution does).
             output_attentions, output_hidden_states: as for `CLIPVisionModel`.
+            text_embeds: the normalised name embeddings [names, projection_dim], for dense methods that read them.
             options: this call's resolved options (`forward` passes its own); or
             kwargs: the last block for this call (`arch`, `attn_strategy`, `gaussian_std`; default: the config's).
         Returns:
-            `last_hidden_state` [B, 1 + gh*gw, width]: output of the last block, before post-layernorm; and the
-            `hidden_states` / `attentions` asked for.
+            `last_hidden_state` [B, 1 + gh*gw, width]: output of the last block, before post-layernorm (with a dense
+            method `arch`: its patch tokens [B, gh*gw, width], no CLS token); and the `hidden_states` /
+            `attentions` asked for (with a dense method, those of the layers before the last; attention weights
+            of every such layer with eager attention, with SDPA only of those the method reads).
         """
         if options is None:
             options = self.resolve_options(kwargs, LAST_BLOCK_SETTINGS)
@@ -664,6 +717,9 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
                 f"Input of {tuple(pixel_values.shape[-2:])} pixels is smaller than one {patch}×{patch} patch; "
                 "use a larger image (or a larger short_side)."
             )
+        if is_dense_method(options.arch):
+            return self._encode_dense(pixel_values, grid, options, text_embeds, output_attentions,
+                                      output_hidden_states)  # fmt: skip
         outputs = self.vision_model(
             pixel_values=pixel_values,
             interpolate_pos_encoding=True,
@@ -676,6 +732,47 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             last_hidden_state=outputs.last_hidden_state,
             hidden_states=outputs.hidden_states if output_hidden_states else None,
             attentions=outputs.attentions if output_attentions else None,
+        )
+
+    def _encode_dense(
+        self,
+        pixel_values: torch.Tensor,
+        grid: tuple[int, int],
+        options: NACLIPInferenceOptions,
+        text_embeds: torch.Tensor | None,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> BaseModelOutput:
+        """The dense method `options.arch` on windows [B, 3, H, W]: the layers before the last run through
+        `CLIPVisionModel.forward` with their hidden states captured (and the attention weights the method reads,
+        from eager attention in those layers); the method's patch tokens [B, gh*gw, width] come back as
+        `last_hidden_state` (float32 for SC-CLIP and SFP whatever the model's dtype)."""
+        method = DENSE_METHODS[options.arch]
+        depth = len(self.vision_model.encoder.layers)
+        wanted = attention_layers(method, depth)
+        outputs = self.vision_model(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=True,
+            output_attentions=bool(output_attentions or wanted),
+            output_hidden_states=True,
+            patch_grid=grid,
+            eager_attention_layers=wanted,
+            **options.of_stage("block"),
+        )
+        recorded = tuple(outputs.attentions or ())
+        eager = self.config._attn_implementation in (None, "eager")
+        layers = range(depth - 1) if eager and (output_attentions or wanted) else wanted
+        attentions: list[torch.Tensor | None] = [None] * (depth - 1)
+        for layer, weights in zip(layers, recorded, strict=True):
+            attentions[layer] = weights
+        tokens = method(
+            self, outputs.hidden_states, tuple(attentions), patch_grid=grid, pixel_values=pixel_values,
+            text_embeds=text_embeds, settings=MappingProxyType(options.to_dict()),
+        )  # fmt: skip
+        return BaseModelOutput(
+            last_hidden_state=tokens,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=recorded if output_attentions else None,
         )
 
     def resolve_options(
@@ -695,20 +792,35 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         elif call:
             options = resolve_options(options.to_dict(), call)
         check_attention_strategy(options.attn_strategy)
+        check_arch(options.arch)
         return options
 
-    def _window_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`."""
-        return F.interpolate(self._patch_logits(hidden, text_embeds, size), size=size, mode="bilinear",
+    def _window_logits(
+        self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int], cls_token: bool = True
+    ) -> torch.Tensor:
+        """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`
+        (`cls_token=False`: a dense method's patch tokens [B, gh*gw, width])."""
+        return F.interpolate(self._patch_logits(hidden, text_embeds, size, cls_token), size=size, mode="bilinear",
                              align_corners=False)  # fmt: skip
 
-    def _patch_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _patch_logits(
+        self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int], cls_token: bool = True
+    ) -> torch.Tensor:
         """Per-name logits [B, names, gh, gw] (float32) at patch resolution, from the last block's output
-        [B, 1 + gh*gw, width] of windows of `size`."""
-        features = self.visual_projection(self.vision_model.post_layernorm(hidden))[:, 1:]
+        [B, 1 + gh*gw, width] of windows of `size` (`cls_token=False`: a dense method's patch tokens
+        [B, gh*gw, width])."""
+        patch = self.config.vision_config.patch_size
+        if hidden.dtype == self.visual_projection.weight.dtype:
+            features = self.visual_projection(self.vision_model.post_layernorm(hidden))
+        else:  # a dense method's float32 tokens, projected in float32
+            norm = self.vision_model.post_layernorm
+            normed = F.layer_norm(hidden.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(),
+                                  norm.eps)  # fmt: skip
+            features = F.linear(normed, self.visual_projection.weight.float())
+        if cls_token:
+            features = features[:, 1:]
         # The similarity and its upsampling in float32 whatever the model's dtype: class margins are small.
         features = F.normalize(features.float(), dim=-1)
-        patch = self.config.vision_config.patch_size
         logits = (features @ text_embeds.float().T).transpose(1, 2)
         return logits.reshape(logits.shape[0], -1, size[0] // patch, size[1] // patch)
 
@@ -736,15 +848,16 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             windows = F.pad(windows, (left, pad_w - left, top, pad_h - top))
         encoded = self.encode_patches(
             windows, output_attentions="attentions" in outputs, output_hidden_states="hidden_states" in outputs,
-            options=options,
+            options=options, text_embeds=text_embeds,
         )  # fmt: skip
         for name, value in outputs.items():
             value.append(getattr(encoded, name))
         size = tuple(windows.shape[-2:])
+        cls_token = not is_dense_method(options.arch)
         if add is None:
-            logits = self._window_logits(encoded.last_hidden_state, text_embeds, size)
+            logits = self._window_logits(encoded.last_hidden_state, text_embeds, size, cls_token)
             return logits[:, :, top : top + height, left : left + width].float()
-        patch_logits = self._patch_logits(encoded.last_hidden_state, text_embeds, size)
+        patch_logits = self._patch_logits(encoded.last_hidden_state, text_embeds, size, cls_token)
         for index in range(len(patch_logits)):
             logits = F.interpolate(patch_logits[index : index + 1], size=size, mode="bilinear", align_corners=False)
             add(index, logits[0, :, top : top + height, left : left + width])

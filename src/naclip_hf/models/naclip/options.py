@@ -115,8 +115,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "arch", "reduced", "str", "block",
         "last vision block: 'reduced' = its attention output only, no residual and no MLP (NACLIP); 'vanilla' = "
-        "the usual block with residuals and MLP",
-        choices=("reduced", "vanilla"),
+        "the usual block with residuals and MLP; or a name of the dense-method registry in dense_methods, which "
+        "replaces the last block and builds the patch tokens from the earlier blocks (attn_strategy is then "
+        "unused): 'scclip' (SC-CLIP), 'sfp' (SFP)",
     ),
     Setting(
         "attn_strategy", "naclip", "str", "block",
@@ -185,6 +186,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+# The `arch` values that run the last layer as a block; any other `arch` names a dense method (`dense_methods`).
+BLOCK_ARCHS = ("reduced", "vanilla")
+
 # What `slide_batch_size=0` runs per vision-tower call (see `window_batch_size`).
 WINDOW_BATCH = 16
 HALF_PRECISION_CPU_WINDOW_TOKENS = 600
@@ -239,6 +243,14 @@ class MethodSettings(MutableMapping):
         "clearclip": {
             "arch": "reduced", "attn_strategy": "qq", "slide_crop": 448, "slide_stride": 224,
             "window_padding": "centered", "logit_scale": 50.0, "prob_thd": 0.0, "pamr_steps": 0, "short_side": 448,
+        },
+        "scclip": {
+            "arch": "scclip", "slide_crop": 224, "slide_stride": 112, "window_padding": "none", "logit_scale": 40.0,
+            "prob_thd": 0.0, "area_thd": 0.0, "pamr_steps": 0, "short_side": 336,
+        },
+        "sfp": {
+            "arch": "sfp", "slide_crop": 224, "slide_stride": 112, "window_padding": "none", "logit_scale": 40.0,
+            "prob_thd": 0.0, "area_thd": 0.0, "pamr_steps": 0, "short_side": 336,
         },
     }  # fmt: skip
 
@@ -393,14 +405,14 @@ def check_settings(values: Mapping[str, Any], context: Mapping[str, Any] | None 
             f"slide_stride={merged['slide_stride']} is larger than slide_crop={merged['slide_crop']}: pixels between "
             "windows would get no prediction; use slide_stride <= slide_crop."
         )
-    if merged["attn_strategy"] == "csa" and merged["arch"] != "vanilla":
+    if merged["attn_strategy"] == "csa" and merged["arch"] == "reduced":
         raise ValueError("attn_strategy='csa' (SCLIP) keeps the residual and MLP of the block; set arch='vanilla'.")
     return checked
 
 
 __all__ = [
-    "CALL_OPTIONS", "CONFIG_SETTINGS", "DEFAULTS", "DEFAULT_CHECKPOINT", "DEFAULT_URL_TIMEOUT", "FORWARD_OPTIONS",
-    "POST_PROCESSING_OPTIONS", "MethodSettings", "NACLIPInferenceOptions", "SETTINGS", "SETTINGS_BY_NAME", "STAGES",
-    "Setting",
-    "check_settings", "method_settings", "names_of_stage", "resolve_options", "settings_typed_dict"
+    "BLOCK_ARCHS", "CALL_OPTIONS", "CONFIG_SETTINGS", "DEFAULTS", "DEFAULT_CHECKPOINT", "DEFAULT_URL_TIMEOUT",
+    "FORWARD_OPTIONS", "POST_PROCESSING_OPTIONS", "MethodSettings", "NACLIPInferenceOptions", "SETTINGS",
+    "SETTINGS_BY_NAME", "STAGES", "Setting", "check_settings", "method_settings", "names_of_stage", "resolve_options",
+    "settings_typed_dict"
 ]

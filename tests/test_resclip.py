@@ -162,12 +162,12 @@ def test_case_matches_official(narrow_model, methods_golden, methods_manifest, c
 
 def test_windows_in_one_call_equal_one_call_each(narrow_model, methods_golden, methods_manifest, monkeypatch):
     """Two windows of one call give the tokens and SFR labels of two single-window calls (every statistic of SFR,
-    its labels and the maximum of its affinity, is per window)."""
+    its labels and the maximum of its affinity, is per window). Windows of 112×160 pixels: a 7×10 patch grid."""
     case = next(case for case in methods_manifest["cases"] if case["id"] == "resclip_context59_p")
     settings = case_settings(narrow_model, case)
     text_embeds = methods_golden["text/query_features"]
     pixel_values = normalised_input(methods_golden, methods_manifest, case)
-    windows = torch.cat([pixel_values[:, :, a:b, c:d] for a, b, c, d in case["windows"][:2]])
+    windows = torch.cat([pixel_values[:, :, a : a + 112, c : c + 160] for a, c in ((0, 0), (200, 120))])
     labels: list[torch.Tensor] = []
     original = resclip.sfr_patch_labels
     monkeypatch.setattr(resclip, "sfr_patch_labels", lambda *a, **k: labels.append(original(*a, **k)) or labels[-1])

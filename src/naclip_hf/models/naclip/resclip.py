@@ -127,7 +127,7 @@ def sfr_connectivity(labels: torch.Tensor) -> torch.Tensor:
     coords = _patch_coordinates(rows, cols, device)
     t = torch.linspace(0, 1, reach + 1, device=device)[None, None, :, None]  # [1, 1, T + 1, 1]
     steps = chebyshev_steps(rows, cols, device)
-    considered = torch.arange(reach + 1, device=device)[None, None, :] <= steps[:, :, None]  # [N, N, T + 1]
+    k = torch.arange(reach + 1, device=device)
     flat = labels.reshape(-1)
     connected = torch.empty((count, count), dtype=torch.bool, device=device)
     chunk = max(1, CONNECTIVITY_CHUNK_BYTES // (count * (reach + 1) * 2 * 8))
@@ -136,7 +136,8 @@ def sfr_connectivity(labels: torch.Tensor) -> torch.Tensor:
         end = coords[None, :, None, :]  # [1, N, 1, 2]
         points = (start * (1 - t) + end * t).round().long()  # [S, N, T + 1, 2]
         values = labels[points[..., 0], points[..., 1]]
-        same = (values == flat[first : first + chunk, None, None]) | ~considered[first : first + chunk]
+        considered = k <= steps[first : first + chunk, :, None]  # [S, N, T + 1]: k <= steps(i, j)
+        same = (values == flat[first : first + chunk, None, None]) | ~considered
         connected[first : first + chunk] = same.all(dim=-1)
     return connected
 

@@ -91,8 +91,8 @@ def sfr_patch_labels(probabilities: torch.Tensor, patch_size: int, temp_thd: flo
     """
     batch, names, height, width = probabilities.shape
     rows, cols = height // patch_size, width // patch_size
-    best, labels = probabilities.max(dim=1)  # first maximum, as argmax
-    labels = labels.masked_fill(best < temp_thd, 0)[:, : rows * patch_size, : cols * patch_size]
+    labels = probabilities.argmax(dim=1)  # the first maximum
+    labels = labels.masked_fill(probabilities.amax(dim=1) < temp_thd, 0)[:, : rows * patch_size, : cols * patch_size]
     blocks = labels.reshape(batch, rows, patch_size, cols, patch_size).transpose(2, 3)
     blocks = blocks.reshape(batch, rows * cols, patch_size * patch_size)
     counts = torch.zeros((batch, rows * cols, names), dtype=torch.long, device=labels.device)

@@ -278,6 +278,15 @@ def test_patch_labels_threshold_and_ties():
     assert labels.tolist() == [[[0, 1, 2]]]
 
 
+def test_missing_attention_weights_are_refused(narrow_model):
+    hidden = tuple(torch.zeros(1, 197, 128) for _ in range(13))
+    with pytest.raises(ValueError, match="eager"):
+        resclip.resclip_block(
+            narrow_model, hidden, (), patch_grid=(14, 14), pixel_values=torch.zeros(1, 3, 224, 224),
+            text_embeds=torch.zeros(2, 64), settings=narrow_model.config.inference_options(),
+        )  # fmt: skip
+
+
 def test_rcs_layers_relative_to_depth():
     assert resclip.rcs_layer_indices(12) == (5, 6, 7, 8)
     assert resclip.rcs_layer_indices(24) == tuple(range(10, 18))

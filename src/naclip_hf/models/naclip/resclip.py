@@ -290,7 +290,13 @@ def resclip_block(
     if block_input.shape[1] != 1 + rows * cols:
         raise ValueError(f"{block_input.shape[1]} tokens do not fit a {rows}×{cols} patch grid plus CLS.")
     std = float(settings["gaussian_std"])
-    average = rcs_attention(attentions, rcs_layer_indices(len(layers)))
+    chosen = rcs_layer_indices(len(layers))
+    if not attentions or len(attentions) <= max(chosen) or any(attentions[i] is None for i in chosen):
+        raise ValueError(
+            "ResCLIP needs the attention weights of the vision blocks: run the tower with output_attentions=True "
+            'and eager attention (attn_implementation="eager"; SDPA returns none).'
+        )
+    average = rcs_attention(attentions, chosen)
     rcs = (average, *_weights(settings["attn_rcs_weights"], "attn_rcs_weights"))
     tokens = resclip_attention(layers[-1], block_input, (rows, cols), std, rcs, None)
     if settings["use_sfr"]:

@@ -81,7 +81,9 @@ def test_the_last_block_settings_are_named_together_only_in_options():
     from naclip_hf.models.naclip.options import names_of_stage
 
     block = set(names_of_stage("block"))
-    assert block == {"arch", "attn_strategy", "gaussian_std"}
+    assert block == {
+        "arch", "attn_strategy", "gaussian_std", "temp_thd", "attn_rcs_weights", "attn_sfr_weights", "use_sfr",
+    }  # fmt: skip
     offenders = []
     for path in source_files():
         if path == MODEL_PACKAGE / "options.py":

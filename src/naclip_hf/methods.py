@@ -388,6 +388,32 @@ for _method in (
                             {"voc21": 61.4}),
         ),
     ),  # fmt: skip
+    Method(
+        "resclip", "ResCLIP",
+        "NACLIP's last block blended with the mid-layer attention (RCS) and, in a second pass, with an affinity of "
+        "the first pass's labels (SFR)",
+        settings=_BUILT_IN["resclip"],
+        # The official configs (configs/cfg_*.py); the defaults above are cfg_context59.py's.
+        benchmark_settings={
+            "voc21": {"slide_crop": 0, "prob_thd": 0.1, "temp_thd": 0.5, "attn_rcs_weights": (2.0, 0.3),
+                      "attn_sfr_weights": (2.2, 0.7)},
+            "context60": {"prob_thd": 0.1, "temp_thd": 0.3, "attn_rcs_weights": (2.0, 0.3)},
+            "coco_object": {"prob_thd": 0.1, "temp_thd": 0.11},
+            "voc20": {"slide_crop": 0, "temp_thd": 0.1, "attn_rcs_weights": (2.0, 0.6),
+                      "attn_sfr_weights": (2.1, 0.6)},
+            "cityscapes": {"short_side": 560, "temp_thd": 0.1, "attn_rcs_weights": (2.0, 0.2),
+                           "attn_sfr_weights": (2.1, 0.6)},
+            "ade20k": {"attn_rcs_weights": (2.0, 0.3), "attn_sfr_weights": (2.1, 0.7)},
+            "coco_stuff": {"temp_thd": 0.11},
+        },
+        paper="Yang, Deng, Li and Duan, ResCLIP: Residual Attention for Training-free Dense Vision-language "
+        "Inference, CVPR 2025",
+        code_url="https://github.com/yvhangyang/ResCLIP",
+        published=(
+            PublishedResult("ResCLIP's README, main results figure (NACLIP + ResCLIP, ViT-B/16)", False,
+                            _row(61.1, 33.5, 35.0, 86.0, 35.9, 36.8, 18.0, 24.7)),
+        ),
+    ),  # fmt: skip
 ):
     register_method(_method)
 del _method

@@ -75,10 +75,15 @@ def _convert(setting: Setting, text: str, pair: str) -> Any:
             return int(text)
         if setting.kind == "float":
             return float(text)
-        if setting.kind == "int_list":
-            return [int(part) for part in text.replace(" ", "").split(",") if part]
+        if setting.kind in ("int_list", "float_list"):
+            convert = int if setting.kind == "int_list" else float
+            return [convert(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
         raise error from None
+    if setting.kind == "bool":
+        if text.lower() not in ("true", "false"):
+            raise error
+        return text.lower() == "true"
     return text
 
 

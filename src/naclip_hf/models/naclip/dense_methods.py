@@ -47,6 +47,7 @@ from torch import nn
 from transformers.utils.generic import GeneralInterface
 
 from .options import BLOCK_ARCHS
+from .resclip import rcs_layer_indices, resclip_block
 
 # The official constants of both methods.
 SIMILARITY_THRESHOLD = 0.4  # similarities below it are set to 0 (SC-CLIP's beta; SFP's hard-coded 0.4)
@@ -364,6 +365,7 @@ class DenseMethodInterface(GeneralInterface):
     _global_mapping = {
         "scclip": scclip_block,
         "sfp": sfp_block,
+        "resclip": reads_attentions(rcs_layer_indices)(resclip_block),
     }
 
 

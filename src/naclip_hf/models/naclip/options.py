@@ -6,8 +6,8 @@ This module imports only the standard library, so that the command line can answ
 
 Each setting acts at one stage:
 
-- `block`: the last vision block (`arch`, `attn_strategy`, `gaussian_std`). Saved in the config; `forward` can
-  override them for one call.
+- `block`: the last vision block (`arch`, `attn_strategy`, `gaussian_std`; ResCLIP's `temp_thd`,
+  `attn_rcs_weights`, `attn_sfr_weights`, `use_sfr`). Saved in the config; `forward` can override them for one call.
 - `model`: the rest of the architecture (`pos_embed_interpolation`): config only.
 - `windows`: how `forward` tiles the image into sliding windows.
 - `post`: post-processing by `NACLIPImageProcessor.post_process_semantic_segmentation`.
@@ -37,9 +37,10 @@ STAGES = ("block", "model", "windows", "post", "image", "text")
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting. `kind` is one of "str", "int", "float", "int_list", "str_list"; numbers are checked against
-    `minimum` / `maximum` (`exclusive_minimum` makes the lower bound strict); strings against `choices` when given.
-    `speed_only` settings change speed and memory, never results."""
+    """One setting. `kind` is one of "str", "int", "float", "bool", "int_list", "float_list", "str_list"; numbers
+    (and list items) are checked against `minimum` / `maximum` (`exclusive_minimum` makes the lower bound strict);
+    strings against `choices` when given; lists against `length` when given. `speed_only` settings change speed and
+    memory, never results."""
 
     name: str
     default: Any
@@ -52,6 +53,7 @@ class Setting:
     exclusive_minimum: bool = False
     nullable: bool = False
     speed_only: bool = False
+    length: int | None = None
 
     def valid_range(self) -> str:
         """The valid values in words, for error messages and help texts."""
@@ -61,7 +63,12 @@ class Setting:
             return "a non-empty list of templates, each with exactly one '{}'" + (" (or None)" if self.nullable else "")
         if self.kind == "str":
             return "a string (a registered name)"
-        what = {"int": "an integer", "float": "a number", "int_list": "a non-empty list of integers"}[self.kind]
+        if self.kind == "bool":
+            return "a bool (true or false)"
+        what = {"int": "an integer", "float": "a number", "int_list": "a non-empty list of integers",
+                "float_list": "a non-empty list of numbers"}[self.kind]  # fmt: skip
+        if self.length is not None:
+            what = f"a list of {self.length} {'integers' if self.kind == 'int_list' else 'numbers'}"
         bounds = []
         if self.minimum is not None:
             bounds.append(f"{'>' if self.exclusive_minimum else '>='} {_number(self.minimum)}")
@@ -81,9 +88,15 @@ class Setting:
             return value
         if self.kind in ("int", "float"):
             return self._check_number(value, error)
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise error
+            return value
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
             raise error
-        if self.kind == "int_list":
+        if self.length is not None and len(value) != self.length:
+            raise error
+        if self.kind in ("int_list", "float_list"):
             return [self._check_number(item, error) for item in value]
         if not all(isinstance(item, str) and item.count("{}") == 1 for item in value):
             raise error
@@ -129,6 +142,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "gaussian_std", 5.0, "float", "block",
         "σ of the Gaussian neighbourhood bias Ω, in patches", minimum=0.0, exclusive_minimum=True,
+    ),
+    Setting(
+        "temp_thd", 0.25, "float", "block",
+        "ResCLIP's SFR: first-pass pixels whose top name probability is below it take name 0 before each patch "
+        "takes its most frequent name", minimum=0.0, maximum=1.0,
+    ),
+    Setting(
+        "attn_rcs_weights", (2.0, 0.4), "float_list", "block",
+        "ResCLIP's RCS (τ, λ): the last block's attention becomes τ·((1 − λ)·softmax + λ·A) with A the mean "
+        "attention of the middle blocks (6th to 9th of 12), not renormalised; λ <= 1",
+        minimum=0.0, length=2,
+    ),
+    Setting(
+        "attn_sfr_weights", (1.8, 0.7), "float_list", "block",
+        "ResCLIP's SFR (τ, λ): the last block's scores become τ·((1 − λ)·s·k·kᵀ + λ·S) with S the patch affinity "
+        "of a first pass's labels; λ <= 1",
+        minimum=0.0, length=2,
+    ),
+    Setting(
+        "use_sfr", True, "bool", "block",
+        "ResCLIP: run SFR (a first pass of the last block labels the patches, patches of one region attend to "
+        "each other); false = RCS only",
     ),
     Setting(
         "pos_embed_interpolation", "official", "str", "model",
@@ -248,6 +283,11 @@ class MethodSettings(MutableMapping):
             "arch": "scclip", "slide_crop": 224, "slide_stride": 112, "window_padding": "none", "logit_scale": 40.0,
             "prob_thd": 0.0, "area_thd": 0.0, "pamr_steps": 0, "short_side": 336,
         },
+        "resclip": {
+            "arch": "resclip", "gaussian_std": 5.0, "slide_crop": 224, "slide_stride": 112, "window_padding": "none",
+            "logit_scale": 40.0, "prob_thd": 0.0, "area_thd": 0.0, "pamr_steps": 0, "short_side": 336,
+            "temp_thd": 0.25, "attn_rcs_weights": (2.0, 0.4), "attn_sfr_weights": (1.8, 0.7), "use_sfr": True,
+        },
         "sfp": {
             "arch": "sfp", "slide_crop": 224, "slide_stride": 112, "window_padding": "none", "logit_scale": 40.0,
             "prob_thd": 0.0, "area_thd": 0.0, "pamr_steps": 0, "short_side": 336,
@@ -296,7 +336,8 @@ def names_of_stage(*stages: str) -> tuple[str, ...]:
 
 
 _PYTHON_TYPES: dict[str, Any] = {
-    "str": str, "int": int, "float": float, "int_list": list[int], "str_list": list[str] | None,
+    "str": str, "int": int, "float": float, "bool": bool, "int_list": list[int], "float_list": list[float],
+    "str_list": list[str] | None,
 }  # fmt: skip
 
 
@@ -405,6 +446,9 @@ def check_settings(values: Mapping[str, Any], context: Mapping[str, Any] | None 
             f"slide_stride={merged['slide_stride']} is larger than slide_crop={merged['slide_crop']}: pixels between "
             "windows would get no prediction; use slide_stride <= slide_crop."
         )
+    for name in ("attn_rcs_weights", "attn_sfr_weights"):
+        if not merged[name][1] <= 1.0:
+            raise ValueError(f"{name}={list(merged[name])!r} is invalid: λ (the second number) must be <= 1.")
     if merged["attn_strategy"] == "csa" and merged["arch"] == "reduced":
         raise ValueError("attn_strategy='csa' (SCLIP) keeps the residual and MLP of the block; set arch='vanilla'.")
     return checked

@@ -42,7 +42,13 @@ import numpy as np
 
 from ..models.naclip.image_io import load_image
 from ..models.naclip.image_utils import resize_short_side, sliding_windows, window_tokens
-from ..models.naclip.labels import flatten_class_names, parse_class_entries
+from ..models.naclip.labels import (
+    MIN_CLASSES,
+    flatten_class_names,
+    parse_class_entries,
+    parse_label_set,
+    too_few_classes_message,
+)
 from ..models.naclip.options import (
     CONFIG_SETTINGS,
     DEFAULTS,
@@ -276,6 +282,20 @@ class ExportedSegmenter:
         text_embeds = np.stack([rows[name] for name in names]).astype(np.float32, copy=False)
         return ClassSet(text_embeds, np.asarray(name_to_class, dtype=np.int64), parsed)
 
+    def _check_label_set(self, classes: Sequence[str | Sequence[str]] | ClassSet | None) -> None:
+        """Refuse fewer than two classes to segment into (`parse_label_set`), given or stored."""
+        if isinstance(classes, ClassSet):
+            if len(classes.classes) < MIN_CLASSES:
+                raise ValueError(too_few_classes_message(classes.classes, "classes"))
+        elif classes is not None:
+            parse_label_set(classes, "classes")
+        elif self.stored_classes is not None and len(self.stored_classes) < MIN_CLASSES:
+            raise ValueError(
+                f"The exported model {self.folder} stores only one class ({CLASSES_FILE}), which would label every "
+                "pixel; name at least two classes to segment (e.g. classes=['sky', 'road'], or --labels sky road on "
+                "the command line)."
+            )
+
     def _raise_without_text_model(self, missing: Sequence[str], same_templates: bool) -> None:
         """The error for names an export without text graph cannot embed."""
         again = (
@@ -368,11 +388,13 @@ class ExportedSegmenter:
         timeout: float | None = None,
         **options: Any,
     ) -> RuntimeSegmentation:
-        """Segment one image (path, URL, PIL image or array) into `classes` (default: the stored classes).
+        """Segment one image (path, URL, PIL image or array) into `classes` (default: the stored classes): at least
+        two classes (`ValueError` otherwise, before any work: one class would label every pixel).
 
         `options`: sliding windows and post-processing settings for this call (defaults: the stored ones); see
         `naclip_hf.inference.segment_image`.
         """
+        self._check_label_set(classes)
         short_side = options.pop("short_side", short_side)
         _check_call_settings(options, self.config.to_dict(), "options")
         resolved = {**self.config.to_dict(), **check_settings(options, context=self.config.to_dict())}

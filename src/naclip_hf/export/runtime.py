@@ -83,6 +83,27 @@ _UNSUPPORTED_SETTINGS = {"window_padding": DEFAULTS["window_padding"], "area_thd
 _EXPORT_HINT = "export the model again with `naclip export MODEL OUT` (naclip-hf installed with `pip install .[onnx]`)"
 
 
+def open_graph(path: Path, session_options: Any = None, providers: Sequence[Any] | None = None) -> Any:
+    """The `onnxruntime.InferenceSession` of the graph file `path` of an export.
+
+    A file onnxruntime cannot parse (overwritten, truncated by an interrupted copy or download) raises `ValueError`
+    naming the file and how to get a good one, instead of onnxruntime's `InvalidProtobuf` / `InvalidGraph`."""
+    import onnxruntime
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf
+
+    try:
+        return onnxruntime.InferenceSession(
+            str(path), sess_options=session_options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+    except (InvalidProtobuf, InvalidGraph) as error:
+        what = "not a valid ONNX file" if isinstance(error, InvalidProtobuf) else "not a valid ONNX graph"
+        quantize = " --quantize" if path.name in (QUANTIZED_MODEL_FILE, SIGNED_INT8_MODEL_FILE) else ""
+        raise ValueError(
+            f"The ONNX graph {path} is corrupt or truncated ({what}); export the model again into a new folder with "
+            f"`naclip export MODEL NEW_FOLDER{quantize}` (or copy the export folder again from where it was made)."
+        ) from None
+
+
 def is_exported_folder(path: str | os.PathLike) -> bool:
     """Whether `path` is a folder written by `naclip export` (it holds `onnx/model.onnx`)."""
     return (Path(path).expanduser() / ONNX_DIR / MODEL_FILE).is_file()
@@ -167,7 +188,7 @@ class ExportedSegmenter:
         providers: Sequence[Any] | None = None,
         session_options: Any = None,
     ) -> None:
-        import onnxruntime
+        import onnxruntime  # noqa: F401 (without onnxruntime, fail here, before reading the folder)
 
         self.folder = Path(folder).expanduser()
         if not is_exported_folder(self.folder):
@@ -209,9 +230,7 @@ class ExportedSegmenter:
         self.graph_path = graph
         self._providers = list(providers or ["CPUExecutionProvider"])
         self._session_options = session_options
-        self.session = onnxruntime.InferenceSession(
-            str(graph), sess_options=self._session_options, providers=self._providers
-        )
+        self.session = open_graph(graph, self._session_options, self._providers)
         self.text_graph_path = self.folder / ONNX_DIR / TEXT_MODEL_FILE
         self._text_tower: Any = None
         self._text_lock = threading.Lock()

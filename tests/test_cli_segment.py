@@ -249,8 +249,8 @@ TWO_CLASSES = ["--labels", "cat", "dog"]
         (["--labels", "cup,table", "--out", "{tmp}/out"],
          "one class given ('cup, table': commas join synonyms of one class); name at least two classes, each its own "
          "argument: --labels cup table"),
-        (["--labels", "cup", "--out", "{tmp}/out"], "one class given ('cup'); every pixel would get it"),
-        (["--labels-file", "{tmp}/one.txt", "--out", "{tmp}/out"], "one per line of {tmp}/one.txt"),
+        (["--labels", "cup", "--out", "{tmp}/out"], "one class given ('cup', which every pixel would get)"),
+        (["--labels-file", "{tmp}/one.txt", "--out", "{tmp}/out"], "one per line of the file {tmp}/one.txt"),
         (["--preset", "voc99"], "Unknown benchmark preset 'voc99'"),
         ([*TWO_CLASSES, "--set", "colour=red"], "Unknown setting 'colour'"),
         ([*TWO_CLASSES, "--set", "gaussian_std=wide"], "gaussian_std='wide' is invalid: it must be a number > 0"),

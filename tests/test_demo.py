@@ -111,9 +111,10 @@ def test_labels_text_parsing_and_its_errors():
     with pytest.raises(ValueError, match="given twice"):
         parse_labels_text("cat\ncat")
     one_line = "Classes: one class given ('cup, table': commas join synonyms of one class); name at least two classes, "
-    with pytest.raises(ValueError, match=re.escape(one_line + "one per line of the box (e.g. 'cup' and 'table'")):
+    fix = "one per line of the box (e.g. 'cup' and 'table' on separate lines)"
+    with pytest.raises(ValueError, match=re.escape(one_line + fix)):
         parse_labels_text("cup, table\n\n")
-    with pytest.raises(ValueError, match=re.escape("Classes: one class given ('cup'); every pixel would get it")):
+    with pytest.raises(ValueError, match=re.escape("Classes: one class given ('cup', which every pixel would get)")):
         parse_labels_text("cup")
 
 

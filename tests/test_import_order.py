@@ -71,7 +71,7 @@ def test_import_naclip_hf_imports_neither_torch_nor_transformers():
     assert completed.stdout.strip() == "[]"
 
 
-def test_registration_waits_for_a_missing_torch_with_a_warning():
+def test_without_torch_transformers_still_imports_and_the_registration_warns():
     """Without torch, importing transformers after naclip_hf still works; the registration says what is missing."""
     completed = run_fresh(
         """

@@ -28,11 +28,12 @@ SYNONYMS_MESSAGE = "one class given ('cup, table': commas join synonyms of one c
     [
         (["cup, table"], "--labels", SYNONYMS_MESSAGE + "each its own argument: --labels cup table"),
         ([["coffee cup", "mug"]], "--labels", "each its own argument: --labels 'coffee cup' mug"),
-        (["cup"], "--labels", "one class given ('cup'); every pixel would get it; name at least two classes, each "
+        (["cup"], "--labels", "one class given ('cup', which every pixel would get); name at least two classes, each "
                               "its own argument: --labels cup background"),
         (["cup, table"], "candidate_labels", SYNONYMS_MESSAGE + "each its own list entry: "
                                                                "candidate_labels=['cup', 'table']"),
-        ([], "classes", "no class given; name at least two classes, each its own list entry: classes=['cat', 'dog']"),
+        ([["cup", "mug", "beaker"]], "classes", "each its own list entry: classes=['cup', 'mug', 'beaker']"),
+        ([], "classes", "No class names given"),
     ],
 )  # fmt: skip
 def test_parse_label_set_refuses_fewer_than_two_classes(entries, argument, message):
@@ -44,7 +45,8 @@ def test_parse_label_set_refuses_fewer_than_two_classes(entries, argument, messa
 def test_labels_file_of_one_class(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_text("cup, table\n\n")
-    with pytest.raises(ValueError, match=re.escape(f"one per line of {path} (e.g. 'cup' and 'table' on lines")):
+    fix = f"one per line of the file {path} (e.g. 'cup' and 'table' on separate lines)"
+    with pytest.raises(ValueError, match=re.escape(fix)):
         read_labels_file(path)
     path.write_text("cup\ntable\n")
     assert read_labels_file(path) == [["cup"], ["table"]]
@@ -83,7 +85,9 @@ def test_commands_refuse_a_labels_file_of_one_class(photo, tiny_checkpoint, tmp_
     labels.write_text("cup\n")
     out = tmp_path / "out"
     assert main(["segment", str(photo), "--labels-file", str(labels), "--out", str(out)]) == 2
-    message = f"one class given ('cup'); every pixel would get it; name at least two classes, one per line of {labels}"
+    message = "one class given ('cup', which every pixel would get); name at least two classes, " + (
+        f"one per line of the file {labels} (e.g. 'cup' and 'background' on separate lines)"
+    )
     assert message in capsys.readouterr().err
     assert not out.exists()
 
@@ -105,10 +109,10 @@ def test_runtime_refuses_one_class(tiny_export, photo, tmp_path):
     message = SYNONYMS_MESSAGE + "each its own list entry: classes=['cup', 'table']"
     with pytest.raises(ValueError, match=re.escape(message)):
         segmenter.segment(str(photo), classes=["cup, table"])
-    with pytest.raises(ValueError, match=re.escape("one class given ('cat'); every pixel would get it")):
+    with pytest.raises(ValueError, match=re.escape("one class given ('cat', which every pixel would get)")):
         segmenter.segment(str(photo), classes=["cat"])
     one = segmenter.encode_classes(["cat"])  # embedding one class is fine; segmenting into it is not
-    with pytest.raises(ValueError, match=re.escape("one class given ('cat')")):
+    with pytest.raises(ValueError, match=re.escape("one class given ('cat', which")):
         segmenter.segment(str(photo), classes=one)
     # An export that stores a single class (all its names as synonyms of one): refused when no classes are given.
     single = tmp_path / "single"

@@ -147,7 +147,7 @@ def test_synonyms_as_string_or_list(pipe, image):
     ("labels", "message"),
     [
         (None, "candidate_labels is required"),
-        ([], "no class given; name at least two classes"),
+        ([], "No class names given"),
         (["cat", "  "], "empty or blank"),
         (["cat", "dog, "], "empty or blank"),
         ([["cat", ""]], "empty or blank"),
@@ -250,7 +250,7 @@ def test_settings_for_one_call(pipe, image):
         (["cup, table"], "one class given ('cup, table': commas join synonyms of one class); name at least two "
                          "classes, each its own list entry: candidate_labels=['cup', 'table']"),
         ([["cup", "mug"]], "one class given ('cup, mug': commas join synonyms of one class)"),
-        (["cup"], "one class given ('cup'); every pixel would get it; name at least two classes, each its own list "
+        (["cup"], "one class given ('cup', which every pixel would get); name at least two classes, each its own list "
                   "entry: candidate_labels=['cup', 'background']"),
     ],
 )  # fmt: skip

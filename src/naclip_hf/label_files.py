@@ -22,7 +22,7 @@ def read_labels_file(path: str | os.PathLike) -> list[list[str]]:
     lines = _read_text_lines(path, "Labels file", "a text file with one class per line")
     while lines and not lines[-1].strip():
         lines.pop()
-    return parse_label_set(lines, str(path), one_per_line=True)
+    return parse_label_set(lines, f"the file {path}")
 
 
 def read_templates_file(path: str | os.PathLike) -> list[str]:

@@ -69,7 +69,7 @@ def parse_labels_text(text: str | None) -> list[list[str]]:
             "pick a benchmark preset."
         )
     try:
-        return parse_label_set(lines, "the box", one_per_line=True)
+        return parse_label_set(lines, "the box")
     except ValueError as error:
         raise ValueError(f"Classes: {error}") from None
 

@@ -42,13 +42,7 @@ import numpy as np
 
 from ..models.naclip.image_io import load_image
 from ..models.naclip.image_utils import resize_short_side, sliding_windows, window_tokens
-from ..models.naclip.labels import (
-    MIN_CLASSES,
-    flatten_class_names,
-    parse_class_entries,
-    parse_label_set,
-    too_few_classes_message,
-)
+from ..models.naclip.labels import flatten_class_names, parse_class_entries, parse_label_set
 from ..models.naclip.options import (
     CONFIG_SETTINGS,
     DEFAULTS,
@@ -303,12 +297,9 @@ class ExportedSegmenter:
 
     def _check_label_set(self, classes: Sequence[str | Sequence[str]] | ClassSet | None) -> None:
         """Refuse fewer than two classes to segment into (`parse_label_set`), given or stored."""
-        if isinstance(classes, ClassSet):
-            if len(classes.classes) < MIN_CLASSES:
-                raise ValueError(too_few_classes_message(classes.classes, "classes"))
-        elif classes is not None:
-            parse_label_set(classes, "classes")
-        elif self.stored_classes is not None and len(self.stored_classes) < MIN_CLASSES:
+        if classes is not None:
+            parse_label_set(classes.classes if isinstance(classes, ClassSet) else classes, "classes")
+        elif self.stored_classes is not None and len(self.stored_classes) < 2:
             raise ValueError(
                 f"The exported model {self.folder} stores only one class ({CLASSES_FILE}), which would label every "
                 "pixel; name at least two classes to segment (e.g. classes=['sky', 'road'], or --labels sky road on "

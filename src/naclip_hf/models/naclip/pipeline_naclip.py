@@ -36,8 +36,7 @@ LABEL_CACHE_SIZE = 32
 
 def parse_candidate_labels(candidate_labels: Any) -> list[list[str]]:
     """Validate `candidate_labels` (a list; each entry a string with comma-separated synonyms, or a list of names)
-    and return the names of every class. Raises `ValueError` for a missing, empty, blank or repeated label, and for
-    fewer than two classes (one class would label every pixel)."""
+    and return the names of every class. Raises `ValueError` for a missing, empty, blank, repeated or lone label."""
     if candidate_labels is None:
         raise ValueError(
             "candidate_labels is required: name the classes to segment, e.g. "

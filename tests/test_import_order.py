@@ -44,6 +44,9 @@ ORDERS = {
         "from transformers.pipelines import PIPELINE_REGISTRY\n"
         "assert 'naclip-segmentation' in PIPELINE_REGISTRY.get_supported_tasks()\n" + LOADS_PIPELINE
     ),
+    "a library that imports transformers itself (evaluate)": (
+        "import naclip_hf\nimport evaluate\n" + LOADS_CONFIG_AND_MODEL
+    ),
     "a model-package module first": (
         "import naclip_hf.models.naclip.configuration_naclip\n" + LOADS_CONFIG_AND_MODEL + LOADS_PIPELINE
     ),

@@ -128,23 +128,27 @@ def test_export_refuses_a_folder_that_is_not_empty(tiny_checkpoint, tmp_path, ca
 
 
 def damage(path: Path, how: str) -> None:
-    """Overwrite `path` with random bytes, or cut it to half its size (an interrupted copy)."""
+    """Overwrite `path` with random bytes, cut it to half its size (an interrupted copy), or empty it."""
     data = path.read_bytes()
     if how == "random":
         path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     else:
-        path.write_bytes(data[: len(data) // 2])
+        path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"")
 
 
-@pytest.mark.parametrize("how", ["random", "truncated"])
-def test_a_corrupt_graph_is_one_line_naming_the_file_and_the_fix(exported, golden, tmp_path, capsys, how):
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [("random", "Protobuf parsing failed"), ("truncated", "Protobuf parsing failed"),
+     ("emptied", "No graph was found in the protobuf")],
+)  # fmt: skip
+def test_a_corrupt_graph_is_one_line_naming_the_file_and_the_fix(exported, golden, tmp_path, capsys, how, reason):
     from PIL import Image
 
     folder = tmp_path / "export"
     shutil.copytree(exported, folder)
     graph = folder / "onnx" / "model.onnx"
     damage(graph, how)
-    message = f"The ONNX graph {graph} is corrupt or truncated (not a valid ONNX file); export the model again"
+    message = f"The ONNX graph {graph} is corrupt or truncated (onnxruntime: {reason}); export the model again"
     with pytest.raises(ValueError, match=re.escape(message) + ".*`naclip export MODEL NEW_FOLDER`"):
         runtime.ExportedSegmenter(folder)
     image = tmp_path / "image.png"

@@ -80,21 +80,30 @@ _EXPORT_HINT = "export the model again with `naclip export MODEL OUT` (naclip-hf
 def open_graph(path: Path, session_options: Any = None, providers: Sequence[Any] | None = None) -> Any:
     """The `onnxruntime.InferenceSession` of the graph file `path` of an export.
 
-    A file onnxruntime cannot parse (overwritten, truncated by an interrupted copy or download) raises `ValueError`
-    naming the file and how to get a good one, instead of onnxruntime's `InvalidProtobuf` / `InvalidGraph`."""
+    A file onnxruntime cannot load as a graph (overwritten, emptied or truncated by an interrupted copy or download)
+    raises `ValueError` naming the file and how to get a good one, instead of onnxruntime's `InvalidProtobuf`,
+    `InvalidGraph` or `InvalidArgument` ("No graph was found")."""
     import onnxruntime
-    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph, InvalidProtobuf
 
     try:
         return onnxruntime.InferenceSession(
             str(path), sess_options=session_options, providers=list(providers or ["CPUExecutionProvider"])
         )
-    except (InvalidProtobuf, InvalidGraph) as error:
-        what = "not a valid ONNX file" if isinstance(error, InvalidProtobuf) else "not a valid ONNX graph"
+    except (InvalidProtobuf, InvalidGraph, InvalidArgument) as error:
+        if isinstance(error, InvalidArgument) and "Load model from" not in str(error):
+            raise  # an invalid session option or provider, not the file
+        reason = (str(error).partition("failed:")[2] or str(error)).strip().splitlines()[0].rstrip(".")
+        newer = (
+            f", or made for a newer onnxruntime than {onnxruntime.__version__} (pip install -U onnxruntime)"
+            if isinstance(error, InvalidGraph)
+            else ""
+        )
         quantize = " --quantize" if path.name in (QUANTIZED_MODEL_FILE, SIGNED_INT8_MODEL_FILE) else ""
         raise ValueError(
-            f"The ONNX graph {path} is corrupt or truncated ({what}); export the model again into a new folder with "
-            f"`naclip export MODEL NEW_FOLDER{quantize}` (or copy the export folder again from where it was made)."
+            f"The ONNX graph {path} is corrupt or truncated (onnxruntime: {reason}){newer}; export the model again "
+            f"into a new folder with `naclip export MODEL NEW_FOLDER{quantize}` (or copy the export folder again "
+            "from where it was made)."
         ) from None
 
 

@@ -53,12 +53,12 @@ def modules_after(argv: list[str]) -> tuple[dict, str]:
         (["--help"], 0, ""),
         (["segment", "--help"], 0, ""),
         (["evaluate", "--help"], 0, ""),
-        (["segment", "x.png", "--labels", "a", "--alpha", "2"], 2, "argument --alpha"),
+        (["segment", "x.png", "--labels", "a", "b", "--alpha", "2"], 2, "argument --alpha"),
         (["bogus"], 2, "invalid choice"),
         (["segment", "x.png", "--preset", "voc99"], 2, "Unknown benchmark preset 'voc99'"),
         (["segment", "x.png", "--labels-file", "/nonexistent/labels.txt"], 2, "labels.txt does not exist"),
-        (["segment", "/nonexistent/x.png", "--labels", "a", "--out", "{out}"], 1, "no such file or folder"),
-        (["segment", "x.png", "--labels", "a", "--set", "gaussian_std=-1"], 2, "gaussian_std=-1.0 is invalid"),
+        (["segment", "/nonexistent/x.png", "--labels", "a", "b", "--out", "{out}"], 1, "no such file or folder"),
+        (["segment", "x.png", "--labels", "a", "b", "--set", "gaussian_std=-1"], 2, "gaussian_std=-1.0 is invalid"),
         (["evaluate", "--preset", "voc99"], 2, "Unknown benchmark preset 'voc99'"),
     ],
 )
@@ -138,14 +138,14 @@ def segment(capsys, *argv) -> tuple[int, str, str]:
 
 def test_model_folder_is_checked_before_loading(tmp_path, capsys):
     image = write_image(tmp_path / "a.png")
-    code, _, err = segment(capsys, image, "--labels", "cat", "--model", tmp_path / "no-model", "--out", tmp_path)
+    code, _, err = segment(capsys, image, "--labels", "cat", "dog", "--model", tmp_path / "no-model", "--out", tmp_path)
     assert code == 2
     assert f"--model {tmp_path / 'no-model'}: no such folder" in err and "naclip convert" in err
     empty = tmp_path / "empty-model"
     empty.mkdir()
-    code, _, err = segment(capsys, image, "--labels", "cat", "--model", empty, "--out", tmp_path)
+    code, _, err = segment(capsys, image, "--labels", "cat", "dog", "--model", empty, "--out", tmp_path)
     assert code == 2 and "folder has no config.json" in err and "Hub id" in err
-    code, _, err = segment(capsys, image, "--labels", "cat", "--model", image, "--out", tmp_path)
+    code, _, err = segment(capsys, image, "--labels", "cat", "dog", "--model", image, "--out", tmp_path)
     assert code == 2 and "is a file, not a folder" in err
 
 
@@ -198,8 +198,8 @@ def test_unreachable_url_names_it(tiny_checkpoint, tmp_path, capsys):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/photo.jpg"
-    code, _, stderr = segment(capsys, url, "--labels", "cat", "--model", tiny_checkpoint, "--out", tmp_path / "o",
-                              "--timeout", "5")  # fmt: skip
+    code, _, stderr = segment(capsys, url, "--labels", "cat", "dog", "--model", tiny_checkpoint,
+                              "--out", tmp_path / "o", "--timeout", "5")  # fmt: skip
     assert code == 1
     assert f"naclip segment: error: {url}: download failed (Could not download image {url}" in stderr
     assert "1 of 1 inputs failed" in stderr and not list((tmp_path / "o").iterdir())

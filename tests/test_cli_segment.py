@@ -235,35 +235,44 @@ def test_exif_orientation_is_applied(tiny_checkpoint, tmp_path, capsys):
         assert label_map.size == (30, 50)
 
 
+TWO_CLASSES = ["--labels", "cat", "dog"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (["--out", "{tmp}/out"], "No labels given"),
-        (["--labels", "cat", "dog", "cat"], "Class 'cat' is given twice"),
+        ([*TWO_CLASSES, "cat"], "Class 'cat' is given twice"),
         (["--labels-file", "{tmp}/duplicates.txt"], "Class 'dog' is given twice"),
         (["--labels-file", "{tmp}/absent.txt"], "absent.txt does not exist"),
         (["--labels", "cat", " , dog"], "empty or blank name"),
+        (["--labels", "cup,table", "--out", "{tmp}/out"],
+         "one class given ('cup, table': commas join synonyms of one class); name at least two classes, each its own "
+         "argument: --labels cup table"),
+        (["--labels", "cup", "--out", "{tmp}/out"], "one class given ('cup', which every pixel would get)"),
+        (["--labels-file", "{tmp}/one.txt", "--out", "{tmp}/out"], "one per line of the file {tmp}/one.txt"),
         (["--preset", "voc99"], "Unknown benchmark preset 'voc99'"),
-        (["--labels", "cat", "--set", "colour=red"], "Unknown setting 'colour'"),
-        (["--labels", "cat", "--set", "gaussian_std=wide"], "gaussian_std='wide' is invalid: it must be a number > 0"),
-        (["--labels", "cat", "--set", "short_side=-3"], "short_side=-3 is invalid: it must be an integer >= 0"),
-        (["--labels", "cat", "--set", "pamr_dilations=8,x"], "pamr_dilations='8,x' is invalid"),
-        (["--labels", "cat", "--set", "attn_strategy=csa"], "set arch='vanilla'"),
-        (["--labels", "cat", "--set", "prompt_templates=a {}"], "--templates-file FILE"),
-        (["--labels", "cat", "--templates-file", "{tmp}/none.txt"], "none.txt does not exist"),
-        (["--labels", "cat", "--templates-file", "{tmp}/duplicates.txt"], "instead of exactly one empty '{}'"),
-        (["--labels", "cat", "--set", "slide_stride=500"], "slide_stride=500"),
-        (["--labels", "cat", "--set", "prob_thd"], "not of the form KEY=VALUE"),
-        (["--labels", "cat", "--out", "{tmp}/file.txt"], "{tmp}/file.txt is an existing file"),
-        (["--labels", "cat", "--out", "{tmp}/file.txt/sub"], "Cannot write to the output folder {tmp}/file.txt/sub"),
-        (["--labels", "cat", "--save-scores", "{tmp}"], "is a folder"),
-        (["--labels", "cat", "--save-scores", "{tmp}/file.txt/s.safetensors"], "{tmp}/file.txt is an existing file"),
-        (["--labels", "cat", "--save-scores", "{tmp}/file.txt/a/s.safetensors"], "Cannot write to the folder"),
-        (["--labels", "cat", "--scores", "--save-scores", "{tmp}/s.safetensors"], "--scores writes"),
+        ([*TWO_CLASSES, "--set", "colour=red"], "Unknown setting 'colour'"),
+        ([*TWO_CLASSES, "--set", "gaussian_std=wide"], "gaussian_std='wide' is invalid: it must be a number > 0"),
+        ([*TWO_CLASSES, "--set", "short_side=-3"], "short_side=-3 is invalid: it must be an integer >= 0"),
+        ([*TWO_CLASSES, "--set", "pamr_dilations=8,x"], "pamr_dilations='8,x' is invalid"),
+        ([*TWO_CLASSES, "--set", "attn_strategy=csa"], "set arch='vanilla'"),
+        ([*TWO_CLASSES, "--set", "prompt_templates=a {}"], "--templates-file FILE"),
+        ([*TWO_CLASSES, "--templates-file", "{tmp}/none.txt"], "none.txt does not exist"),
+        ([*TWO_CLASSES, "--templates-file", "{tmp}/duplicates.txt"], "instead of exactly one empty '{}'"),
+        ([*TWO_CLASSES, "--set", "slide_stride=500"], "slide_stride=500"),
+        ([*TWO_CLASSES, "--set", "prob_thd"], "not of the form KEY=VALUE"),
+        ([*TWO_CLASSES, "--out", "{tmp}/file.txt"], "{tmp}/file.txt is an existing file"),
+        ([*TWO_CLASSES, "--out", "{tmp}/file.txt/sub"], "Cannot write to the output folder {tmp}/file.txt/sub"),
+        ([*TWO_CLASSES, "--save-scores", "{tmp}"], "is a folder"),
+        ([*TWO_CLASSES, "--save-scores", "{tmp}/file.txt/s.safetensors"], "{tmp}/file.txt is an existing file"),
+        ([*TWO_CLASSES, "--save-scores", "{tmp}/file.txt/a/s.safetensors"], "Cannot write to the folder"),
+        ([*TWO_CLASSES, "--scores", "--save-scores", "{tmp}/s.safetensors"], "--scores writes"),
     ],
 )
 def test_setup_errors_before_loading_the_model(images, tmp_path, capsys, arguments, message):
     (tmp_path / "duplicates.txt").write_text("cat\ndog\ndog, puppy\n")
+    (tmp_path / "one.txt").write_text("cup, table\n")
     (tmp_path / "file.txt").write_text("a file, not a folder")
     arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
     code, stdout, stderr = run(capsys, images / "noise.png", "--model", MISSING_MODEL, *arguments)
@@ -280,7 +289,7 @@ def test_unwritable_output_folder_names_folder_and_fix(images, tmp_path, capsys)
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     try:
-        code, _, stderr = run(capsys, images / "noise.png", "--labels", "cat", "--model", MISSING_MODEL,
+        code, _, stderr = run(capsys, images / "noise.png", "--labels", "cat", "dog", "--model", MISSING_MODEL,
                               "--out", locked / "sub")  # fmt: skip
     finally:
         locked.chmod(0o700)
@@ -289,8 +298,8 @@ def test_unwritable_output_folder_names_folder_and_fix(images, tmp_path, capsys)
 
 
 def test_input_errors(images, tmp_path, capsys):
-    common = ["--labels", "cat", "--model", MISSING_MODEL, "--out", tmp_path / "out"]
-    code, _, stderr = run(capsys, images / "noise.png", images / "halves.jpg", "--labels", "cat",
+    common = ["--labels", "cat", "dog", "--model", MISSING_MODEL, "--out", tmp_path / "out"]
+    code, _, stderr = run(capsys, images / "noise.png", images / "halves.jpg", "--labels", "cat", "dog",
                           "--save-scores", tmp_path / "s.safetensors")  # fmt: skip
     assert code == 2 and "writes one file but 2 images were given" in stderr and "--scores" in stderr
     code, _, stderr = run(capsys, "--labels", "cat", images / "noise.png")
@@ -302,7 +311,7 @@ def test_input_errors(images, tmp_path, capsys):
     assert f"{empty}: folder holds no images" in stderr
     assert f"{tmp_path / 'nothing.png'}: no such file or folder" in stderr
     assert "2 of 2 inputs failed" in stderr and "Could not load" not in stderr
-    for argv in (["--labels", "a", "--labels-file", "x.txt"], ["--labels", "a", "--alpha", "2"]):
+    for argv in (["--labels", "a", "b", "--labels-file", "x.txt"], ["--labels", "a", "b", "--alpha", "2"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["segment", str(images / "noise.png"), *argv])
         assert exit_info.value.code == 2

@@ -170,8 +170,8 @@ def test_a_long_legend_takes_columns_then_goes_below_the_panels():
 def test_compare_errors_before_loading(image_path, tmp_path, capsys):
     code = main(["compare", str(image_path), "--model", "/nonexistent/model", "--out", str(tmp_path / "x.png")])
     assert code == 2 and "No labels given" in capsys.readouterr().err
-    code = main(["compare", str(image_path), "--labels", "a", "--out", str(tmp_path / "x.jpg")])
+    code = main(["compare", str(image_path), "--labels", "a", "b", "--out", str(tmp_path / "x.jpg")])
     assert code == 2 and "ending in .png" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["compare", str(image_path), "--labels", "a", "--methods", "nope"])
+        main(["compare", str(image_path), "--labels", "a", "b", "--methods", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -109,6 +110,12 @@ def test_labels_text_parsing_and_its_errors():
         parse_labels_text(" \n\n")
     with pytest.raises(ValueError, match="given twice"):
         parse_labels_text("cat\ncat")
+    one_line = "Classes: one class given ('cup, table': commas join synonyms of one class); name at least two classes, "
+    fix = "one per line of the box (e.g. 'cup' and 'table' on separate lines)"
+    with pytest.raises(ValueError, match=re.escape(one_line + fix)):
+        parse_labels_text("cup, table\n\n")
+    with pytest.raises(ValueError, match=re.escape("Classes: one class given ('cup', which every pixel would get)")):
+        parse_labels_text("cup")
 
 
 def test_segment_matches_the_pipeline_and_leaves_the_config_alone(backend, pipeline):
@@ -331,18 +338,20 @@ def test_bad_inputs_give_clear_messages(client, tmp_path):
         client.predict(image, "  \n", api_name="/segment")
     with pytest.raises(AppError, match="given twice"):
         client.predict(image, "cup\ncup", api_name="/segment")
+    with pytest.raises(AppError, match=re.escape("one class given ('cup, table': commas join synonyms of one class)")):
+        client.predict(image, "cup, table", api_name="/segment")
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("this is text, not a picture")
     with pytest.raises(AppError, match=r"Could not read notes\.png as an image.*Upload a JPEG"):
-        client.predict(handle_file(str(not_an_image)), "cup", api_name="/segment")
+        client.predict(handle_file(str(not_an_image)), "cup\ntable", api_name="/segment")
     with pytest.raises(AppError, match=r"prob_thd=1.5 is invalid: it must be a number >= 0 and <= 1"):
-        client.predict(image, "cup", prob_thd=1.5, api_name="/segment")
+        client.predict(image, "cup\ntable", prob_thd=1.5, api_name="/segment")
     with pytest.raises(AppError, match=r"Probability threshold: 'high' is not a number; type one.*or empty the box"):
-        client.predict(image, "cup", prob_thd="high", api_name="/segment")
+        client.predict(image, "cup\ntable", prob_thd="high", api_name="/segment")
     with pytest.raises(AppError, match="smaller than one 16×16 patch"):
-        client.predict(image, "cup", slide_crop=8, api_name="/segment")
+        client.predict(image, "cup\ntable", slide_crop=8, api_name="/segment")
     with pytest.raises(AppError, match="nope is not in the list of choices.*'sclip'"):
-        client.predict(image, "cup", method="nope", api_name="/segment")
+        client.predict(image, "cup\ntable", method="nope", api_name="/segment")
 
 
 # ----------------------------------------------------------------------------------------------- commands

@@ -134,6 +134,11 @@ def test_bad_input_shows_a_message_not_a_trace(page):
     message = page.get_by_text("No classes given").first
     message.wait_for()
     assert "Traceback" not in page.content()
+    # One class (commas join synonyms) is refused with the fix, in the page.
+    page.locator("#labels textarea").fill("cup, table")
+    page.locator("#segment-button").click()
+    page.get_by_text("commas join synonyms of one class").first.wait_for()
+    assert "one per line of the box" in page.content() and "Traceback" not in page.content()
 
 
 def test_picking_a_method_shows_its_settings_in_the_controls(page):

@@ -167,7 +167,7 @@ def test_unknown_dtype_is_refused(capsys):
     with pytest.raises(ValueError, match="not supported"):
         resolve_dtype(torch.float64)
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["segment", "x.png", "--labels", "a", "--dtype", "fp16"])
+        build_parser().parse_args(["segment", "x.png", "--labels", "a", "b", "--dtype", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
 
 

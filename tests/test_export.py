@@ -4,6 +4,7 @@ references, the quantized graph, and `naclip export` / `naclip segment` on an ex
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,53 @@ def test_export_refuses_a_folder_that_is_not_empty(tiny_checkpoint, tmp_path, ca
     (tmp_path / "taken.txt").write_text("x")
     assert main(["export", str(tiny_checkpoint), str(tmp_path)]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def damage(path: Path, how: str) -> None:
+    """Overwrite `path` with random bytes, cut it to half its size (an interrupted copy), or empty it."""
+    data = path.read_bytes()
+    if how == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    else:
+        path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"")
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [("random", "Protobuf parsing failed"), ("truncated", "Protobuf parsing failed"),
+     ("emptied", "No graph was found in the protobuf")],
+)  # fmt: skip
+def test_a_corrupt_graph_is_one_line_naming_the_file_and_the_fix(exported, golden, tmp_path, capsys, how, reason):
+    from PIL import Image
+
+    folder = tmp_path / "export"
+    shutil.copytree(exported, folder)
+    graph = folder / "onnx" / "model.onnx"
+    damage(graph, how)
+    message = f"The ONNX graph {graph} is corrupt or truncated (onnxruntime: {reason}); export the model again"
+    with pytest.raises(ValueError, match=re.escape(message) + ".*`naclip export MODEL NEW_FOLDER`"):
+        runtime.ExportedSegmenter(folder)
+    image = tmp_path / "image.png"
+    Image.fromarray(golden["img_b/raw"].numpy()).save(image)
+    code = main(["segment", str(image), "--labels", "cat", "sky", "--model", str(folder), "--out", str(tmp_path / "o")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.startswith(f"naclip segment: error: {message}") and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not any((tmp_path / "o").glob("*"))
+
+
+def test_a_corrupt_quantized_or_text_graph_names_its_file(exported, tmp_path, monkeypatch):
+    folder = tmp_path / "export"
+    shutil.copytree(exported, folder)
+    monkeypatch.setattr(runtime, "native_int8_dot_products", lambda: False)
+    damage(folder / "onnx" / "model_quantized.onnx", "truncated")
+    quantized_message = r"model_quantized\.onnx is corrupt.*`naclip export MODEL NEW_FOLDER --quantize`"
+    with pytest.raises(ValueError, match=quantized_message):
+        runtime.ExportedSegmenter(folder, quantized=True)
+    damage(folder / "onnx" / "text_model.onnx", "random")
+    segmenter = runtime.ExportedSegmenter(folder)
+    with pytest.raises(ValueError, match=r"text_model\.onnx is corrupt or truncated"):
+        segmenter.encode_classes(["a name the export does not store"])
 
 
 # -------------------------------------------------------------------------------------- numpy steps

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,10 +244,27 @@ def test_settings_for_one_call(pipe, image):
         pipe(image, candidate_labels=LABELS, short_side=-1)
 
 
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (["cup, table"], "one class given ('cup, table': commas join synonyms of one class); name at least two "
+                         "classes, each its own list entry: candidate_labels=['cup', 'table']"),
+        ([["cup", "mug"]], "one class given ('cup, mug': commas join synonyms of one class)"),
+        (["cup"], "one class given ('cup', which every pixel would get); name at least two classes, each its own list "
+                  "entry: candidate_labels=['cup', 'background']"),
+    ],
+)  # fmt: skip
+def test_one_class_is_refused_with_the_fix(pipe, image, labels, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipe(image, candidate_labels=labels, short_side=SHORT_SIDE)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipe.preprocess(image, candidate_labels=labels)
+
+
 def test_short_side_changes_the_model_input(pipe, image):
-    small = pipe.preprocess(image, candidate_labels=[["cat"]], short_side=64)
+    small = pipe.preprocess(image, candidate_labels=[["cat"], ["dog"]], short_side=64)
     assert tuple(small["pixel_values"].shape) == (1, 3, 64, 85) and small["original_size"] == (150, 200)
-    default = pipe.preprocess(image, candidate_labels=[["cat"]])
+    default = pipe.preprocess(image, candidate_labels=[["cat"], ["dog"]])
     assert tuple(default["pixel_values"].shape[-2:]) == (336, 448)
 
 

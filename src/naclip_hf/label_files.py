@@ -9,20 +9,20 @@ import re
 import string
 from pathlib import Path
 
-from .models.naclip.labels import parse_class_entries
+from .models.naclip.labels import parse_label_set
 
 
 def read_labels_file(path: str | os.PathLike) -> list[list[str]]:
     """Read a class file: one class per line (line index = class id), synonyms separated by ', '.
 
     The file must be UTF-8 (a byte-order mark and Windows line ends are accepted); trailing blank lines are
-    ignored. Raises `FileNotFoundError` for a missing file and `ValueError` for a file that is not UTF-8 or
-    holds a blank, empty or repeated class.
+    ignored. Raises `FileNotFoundError` for a missing file and `ValueError` for a file that is not UTF-8, holds a
+    blank, empty or repeated class, or fewer than two classes (`parse_label_set`).
     """
     lines = _read_text_lines(path, "Labels file", "a text file with one class per line")
     while lines and not lines[-1].strip():
         lines.pop()
-    return parse_class_entries(lines)
+    return parse_label_set(lines, f"the file {path}")
 
 
 def read_templates_file(path: str | os.PathLike) -> list[str]:

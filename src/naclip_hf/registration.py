@@ -1,5 +1,9 @@
-"""Make NACLIP known to transformers' auto classes and pipelines (`register_naclip`, run once; see
-`naclip_hf.__init__` for when).
+"""Make NACLIP known to transformers' auto classes and pipelines (`register_naclip`, run once).
+
+Importing this module registers. `import naclip_hf` does not import it (it needs torch and transformers) but has
+it imported as soon as transformers is, in whichever order the two are imported: a post-import hook on
+`transformers` (`wrapt.register_post_import_hook`, see `naclip_hf.__init__`), which waits while this module or one
+of the model package's is half-imported. The public names of `naclip_hf` import it first.
 
 After it, in this process:
 

@@ -175,10 +175,10 @@ def classes_from_options(
     args: argparse.Namespace, benchmark: Any = None, method: str | None = None
 ) -> list[list[str]] | None:
     """The classes of `--labels` / `--labels-file`, else the benchmark's (when given; named as `method`'s official
-    code names them unless `--preset-classes`), else None. `--preset-classes` without a benchmark, or with labels
-    that replace its classes, raises `ValueError`."""
+    code names them unless `--preset-classes`), else None. `--preset-classes` without a benchmark, with labels
+    that replace its classes, or labels naming fewer than two classes (`parse_label_set`) raise `ValueError`."""
     from ..label_files import read_labels_file
-    from ..models.naclip.labels import parse_class_entries
+    from ..models.naclip.labels import parse_label_set
 
     if getattr(args, "preset_classes", False):
         if benchmark is None:
@@ -188,7 +188,7 @@ def classes_from_options(
                 "--preset-classes keeps the preset's class names but --labels / --labels-file replace them; drop one."
             )
     if args.labels is not None:
-        return parse_class_entries(args.labels)
+        return parse_label_set(args.labels, "--labels")
     if args.labels_file is not None:
         return read_labels_file(args.labels_file)
     return None if benchmark is None else benchmark.class_names(method=names_method(args, method))

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from ..figures import heat_colours
 from ..methods import DEFAULT_METHOD, Method, get_method
 from ..models.naclip.image_io import describe_input, load_image
-from ..models.naclip.labels import parse_class_entries
+from ..models.naclip.labels import parse_label_set
 from ..models.naclip.options import DEFAULTS, SETTINGS_BY_NAME, check_settings
 from ..models.naclip.recently_used import RecentlyUsed
 from ..visualization import class_palette, label_map_image, overlay_image
@@ -56,7 +56,8 @@ def example_image_path() -> Path:
 
 def parse_labels_text(text: str | None) -> list[list[str]]:
     """Classes typed in a text box: one class per line, synonyms after commas (`"cup, mug"`); blank lines are
-    skipped. Raises `ValueError` saying how to fix an empty box, a blank synonym or a class given twice.
+    skipped. Raises `ValueError` saying how to fix an empty box, a blank synonym, a class given twice or a single
+    class (`parse_label_set`).
 
     >>> parse_labels_text("sky\\ncup, mug\\n")
     [['sky'], ['cup', 'mug']]
@@ -68,7 +69,7 @@ def parse_labels_text(text: str | None) -> list[list[str]]:
             "pick a benchmark preset."
         )
     try:
-        return parse_class_entries(lines)
+        return parse_label_set(lines, "the box")
     except ValueError as error:
         raise ValueError(f"Classes: {error}") from None
 

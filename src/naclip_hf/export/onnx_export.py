@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..fileio import staged_directory
+from ..models.naclip.labels import parse_label_set
 from ..models.naclip.modeling_naclip import NACLIPForSemanticSegmentation, NACLIPVisionEmbeddings
 from .layout import (
     CLASS_EMBEDDINGS_FILE,
@@ -497,8 +498,9 @@ def export_onnx(
         model: a checkpoint folder or Hub id (loaded in float32), or a loaded `NACLIPForSemanticSegmentation`
             (float32 or float16; not changed).
         output_dir: a new (or empty) folder; it appears complete or not at all.
-        classes: class entries whose text embeddings are stored (synonyms as for `encode_classes`), so that they
-            need no text graph run; other names are embedded by the text graph when used.
+        classes: class entries whose text embeddings are stored (synonyms as for `encode_classes`; at least two
+            classes, else `ValueError` before any work), so that they need no text graph run; other names are
+            embedded by the text graph when used.
         processor: the model's `NACLIPProcessor` (default: `load_processor(model)`; needed when `model` is a loaded
             model, for its tokenizer and image settings; without it a loaded model gets OpenAI CLIP's BPE when its
             vocabulary is that one).
@@ -525,6 +527,8 @@ def export_onnx(
     """
     from ..inference import encode_classes, load_model, load_processor
 
+    if classes is not None:
+        classes = parse_label_set(classes, "classes")  # before any work: one class would label every pixel
     start = time.perf_counter()
     dtype = graph_dtype(dtype, quantize)
     if isinstance(model, NACLIPForSemanticSegmentation):

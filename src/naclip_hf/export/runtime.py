@@ -42,7 +42,7 @@ import numpy as np
 
 from ..models.naclip.image_io import load_image
 from ..models.naclip.image_utils import resize_short_side, sliding_windows, window_tokens
-from ..models.naclip.labels import flatten_class_names, parse_class_entries
+from ..models.naclip.labels import flatten_class_names, parse_class_entries, parse_label_set
 from ..models.naclip.options import (
     CONFIG_SETTINGS,
     DEFAULTS,
@@ -77,6 +77,36 @@ TEXT_SETTINGS = names_of_stage("text")
 _UNSUPPORTED_SETTINGS = {"window_padding": DEFAULTS["window_padding"], "area_thd": DEFAULTS["area_thd"]}
 
 _EXPORT_HINT = "export the model again with `naclip export MODEL OUT` (naclip-hf installed with `pip install .[onnx]`)"
+
+
+def open_graph(path: Path, session_options: Any = None, providers: Sequence[Any] | None = None) -> Any:
+    """The `onnxruntime.InferenceSession` of the graph file `path` of an export.
+
+    A file onnxruntime cannot load as a graph (overwritten, emptied or truncated by an interrupted copy or download)
+    raises `ValueError` naming the file and how to get a good one, instead of onnxruntime's `InvalidProtobuf`,
+    `InvalidGraph` or `InvalidArgument` ("No graph was found")."""
+    import onnxruntime
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph, InvalidProtobuf
+
+    try:
+        return onnxruntime.InferenceSession(
+            str(path), sess_options=session_options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+    except (InvalidProtobuf, InvalidGraph, InvalidArgument) as error:
+        if isinstance(error, InvalidArgument) and "Load model from" not in str(error):
+            raise  # an invalid session option or provider, not the file
+        reason = (str(error).partition("failed:")[2] or str(error)).strip().splitlines()[0].rstrip(".")
+        newer = (
+            f", or made for a newer onnxruntime than {onnxruntime.__version__} (pip install -U onnxruntime)"
+            if isinstance(error, InvalidGraph)
+            else ""
+        )
+        quantize = " --quantize" if path.name in (QUANTIZED_MODEL_FILE, SIGNED_INT8_MODEL_FILE) else ""
+        raise ValueError(
+            f"The ONNX graph {path} is corrupt or truncated (onnxruntime: {reason}){newer}; export the model again "
+            f"into a new folder with `naclip export MODEL NEW_FOLDER{quantize}` (or copy the export folder again "
+            "from where it was made)."
+        ) from None
 
 
 def is_exported_folder(path: str | os.PathLike) -> bool:
@@ -163,7 +193,7 @@ class ExportedSegmenter:
         providers: Sequence[Any] | None = None,
         session_options: Any = None,
     ) -> None:
-        import onnxruntime
+        import onnxruntime  # noqa: F401 (without onnxruntime, fail here, before reading the folder)
 
         self.folder = Path(folder).expanduser()
         if not is_exported_folder(self.folder):
@@ -205,9 +235,7 @@ class ExportedSegmenter:
         self.graph_path = graph
         self._providers = list(providers or ["CPUExecutionProvider"])
         self._session_options = session_options
-        self.session = onnxruntime.InferenceSession(
-            str(graph), sess_options=self._session_options, providers=self._providers
-        )
+        self.session = open_graph(graph, self._session_options, self._providers)
         self.text_graph_path = self.folder / ONNX_DIR / TEXT_MODEL_FILE
         self._text_tower: Any = None
         self._text_lock = threading.Lock()
@@ -277,6 +305,17 @@ class ExportedSegmenter:
             rows.update(zip(missing, computed))
         text_embeds = np.stack([rows[name] for name in names]).astype(np.float32, copy=False)
         return ClassSet(text_embeds, np.asarray(name_to_class, dtype=np.int64), parsed)
+
+    def _check_label_set(self, classes: Sequence[str | Sequence[str]] | ClassSet | None) -> None:
+        """Refuse fewer than two classes to segment into (`parse_label_set`), given or stored."""
+        if classes is not None:
+            parse_label_set(classes.classes if isinstance(classes, ClassSet) else classes, "classes")
+        elif self.stored_classes is not None and len(self.stored_classes) < 2:
+            raise ValueError(
+                f"The exported model {self.folder} stores only one class ({CLASSES_FILE}), which would label every "
+                "pixel; name at least two classes to segment (e.g. classes=['sky', 'road'], or --labels sky road on "
+                "the command line)."
+            )
 
     def _raise_without_text_model(self, missing: Sequence[str], same_templates: bool) -> None:
         """The error for names an export without text graph cannot embed."""
@@ -380,11 +419,13 @@ class ExportedSegmenter:
         timeout: float | None = None,
         **call: Any,
     ) -> RuntimeSegmentation:
-        """Segment one image (path, URL, PIL image or array) into `classes` (default: the stored classes).
+        """Segment one image (path, URL, PIL image or array) into `classes` (default: the stored classes): at least
+        two classes (`ValueError` otherwise, before any work: one class would label every pixel).
 
         `options`: this call's options from `options(...)` (default: the stored ones); `call`: keywords on top of
         them (`method`, `short_side`, sliding windows and post-processing); see `naclip_hf.inference.segment_image`.
         """
+        self._check_label_set(classes)
         options = self.options(options, **call)
         class_set = classes if isinstance(classes, ClassSet) else self.encode_classes(classes)
         original = load_image(image, timeout=timeout)

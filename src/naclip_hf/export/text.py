@@ -207,11 +207,9 @@ class ExportedTextTower:
         """The `onnxruntime.InferenceSession` of the text graph, created on first use."""
         with self._lock:
             if self._session is None:
-                import onnxruntime
+                from .runtime import open_graph
 
-                self._session = onnxruntime.InferenceSession(
-                    str(self.graph_path), sess_options=self._session_options, providers=self._providers
-                )
+                self._session = open_graph(self.graph_path, self._session_options, self._providers)
             return self._session
 
     def prompt_features(self, prompts: Sequence[str], batch_size: int = 128) -> np.ndarray:

@@ -20,7 +20,7 @@ from transformers.utils import logging
 from .class_embeddings import ClassEmbeddings, encode_classes
 from .image_io import describe_input, load_image
 from .image_processing_naclip import NACLIPImageProcessor
-from .labels import parse_class_entries
+from .labels import parse_label_set
 from .modeling_naclip import NACLIPSemanticSegmenterOutput, check_attention_strategy
 from .options import CALL_OPTIONS, NACLIPInferenceOptions
 from .processing_naclip import NACLIPProcessor
@@ -36,7 +36,7 @@ LABEL_CACHE_SIZE = 32
 
 def parse_candidate_labels(candidate_labels: Any) -> list[list[str]]:
     """Validate `candidate_labels` (a list; each entry a string with comma-separated synonyms, or a list of names)
-    and return the names of every class. Raises `ValueError` for a missing, empty, blank or repeated label."""
+    and return the names of every class. Raises `ValueError` for a missing, empty, blank, repeated or lone label."""
     if candidate_labels is None:
         raise ValueError(
             "candidate_labels is required: name the classes to segment, e.g. "
@@ -56,7 +56,7 @@ def parse_candidate_labels(candidate_labels: Any) -> list[list[str]]:
                 f"candidate_labels[{position}] = {entry!r} is neither a string nor a list of strings (the names "
                 "of one class)."
             )
-    return parse_class_entries(candidate_labels)
+    return parse_label_set(candidate_labels, "candidate_labels")
 
 
 def _is_naclip_image_processor(image_processor: Any) -> bool:

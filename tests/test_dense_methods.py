@@ -14,6 +14,7 @@ from PIL import Image
 from helpers import tiny_clip_config
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
 from naclip_hf.cli import main
+from naclip_hf.cli._common import parse_set_options
 from naclip_hf.inference import encode_classes, load_processor
 from naclip_hf.methods import combine_settings, get_method
 from naclip_hf.models.naclip.dense_methods import (
@@ -30,7 +31,12 @@ from naclip_hf.models.naclip.dense_methods import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "golden_methods"
-CASES = ["scclip_voc20_b", "scclip_voc21_p", "scclip_city_e", "sfp_voc20_b", "sfp_voc21_p", "sfp_city_e"]
+CASES = ["scclip_voc20_b", "scclip_voc21_p", "scclip_city_e", "sfp_voc20_b", "sfp_voc21_p", "sfp_city_e",
+         "resclip_voc20_b", "resclip_voc20_b_nosfr", "resclip_voc21_p", "resclip_context59_p", "resclip_city_e"]
+SLOW_CASES = ("scclip_city_e", "sfp_city_e", "resclip_city_e", "resclip_context59_p")
+# The benchmark of each official config file.
+CONFIG_BENCHMARKS = {"configs/cfg_voc20.py": "voc20", "configs/cfg_voc21.py": "voc21",
+                     "configs/cfg_city_scapes.py": "cityscapes", "configs/cfg_context59.py": "context59"}
 LOGITS_TOL, PROBS_TOL, MIN_EQUAL_LABELS = 1e-4, 1e-3, 0.999
 
 
@@ -62,9 +68,10 @@ def narrow_model(narrow_checkpoint) -> NACLIPForSemanticSegmentation:
 
 
 def _case(manifest: dict, case_id: str) -> tuple[dict, dict]:
-    """(case entry, its settings but the short side) from the manifest's `cli_set`."""
+    """(case entry, its settings but the short side) from the manifest's `cli_set`, typed as `--set` types them."""
     case = next(c for c in manifest["cases"] if c["id"] == case_id)
-    return case, {key: value for key, value in case["cli_set"].items() if key != "short_side"}
+    settings = parse_set_options([f"{key}={value}" for key, value in case["cli_set"].items()])
+    return case, {key: value for key, value in settings.items() if key != "short_side"}
 
 
 def _window(golden: dict, image: str = "img_b", rows: slice = slice(0, 224), cols: slice = slice(0, 224)):
@@ -87,13 +94,14 @@ def _check(golden: dict, case_id: str, logits, probabilities, segmentation) -> t
 
 # ----------------------------------------------------------------------------------- parity with the official
 @pytest.mark.parametrize(
-    "case_id", [pytest.param(c, marks=pytest.mark.slow) if c.endswith("_city_e") else c for c in CASES]
+    "case_id", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES]
 )
 def test_case_through_from_pretrained(narrow_checkpoint, methods_golden, methods_manifest, case_id):
     """`from_pretrained(path, method=...)` with the case's settings, our processor on the fixture's resized image."""
     case, settings = _case(methods_manifest, case_id)
     model = NACLIPForSemanticSegmentation.from_pretrained(narrow_checkpoint, method=case["method"], **settings)
     assert model.config.arch == case["method"]
+    assert model.config.method == case["method"]
     processor = load_processor(narrow_checkpoint)
     raw = methods_golden[f"{case['image']}/raw"]
     fed = methods_golden[f"{case['image']}/resized_{case['short_side']}"]
@@ -109,7 +117,7 @@ def test_case_through_from_pretrained(narrow_checkpoint, methods_golden, methods
     _check(methods_golden, case_id, outputs.logits[0], result["probabilities"], result["segmentation"])
 
 
-@pytest.mark.parametrize("case_id", ["scclip_voc21_p", "sfp_voc20_b"])
+@pytest.mark.parametrize("case_id", ["scclip_voc21_p", "sfp_voc20_b", "resclip_voc21_p"])
 def test_case_through_cli(narrow_checkpoint, methods_golden, methods_manifest, tmp_path, case_id):
     """`naclip segment --method NAME --set ...` on the raw image, resized by our own image processor."""
     case, _ = _case(methods_manifest, case_id)
@@ -398,3 +406,19 @@ def test_attention_maps_refuse_dense_methods(narrow_model):
     assert check_methods(narrow_model, ["sclip"]) == {"sclip": {"arch": "vanilla", "attn_strategy": "csa"}}
     with pytest.raises(ValueError, match="Method 'sfp' replaces the last block"):
         check_methods(narrow_model, ["naclip", "sfp"])
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_registry_settings_equal_the_official_configs(methods_manifest, case_id):
+    """Each case ran the official code with its official config: the registry's settings for that method and
+    benchmark (benchmark, then method, then the method's own for the benchmark) are the case's, but the switch the
+    ablation turns off."""
+    case, settings = _case(methods_manifest, case_id)
+    registered = combine_settings(CONFIG_BENCHMARKS[case["official_config"]], case["method"])
+    expected = {**settings, "short_side": case["short_side"]}
+    if case_id.endswith("_nosfr"):
+        expected["use_sfr"] = True  # the official code always runs SFR; the ablation is ours
+    def plain(value):
+        return [float(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+    assert {key: plain(registered.get(key)) for key in expected} == {key: plain(v) for key, v in expected.items()}

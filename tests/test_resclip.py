@@ -68,7 +68,7 @@ def case_settings(model: NACLIPForSemanticSegmentation, case: dict) -> dict:
         elif isinstance(value, str):
             value = [float(part) for part in value.split(",")]
         typed[name] = value
-    return model.config.inference_options(**typed)
+    return model.config.inference_options(**typed).to_dict()
 
 
 def normalised_input(golden: dict, manifest: dict, case: dict) -> torch.Tensor:
@@ -283,7 +283,7 @@ def test_missing_attention_weights_are_refused(narrow_model):
     with pytest.raises(ValueError, match="eager"):
         resclip.resclip_block(
             narrow_model, hidden, (), patch_grid=(14, 14), pixel_values=torch.zeros(1, 3, 224, 224),
-            text_embeds=torch.zeros(2, 64), settings=narrow_model.config.inference_options(),
+            text_embeds=torch.zeros(2, 64), settings=narrow_model.config.inference_options().to_dict(),
         )  # fmt: skip
 
 

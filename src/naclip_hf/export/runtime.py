@@ -13,8 +13,7 @@
    the original size, PAMR, temperature softmax over names, synonyms merged by their maximum, `prob_thd`.
 
 The PyTorch functions are the reference; the numpy ones here follow them operation by operation and are checked
-against them by the tests. The functions `load_model`, `load_processor`, `encode_classes`, `segment_image` and
-`save_scores` mirror `naclip_hf.inference` so that the command line runs either backend with the same code.
+against them by the tests. `save_scores` writes the file format of `naclip_hf.inference.save_scores`.
 
 Example:
 
@@ -684,57 +683,7 @@ def int8_graph_file(folder: str | os.PathLike) -> str:
     return SIGNED_INT8_MODEL_FILE if signed.is_file() and native_int8_dot_products() else QUANTIZED_MODEL_FILE
 
 
-# ------------------------------------------------------------ the `naclip_hf.inference` functions, mirrored
-def load_model(
-    model_path: str | os.PathLike, overrides: Mapping[str, Any] | None = None, quantized: bool = False, **kwargs: Any
-) -> ExportedSegmenter:
-    """An `ExportedSegmenter` for an exported folder (as `naclip_hf.inference.load_model` for checkpoints)."""
-    return ExportedSegmenter(model_path, overrides, quantized=quantized, **kwargs)
-
-
-@dataclass(frozen=True)
-class _ImageSettings:
-    short_side: int
-
-
-@dataclass(frozen=True)
-class ExportedProcessor:
-    """What the command line reads from a processor: `image_processor.short_side`."""
-
-    image_processor: _ImageSettings
-
-
-def load_processor(model_path: str | os.PathLike) -> ExportedProcessor:
-    """The stored image settings of an exported folder (as `naclip_hf.inference.load_processor`)."""
-    image = _read_json(Path(model_path).expanduser() / PREPROCESSOR_FILE, "image processor config")
-    return ExportedProcessor(_ImageSettings(int(image.get("short_side", DEFAULTS["short_side"]))))
-
-
-def encode_classes(
-    model: ExportedSegmenter,
-    processor: Any,
-    classes: Sequence[str | Sequence[str]],
-    *,
-    templates: Sequence[str] | None = None,
-    cache_dir: str | os.PathLike | bool | None = None,
-) -> ClassSet:
-    """The embeddings of `classes`: stored ones read back, others from the text graph (as
-    `naclip_hf.inference.encode_classes`, with the same `cache_dir`; `processor` is not needed)."""
-    return model.encode_classes(classes, templates, cache_dir)
-
-
-def segment_image(
-    model: ExportedSegmenter,
-    processor: Any,
-    image: Any,
-    classes: ClassSet,
-    short_side: int | None = None,
-    **options: Any,
-) -> RuntimeSegmentation:
-    """Segment one image (as `naclip_hf.inference.segment_image`)."""
-    return model.segment(image, classes, short_side=short_side, **options)
-
-
+# ---------------------------------------------------------------------------------------------- scores
 def save_scores(path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
     """Write `logits`, `probabilities` and `segmentation` to a safetensors file, atomically (the format of
     `naclip_hf.inference.save_scores`)."""
@@ -756,7 +705,6 @@ __all__ = [
     "CLASS_EMBEDDINGS_FILE",
     "ClassSet",
     "ExportedConfig",
-    "ExportedProcessor",
     "ExportedSegmenter",
     "GRAPH_INPUTS",
     "GRAPH_OUTPUT",
@@ -766,11 +714,8 @@ __all__ = [
     "RuntimeSegmentation",
     "TEXT_MODEL_FILE",
     "TEXT_SETTINGS",
-    "encode_classes",
     "int8_graph_file",
     "is_exported_folder",
-    "load_model",
-    "load_processor",
     "native_int8_dot_products",
     "normalize_image",
     "pamr",
@@ -778,6 +723,5 @@ __all__ = [
     "post_process_logits",
     "resize_bilinear",
     "save_scores",
-    "segment_image",
     "softmax",
 ]

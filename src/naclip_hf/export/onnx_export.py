@@ -2,7 +2,7 @@
 the text tower as a second graph.
 
 The segmentation graph is `NACLIPForSemanticSegmentation`'s own computation for one window (`slide_crop=0`):
-`encode_patches` with the config's last block, then `_window_logits`. It is traced with `torch.onnx.export`
+`encode_patches` with the config's last block, then `window_logits`. It is traced with `torch.onnx.export`
 (the `torch.export`-based exporter) on a view of the model in which one piece is replaced:
 
 - The positional embeddings. PyTorch's `F.interpolate(scale_factor=...)` is traced with the scale factors of the
@@ -22,6 +22,7 @@ it lets the runtime embed any class name without torch (`naclip_hf.export.text`)
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -142,25 +143,15 @@ class GraphVisionEmbeddings(NACLIPVisionEmbeddings):
         return graph_position_embeddings(self.position_embedding.weight, grid_height, grid_width, mode)[None]
 
 
-def _shallow_copy(module: nn.Module, cls: type | None = None) -> nn.Module:
-    """A new module object with the same parameters, buffers and submodules, and its own table of submodules."""
-    copy = (cls or type(module)).__new__(cls or type(module))
-    copy.__dict__.update(module.__dict__)
-    copy.__dict__["_modules"] = dict(module._modules)
-    return copy
-
-
 def _graph_view(model: NACLIPForSemanticSegmentation) -> NACLIPForSemanticSegmentation:
-    """`model` with its vision embeddings as `GraphVisionEmbeddings`, sharing every weight; `model` is unchanged."""
+    """`model` with its vision embeddings as `GraphVisionEmbeddings`, sharing every weight; `model` is unchanged:
+    the modules on the path to the embeddings are shallow copies (`copy.copy`) with their own table of submodules."""
     path = next(name for name, module in model.named_modules() if isinstance(module, NACLIPVisionEmbeddings))
-    *parents, leaf = path.split(".")
-    view = _shallow_copy(model)
-    holder = view
-    for name in parents:
-        child = _shallow_copy(holder._modules[name])
-        holder._modules[name] = child
-        holder = child
-    holder._modules[leaf] = _shallow_copy(holder._modules[leaf], GraphVisionEmbeddings)
+    view = holder = copy.copy(model)
+    for name in path.split("."):
+        holder._modules = dict(holder._modules)
+        holder._modules[name] = holder = copy.copy(holder._modules[name])
+    holder.__class__ = GraphVisionEmbeddings
     return view
 
 
@@ -180,7 +171,7 @@ class SegmentationGraph(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         hidden = self.model.encode_patches(pixel_values.to(self.model.dtype), **self.block).last_hidden_state
-        return self.model._window_logits(hidden, text_embeds, pixel_values.shape[-2:]).float()
+        return self.model.window_logits(hidden, text_embeds, pixel_values.shape[-2:]).float()
 
 
 def export_graph(

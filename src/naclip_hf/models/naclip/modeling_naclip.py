@@ -678,8 +678,12 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         check_attention_strategy(options["attn_strategy"])
         return options
 
-    def _window_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`."""
+    def window_logits(self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Per-name logits [B, names, H, W] (float32) from the last block's output [B, 1 + gh*gw, width] of windows of
+        `size` (H, W): the patch features projected, compared with `text_embeds` [names, D] and upsampled bilinearly.
+
+        The head of `forward` for one window; the ONNX export traces `encode_patches` followed by this method.
+        """
         return F.interpolate(self._patch_logits(hidden, text_embeds, size), size=size, mode="bilinear",
                              align_corners=False)  # fmt: skip
 
@@ -724,7 +728,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
             value.append(getattr(encoded, name))
         size = tuple(windows.shape[-2:])
         if add is None:
-            logits = self._window_logits(encoded.last_hidden_state, text_embeds, size)
+            logits = self.window_logits(encoded.last_hidden_state, text_embeds, size)
             return logits[:, :, top : top + height, left : left + width].float()
         patch_logits = self._patch_logits(encoded.last_hidden_state, text_embeds, size)
         for index in range(len(patch_logits)):

@@ -31,11 +31,8 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO / "src"))
 
-from naclip_hf.models.naclip.postprocessing_naclip import (  # noqa: E402
-    NEIGHBOUR_OFFSETS,
-    WINDOW_OFFSETS,
-    post_process_logits,  # noqa: E402
-)
+from naclip_hf.models.naclip.image_utils import NEIGHBOUR_OFFSETS, WINDOW_OFFSETS  # noqa: E402
+from naclip_hf.models.naclip.postprocessing_naclip import post_process_logits  # noqa: E402
 from naclip_hf.models.naclip.templates import IMAGENET_TEMPLATES  # noqa: E402
 
 OFFICIAL_CONTEXT_LENGTH = 77

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..models.naclip.image_io import load_image
-from ..models.naclip.image_utils import resize_short_side, sliding_windows, window_tokens
+from ..models.naclip.image_utils import NEIGHBOUR_OFFSETS, resize_short_side, row_bands, sliding_windows, window_tokens
 from ..models.naclip.labels import flatten_class_names, parse_class_entries
 from ..models.naclip.options import (
     CONFIG_SETTINGS,
@@ -469,12 +469,6 @@ BAND_BYTES = 1 << 19
 small enough to stay in cache (speed only; every pixel is computed the same way whatever the bands)."""
 
 
-def _row_bands(height: int, row_bytes: int) -> list[tuple[int, int]]:
-    """(top, bottom) of the row bands of `BAND_BYTES` covering `height` rows of `row_bytes` bytes each."""
-    rows = max(1, BAND_BYTES // max(1, row_bytes))
-    return [(top, min(height, top + rows)) for top in range(0, height, rows)]
-
-
 def _in_bands(function: Any, bands: list[tuple[int, int]], pool: ThreadPoolExecutor | None = None) -> None:
     """`function(top, bottom)` for every band, on `pool` or on `os.cpu_count()` threads of a new one (NumPy releases
     the GIL in its loops, so the bands run in parallel)."""
@@ -517,13 +511,8 @@ def resize_bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         first, second = rows[..., y0[top:bottom], :], rows[..., y1[top:bottom], :]
         np.add(first * wy0[top:bottom, None], second * wy1[top:bottom, None], out=resized[..., top:bottom, :])
 
-    _in_bands(band, _row_bands(height, int(np.prod(values.shape[:-2])) * width * 4))
+    _in_bands(band, row_bands(height, int(np.prod(values.shape[:-2])) * width * 4, BAND_BYTES))
     return resized
-
-
-# The eight neighbours of a 3×3 window, in the order of
-# `naclip_hf.models.naclip.postprocessing_naclip.NEIGHBOUR_OFFSETS`.
-_NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
 def _neighbour_views(values: np.ndarray, dilation: int) -> list[np.ndarray]:
@@ -533,7 +522,7 @@ def _neighbour_views(values: np.ndarray, dilation: int) -> list[np.ndarray]:
     return [
         padded[..., dilation + dy * dilation : dilation + dy * dilation + height,
                dilation + dx * dilation : dilation + dx * dilation + width]
-        for dy, dx in _NEIGHBOUR_OFFSETS
+        for dy, dx in NEIGHBOUR_OFFSETS
     ]  # fmt: skip
 
 
@@ -547,7 +536,7 @@ def pamr_affinity(image: np.ndarray, dilations: Sequence[int]) -> np.ndarray:
         around = [neighbour[..., top:bottom, :] for neighbour in neighbours]
         affinity[:, :, top:bottom] = _affinity(image[..., top:bottom, :], around, len(dilations))
 
-    _in_bands(band, _row_bands(image.shape[-2], image.shape[0] * len(neighbours) * image.shape[-1] * 4))
+    _in_bands(band, row_bands(image.shape[-2], image.shape[0] * len(neighbours) * image.shape[-1] * 4, BAND_BYTES))
     return affinity
 
 
@@ -582,8 +571,8 @@ def pamr(image: np.ndarray, scores: np.ndarray, num_iter: int, dilations: Sequen
     scores = np.asarray(scores, dtype=np.float32)
     height, width = scores.shape[-2:]
     reach = max(dilations)
-    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in _NEIGHBOUR_OFFSETS]
-    bands = _row_bands(height, scores.shape[0] * scores.shape[1] * width * scores.itemsize)
+    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]
+    bands = row_bands(height, scores.shape[0] * scores.shape[1] * width * scores.itemsize, BAND_BYTES)
     source = np.empty((*scores.shape[:2], height + 2 * reach, width + 2 * reach), dtype=np.float32)
     target = np.empty_like(source)
     source[..., reach : reach + height, reach : reach + width] = scores

@@ -1,4 +1,6 @@
-"""Image resizing that reproduces MMSeg's ``Resize(scale=(2048, S), keep_ratio=True)`` on uint8 images.
+"""Torch-free image helpers shared by the model and the ONNX runtime: resizing that reproduces MMSeg's
+``Resize(scale=(2048, S), keep_ratio=True)`` on uint8 images, the sliding windows, PAMR's neighbour offsets and the
+row bands that large arrays are worked in.
 
 MMSeg rescales with OpenCV's bilinear interpolation (``INTER_LINEAR``). For 8-bit images OpenCV runs a
 fixed-point algorithm whose rounding differs from a float bilinear resize by one grey level on roughly an
@@ -168,6 +170,20 @@ def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tup
             y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
             boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
     return boxes
+
+
+def row_bands(height: int, row_size: int, band_size: int) -> list[tuple[int, int]]:
+    """(top, bottom) of the bands of rows, about `band_size` each (at least one row), covering `height` rows of
+    `row_size` each (bytes or pixels, in the unit of `band_size`). Large arrays are worked band by band so that the
+    temporaries stay small or in cache; every pixel is computed the same way whatever the bands."""
+    rows = max(1, band_size // max(1, row_size))
+    return [(top, min(height, top + rows)) for top in range(0, height, rows)]
+
+
+# The eight neighbours of a 3×3 window (centre excluded), as (row, column) offsets in units of PAMR's dilation.
+NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+# The full 3×3 window, centre included (the local spread of PAMR's affinity is taken over it).
+WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
 
 
 def window_tokens(height: int, width: int, crop: int, patch_size: int) -> int:

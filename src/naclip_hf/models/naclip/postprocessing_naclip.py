@@ -20,26 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# The eight neighbours of a 3×3 window (centre excluded), as (row, column) offsets in units of the dilation.
-NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
-    (-1, -1),
-    (-1, 0),
-    (-1, 1),
-    (0, -1),
-    (0, 1),
-    (1, -1),
-    (1, 0),
-    (1, 1),
-)
-# The full 3×3 window, centre included (the local spread of the affinity is taken over it).
-WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
-
-
-def _row_bands(tensor: torch.Tensor, band_bytes: int) -> list[tuple[int, int]]:
-    """(top, bottom) of the row bands of about `band_bytes` per channel that `tensor` [..., H, W] is worked in."""
-    height, width = tensor.shape[-2:]
-    rows = max(1, band_bytes // max(1, width * tensor.element_size()))
-    return [(top, min(height, top + rows)) for top in range(0, height, rows)]
+from .image_utils import NEIGHBOUR_OFFSETS, WINDOW_OFFSETS, row_bands
 
 
 def _band_neighbours(padded: torch.Tensor, dilations: Sequence[int], top: int, bottom: int) -> list[torch.Tensor]:
@@ -64,7 +45,7 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
     logits = image.new_empty((image.shape[0], len(NEIGHBOUR_OFFSETS) * len(dilations), *image.shape[-2:]))
     repeats, count = len(dilations), len(WINDOW_OFFSETS) * len(dilations)
     # Rows in bands, so that the ~100 passes below over each band read it from cache (speed only).
-    for top, bottom in _row_bands(image, AFFINITY_BAND_BYTES):
+    for top, bottom in row_bands(image.shape[-2], image.shape[-1] * image.element_size(), AFFINITY_BAND_BYTES):
         centre, neighbours = image[..., top:bottom, :], _band_neighbours(padded, dilations, top, bottom)
         # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation, i.e. over the
         # neighbours and len(dilations) copies of the centre; two passes (mean, then squared deviations).
@@ -317,7 +298,7 @@ def _pamr_refine(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilat
     bands of about `PAMR_BAND_BYTES` per channel, so that a band of each neighbour's weights is read from cache for
     every channel rather than from memory; every pixel sums the same terms in the same order, so the result does not
     depend on the bands."""
-    bands = _row_bands(scores, PAMR_BAND_BYTES)
+    bands = row_bands(scores.shape[-2], scores.shape[-1] * scores.element_size(), PAMR_BAND_BYTES)
     for _ in range(steps):
         padded = F.pad(scores, [max(dilations)] * 4, mode="replicate")
         refined = torch.empty_like(scores)
@@ -465,7 +446,7 @@ def post_process_image(
     return ImagePostProcessing(segmentation, probabilities, counts, sums)
 
 
-__all__ = ["DEFAULT_MAX_TILE_BYTES", "NEIGHBOUR_OFFSETS", "WINDOW_OFFSETS", "ImagePostProcessing",
+__all__ = ["DEFAULT_MAX_TILE_BYTES", "ImagePostProcessing",
            "area_threshold_keep", "drop_classes", "estimate_post_processing_bytes", "pamr",
            "pamr_affinity", "pamr_halo", "plan_tiles", "post_process_image", "post_process_logits",
            "upsample_region"]  # fmt: skip

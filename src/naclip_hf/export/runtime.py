@@ -484,8 +484,9 @@ def _in_bands(function: Any, bands: list[tuple[int, int]], pool: ThreadPoolExecu
         list(pool.map(lambda band: function(*band), bands))
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of bilinear resizing along one axis, as PyTorch's CPU kernel computes them."""
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of bilinear resizing along one axis, as PyTorch's CPU kernel computes them (the
+    numpy twin of `postprocessing_naclip._bilinear_taps`)."""
     if in_size == out_size:
         index = np.arange(out_size)
         return index, index, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
@@ -502,8 +503,8 @@ def resize_bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     `F.interpolate(values, size, mode="bilinear", align_corners=False)`)."""
     height, width = int(size[0]), int(size[1])
     values = np.asarray(values, dtype=np.float32)
-    x0, x1, wx0, wx1 = _linear_taps(values.shape[-1], width)
-    y0, y1, wy0, wy1 = _linear_taps(values.shape[-2], height)
+    x0, x1, wx0, wx1 = _bilinear_taps(values.shape[-1], width)
+    y0, y1, wy0, wy1 = _bilinear_taps(values.shape[-2], height)
     rows = values[..., x0] * wx0 + values[..., x1] * wx1  # [B, C, h, W]
     resized = np.empty((*values.shape[:-2], height, width), dtype=np.float32)
 

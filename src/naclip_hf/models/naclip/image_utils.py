@@ -56,8 +56,9 @@ def resized_shape(height: int, width: int, short_side: int, max_long_side: int =
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def _source_positions(dst_len: int, src_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer source index [dst_len] int64 and its float32 fraction [dst_len] for each output index."""
+def _opencv_source_positions(dst_len: int, src_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer source index [dst_len] int64 and its float32 fraction [dst_len] for each output index, as OpenCV's
+    uint8 bilinear resize computes them."""
     scale = 1.0 / (dst_len / src_len)
     pos = ((np.arange(dst_len, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     index = np.floor(pos).astype(np.int64)
@@ -78,7 +79,7 @@ def _resize_numpy(image: np.ndarray, out_height: int, out_width: int) -> np.ndar
     height, width = image.shape[:2]
 
     # Columns: snap out-of-range coordinates to the border pixel with weights (2048, 0).
-    x0, fx = _source_positions(out_width, width)
+    x0, fx = _opencv_source_positions(out_width, width)
     outside = (x0 < 0) | (x0 >= width - 1)
     fx = np.where(outside, np.float32(0.0), fx)
     x0 = np.clip(x0, 0, width - 1)
@@ -86,7 +87,7 @@ def _resize_numpy(image: np.ndarray, out_height: int, out_width: int) -> np.ndar
     ax0, ax1 = _fixed_point_weights(fx)
 
     # Rows: weights are kept as computed, the row indices are clamped.
-    y0, fy = _source_positions(out_height, height)
+    y0, fy = _opencv_source_positions(out_height, height)
     by0, by1 = _fixed_point_weights(fy)
     y0, y1 = np.clip(y0, 0, height - 1), np.clip(y0 + 1, 0, height - 1)
 

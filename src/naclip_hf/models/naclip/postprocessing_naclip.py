@@ -251,7 +251,7 @@ def estimate_post_processing_bytes(
     return tile + outputs
 
 
-def _source_positions(
+def _bilinear_taps(
     in_size: int, out_size: int, start: int, stop: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """For output positions `start..stop-1` of a bilinear resize `in_size -> out_size` (`align_corners=False`):
@@ -281,8 +281,8 @@ def upsample_region(
     by that much, depending on sizes and threads)."""
     height, width = size
     in_height, in_width = values.shape[-2:]
-    r_first, r_second, r_w0, r_w1 = _source_positions(in_height, height, rows[0], rows[1], values.device)
-    c_first, c_second, c_w0, c_w1 = _source_positions(in_width, width, cols[0], cols[1], values.device)
+    r_first, r_second, r_w0, r_w1 = _bilinear_taps(in_height, height, rows[0], rows[1], values.device)
+    c_first, c_second, c_w0, c_w1 = _bilinear_taps(in_width, width, cols[0], cols[1], values.device)
     low, high = int(r_first.min()), int(r_second.max()) + 1
     source = values[..., low:high, :].float()
     across = source[..., c_first].mul_(c_w0).addcmul_(source[..., c_second], c_w1)  # [B, C, high - low, cols]

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..embedding_store import EmbeddingStore, resolve_cache_dir
 from ..models.naclip.recently_used import RecentlyUsed
+from ..models.naclip.tokenization import tokenizer_max_length
 from .layout import (
     CONFIG_FILE,
     ONNX_DIR,
@@ -48,8 +49,6 @@ from .layout import (
 
 logger = logging.getLogger(__name__)
 
-# CLIP's context length: the tokenizer's maximum when its config does not give a usable one (as the processor).
-CLIP_CONTEXT_LENGTH = 77
 # Version of this runtime's cache description; bumping it invalidates its entries.
 CACHE_FORMAT = 1
 # Label sets whose embeddings a tower keeps in memory (the most recently used ones).
@@ -98,11 +97,7 @@ class ExportedTokenizer:
         except Exception as error:  # the Rust library raises a plain Exception for bad files
             raise ValueError(f"{path} is not a valid tokenizer file ({error}); {_REEXPORT_HINT}.") from None
         settings = _read_optional_json(folder / TOKENIZER_CONFIG_FILE)
-        max_length = settings.get("model_max_length")
-        # As `NACLIPProcessor.tokenize_class_names`: an unset (huge) maximum means CLIP's context length.
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or not 0 < max_length <= 10_000:
-            max_length = CLIP_CONTEXT_LENGTH
-        self.model_max_length = max_length
+        self.model_max_length = tokenizer_max_length(settings.get("model_max_length"))  # as the processor
         pad_token = _token_content(settings.get("pad_token")) or _token_content(settings.get("eos_token"))
         pad_id = None if pad_token is None else self.backend.token_to_id(pad_token)
         if pad_id is None:

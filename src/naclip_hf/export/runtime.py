@@ -9,8 +9,9 @@
    and std;
 2. run the ONNX graph of one window on the whole image or on the sliding windows of `image_utils.sliding_windows`
    (the boxes `NACLIPForSemanticSegmentation.forward` uses), summing overlapping windows and dividing by the count;
-3. post-process in numpy as `image_processing_naclip.post_process_logits` does in PyTorch: bilinear upsampling to
-   the original size, PAMR, temperature softmax over names, synonyms merged by their maximum, `prob_thd`.
+3. post-process in numpy as `NACLIPImageProcessor.post_process_semantic_segmentation` does in PyTorch (see
+   `postprocessing_naclip.post_process_image`): bilinear upsampling to the original size, PAMR, temperature
+   softmax over names, synonyms merged by their maximum, `prob_thd`.
 
 The PyTorch functions are the reference; the numpy ones here follow them operation by operation and are checked
 against them by the tests. `save_scores` writes the file format of `naclip_hf.inference.save_scores`.
@@ -83,9 +84,9 @@ def is_exported_folder(path: str | os.PathLike) -> bool:
 
 # ------------------------------------------------------------------------------------------ results
 @dataclass(frozen=True)
-class ClassSet:
+class ClassEmbeddings:
     """The text side of a label set: `text_embeds` [names, D] float32, `name_to_class` [names] int64 and the
-    classes' names (as `naclip_hf.inference.ClassEmbeddings`, in numpy)."""
+    classes' names: `naclip_hf.models.naclip.class_embeddings.ClassEmbeddings` in numpy."""
 
     text_embeds: np.ndarray
     name_to_class: np.ndarray
@@ -98,9 +99,9 @@ class ClassSet:
 
 
 @dataclass(frozen=True)
-class RuntimeSegmentation:
+class SegmentationResult:
     """`logits` [names, h, w] at the processed size; `probabilities` [classes, H, W] (float32) and `segmentation`
-    [H, W] (int64 class ids) at the original size (as `naclip_hf.inference.SegmentationResult`, in numpy)."""
+    [H, W] (int64 class ids) at the original size: `naclip_hf.inference.SegmentationResult` in numpy."""
 
     logits: np.ndarray
     probabilities: np.ndarray
@@ -230,7 +231,7 @@ class ExportedSegmenter:
         classes: Sequence[str | Sequence[str]] | None = None,
         templates: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | bool | None = None,
-    ) -> ClassSet:
+    ) -> ClassEmbeddings:
         """The text embeddings of `classes` (default: the stored classes, in their order).
 
         Names stored at export (with the same templates) are read back; every other name is embedded by the text
@@ -245,7 +246,7 @@ class ExportedSegmenter:
                 (`$NACLIP_CACHE`, else `~/.cache/naclip_hf/text`), or `None`/`False` (default) for none. Label sets
                 computed before by this segmenter are also kept in memory.
         Returns:
-            A `ClassSet`: `text_embeds` [names, D], `name_to_class` [names] and the classes.
+            A `ClassEmbeddings`: `text_embeds` [names, D], `name_to_class` [names] and the classes.
         """
         if templates is None:
             templates = self.config.prompt_templates
@@ -273,7 +274,7 @@ class ExportedSegmenter:
             computed = self.text_tower.embed_names(missing, templates, self.config.text_batch_size, cache_dir)
             rows.update(zip(missing, computed))
         text_embeds = np.stack([rows[name] for name in names]).astype(np.float32, copy=False)
-        return ClassSet(text_embeds, np.asarray(name_to_class, dtype=np.int64), parsed)
+        return ClassEmbeddings(text_embeds, np.asarray(name_to_class, dtype=np.int64), parsed)
 
     def _raise_without_text_model(self, missing: Sequence[str], same_templates: bool) -> None:
         """The error for names an export without text graph cannot embed."""
@@ -362,11 +363,11 @@ class ExportedSegmenter:
     def segment(
         self,
         image: Any,
-        classes: Sequence[str | Sequence[str]] | ClassSet | None = None,
+        classes: Sequence[str | Sequence[str]] | ClassEmbeddings | None = None,
         short_side: int | None = None,
         timeout: float | None = None,
         **options: Any,
-    ) -> RuntimeSegmentation:
+    ) -> SegmentationResult:
         """Segment one image (path, URL, PIL image or array) into `classes` (default: the stored classes).
 
         `options`: sliding windows and post-processing settings for this call (defaults: the stored ones); see
@@ -376,18 +377,18 @@ class ExportedSegmenter:
         _check_call_settings(options, self.config.to_dict(), "options")
         resolved = {**self.config.to_dict(), **check_settings(options, context=self.config.to_dict())}
         _check_supported(resolved, self.folder)
-        class_set = classes if isinstance(classes, ClassSet) else self.encode_classes(classes)
+        embeddings = classes if isinstance(classes, ClassEmbeddings) else self.encode_classes(classes)
         original = load_image(image, timeout=timeout)
         pixel_values = self.preprocess(original, short_side)
         logits = self.forward(
-            pixel_values, class_set.text_embeds, resolved["slide_crop"], resolved["slide_stride"],
+            pixel_values, embeddings.text_embeds, resolved["slide_crop"], resolved["slide_stride"],
             resolved["slide_batch_size"],
         )  # fmt: skip
         probabilities, segmentation = post_process_logits(
-            logits, pixel_values, original.shape[:2], class_set.name_to_class, resolved["logit_scale"],
+            logits, pixel_values, original.shape[:2], embeddings.name_to_class, resolved["logit_scale"],
             resolved["prob_thd"], resolved["pamr_steps"], resolved["pamr_dilations"],
         )  # fmt: skip
-        return RuntimeSegmentation(logits[0], probabilities[0], segmentation[0])
+        return SegmentationResult(logits[0], probabilities[0], segmentation[0])
 
 
 def _check_call_settings(values: Mapping[str, Any], stored: Mapping[str, Any], what: str) -> None:
@@ -623,7 +624,7 @@ def post_process_logits(
     pamr_dilations: Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities [B, classes, H, W] and labels [B, H, W] (int64) from per-name logits [B, names, h, w]
-    (reference: `naclip_hf.models.naclip.image_processing_naclip.post_process_logits`); `pixel_values`
+    (reference: `naclip_hf.models.naclip.postprocessing_naclip.post_process_image`, per image); `pixel_values`
     [B, 3, h, w] guides PAMR."""
     height, width = int(size[0]), int(size[1])
     logits = resize_bilinear(logits, (height, width))
@@ -693,7 +694,7 @@ def save_scores(path: str | os.PathLike, result: Any, metadata: Mapping[str, Any
 __all__ = [
     "CLASSES_FILE",
     "CLASS_EMBEDDINGS_FILE",
-    "ClassSet",
+    "ClassEmbeddings",
     "ExportedConfig",
     "ExportedSegmenter",
     "GRAPH_INPUTS",
@@ -701,7 +702,7 @@ __all__ = [
     "MODEL_FILE",
     "ONNX_DIR",
     "QUANTIZED_MODEL_FILE",
-    "RuntimeSegmentation",
+    "SegmentationResult",
     "TEXT_MODEL_FILE",
     "TEXT_SETTINGS",
     "int8_graph_file",

@@ -394,7 +394,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
     >>> processor = NACLIPProcessor.from_pretrained("openai/clip-vit-base-patch16")
     >>> inputs = processor(images=image, text=["sky", "tree", "road, street"])
     >>> with torch.no_grad():
-    ...     outputs = model(**inputs.model_inputs())
+    ...     outputs = model(**inputs)
     >>> labels = processor.post_process_semantic_segmentation(outputs, inputs)[0]  # [H, W] class ids
     ```
     """

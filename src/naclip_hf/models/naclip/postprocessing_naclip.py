@@ -1,6 +1,6 @@
 """Post-processing of NACLIP's logits, on tensors only: from per-name logits at the processed size to class
 probabilities and a label map at the original size. `NACLIPImageProcessor.post_process_semantic_segmentation` is
-the entry point; the NumPy twin of these steps, for the torch-free runtime, is `naclip_hf.export.postprocess`.
+the entry point; the NumPy twin of these steps, for the torch-free runtime, is in `naclip_hf.export.runtime`.
 
 - PAMR, pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020), as used by NACLIP: each iteration replaces
   every pixel's score by a weighted mean of its neighbours' scores at a few dilations; the weights (an affinity)

@@ -80,46 +80,6 @@ def pamr(image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Se
     return _pamr_refine(scores, affinity, num_iter, dilations)
 
 
-def post_process_logits(
-    logits: torch.Tensor,
-    pixel_values: torch.Tensor | None,
-    size: tuple[int, int],
-    name_to_class: torch.Tensor,
-    logit_scale: float,
-    prob_thd: float,
-    pamr_steps: int,
-    pamr_dilations: Sequence[int],
-    *,
-    area_thd: float = 0.0,
-    max_tile_bytes: int | None = None,
-    tile_shape: tuple[int, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities [B, classes, H, W] and labels [B, H, W] (int64) from per-name logits [B, names, h, w].
-
-    See `NACLIPImageProcessor.post_process_semantic_segmentation`; `pixel_values` [B, 3, h, w] guides PAMR.
-    The work runs in tiles (see `post_process_image`); `max_tile_bytes` / `tile_shape` change speed and memory only.
-    """
-    results = [
-        post_process_image(
-            logits[image : image + 1],
-            None if pixel_values is None else pixel_values[image : image + 1],
-            size,
-            name_to_class,
-            logit_scale=logit_scale,
-            prob_thd=prob_thd,
-            pamr_steps=pamr_steps,
-            pamr_dilations=pamr_dilations,
-            area_thd=area_thd,
-            return_probabilities=True,
-            max_tile_bytes=max_tile_bytes,
-            tile_shape=tile_shape,
-        )
-        for image in range(logits.shape[0])
-    ]
-    probabilities = torch.stack([result.probabilities for result in results])
-    return probabilities, torch.stack([result.segmentation for result in results])
-
-
 # ------------------------------------------------------------------------------------------------ tiled post-processing
 DEFAULT_MAX_TILE_BYTES = 1 << 30
 """Default memory budget of one post-processing tile (speed and memory only: results do not depend on it)."""
@@ -190,43 +150,34 @@ def plan_tiles(
     pamr_steps: int,
     pamr_dilations: Sequence[int],
     max_tile_bytes: int | None = None,
-    tile_shape: tuple[int, int] | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """The tiles `(row_start, row_stop, col_start, col_stop)` covering an image of `height` × `width`, in row-major
-    order, each small enough that its work fits `max_tile_bytes` (default `DEFAULT_MAX_TILE_BYTES`); or of
-    `tile_shape` (rows, cols) when given. Images that fit are one tile. Tiles are as square as the budget allows
-    (full rows when the width fits), since PAMR's context around a tile costs less around squares."""
-    if tile_shape is not None:
-        rows, cols = (int(v) for v in tile_shape)
-        if rows < 1 or cols < 1:
-            raise ValueError(f"tile_shape={tile_shape!r} must be two positive integers (rows, cols).")
-    else:
-        budget = (DEFAULT_MAX_TILE_BYTES if max_tile_bytes is None else int(max_tile_bytes)) // 4
-        if budget < 1:
-            raise ValueError(f"max_tile_bytes={max_tile_bytes!r} must be a positive number of bytes.")
-        halo = pamr_halo(pamr_steps, pamr_dilations)
+    order, each small enough that its work fits `max_tile_bytes` (default `DEFAULT_MAX_TILE_BYTES`). Images that
+    fit are one tile. Tiles are as square as the budget allows (full rows when the width fits), since PAMR's
+    context around a tile costs less around squares."""
+    budget = (DEFAULT_MAX_TILE_BYTES if max_tile_bytes is None else int(max_tile_bytes)) // 4
+    if budget < 1:
+        raise ValueError(f"max_tile_bytes={max_tile_bytes!r} must be a positive number of bytes.")
+    halo = pamr_halo(pamr_steps, pamr_dilations)
 
-        def fits(rows: int, cols: int) -> bool:
-            ext_rows, ext_cols = min(height, rows + 2 * halo), min(width, cols + 2 * halo)
-            return _tile_floats(rows, cols, ext_rows, ext_cols, num_names, num_classes, pamr_steps > 0,
-                                len(pamr_dilations)) <= budget  # fmt: skip
+    def fits(rows: int, cols: int) -> bool:
+        ext_rows, ext_cols = min(height, rows + 2 * halo), min(width, cols + 2 * halo)
+        return _tile_floats(rows, cols, ext_rows, ext_cols, num_names, num_classes, pamr_steps > 0,
+                            len(pamr_dilations)) <= budget  # fmt: skip
 
-        def largest(limit: int, shape) -> int:
-            low, high = 1, limit  # the largest n in [1, limit] with fits(*shape(n)), or 1
-            while low < high:
-                middle = (low + high + 1) // 2
-                low, high = (middle, high) if fits(*shape(middle)) else (low, middle - 1)
-            return low
+    def largest(limit: int, shape) -> int:
+        low, high = 1, limit  # the largest n in [1, limit] with fits(*shape(n)), or 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(*shape(middle)) else (low, middle - 1)
+        return low
 
-        side = largest(max(height, width), lambda n: (min(height, n), min(width, n)))
-        rows, cols = min(height, side), min(width, side)
-        if cols == width and rows < height:
-            rows = largest(height, lambda n: (n, width))
-    return [
-        (top, min(top + rows, height), left, min(left + cols, width))
-        for top in range(0, height, rows)
-        for left in range(0, width, cols)
-    ]
+    side = largest(max(height, width), lambda n: (min(height, n), min(width, n)))
+    rows, cols = min(height, side), min(width, side)
+    if cols == width and rows < height:
+        rows = largest(height, lambda n: (n, width))
+    return [(top, min(top + rows, height), left, min(left + cols, width))
+            for top in range(0, height, rows) for left in range(0, width, cols)]  # fmt: skip
 
 
 def estimate_post_processing_bytes(
@@ -357,7 +308,6 @@ def post_process_image(
     area_thd: float = 0.0,
     return_probabilities: bool = False,
     max_tile_bytes: int | None = None,
-    tile_shape: tuple[int, int] | None = None,
 ) -> ImagePostProcessing:
     """Labels (and probabilities) of one image at `size` (H, W) from its per-name logits [1, names, h, w], in tiles.
 
@@ -389,14 +339,14 @@ def post_process_image(
     )
     counts = torch.zeros(num_classes, dtype=torch.long, device=device)
     sums = torch.zeros(num_classes, dtype=torch.float64, device=device)
-    tiles = plan_tiles(height, width, num_names, num_classes, pamr_steps, pamr_dilations, max_tile_bytes, tile_shape)
+    tiles = plan_tiles(height, width, num_names, num_classes, pamr_steps, pamr_dilations, max_tile_bytes)
     keep = None
     if area_thd > 0 and len(tiles) > 1:
         # The area threshold needs every class's area over the whole image before any tile is labelled: a first
         # pass without thresholds counts the pixels of each top class.
         areas = post_process_image(
             logits, pixel_values, size, index, logit_scale, 0.0, pamr_steps, pamr_dilations,
-            max_tile_bytes=max_tile_bytes, tile_shape=tile_shape,
+            max_tile_bytes=max_tile_bytes,
         ).class_pixel_counts  # fmt: skip
         keep = area_threshold_keep(areas, area_thd)
     for top, bottom, left, right in tiles:
@@ -448,5 +398,5 @@ def post_process_image(
 
 __all__ = ["DEFAULT_MAX_TILE_BYTES", "ImagePostProcessing",
            "area_threshold_keep", "drop_classes", "estimate_post_processing_bytes", "pamr",
-           "pamr_affinity", "pamr_halo", "plan_tiles", "post_process_image", "post_process_logits",
+           "pamr_affinity", "pamr_halo", "plan_tiles", "post_process_image",
            "upsample_region"]  # fmt: skip

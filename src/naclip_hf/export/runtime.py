@@ -41,7 +41,15 @@ from typing import Any
 import numpy as np
 
 from ..models.naclip.image_io import load_image
-from ..models.naclip.image_utils import NEIGHBOUR_OFFSETS, resize_short_side, row_bands, sliding_windows, window_tokens
+from ..models.naclip.image_utils import (
+    NEIGHBOUR_OFFSETS,
+    resize_short_side,
+    row_bands,
+    sliding_windows,
+    window_batches,
+    window_coverage,
+    window_tokens,
+)
 from ..models.naclip.labels import flatten_class_names, parse_class_entries
 from ..models.naclip.options import (
     CONFIG_SETTINGS,
@@ -341,20 +349,15 @@ class ExportedSegmenter:
         if crop <= 0:
             return self._run(pixel_values, text_embeds)
         boxes = sliding_windows(height, width, crop, options["slide_stride"])
-        windows = [(image, box) for image in range(batch) for box in boxes]
         logits = np.zeros((batch, len(text_embeds), height, width), dtype=np.float32)
         tokens = window_tokens(height, width, crop, self.patch_size)
         # The graph's inputs are float32 whatever its precision: batches as for float32.
         step = window_batch_size(options["slide_batch_size"], tokens, pixel_values.itemsize, on_cpu=True)
-        for start in range(0, len(windows), step):
-            chunk = windows[start : start + step]
+        for chunk in window_batches(batch, boxes, step):
             crops = np.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
             for (image, (a, b, c, d)), values in zip(chunk, self._run(crops, text_embeds)):
                 logits[image, :, a:b, c:d] += values
-        count = np.zeros((height, width), dtype=np.float32)
-        for a, b, c, d in boxes:
-            count[a:b, c:d] += 1
-        return logits / count
+        return logits / window_coverage(height, width, boxes)
 
     def _run(self, pixel_values: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
         feed = {GRAPH_INPUTS[0]: np.ascontiguousarray(pixel_values), GRAPH_INPUTS[1]: text_embeds}

@@ -159,7 +159,7 @@ def resize_short_side(image: ImageT, short_side: int, max_long_side: int = 2048)
     return resize_bilinear_uint8(image, size)
 
 
-def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[Box]:
     """Window boxes (y1, y2, x1, x2) covering an image, placed as the official NACLIP/MMSeg code places them:
     a regular grid whose last row/column is shifted back to end at the border; windows are cropped to the image
     when it is smaller than `crop`."""
@@ -171,6 +171,24 @@ def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tup
             y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
             boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
     return boxes
+
+
+Box = tuple[int, int, int, int]
+
+
+def window_batches(num_images: int, boxes: list[Box], batch_size: int) -> list[list[tuple[int, Box]]]:
+    """The windows `(image, box)` of `num_images` images cut at the same `boxes` (image 0's first), in batches of
+    `batch_size`: the order in which the model and the ONNX runtime run them."""
+    windows = [(image, box) for image in range(num_images) for box in boxes]
+    return [windows[start : start + batch_size] for start in range(0, len(windows), batch_size)]
+
+
+def window_coverage(height: int, width: int, boxes: list[Box]) -> np.ndarray:
+    """[height, width] float32: how many of `boxes` cover each pixel (the summed window logits are divided by it)."""
+    count = np.zeros((height, width), dtype=np.float32)
+    for a, b, c, d in boxes:
+        count[a:b, c:d] += 1
+    return count
 
 
 def row_bands(height: int, row_size: int, band_size: int) -> list[tuple[int, int]]:

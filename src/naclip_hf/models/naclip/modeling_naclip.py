@@ -36,7 +36,12 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import GeneralInterface
 
 from .configuration_naclip import NACLIPConfig
-from .image_utils import sliding_windows, window_tokens  # torch-free: shared with the ONNX runtime
+from .image_utils import (  # torch-free: shared with the ONNX runtime
+    sliding_windows,
+    window_batches,
+    window_coverage,
+    window_tokens,
+)
 from .options import FORWARD_OPTIONS, names_of_stage, settings_typed_dict, window_batch_size
 from .templates import IMAGENET_TEMPLATES
 
@@ -829,13 +834,11 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         each window's logits added where it lies, then divided by the number of windows covering each pixel."""
         height, width = pixel_values.shape[-2:]
         boxes = sliding_windows(height, width, options["slide_crop"], options["slide_stride"])
-        windows = [(image, box) for image in range(pixel_values.shape[0]) for box in boxes]
         logits = pixel_values.new_zeros((pixel_values.shape[0], len(text_embeds), height, width), dtype=torch.float32)
         tokens = window_tokens(height, width, options["slide_crop"], self.config.vision_config.patch_size)
         step = window_batch_size(options["slide_batch_size"], tokens, pixel_values.element_size(),
                                  pixel_values.device.type == "cpu")  # fmt: skip
-        for start in range(0, len(windows), step):
-            chunk = windows[start : start + step]
+        for chunk in window_batches(pixel_values.shape[0], boxes, step):
             batch = torch.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
 
             def add(index: int, values: torch.Tensor, chunk: list = chunk) -> None:
@@ -843,10 +846,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
                 logits[image, :, a:b, c:d] += values
 
             self._encode_windows(batch, text_embeds, options["window_padding"], recorded, add=add, **block)
-        count = logits.new_zeros((height, width))
-        for a, b, c, d in boxes:
-            count[a:b, c:d] += 1
-        return logits.div_(count)
+        return logits.div_(torch.from_numpy(window_coverage(height, width, boxes)).to(logits.device))
 
 
 def _concatenate_layers(per_chunk: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:

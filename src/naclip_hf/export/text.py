@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding_store import EmbeddingStore, resolve_cache_dir
+from ..embedding_store import EmbeddingStore, resolve_cache_dir, text_config_description
 from ..models.naclip.recently_used import RecentlyUsed
 from ..models.naclip.tokenization import tokenizer_max_length
 from .layout import (
@@ -250,17 +250,15 @@ class ExportedTextTower:
             [len(names), D] float32 (a new array).
         """
 
+        def computed() -> np.ndarray:
+            return self.compute_name_embeddings(names, templates, batch_size)
+
         def from_disk_or_computed() -> np.ndarray:
             directory = resolve_cache_dir(cache_dir)
             if directory is None:
-                return self.compute_name_embeddings(names, templates, batch_size)
-            cache = EmbeddingStore(directory)
+                return computed()
             description = self.cache_description(names, templates)
-            embeddings = cache.load(description, len(names))
-            if embeddings is None:
-                embeddings = self.compute_name_embeddings(names, templates, batch_size)
-                cache.save(description, embeddings)
-            return embeddings
+            return EmbeddingStore(directory).load_or_compute(description, len(names), computed)
 
         return self._memory.get_or_compute((tuple(names), tuple(templates)), from_disk_or_computed).copy()
 
@@ -268,8 +266,6 @@ class ExportedTextTower:
         """Canonical JSON of everything the embeddings of `names` depend on (the cache key is its hash)."""
         if self._identity is None:
             text_config = self._config.get("text_config")
-            text_config = text_config if isinstance(text_config, dict) else {}
-            ignored = {"transformers_version", "architectures", "dtype", "torch_dtype", "name_or_path"}
             tokenizer_config = self.folder / TOKENIZER_CONFIG_FILE
             tokenizer_config_fingerprint = (
                 file_fingerprint(tokenizer_config, whole=True) if tokenizer_config.is_file() else None
@@ -280,13 +276,7 @@ class ExportedTextTower:
                 "text_graph": file_fingerprint(self.graph_path),
                 "tokenizer": file_fingerprint(self.folder / TOKENIZER_FILE, whole=True),
                 "tokenizer_config": tokenizer_config_fingerprint,
-                "text_config": {
-                    key: value
-                    for key, value in sorted(text_config.items())
-                    if not key.startswith("_")
-                    and key not in ignored
-                    and isinstance(value, (str, int, float, bool, type(None)))
-                },
+                "text_config": text_config_description(text_config if isinstance(text_config, dict) else {}),
                 "projection_dim": self.embedding_dim,
                 "dtype": str(self._config.get("dtype") or "float32"),  # the graphs' precision
             }

@@ -340,8 +340,8 @@ class TextGraph(nn.Module):
     """The text tower as exported: `forward(input_ids [P, L]) -> prompt features [P, projection_dim]`, L2-normalised.
 
     CLIP's text model pools the final state of the end-of-text token (the first `eos_token_id`, or the largest id
-    for configs with `eos_token_id=2`, as `NACLIPForSemanticSegmentation._pooled_token_positions`), then the text
-    projection. The tower is causal, so padding after the end-of-text token does not change the result and no
+    for configs with `eos_token_id=2`), then the text projection: `NACLIPForSemanticSegmentation.get_text_features`,
+    normalised. The tower is causal, so padding after the end-of-text token does not change the result and no
     attention mask is needed.
     """
 
@@ -627,20 +627,7 @@ def _write_classes(folder: Path, embeddings: Any, templates: Sequence[str] | Non
     (folder / CLASSES_FILE).write_text(text, encoding="utf-8")
 
 
-__all__ = [
-    "ExportReport",
-    "GraphVisionEmbeddings",
-    "ONNX_OPSET",
-    "SegmentationGraph",
-    "TextGraph",
-    "bicubic_resize_matrix",
-    "export_graph",
-    "export_onnx",
-    "export_text_graph",
-    "graph_dtype",
-    "graph_position_embeddings",
-    "quantize_graph",
-    "quiet_export_messages",
-    "verify_graph",
-    "verify_text_graph",
-]
+__all__ = ["ExportReport", "GraphVisionEmbeddings", "ONNX_OPSET", "SegmentationGraph", "TextGraph",
+           "bicubic_resize_matrix", "export_graph", "export_onnx", "export_text_graph", "graph_dtype",
+           "graph_position_embeddings", "quantize_graph", "quiet_export_messages", "verify_graph",
+           "verify_text_graph"]  # fmt: skip

@@ -694,28 +694,6 @@ def save_scores(path: str | os.PathLike, result: Any, metadata: Mapping[str, Any
     write_atomic(Path(path), lambda temporary: save_file(arrays, str(temporary), metadata=meta))
 
 
-__all__ = [
-    "CLASSES_FILE",
-    "CLASS_EMBEDDINGS_FILE",
-    "ClassEmbeddings",
-    "ExportedConfig",
-    "ExportedSegmenter",
-    "GRAPH_INPUTS",
-    "GRAPH_OUTPUT",
-    "MODEL_FILE",
-    "ONNX_DIR",
-    "QUANTIZED_MODEL_FILE",
-    "SegmentationResult",
-    "TEXT_MODEL_FILE",
-    "TEXT_SETTINGS",
-    "int8_graph_file",
-    "is_exported_folder",
-    "native_int8_dot_products",
-    "normalize_image",
-    "pamr",
-    "pamr_affinity",
-    "post_process_logits",
-    "resize_bilinear",
-    "save_scores",
-    "softmax",
-]
+__all__ = ["ClassEmbeddings", "ExportedConfig", "ExportedSegmenter", "SegmentationResult", "TEXT_SETTINGS",
+           "int8_graph_file", "is_exported_folder", "native_int8_dot_products", "normalize_image", "pamr",
+           "pamr_affinity", "post_process_logits", "resize_bilinear", "save_scores", "softmax"]  # fmt: skip

@@ -304,10 +304,4 @@ def file_fingerprint(path: Path, whole: bool = False) -> str:
     return digest.hexdigest()
 
 
-__all__ = [
-    "ExportedTextTower",
-    "ExportedTokenizer",
-    "file_fingerprint",
-    "normalize_rows",
-    "pad_token_ids",
-]
+__all__ = ["ExportedTextTower", "ExportedTokenizer", "file_fingerprint", "normalize_rows", "pad_token_ids"]

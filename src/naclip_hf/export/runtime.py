@@ -43,6 +43,7 @@ import numpy as np
 from ..models.naclip.image_io import load_image
 from ..models.naclip.image_utils import (
     NEIGHBOUR_OFFSETS,
+    band_neighbours,
     resize_short_side,
     row_bands,
     sliding_windows,
@@ -520,28 +521,18 @@ def resize_bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized
 
 
-def _neighbour_views(values: np.ndarray, dilation: int) -> list[np.ndarray]:
-    """Views holding, at each pixel, its neighbour at each offset × `dilation` (edges repeated)."""
-    height, width = values.shape[-2:]
-    padded = np.pad(values, [(0, 0)] * (values.ndim - 2) + [(dilation, dilation)] * 2, mode="edge")
-    return [
-        padded[..., dilation + dy * dilation : dilation + dy * dilation + height,
-               dilation + dx * dilation : dilation + dx * dilation + width]
-        for dy, dx in NEIGHBOUR_OFFSETS
-    ]  # fmt: skip
-
-
 def pamr_affinity(image: np.ndarray, dilations: Sequence[int]) -> np.ndarray:
     """Affinity [B, 8 * len(dilations), H, W] of each pixel to its neighbours in the guide `image` [B, K, H, W]
     (reference: `naclip_hf.models.naclip.postprocessing_naclip.pamr_affinity`), by row bands on threads."""
-    neighbours = [view for d in dilations for view in _neighbour_views(image, d)]
-    affinity = np.empty((image.shape[0], len(neighbours), *image.shape[-2:]), dtype=np.float32)
+    reach, count = max(dilations), len(NEIGHBOUR_OFFSETS) * len(dilations)
+    padded = np.pad(image, [(0, 0)] * (image.ndim - 2) + [(reach, reach)] * 2, mode="edge")
+    affinity = np.empty((image.shape[0], count, *image.shape[-2:]), dtype=np.float32)
 
     def band(top: int, bottom: int) -> None:
-        around = [neighbour[..., top:bottom, :] for neighbour in neighbours]
+        around = band_neighbours(padded, dilations, top, bottom)
         affinity[:, :, top:bottom] = _affinity(image[..., top:bottom, :], around, len(dilations))
 
-    _in_bands(band, row_bands(image.shape[-2], image.shape[0] * len(neighbours) * image.shape[-1] * 4, BAND_BYTES))
+    _in_bands(band, row_bands(image.shape[-2], image.shape[0] * count * image.shape[-1] * 4, BAND_BYTES))
     return affinity
 
 
@@ -576,7 +567,6 @@ def pamr(image: np.ndarray, scores: np.ndarray, num_iter: int, dilations: Sequen
     scores = np.asarray(scores, dtype=np.float32)
     height, width = scores.shape[-2:]
     reach = max(dilations)
-    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]
     bands = row_bands(height, scores.shape[0] * scores.shape[1] * width * scores.itemsize, BAND_BYTES)
     source = np.empty((*scores.shape[:2], height + 2 * reach, width + 2 * reach), dtype=np.float32)
     target = np.empty_like(source)
@@ -586,8 +576,7 @@ def pamr(image: np.ndarray, scores: np.ndarray, num_iter: int, dilations: Sequen
     def refine(top: int, bottom: int) -> None:
         out = target[..., reach + top : reach + bottom, reach : reach + width]
         product = np.empty_like(out)
-        for p, (dy, dx) in enumerate(offsets):
-            neighbour = source[..., reach + dy + top : reach + dy + bottom, reach + dx : reach + dx + width]
+        for p, neighbour in enumerate(band_neighbours(source, dilations, top, bottom)):
             np.multiply(neighbour, affinity[:, p, :, top:bottom], out=out if p == 0 else product)
             if p:
                 out += product

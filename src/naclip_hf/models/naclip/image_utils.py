@@ -23,6 +23,7 @@ these formulas, so it needs no special case.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -203,6 +204,18 @@ def row_bands(height: int, row_size: int, band_size: int) -> list[tuple[int, int
 NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 # The full 3×3 window, centre included (the local spread of PAMR's affinity is taken over it).
 WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
+
+
+
+def band_neighbours(padded: ImageT, dilations: Sequence[int], top: int, bottom: int) -> list[ImageT]:
+    """Views of `padded` (an array or tensor [..., H, W] edge-padded by the largest dilation) holding, for rows
+    `top:bottom`, every pixel's neighbour at each dilation and `NEIGHBOUR_OFFSETS` offset, in that order. One copy
+    serves every dilation: edge padding repeats the edge pixel, so a neighbour past the border is the same whatever
+    the padding."""
+    reach = max(dilations)
+    width = padded.shape[-1] - 2 * reach
+    return [padded[..., reach + dy * d + top : reach + dy * d + bottom, reach + dx * d : reach + dx * d + width]
+            for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]  # fmt: skip
 
 
 def window_tokens(height: int, width: int, crop: int, patch_size: int) -> int:

@@ -20,17 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .image_utils import NEIGHBOUR_OFFSETS, WINDOW_OFFSETS, row_bands
-
-
-def _band_neighbours(padded: torch.Tensor, dilations: Sequence[int], top: int, bottom: int) -> list[torch.Tensor]:
-    """Views of `padded` (replicate-padded by the largest dilation) holding, for rows `top:bottom`, every pixel's
-    neighbour at each dilation and `NEIGHBOUR_OFFSETS` offset, in that order. One copy serves every dilation:
-    replicate padding repeats the edge pixel, so a neighbour past the border is the same whatever the padding."""
-    reach = max(dilations)
-    width = padded.shape[-1] - 2 * reach
-    return [padded[..., reach + dy * d + top : reach + dy * d + bottom, reach + dx * d : reach + dx * d + width]
-            for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]  # fmt: skip
+from .image_utils import NEIGHBOUR_OFFSETS, WINDOW_OFFSETS, band_neighbours, row_bands
 
 
 def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
@@ -46,7 +36,7 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
     repeats, count = len(dilations), len(WINDOW_OFFSETS) * len(dilations)
     # Rows in bands, so that the ~100 passes below over each band read it from cache (speed only).
     for top, bottom in row_bands(image.shape[-2], image.shape[-1] * image.element_size(), AFFINITY_BAND_BYTES):
-        centre, neighbours = image[..., top:bottom, :], _band_neighbours(padded, dilations, top, bottom)
+        centre, neighbours = image[..., top:bottom, :], band_neighbours(padded, dilations, top, bottom)
         # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation, i.e. over the
         # neighbours and len(dilations) copies of the centre; two passes (mean, then squared deviations).
         mean = centre * repeats
@@ -245,7 +235,7 @@ def _pamr_refine(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilat
     """`steps` PAMR iterations of `scores` [B, C, H, W] with a precomputed `affinity` [B, P, 1, H, W] (see
     `pamr`). Neighbours are read as views of one padded copy and accumulated in place.
 
-    One copy padded by the largest dilation serves every dilation (see `_band_neighbours`). Rows are refined in
+    One copy padded by the largest dilation serves every dilation (see `band_neighbours`). Rows are refined in
     bands of about `PAMR_BAND_BYTES` per channel, so that a band of each neighbour's weights is read from cache for
     every channel rather than from memory; every pixel sums the same terms in the same order, so the result does not
     depend on the bands."""
@@ -255,7 +245,7 @@ def _pamr_refine(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilat
         refined = torch.empty_like(scores)
         for top, bottom in bands:
             band, weights = refined[..., top:bottom, :], affinity[..., top:bottom, :]
-            for p, neighbour in enumerate(_band_neighbours(padded, dilations, top, bottom)):
+            for p, neighbour in enumerate(band_neighbours(padded, dilations, top, bottom)):
                 if p == 0:
                     torch.mul(neighbour, weights[:, 0], out=band)
                 else:

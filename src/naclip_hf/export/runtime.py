@@ -135,6 +135,10 @@ class ExportedConfig:
     def to_dict(self) -> dict[str, Any]:
         return dict(self._values)
 
+    def with_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """These settings with `given` (checked, in their context) on top."""
+        return {**self._values, **check_settings(given, context=self._values)}
+
 
 # ------------------------------------------------------------------------------------- the segmenter
 class ExportedSegmenter:
@@ -330,8 +334,7 @@ class ExportedSegmenter:
         """Per-name logits [B, N, h, w] of `pixel_values` [B, 3, h, w] against `text_embeds` [N, D], whole-image or
         by sliding windows as `NACLIPForSemanticSegmentation.forward` (defaults: the stored settings)."""
         given = {"slide_crop": slide_crop, "slide_stride": slide_stride, "slide_batch_size": slide_batch_size}
-        options = {**self.config.to_dict(), **check_settings({k: v for k, v in given.items() if v is not None},
-                                                              context=self.config.to_dict())}  # fmt: skip
+        options = self.config.with_options({k: v for k, v in given.items() if v is not None})
         pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
         text_embeds = np.ascontiguousarray(text_embeds, dtype=np.float32)
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
@@ -379,7 +382,7 @@ class ExportedSegmenter:
         """
         short_side = options.pop("short_side", short_side)
         _check_call_settings(options, self.config.to_dict(), "options")
-        resolved = {**self.config.to_dict(), **check_settings(options, context=self.config.to_dict())}
+        resolved = self.config.with_options(options)
         _check_supported(resolved, self.folder)
         embeddings = classes if isinstance(classes, ClassEmbeddings) else self.encode_classes(classes)
         original = load_image(image, timeout=timeout)

@@ -325,14 +325,18 @@ def verify_graph(
         feed = {GRAPH_INPUTS[0]: pixel_values.numpy(), GRAPH_INPUTS[1]: text_embeds.numpy()}
         (logits,) = session.run([GRAPH_OUTPUT], feed)
         difference = float(np.abs(logits - expected.logits.float().cpu().numpy()).max())
-        worst = max(worst, difference)
-        if not difference <= tolerance:
-            raise RuntimeError(
-                f"The exported graph disagrees with PyTorch by {difference:.2e} (> {tolerance:.0e}) on a "
-                f"{tuple(pixel_values.shape[-2:])} input; the export is not usable with this torch/onnx version "
-                "(try another torch version)."
-            )
+        worst = max(worst, _checked(difference, tolerance, "graph", f"on a {tuple(pixel_values.shape[-2:])} input"))
     return worst
+
+
+def _checked(difference: float, tolerance: float, graph: str, where: str) -> float:
+    """`difference` between the exported `graph` and PyTorch `where`, or `RuntimeError` above `tolerance`."""
+    if not difference <= tolerance:
+        raise RuntimeError(
+            f"The exported {graph} disagrees with PyTorch by {difference:.2e} (> {tolerance:.0e}) {where}; the "
+            "export is not usable with this torch/onnx version (try another torch version)."
+        )
+    return difference
 
 
 # -------------------------------------------------------------------------------------------- text graph
@@ -402,13 +406,7 @@ def verify_text_graph(
             expected = graph(input_ids.to(model.device)).cpu().numpy()
         (features,) = session.run([TEXT_GRAPH_OUTPUT], {TEXT_GRAPH_INPUT: input_ids.numpy()})
         difference = float(np.abs(features - expected).max())
-        worst = max(worst, difference)
-        if not difference <= tolerance:
-            raise RuntimeError(
-                f"The exported text graph disagrees with PyTorch by {difference:.2e} (> {tolerance:.0e}) on prompts "
-                f"of {shape[1]} tokens; the export is not usable with this torch/onnx version (try another torch "
-                "version)."
-            )
+        worst = max(worst, _checked(difference, tolerance, "text graph", f"on prompts of {shape[1]} tokens"))
     return worst
 
 

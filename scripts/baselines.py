@@ -31,11 +31,8 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO / "src"))
 
-from naclip_hf.models.naclip.postprocessing_naclip import (  # noqa: E402
-    NEIGHBOUR_OFFSETS,
-    WINDOW_OFFSETS,
-    post_process_logits,  # noqa: E402
-)
+from naclip_hf.models.naclip.image_utils import NEIGHBOUR_OFFSETS, WINDOW_OFFSETS  # noqa: E402
+from naclip_hf.models.naclip.postprocessing_naclip import post_process_image  # noqa: E402
 from naclip_hf.models.naclip.templates import IMAGENET_TEMPLATES  # noqa: E402
 
 OFFICIAL_CONTEXT_LENGTH = 77
@@ -134,16 +131,17 @@ def baseline_post_process(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Post-processing with the reference PAMR: (probabilities [B, classes, H, W], labels [B, H, W]).
 
-    The logits and the guide are upsampled and refined here; the library's `post_process_logits` (PAMR off) then
+    The logits and the guide are upsampled and refined here; the library's `post_process_image` (PAMR off) then
     does the softmax, synonyms and thresholds (its resize to the same size is the identity). `options`: the other
     post-processing options, passed on to it."""
     logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
     if pamr_steps > 0:
         guide = F.interpolate(pixel_values.float(), size=size, mode="bilinear", align_corners=False)
         logits = pamr_reference(guide, logits, pamr_steps, pamr_dilations)
-    return post_process_logits(
-        logits, None, size, name_to_class, logit_scale, prob_thd, 0, pamr_dilations, **options
-    )
+    results = [post_process_image(logits[image : image + 1], None, size, name_to_class, logit_scale, prob_thd, 0,
+                                  pamr_dilations, return_probabilities=True, **options)
+               for image in range(len(logits))]  # fmt: skip
+    return torch.stack([r.probabilities for r in results]), torch.stack([r.segmentation for r in results])
 
 
 @torch.no_grad()

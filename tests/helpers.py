@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import os
 import re
+import sys
 import textwrap
 
 import torch
@@ -133,3 +138,46 @@ def without_own_progress_bars(stderr: str) -> str:
     """`stderr` of a naclip command without the command's own progress bars (which appear only when the work lasts
     long enough) and blank space: what is left was printed by something else."""
     return _OWN_PROGRESS_BARS.sub("", stderr).strip()
+
+
+def grid_tiles(height: int, width: int, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
+    """The tiles (top, bottom, left, right) of `rows` × `cols` pixels covering `height` × `width`, row-major."""
+    return [(top, min(top + rows, height), left, min(left + cols, width))
+            for top in range(0, height, rows) for left in range(0, width, cols)]  # fmt: skip
+
+
+@contextlib.contextmanager
+def tiles_of(rows: int, cols: int):
+    """Post-processing inside the block runs in tiles of `rows` × `cols` pixels (`grid_tiles`) instead of the tiles
+    its memory budget gives (an image small enough for one tile is then cut into many)."""
+    import pytest
+
+    from naclip_hf.models.naclip import postprocessing_naclip
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(postprocessing_naclip, "plan_tiles", lambda height, width, *_, **__: grid_tiles(height, width,
+                                                                                                       rows, cols))
+        yield
+
+
+def tracing_segment_one(trace: str | os.PathLike):
+    """`naclip_hf.cli.segment._segment_one` that first appends `<rank>\t<input>` to the file `trace`: which process
+    (`$RANK`, as torchrun sets it) read which input."""
+    from naclip_hf.cli import segment
+
+    segment_one = inspect.unwrap(segment._segment_one)  # not traced twice
+
+    @functools.wraps(segment_one)
+    def traced(args, out_dir, source, *rest):
+        with open(trace, "a", encoding="utf-8") as handle:
+            handle.write(f"{os.environ.get('RANK', 0)}\t{source.location}\n")
+        return segment_one(args, out_dir, source, *rest)
+
+    return traced
+
+
+if __name__ == "__main__":  # `naclip ARGS` with its inputs traced to $NACLIP_TEST_TRACE (run by torchrun in tests)
+    from naclip_hf.cli import main, segment
+
+    segment._segment_one = tracing_segment_one(os.environ["NACLIP_TEST_TRACE"])
+    sys.exit(main(sys.argv[1:]))

@@ -27,7 +27,7 @@ from naclip_hf.inference import encode_classes, load_model, load_processor, segm
 from naclip_hf.models.naclip.image_processing_naclip import NACLIPImageProcessor  # noqa: E402
 from naclip_hf.models.naclip.modeling_naclip import official_position_embeddings  # noqa: E402
 from naclip_hf.models.naclip.postprocessing_naclip import pamr as torch_pamr  # noqa: E402
-from naclip_hf.models.naclip.postprocessing_naclip import post_process_logits as torch_post_process  # noqa: E402
+from naclip_hf.models.naclip.postprocessing_naclip import post_process_image  # noqa: E402
 
 # (height, width, names): a non-square input that needs positional interpolation, the pretrained 224 grid (no
 # interpolation), and one with pixels past the last full patch; one and five names.
@@ -198,11 +198,11 @@ def test_numpy_post_processing_matches_torch(pamr_steps, prob_thd):
     pixel_values = torch.randn(1, 3, 30, 40, generator=generator)
     name_to_class = torch.tensor([0, 1, 1, 2, 2])
     options = {"logit_scale": 40.0, "prob_thd": prob_thd, "pamr_steps": pamr_steps, "pamr_dilations": [8, 16]}
-    expected_probs, expected_labels = torch_post_process(logits, pixel_values, (47, 61), name_to_class, **options)
+    expected = post_process_image(logits, pixel_values, (47, 61), name_to_class, **options, return_probabilities=True)
     probs, labels = runtime.post_process_logits(logits.numpy(), pixel_values.numpy(), (47, 61), name_to_class.numpy(),
                                                 **options)  # fmt: skip
-    assert np.abs(probs - expected_probs.numpy()).max() <= 1e-4  # logit_scale 40 magnifies float rounding
-    assert (labels == expected_labels.numpy()).mean() >= 0.999
+    assert np.abs(probs[0] - expected.probabilities.numpy()).max() <= 1e-4  # logit_scale 40 magnifies float rounding
+    assert (labels[0] == expected.segmentation.numpy()).mean() >= 0.999
     if prob_thd:
         assert (labels == 0).any()
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import GRID, apply_area_threshold, last_attention, last_layer_projections, tiny_model
+from helpers import GRID, apply_area_threshold, last_attention, last_layer_projections, tiles_of, tiny_model
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
 from naclip_hf.cli import main
 from naclip_hf.methods import (
@@ -149,8 +149,9 @@ def test_area_threshold_in_post_processing_is_the_same_for_any_tiling(prob_thd):
     name_to_class = [0, 1, 2, 3]
     whole = post_process_image(logits, None, (24, 32), name_to_class, 20.0, prob_thd, 0, [8, 16], area_thd=0.2,
                                return_probabilities=True)  # fmt: skip
-    tiled = post_process_image(logits, None, (24, 32), name_to_class, 20.0, prob_thd, 0, [8, 16], area_thd=0.2,
-                               return_probabilities=True, tile_shape=(7, 9))  # fmt: skip
+    with tiles_of(7, 9):
+        tiled = post_process_image(logits, None, (24, 32), name_to_class, 20.0, prob_thd, 0, [8, 16], area_thd=0.2,
+                                   return_probabilities=True)  # fmt: skip
     assert torch.equal(whole.segmentation, tiled.segmentation)
     torch.testing.assert_close(whole.probabilities, tiled.probabilities)
     # By hand: the probabilities without thresholds, the area threshold, then prob_thd on what is left.

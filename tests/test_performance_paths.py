@@ -21,7 +21,8 @@ from helpers import CASE_IDS, case_settings, tiny_model
 from naclip_hf import NACLIPConfig, NACLIPForSemanticSegmentation
 from naclip_hf.inference import encode_classes, load_processor, segment_image
 from naclip_hf.models.naclip import modeling_naclip, postprocessing_naclip
-from naclip_hf.models.naclip.postprocessing_naclip import NEIGHBOUR_OFFSETS, pamr, pamr_affinity, post_process_image
+from naclip_hf.models.naclip.image_utils import NEIGHBOUR_OFFSETS
+from naclip_hf.models.naclip.postprocessing_naclip import pamr, pamr_affinity, post_process_image
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "scripts" / "benchmark.py"

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import tracing_segment_one
 from naclip_hf import scale, visualization
-from naclip_hf.distributed import TRACE_INPUTS_ENV
 from naclip_hf.scale import (
     estimate_image_peak_bytes,
     is_complete,
@@ -195,9 +196,9 @@ def segment_argv(photos, checkpoint, out, *extra):
 
 
 def segment_here(argv, capsys, monkeypatch, trace):
-    from naclip_hf.cli import main
+    from naclip_hf.cli import main, segment
 
-    monkeypatch.setenv(TRACE_INPUTS_ENV, str(trace))
+    monkeypatch.setattr(segment, "_segment_one", tracing_segment_one(trace))
     code = main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -271,9 +272,10 @@ def test_two_processes_write_the_single_process_files(fast_checkpoint, photos, t
         port = sock.getsockname()[1]
     trace = tmp_path / "two.txt"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               **{TRACE_INPUTS_ENV: str(trace)})  # fmt: skip
+               NACLIP_TEST_TRACE=str(trace))  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "-m", "naclip_hf.cli", *segment_argv(photos, fast_checkpoint, tmp_path / "two")]  # fmt: skip
+               str(Path(__file__).with_name("helpers.py")), *segment_argv(photos, fast_checkpoint, tmp_path / "two")]
+
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 1, completed.stderr[-3000:]
     assert output_files(tmp_path / "two") == output_files(tmp_path / "one")

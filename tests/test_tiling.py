@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import grid_tiles, tiles_of
 from naclip_hf.models.naclip import postprocessing_naclip
 from naclip_hf.models.naclip.image_processing_naclip import NACLIPImageProcessor
 from naclip_hf.models.naclip.postprocessing_naclip import (
@@ -49,10 +50,10 @@ def test_tiles_equal_whole_image(case, tile_shape):
     options = dict(logit_scale=40.0, prob_thd=prob_thd, pamr_steps=steps, pamr_dilations=DILATIONS)
     whole = post_process_image(logits, pixels, (height, width), name_to_class, **options, return_probabilities=True)
     assert len(plan_tiles(height, width, len(name_to_class), 4, steps, DILATIONS)) == 1  # the default: one tile
-    tiled = post_process_image(
-        logits, pixels, (height, width), name_to_class, **options, return_probabilities=True, tile_shape=tile_shape
-    )
-    tiles = plan_tiles(height, width, len(name_to_class), 4, steps, DILATIONS, tile_shape=tile_shape)
+    with tiles_of(*tile_shape):
+        tiled = post_process_image(logits, pixels, (height, width), name_to_class, **options,
+                                   return_probabilities=True)  # fmt: skip
+    tiles = grid_tiles(height, width, *tile_shape)
     assert len(tiles) > 3
     if steps:  # the context PAMR needs reaches across one or more neighbouring tiles
         assert pamr_halo(steps, DILATIONS) >= min(tile_shape)
@@ -81,9 +82,9 @@ def test_halo_is_needed(monkeypatch):
     options = dict(logit_scale=40.0, prob_thd=prob_thd, pamr_steps=steps, pamr_dilations=DILATIONS)
     whole = post_process_image(logits, pixels, (height, width), name_to_class, **options, return_probabilities=True)
     monkeypatch.setattr(postprocessing_naclip, "pamr_halo", lambda s, d: s * max(d) - 1)
-    short = post_process_image(
-        logits, pixels, (height, width), name_to_class, **options, return_probabilities=True, tile_shape=(8, 1000)
-    )
+    with tiles_of(8, 1000):
+        short = post_process_image(logits, pixels, (height, width), name_to_class, **options,
+                                   return_probabilities=True)  # fmt: skip
     assert (short.probabilities - whole.probabilities).abs().max() > 1e-5
 
 
@@ -121,7 +122,8 @@ def test_processor_keywords_and_class_scores():
     kwargs = dict(target_sizes=[(33, 29)], pixel_values=pixels, name_to_class=[0, 1, 1, 2, 3], pamr_steps=2,
                   pamr_dilations=DILATIONS, return_probabilities=True, return_class_scores=True)  # fmt: skip
     (whole,) = processor.post_process_semantic_segmentation(logits, **kwargs)
-    (tiled,) = processor.post_process_semantic_segmentation(logits, **kwargs, tile_shape=(5, 7))
+    with tiles_of(5, 7):
+        (tiled,) = processor.post_process_semantic_segmentation(logits, **kwargs)
     assert torch.equal(whole["segmentation"], tiled["segmentation"])
     labels, probabilities = whole["segmentation"], whole["probabilities"]
     top = probabilities.gather(0, labels[None])[0].double()
@@ -134,5 +136,3 @@ def test_processor_keywords_and_class_scores():
     (labels_only,) = processor.post_process_semantic_segmentation(logits, **{**kwargs, "return_probabilities": False,
                                                                              "return_class_scores": False})  # fmt: skip
     assert torch.equal(labels_only, labels)
-    with pytest.raises(ValueError, match="tile_shape"):
-        processor.post_process_semantic_segmentation(logits, **kwargs, tile_shape=(0, 4))

@@ -29,7 +29,7 @@ def sweep_slide_batch_size(context: Context, sizes: Sequence[int], windows: int)
             with torch.no_grad():
                 for start in range(0, windows, size):
                     hidden = model.encode_patches(pixels[start : start + size]).last_hidden_state
-                    model._window_logits(hidden, text, (crop, crop))
+                    model.window_logits(hidden, text, (crop, crop))
 
         return call
 

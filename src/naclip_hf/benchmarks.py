@@ -106,11 +106,6 @@ class Benchmark:
         """The folder name of `split` in this benchmark's layout ("val" -> "val2017" for COCO)."""
         return self.split_folders.get(split, split)
 
-    def classes_path(self) -> Path | None:
-        """The class file as a path when it is one (absolute), else None (a file shipped in the package)."""
-        path = Path(self.classes_file)
-        return path if path.is_absolute() else None
-
     def classes_file_for(self, method: str | Method | None = None) -> str:
         """The class file of a run of `method` (a name or `naclip_hf.methods.Method`) on this benchmark: the
         method's own file where its official code names this benchmark's classes otherwise

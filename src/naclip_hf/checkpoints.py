@@ -24,8 +24,8 @@ from .models.naclip.options import DEFAULT_CHECKPOINT
 # overrides it, as it does huggingface_hub's own metadata requests).
 HUB_PROBE_TIMEOUT = 4.0
 CONFIG_FILE = "config.json"
-# The tiny CLIP with random weights that the test suite ships, in a source checkout.
-GOLDEN_WEIGHTS = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "golden" / "openai_clip_tiny.safetensors"
+# The tiny CLIP with random weights that the test suite ships, relative to a source checkout.
+_TINY_CLIP = "tests/fixtures/golden/openai_clip_tiny.safetensors"
 
 # A Hub id: "name" or "namespace/name"; each part ASCII letters, digits, '-', '_', '.', at most 96 characters, not
 # starting or ending with '-' or '.' (huggingface_hub's rules). Text that is not on disk and not of this form is a
@@ -245,9 +245,9 @@ def _unavailable_message(repo_id: str, option: str | None, why: str) -> str:
 def offline_try_lines(option: str | None = None) -> list[str]:
     """How to try naclip without the Hub: convert the tiny CLIP of the test suite (shipped in a source checkout).
     Its weights are random, which the text says."""
-    weights = _display_path(GOLDEN_WEIGHTS) if GOLDEN_WEIGHTS.is_file() else None
-    where = "" if weights else " (in a source checkout of naclip-hf)"
-    weights = weights or "tests/fixtures/golden/openai_clip_tiny.safetensors"
+    checkout = Path(__file__).resolve().parents[2] / _TINY_CLIP
+    where = "" if checkout.is_file() else " (in a source checkout of naclip-hf)"
+    weights = _display_path(checkout) if checkout.is_file() else _TINY_CLIP
     then = f"then add {option} tiny-clip to the command" if option else "then load the folder tiny-clip"
     return [
         f"To try naclip offline now, use the tiny CLIP of the test suite{where}. Its weights are RANDOM: the "
@@ -267,7 +267,6 @@ def _display_path(path: Path) -> str:
 __all__ = [
     "Checkpoint",
     "CheckpointUnavailableError",
-    "GOLDEN_WEIGHTS",
     "HUB_PROBE_TIMEOUT",
     "check_checkpoint",
     "is_hub_id",

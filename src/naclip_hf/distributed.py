@@ -27,10 +27,6 @@ import numpy as np
 
 T = TypeVar("T")
 
-TRACE_INPUTS_ENV = "NACLIP_TRACE_INPUTS"
-"""Environment variable naming a file to which every process appends `<rank>\\t<input>` for each input it reads."""
-
-
 @dataclass
 class ProcessGroup:
     """This process's place among the processes of a run: `rank` of `world_size`, and its `device`.
@@ -149,12 +145,4 @@ def shard_for_process(items: Sequence[T], rank: int, world_size: int) -> list[T]
     return list(items[rank::world_size])
 
 
-def trace_input(rank: int, description: str) -> None:
-    """Append `<rank>\\t<input>` to the file named by `$NACLIP_TRACE_INPUTS`, if set (which process read what)."""
-    path = os.environ.get(TRACE_INPUTS_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(f"{rank}\t{description}\n")
-
-
-__all__ = ["TRACE_INPUTS_ENV", "ProcessGroup", "shard_for_process", "trace_input"]
+__all__ = ["ProcessGroup", "shard_for_process"]

@@ -24,7 +24,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +60,17 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None
 def cache_key(description: str) -> str:
     """File-name key of a cache entry: BLAKE2b (128 bits, hex) of its description."""
     return hashlib.blake2b(description.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def text_config_description(text_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a text configuration that embeddings depend on, for a cache description: its public scalar
+    values, without the bookkeeping ones (versions, architectures, dtype, name)."""
+    ignored = {"transformers_version", "architectures", "dtype", "torch_dtype", "name_or_path"}
+    return {
+        key: value
+        for key, value in sorted(text_config.items())
+        if not key.startswith("_") and key not in ignored and isinstance(value, (str, int, float, bool, type(None)))
+    }
 
 
 class EmbeddingStore:
@@ -99,6 +112,14 @@ class EmbeddingStore:
             return None
         return np.ascontiguousarray(embeddings, dtype=np.float32)
 
+    def load_or_compute(self, description: str, rows: int, compute: Callable[[], Any]) -> Any:
+        """The stored embeddings for this description (`load`), else those of `compute()`, then stored (`save`)."""
+        embeddings = self.load(description, rows)
+        if embeddings is None:
+            embeddings = compute()
+            self.save(description, embeddings)
+        return embeddings
+
     def save(self, description: str, embeddings: np.ndarray) -> Path | None:
         """Store the embeddings [rows, D] for this description as float32, atomically; returns the file, or None
         when the directory is not writable (logged, not raised: the cache is an optimisation)."""
@@ -123,4 +144,5 @@ class EmbeddingStore:
         return path
 
 
-__all__ = ["CACHE_ENV_VAR", "EmbeddingStore", "cache_key", "default_cache_dir", "resolve_cache_dir"]
+__all__ = ["CACHE_ENV_VAR", "EmbeddingStore", "cache_key", "default_cache_dir", "resolve_cache_dir",
+           "text_config_description"]  # fmt: skip

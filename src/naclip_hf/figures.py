@@ -135,20 +135,6 @@ def _legend_layout(
     return (*columns_of(rows), row)
 
 
-def figure_legend(
-    entries: Sequence[tuple[str, tuple[int, int, int]]],
-    font_size: int,
-    max_height: int | None = None,
-    max_width: int | None = None,
-) -> Image.Image:
-    """A legend as large as its entries: per `(label, colour)` a colour swatch and the label, black on white at
-    `font_size` pixels, in a thin grey frame, in as few columns as keep it within `max_height` pixels (or as few
-    rows as keep it within `max_width`). Returns an RGB image exactly the size of the framed legend."""
-    if not entries:
-        raise ValueError("A legend needs at least one entry.")
-    return _draw_legend(entries, font_size, _legend_layout(entries, font_size, max_height, max_width))
-
-
 def _draw_legend(
     entries: Sequence[tuple[str, tuple[int, int, int]]],
     font_size: int,
@@ -240,7 +226,7 @@ def segmentation_figure(
     """The paper's Figure 2 layout: the image, then each segmentation ([H, W] class ids, keyed by method name) blended
     over it, titled with the method's name, and one legend of the classes present in any of them at the right (below
     the panels when it needs more than two columns). The legend's text is as large as the titles (`text_size`) and
-    its frame fits its entries (`figure_legend`)."""
+    its frame fits its entries."""
     array = load_image(image)
     if not segmentations:
         raise ValueError("No segmentations to draw; give at least one method.")
@@ -292,7 +278,6 @@ __all__ = [
     "HEAT_COLOURS",
     "LEGEND_FRAME",
     "attention_figure",
-    "figure_legend",
     "heat_colours",
     "segment_with_methods",
     "segmentation_figure",

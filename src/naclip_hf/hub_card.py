@@ -26,11 +26,6 @@ from .models.naclip.options import CONFIG_SETTINGS, DEFAULT_CHECKPOINT, DEFAULTS
 if TYPE_CHECKING:
     from .models.naclip.configuration_naclip import NACLIPConfig
 
-DEFAULT_BASE_MODEL = DEFAULT_CHECKPOINT
-TEMPLATE_RESOURCE = ("naclip_hf", "card_templates/model_card.md")
-# Settings shown in the card, in this order: every setting saved in the config.
-CARD_SETTINGS = CONFIG_SETTINGS
-
 
 @dataclass(frozen=True)
 class CardResult:
@@ -141,7 +136,7 @@ def _read_settings(model_dir: Path) -> tuple[NACLIPConfig, int]:
 
 def _settings_table(config: NACLIPConfig, short_side: int) -> str:
     rows = []
-    for key in CARD_SETTINGS:
+    for key in CONFIG_SETTINGS:  # every setting saved in the config, in this order
         value = getattr(config, key, DEFAULTS[key])
         if key == "prompt_templates":
             value = "the 80 ImageNet templates" if value is None else f"{len(value)} custom templates"
@@ -213,14 +208,13 @@ def _results_section(results: Sequence[CardResult]) -> str:
 
 def read_template() -> str:
     """The model card template shipped with the package."""
-    package, name = TEMPLATE_RESOURCE
-    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
+    return resources.files("naclip_hf").joinpath("card_templates/model_card.md").read_text(encoding="utf-8")
 
 
 def render_model_card(
     model_dir: str | os.PathLike,
     results: Sequence[str | os.PathLike | Mapping[str, Any] | CardResult] = (),
-    base_model: str = DEFAULT_BASE_MODEL,
+    base_model: str = DEFAULT_CHECKPOINT,
     *,
     repo_id: str | None = None,
     license: str = "mit",
@@ -248,7 +242,7 @@ def render_model_card(
         "\n> This folder was saved without its pipeline code, so the example above needs it added first: save it "
         "with `naclip_hf.save_for_hub(model, processor, folder)` or the pipeline's `save_pretrained(folder)`.\n"
     )  # fmt: skip
-    text = Template(read_template()).substitute(
+    return Template(read_template()).substitute(
         license=json.dumps(license),
         base_model=base_model,
         base_model_yaml=json.dumps(base_model),
@@ -259,13 +253,12 @@ def render_model_card(
         settings_table=_settings_table(config, short_side),
         results_section=_results_section(parsed),
     )
-    return text
 
 
 def write_model_card(
     model_dir: str | os.PathLike,
     results: Sequence[str | os.PathLike | Mapping[str, Any] | CardResult] = (),
-    base_model: str = DEFAULT_BASE_MODEL,
+    base_model: str = DEFAULT_CHECKPOINT,
     out: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> Path:
@@ -275,11 +268,4 @@ def write_model_card(
     return write_text_atomic(Path(model_dir) / "README.md" if out is None else Path(out), text)
 
 
-__all__ = [
-    "CardResult",
-    "load_results",
-    "parse_results",
-    "read_template",
-    "render_model_card",
-    "write_model_card",
-]
+__all__ = ["CardResult", "load_results", "parse_results", "read_template", "render_model_card", "write_model_card"]

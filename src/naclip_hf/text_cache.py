@@ -32,7 +32,14 @@ from typing import Any
 
 import torch
 
-from .embedding_store import CACHE_ENV_VAR, EmbeddingStore, cache_key, default_cache_dir, resolve_cache_dir
+from .embedding_store import (
+    CACHE_ENV_VAR,
+    EmbeddingStore,
+    cache_key,
+    default_cache_dir,
+    resolve_cache_dir,
+    text_config_description,
+)
 from .models.naclip.templates import IMAGENET_TEMPLATES
 
 CACHE_FORMAT = 2
@@ -90,16 +97,6 @@ def tokenizer_description(tokenizer: Any) -> dict[str, Any]:
     }
 
 
-def _text_config_description(model: torch.nn.Module) -> dict[str, Any]:
-    config = model.config.text_config.to_dict()
-    ignored = {"transformers_version", "architectures", "dtype", "torch_dtype", "name_or_path"}
-    return {
-        key: value
-        for key, value in sorted(config.items())
-        if not key.startswith("_") and key not in ignored and isinstance(value, (str, int, float, bool, type(None)))
-    }
-
-
 def cache_entry_description(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -111,7 +108,7 @@ def cache_entry_description(
         "format": CACHE_FORMAT,
         "checkpoint": str(getattr(model.config, "_name_or_path", "") or ""),
         "text_weights": text_weights_fingerprint(model),
-        "text_config": _text_config_description(model),
+        "text_config": text_config_description(model.config.text_config.to_dict()),
         "projection_dim": int(model.config.projection_dim),
         "dtype": str(model.dtype),
         "tokenizer": tokenizer_description(tokenizer),
@@ -160,12 +157,7 @@ class TextEmbeddingCache(EmbeddingStore):
             [len(names), D] on the model's device.
         """
         description = cache_entry_description(model, tokenizer, names, templates)
-        embeddings = self.load(description, len(names))
-        if embeddings is not None:
-            return embeddings.to(model.device)
-        embeddings = compute()
-        self.save(description, embeddings)
-        return embeddings
+        return self.load_or_compute(description, len(names), compute).to(model.device)
 
 
 __all__ = [

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .models.naclip.image_utils import row_bands
+
 # Candidate colours for the palette: a 15-level grid per channel, without the darkest and lightest levels so
 # that every colour stays visible when blended over a photo and next to white legend text.
 _LEVELS = np.linspace(24, 232, 15).round().astype(np.int64)
@@ -70,13 +72,6 @@ def _segmentation_array(segmentation: Any, num_classes: int) -> np.ndarray:
     return array
 
 
-def _row_bands(height: int, width: int) -> list[slice]:
-    """Row bands of about `_BLEND_BAND_PIXELS` pixels: per-pixel work on large images runs band by band so that its
-    temporaries stay small."""
-    band = max(1, _BLEND_BAND_PIXELS // max(1, width))
-    return [slice(top, top + band) for top in range(0, height, band)]
-
-
 def narrow_segmentation(segmentation: Any, num_classes: int) -> np.ndarray:
     """The segmentation [H, W] with the smallest unsigned dtype holding `num_classes` class ids (uint8 up to 256
     classes, then uint16, uint32): a 12000x9000 label map takes 108 MB as uint8 instead of 864 MB as int64."""
@@ -109,8 +104,8 @@ def _present_classes(segmentation: Any, num_classes: int) -> list[tuple[int, flo
     if array.size == 0:
         return []
     counts = np.zeros(num_classes, dtype=np.int64)
-    for rows in _row_bands(*array.shape):  # bincount copies its input to int64: a band at a time
-        counts += np.bincount(array[rows].reshape(-1), minlength=num_classes)
+    for top, bottom in row_bands(*array.shape, _BLEND_BAND_PIXELS):  # bincount copies its input to int64
+        counts += np.bincount(array[top:bottom].reshape(-1), minlength=num_classes)
     order = sorted(np.flatnonzero(counts).tolist(), key=lambda index: (-counts[index], index))
     return [(index, float(counts[index] / array.size)) for index in order]
 
@@ -286,9 +281,10 @@ def blend(image: Any, segmentation: Any, palette: np.ndarray, alpha: float = 0.5
     out = Image.new("RGB", (width, height))
     # Row bands, pasted straight into the result, keep the temporaries small on very large images (no full-size
     # float or uint8 copy); every pixel is computed alone, so the result does not depend on the band height.
-    for rows in _row_bands(height, width):
+    for top, bottom in row_bands(height, width, _BLEND_BAND_PIXELS):
+        rows = slice(top, bottom)
         mixed = (1.0 - alpha) * rgb[rows].astype(np.float32) + alpha * palette[array[rows]].astype(np.float32)
-        out.paste(Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8)), (0, rows.start))
+        out.paste(Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8)), (0, top))
     return out
 
 

@@ -248,7 +248,7 @@ def _segment_all(
             if round_index < len(mine):
                 source, stem = mine[round_index]
                 segmented += _segment_one(args, out_dir, source, stem, segmenter, label_set, context, failures,
-                                          progress, group)  # fmt: skip
+                                          progress)  # fmt: skip
             counts = group.sum([1 if round_index < len(mine) else 0, len(failures) - before])
             progress.update(counts[0])
     finally:  # also on Ctrl-C, so that the next message starts on its own line
@@ -277,15 +277,13 @@ def _is_done(out_dir: Path, stem: str, scores: bool, same_run: dict[str, Any]) -
 
 def _segment_one(
     args: argparse.Namespace, out_dir: Path | None, source: Source, stem: str, segmenter: Any, label_set: Any,
-    context: dict[str, Any], failures: list[tuple[Source, str]], progress: Any, group: Any,
+    context: dict[str, Any], failures: list[tuple[Source, str]], progress: Any,
 ) -> int:
     """Read, segment and write one image; 1 when done, 0 when it failed (added to `failures` and reported)."""
-    from ..distributed import trace_input
     from ..models.naclip.image_io import load_image
     from ..scale import memory_problem, release_free_memory
     from ..visualization import narrow_segmentation
 
-    trace_input(group.rank, source.location)
     try:
         image = load_image(source.location, timeout=args.timeout)
     except (OSError, ValueError) as error:

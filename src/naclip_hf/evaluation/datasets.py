@@ -315,26 +315,35 @@ def load_hub_dataset(
     return dataset
 
 
+def open_cell(value: Any, what: str) -> Any:
+    """What a dataset cell holds, ready for `PIL.Image.open`: a `{"bytes"}` dict as a stream, a `{"path"}` dict as
+    its path; paths are checked (`FileNotFoundError`); arrays and PIL images are returned as they are."""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return io.BytesIO(value["bytes"])
+        if value.get("path") is None:
+            raise ValueError(f"{what} dict has neither 'bytes' nor 'path'; give a path, a PIL image or an array.")
+        value = value["path"]
+    if isinstance(value, (str, os.PathLike)) and not Path(value).is_file():
+        raise FileNotFoundError(f"{what} {value} does not exist.")
+    return value
+
+
+def describe_cell(value: Any, fallback: str) -> str:
+    """The file behind a dataset cell (its path) for messages, else `fallback` (in-memory data)."""
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return fallback
+
+
 def _open_label(path_or_image: Any) -> np.ndarray:
+    path_or_image = open_cell(path_or_image, "Label map")
     if isinstance(path_or_image, np.ndarray):
         return path_or_image
-    if isinstance(path_or_image, dict):
-        if path_or_image.get("bytes") is not None:
-            path_or_image = io.BytesIO(path_or_image["bytes"])
-        elif path_or_image.get("path") is not None:
-            path_or_image = path_or_image["path"]
-        else:
-            raise ValueError(
-                "Label dict has neither 'bytes' nor 'path'; give a PNG path, a PIL image or an array."
-            )
-    if isinstance(path_or_image, Image.Image):
-        image = path_or_image
-        name = "label image"
-    else:
-        name = str(path_or_image) if isinstance(path_or_image, (str, os.PathLike)) else "label image"
-        if isinstance(path_or_image, (str, os.PathLike)) and not Path(path_or_image).is_file():
-            raise FileNotFoundError(f"Label map {path_or_image} does not exist.")
-        image = Image.open(path_or_image)
+    name = str(path_or_image) if isinstance(path_or_image, (str, os.PathLike)) else "label image"
+    image = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
     if image.mode in ("P", "L"):
         return np.asarray(image)
     if image.mode == "1":
@@ -415,15 +424,6 @@ def check_label_map(
 _LABEL_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")
 
 
-def _describe_value(value: Any, column: str, index: int) -> str:
-    """The file behind a dataset cell (its path), or the column and row for in-memory data."""
-    if isinstance(value, (str, os.PathLike)):
-        return str(value)
-    if isinstance(value, dict) and value.get("path"):
-        return str(value["path"])
-    return f"{column} of row {index}"
-
-
 def _header(value: Any) -> tuple[tuple[int, int], str | None]:
     """(height, width) and PIL mode of an image cell, reading only the file's header where there is a file."""
     if isinstance(value, np.ndarray):
@@ -460,7 +460,7 @@ def find_dataset_problems(dataset: datasets.Dataset, max_problems: int = 50) -> 
     for index, row in enumerate(dataset):
         sizes = {}
         for column in ("image", "label"):
-            where = _describe_value(row[column], column, index)
+            where = describe_cell(row[column], f"{column} of row {index}")
             try:
                 sizes[column], mode = _header(row[column])
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -474,9 +474,9 @@ def find_dataset_problems(dataset: datasets.Dataset, max_problems: int = 50) -> 
         if len(sizes) == 2 and sizes["image"] != sizes["label"]:
             (ih, iw), (lh, lw) = sizes["image"], sizes["label"]
             problems.append(
-                f"{_describe_value(row['label'], 'label', index)}: label map size {lh}x{lw} (HxW) differs from its "
-                f"image {_describe_value(row['image'], 'image', index)} ({ih}x{iw}); each label map must be "
-                "pixel-aligned with its image."
+                f"{describe_cell(row['label'], f'label of row {index}')}: label map size {lh}x{lw} (HxW) differs "
+                f"from its image {describe_cell(row['image'], f'image of row {index}')} ({ih}x{iw}); each label "
+                "map must be pixel-aligned with its image."
             )
         if len(problems) >= max_problems:
             problems.append(f"(stopped after {max_problems} problems; {len(dataset) - index - 1} rows not checked)")

@@ -39,7 +39,15 @@ from ..models.naclip.options import (
     NACLIPInferenceOptions,
 )
 from ..segmenter import Segmenter, TorchSegmenter
-from .datasets import IGNORE_INDEX, check_label_map, load_benchmark_dataset, load_hub_dataset, read_label_map
+from .datasets import (
+    IGNORE_INDEX,
+    check_label_map,
+    describe_cell,
+    load_benchmark_dataset,
+    load_hub_dataset,
+    open_cell,
+    read_label_map,
+)
 from .metric import MeanIoU
 
 if TYPE_CHECKING:
@@ -256,34 +264,19 @@ def resolve_settings(
 
 def _open_image(value: Any) -> Any:
     """An RGB PIL image (or the array itself) from a path, PIL image, `{"bytes"/"path"}` dict or array."""
-    import io
-
     from PIL import Image
 
+    value = open_cell(value, "Image")
     if isinstance(value, np.ndarray):
         return value
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            value = io.BytesIO(value["bytes"])
-        elif value.get("path") is not None:
-            value = value["path"]
-        else:
-            raise ValueError("Image dict has neither 'bytes' nor 'path'.")
     if isinstance(value, Image.Image):
         return value.convert("RGB")
-    if isinstance(value, (str, os.PathLike)) and not Path(value).is_file():
-        raise FileNotFoundError(f"Image {value} does not exist.")
     with Image.open(value) as image:
         return image.convert("RGB")
 
 
 def _describe_row(row: Mapping[str, Any], column: str) -> str:
-    value = row.get(column)
-    if isinstance(value, (str, os.PathLike)):
-        return str(value)
-    if isinstance(value, dict) and value.get("path"):
-        return str(value["path"])
-    return f"{column} of image id {row.get('id')!r}"
+    return describe_cell(row.get(column), f"{column} of image id {row.get('id')!r}")
 
 
 def _protocol_deviations(

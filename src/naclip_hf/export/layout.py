@@ -21,21 +21,3 @@ GRAPH_OUTPUT = "logits"
 # The text graph: `input_ids` [prompts, length] in, L2-normalised prompt features [prompts, D] out.
 TEXT_GRAPH_INPUT = "input_ids"
 TEXT_GRAPH_OUTPUT = "prompt_embeds"
-
-__all__ = [
-    "CLASSES_FILE",
-    "CLASS_EMBEDDINGS_FILE",
-    "CONFIG_FILE",
-    "GRAPH_INPUTS",
-    "GRAPH_OUTPUT",
-    "MODEL_FILE",
-    "ONNX_DIR",
-    "PREPROCESSOR_FILE",
-    "QUANTIZED_MODEL_FILE",
-    "SIGNED_INT8_MODEL_FILE",
-    "TEXT_GRAPH_INPUT",
-    "TEXT_GRAPH_OUTPUT",
-    "TEXT_MODEL_FILE",
-    "TOKENIZER_CONFIG_FILE",
-    "TOKENIZER_FILE",
-]

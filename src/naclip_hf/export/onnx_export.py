@@ -2,7 +2,7 @@
 the text tower as a second graph.
 
 The segmentation graph is `NACLIPForSemanticSegmentation`'s own computation for one window (`slide_crop=0`):
-`encode_patches` with the config's last block, then `_window_logits`. It is traced with `torch.onnx.export`
+`encode_patches` with the config's last block, then `window_logits`. It is traced with `torch.onnx.export`
 (the `torch.export`-based exporter) on a view of the model in which one piece is replaced:
 
 - The positional embeddings. PyTorch's `F.interpolate(scale_factor=...)` is traced with the scale factors of the
@@ -22,6 +22,7 @@ it lets the runtime embed any class name without torch (`naclip_hf.export.text`)
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -142,25 +143,15 @@ class GraphVisionEmbeddings(NACLIPVisionEmbeddings):
         return graph_position_embeddings(self.position_embedding.weight, grid_height, grid_width, mode)[None]
 
 
-def _shallow_copy(module: nn.Module, cls: type | None = None) -> nn.Module:
-    """A new module object with the same parameters, buffers and submodules, and its own table of submodules."""
-    copy = (cls or type(module)).__new__(cls or type(module))
-    copy.__dict__.update(module.__dict__)
-    copy.__dict__["_modules"] = dict(module._modules)
-    return copy
-
-
 def _graph_view(model: NACLIPForSemanticSegmentation) -> NACLIPForSemanticSegmentation:
-    """`model` with its vision embeddings as `GraphVisionEmbeddings`, sharing every weight; `model` is unchanged."""
+    """`model` with its vision embeddings as `GraphVisionEmbeddings`, sharing every weight; `model` is unchanged:
+    the modules on the path to the embeddings are shallow copies (`copy.copy`) with their own table of submodules."""
     path = next(name for name, module in model.named_modules() if isinstance(module, NACLIPVisionEmbeddings))
-    *parents, leaf = path.split(".")
-    view = _shallow_copy(model)
-    holder = view
-    for name in parents:
-        child = _shallow_copy(holder._modules[name])
-        holder._modules[name] = child
-        holder = child
-    holder._modules[leaf] = _shallow_copy(holder._modules[leaf], GraphVisionEmbeddings)
+    view = holder = copy.copy(model)
+    for name in path.split("."):
+        holder._modules = dict(holder._modules)
+        holder._modules[name] = holder = copy.copy(holder._modules[name])
+    holder.__class__ = GraphVisionEmbeddings
     return view
 
 
@@ -179,7 +170,7 @@ class SegmentationGraph(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         hidden = self.model.encode_patches(pixel_values.to(self.model.dtype), options=self.options).last_hidden_state
-        return self.model._window_logits(hidden, text_embeds, pixel_values.shape[-2:]).float()
+        return self.model.window_logits(hidden, text_embeds, pixel_values.shape[-2:]).float()
 
 
 def export_graph(
@@ -333,14 +324,18 @@ def verify_graph(
         feed = {GRAPH_INPUTS[0]: pixel_values.numpy(), GRAPH_INPUTS[1]: text_embeds.numpy()}
         (logits,) = session.run([GRAPH_OUTPUT], feed)
         difference = float(np.abs(logits - expected.logits.float().cpu().numpy()).max())
-        worst = max(worst, difference)
-        if not difference <= tolerance:
-            raise RuntimeError(
-                f"The exported graph disagrees with PyTorch by {difference:.2e} (> {tolerance:.0e}) on a "
-                f"{tuple(pixel_values.shape[-2:])} input; the export is not usable with this torch/onnx version "
-                "(try another torch version)."
-            )
+        worst = max(worst, _checked(difference, tolerance, "graph", f"on a {tuple(pixel_values.shape[-2:])} input"))
     return worst
+
+
+def _checked(difference: float, tolerance: float, graph: str, where: str) -> float:
+    """`difference` between the exported `graph` and PyTorch `where`, or `RuntimeError` above `tolerance`."""
+    if not difference <= tolerance:
+        raise RuntimeError(
+            f"The exported {graph} disagrees with PyTorch by {difference:.2e} (> {tolerance:.0e}) {where}; the "
+            "export is not usable with this torch/onnx version (try another torch version)."
+        )
+    return difference
 
 
 # -------------------------------------------------------------------------------------------- text graph
@@ -348,8 +343,8 @@ class TextGraph(nn.Module):
     """The text tower as exported: `forward(input_ids [P, L]) -> prompt features [P, projection_dim]`, L2-normalised.
 
     CLIP's text model pools the final state of the end-of-text token (the first `eos_token_id`, or the largest id
-    for configs with `eos_token_id=2`, as `NACLIPForSemanticSegmentation._pooled_token_positions`), then the text
-    projection. The tower is causal, so padding after the end-of-text token does not change the result and no
+    for configs with `eos_token_id=2`), then the text projection: `NACLIPForSemanticSegmentation.get_text_features`,
+    normalised. The tower is causal, so padding after the end-of-text token does not change the result and no
     attention mask is needed.
     """
 
@@ -410,13 +405,7 @@ def verify_text_graph(
             expected = graph(input_ids.to(model.device)).cpu().numpy()
         (features,) = session.run([TEXT_GRAPH_OUTPUT], {TEXT_GRAPH_INPUT: input_ids.numpy()})
         difference = float(np.abs(features - expected).max())
-        worst = max(worst, difference)
-        if not difference <= tolerance:
-            raise RuntimeError(
-                f"The exported text graph disagrees with PyTorch by {difference:.2e} (> {tolerance:.0e}) on prompts "
-                f"of {shape[1]} tokens; the export is not usable with this torch/onnx version (try another torch "
-                "version)."
-            )
+        worst = max(worst, _checked(difference, tolerance, "text graph", f"on prompts of {shape[1]} tokens"))
     return worst
 
 
@@ -638,20 +627,7 @@ def _write_classes(folder: Path, embeddings: Any, templates: Sequence[str] | Non
     (folder / CLASSES_FILE).write_text(text, encoding="utf-8")
 
 
-__all__ = [
-    "ExportReport",
-    "GraphVisionEmbeddings",
-    "ONNX_OPSET",
-    "SegmentationGraph",
-    "TextGraph",
-    "bicubic_resize_matrix",
-    "export_graph",
-    "export_onnx",
-    "export_text_graph",
-    "graph_dtype",
-    "graph_position_embeddings",
-    "quantize_graph",
-    "quiet_export_messages",
-    "verify_graph",
-    "verify_text_graph",
-]
+__all__ = ["ExportReport", "GraphVisionEmbeddings", "ONNX_OPSET", "SegmentationGraph", "TextGraph",
+           "bicubic_resize_matrix", "export_graph", "export_onnx", "export_text_graph", "graph_dtype",
+           "graph_position_embeddings", "quantize_graph", "quiet_export_messages", "verify_graph",
+           "verify_text_graph"]  # fmt: skip

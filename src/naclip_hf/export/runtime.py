@@ -9,12 +9,12 @@
    and std;
 2. run the ONNX graph of one window on the whole image or on the sliding windows of `image_utils.sliding_windows`
    (the boxes `NACLIPForSemanticSegmentation.forward` uses), summing overlapping windows and dividing by the count;
-3. post-process in numpy as `image_processing_naclip.post_process_logits` does in PyTorch: bilinear upsampling to
-   the original size, PAMR, temperature softmax over names, synonyms merged by their maximum, `prob_thd`.
+3. post-process in numpy as `NACLIPImageProcessor.post_process_semantic_segmentation` does in PyTorch (see
+   `postprocessing_naclip.post_process_image`): bilinear upsampling to the original size, PAMR, temperature
+   softmax over names, synonyms merged by their maximum, `prob_thd`.
 
 The PyTorch functions are the reference; the numpy ones here follow them operation by operation and are checked
-against them by the tests. The functions `load_model`, `load_processor`, `encode_classes`, `segment_image` and
-`save_scores` mirror `naclip_hf.inference` so that the command line runs either backend with the same code.
+against them by the tests. `save_scores` writes the file format of `naclip_hf.inference.save_scores`.
 
 Example:
 
@@ -41,7 +41,16 @@ from typing import Any
 import numpy as np
 
 from ..models.naclip.image_io import load_image
-from ..models.naclip.image_utils import resize_short_side, sliding_windows, window_tokens
+from ..models.naclip.image_utils import (
+    NEIGHBOUR_OFFSETS,
+    band_neighbours,
+    resize_short_side,
+    row_bands,
+    sliding_windows,
+    window_batches,
+    window_coverage,
+    window_tokens,
+)
 from ..models.naclip.labels import flatten_class_names, parse_class_entries, parse_label_set
 from ..models.naclip.options import (
     CONFIG_SETTINGS,
@@ -116,9 +125,9 @@ def is_exported_folder(path: str | os.PathLike) -> bool:
 
 # ------------------------------------------------------------------------------------------ results
 @dataclass(frozen=True)
-class ClassSet:
+class ClassEmbeddings:
     """The text side of a label set: `text_embeds` [names, D] float32, `name_to_class` [names] int64 and the
-    classes' names (as `naclip_hf.inference.ClassEmbeddings`, in numpy)."""
+    classes' names: `naclip_hf.models.naclip.class_embeddings.ClassEmbeddings` in numpy."""
 
     text_embeds: np.ndarray
     name_to_class: np.ndarray
@@ -131,9 +140,9 @@ class ClassSet:
 
 
 @dataclass(frozen=True)
-class RuntimeSegmentation:
+class SegmentationResult:
     """`logits` [names, h, w] at the processed size; `probabilities` [classes, H, W] (float32) and `segmentation`
-    [H, W] (int64 class ids) at the original size (as `naclip_hf.inference.SegmentationResult`, in numpy)."""
+    [H, W] (int64 class ids) at the original size: `naclip_hf.inference.SegmentationResult` in numpy."""
 
     logits: np.ndarray
     probabilities: np.ndarray
@@ -157,6 +166,10 @@ class ExportedConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self._values)
+
+    def with_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """These settings with `given` (checked, in their context) on top."""
+        return {**self._values, **check_settings(given, context=self._values)}
 
 
 # ------------------------------------------------------------------------------------- the segmenter
@@ -261,7 +274,7 @@ class ExportedSegmenter:
         classes: Sequence[str | Sequence[str]] | None = None,
         templates: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | bool | None = None,
-    ) -> ClassSet:
+    ) -> ClassEmbeddings:
         """The text embeddings of `classes` (default: the stored classes, in their order).
 
         Names stored at export (with the same templates) are read back; every other name is embedded by the text
@@ -276,7 +289,7 @@ class ExportedSegmenter:
                 (`$NACLIP_CACHE`, else `~/.cache/naclip_hf/text`), or `None`/`False` (default) for none. Label sets
                 computed before by this segmenter are also kept in memory.
         Returns:
-            A `ClassSet`: `text_embeds` [names, D], `name_to_class` [names] and the classes.
+            A `ClassEmbeddings`: `text_embeds` [names, D], `name_to_class` [names] and the classes.
         """
         if templates is None:
             templates = self.config.prompt_templates
@@ -304,12 +317,12 @@ class ExportedSegmenter:
             computed = self.text_tower.embed_names(missing, templates, self.config.text_batch_size, cache_dir)
             rows.update(zip(missing, computed))
         text_embeds = np.stack([rows[name] for name in names]).astype(np.float32, copy=False)
-        return ClassSet(text_embeds, np.asarray(name_to_class, dtype=np.int64), parsed)
+        return ClassEmbeddings(text_embeds, np.asarray(name_to_class, dtype=np.int64), parsed)
 
-    def _check_label_set(self, classes: Sequence[str | Sequence[str]] | ClassSet | None) -> None:
+    def _check_label_set(self, classes: Sequence[str | Sequence[str]] | ClassEmbeddings | None) -> None:
         """Refuse fewer than two classes to segment into (`parse_label_set`), given or stored."""
         if classes is not None:
-            parse_label_set(classes.classes if isinstance(classes, ClassSet) else classes, "classes")
+            parse_label_set(classes.classes if isinstance(classes, ClassEmbeddings) else classes, "classes")
         elif self.stored_classes is not None and len(self.stored_classes) < 2:
             raise ValueError(
                 f"The exported model {self.folder} stores only one class ({CLASSES_FILE}), which would label every "
@@ -362,8 +375,7 @@ class ExportedSegmenter:
         """Per-name logits [B, N, h, w] of `pixel_values` [B, 3, h, w] against `text_embeds` [N, D], whole-image or
         by sliding windows as `NACLIPForSemanticSegmentation.forward` (defaults: the stored settings)."""
         given = {"slide_crop": slide_crop, "slide_stride": slide_stride, "slide_batch_size": slide_batch_size}
-        options = {**self.config.to_dict(), **check_settings({k: v for k, v in given.items() if v is not None},
-                                                              context=self.config.to_dict())}  # fmt: skip
+        options = self.config.with_options({k: v for k, v in given.items() if v is not None})
         pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
         text_embeds = np.ascontiguousarray(text_embeds, dtype=np.float32)
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
@@ -382,20 +394,15 @@ class ExportedSegmenter:
         if crop <= 0:
             return self._run(pixel_values, text_embeds)
         boxes = sliding_windows(height, width, crop, options["slide_stride"])
-        windows = [(image, box) for image in range(batch) for box in boxes]
         logits = np.zeros((batch, len(text_embeds), height, width), dtype=np.float32)
         tokens = window_tokens(height, width, crop, self.patch_size)
         # The graph's inputs are float32 whatever its precision: batches as for float32.
         step = window_batch_size(options["slide_batch_size"], tokens, pixel_values.itemsize, on_cpu=True)
-        for start in range(0, len(windows), step):
-            chunk = windows[start : start + step]
+        for chunk in window_batches(batch, boxes, step):
             crops = np.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
             for (image, (a, b, c, d)), values in zip(chunk, self._run(crops, text_embeds)):
                 logits[image, :, a:b, c:d] += values
-        count = np.zeros((height, width), dtype=np.float32)
-        for a, b, c, d in boxes:
-            count[a:b, c:d] += 1
-        return logits / count
+        return logits / window_coverage(height, width, boxes)
 
     def _run(self, pixel_values: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
         feed = {GRAPH_INPUTS[0]: np.ascontiguousarray(pixel_values), GRAPH_INPUTS[1]: text_embeds}
@@ -414,11 +421,11 @@ class ExportedSegmenter:
     def segment(
         self,
         image: Any,
-        classes: Sequence[str | Sequence[str]] | ClassSet | None = None,
+        classes: Sequence[str | Sequence[str]] | ClassEmbeddings | None = None,
         options: NACLIPInferenceOptions | None = None,
         timeout: float | None = None,
         **call: Any,
-    ) -> RuntimeSegmentation:
+    ) -> SegmentationResult:
         """Segment one image (path, URL, PIL image or array) into `classes` (default: the stored classes): at least
         two classes (`ValueError` otherwise, before any work: one class would label every pixel).
 
@@ -427,17 +434,17 @@ class ExportedSegmenter:
         """
         self._check_label_set(classes)
         options = self.options(options, **call)
-        class_set = classes if isinstance(classes, ClassSet) else self.encode_classes(classes)
+        embeddings = classes if isinstance(classes, ClassEmbeddings) else self.encode_classes(classes)
         original = load_image(image, timeout=timeout)
         pixel_values = self.preprocess(original, options.short_side)
         logits = self.forward(
-            pixel_values, class_set.text_embeds, options.slide_crop, options.slide_stride, options.slide_batch_size
+            pixel_values, embeddings.text_embeds, options.slide_crop, options.slide_stride, options.slide_batch_size
         )
         probabilities, segmentation = post_process_logits(
-            logits, pixel_values, original.shape[:2], class_set.name_to_class, options.logit_scale,
+            logits, pixel_values, original.shape[:2], embeddings.name_to_class, options.logit_scale,
             options.prob_thd, options.pamr_steps, options.pamr_dilations,
         )  # fmt: skip
-        return RuntimeSegmentation(logits[0], probabilities[0], segmentation[0])
+        return SegmentationResult(logits[0], probabilities[0], segmentation[0])
 
 
 def _check_call_settings(values: Mapping[str, Any], stored: Mapping[str, Any], what: str) -> None:
@@ -519,12 +526,6 @@ BAND_BYTES = 1 << 19
 small enough to stay in cache (speed only; every pixel is computed the same way whatever the bands)."""
 
 
-def _row_bands(height: int, row_bytes: int) -> list[tuple[int, int]]:
-    """(top, bottom) of the row bands of `BAND_BYTES` covering `height` rows of `row_bytes` bytes each."""
-    rows = max(1, BAND_BYTES // max(1, row_bytes))
-    return [(top, min(height, top + rows)) for top in range(0, height, rows)]
-
-
 def _in_bands(function: Any, bands: list[tuple[int, int]], pool: ThreadPoolExecutor | None = None) -> None:
     """`function(top, bottom)` for every band, on `pool` or on `os.cpu_count()` threads of a new one (NumPy releases
     the GIL in its loops, so the bands run in parallel)."""
@@ -540,8 +541,9 @@ def _in_bands(function: Any, bands: list[tuple[int, int]], pool: ThreadPoolExecu
         list(pool.map(lambda band: function(*band), bands))
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of bilinear resizing along one axis, as PyTorch's CPU kernel computes them."""
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of bilinear resizing along one axis, as PyTorch's CPU kernel computes them (the
+    numpy twin of `postprocessing_naclip._bilinear_taps`)."""
     if in_size == out_size:
         index = np.arange(out_size)
         return index, index, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
@@ -558,8 +560,8 @@ def resize_bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     `F.interpolate(values, size, mode="bilinear", align_corners=False)`)."""
     height, width = int(size[0]), int(size[1])
     values = np.asarray(values, dtype=np.float32)
-    x0, x1, wx0, wx1 = _linear_taps(values.shape[-1], width)
-    y0, y1, wy0, wy1 = _linear_taps(values.shape[-2], height)
+    x0, x1, wx0, wx1 = _bilinear_taps(values.shape[-1], width)
+    y0, y1, wy0, wy1 = _bilinear_taps(values.shape[-2], height)
     rows = values[..., x0] * wx0 + values[..., x1] * wx1  # [B, C, h, W]
     resized = np.empty((*values.shape[:-2], height, width), dtype=np.float32)
 
@@ -567,37 +569,22 @@ def resize_bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         first, second = rows[..., y0[top:bottom], :], rows[..., y1[top:bottom], :]
         np.add(first * wy0[top:bottom, None], second * wy1[top:bottom, None], out=resized[..., top:bottom, :])
 
-    _in_bands(band, _row_bands(height, int(np.prod(values.shape[:-2])) * width * 4))
+    _in_bands(band, row_bands(height, int(np.prod(values.shape[:-2])) * width * 4, BAND_BYTES))
     return resized
-
-
-# The eight neighbours of a 3×3 window, in the order of
-# `naclip_hf.models.naclip.postprocessing_naclip.NEIGHBOUR_OFFSETS`.
-_NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-
-
-def _neighbour_views(values: np.ndarray, dilation: int) -> list[np.ndarray]:
-    """Views holding, at each pixel, its neighbour at each offset × `dilation` (edges repeated)."""
-    height, width = values.shape[-2:]
-    padded = np.pad(values, [(0, 0)] * (values.ndim - 2) + [(dilation, dilation)] * 2, mode="edge")
-    return [
-        padded[..., dilation + dy * dilation : dilation + dy * dilation + height,
-               dilation + dx * dilation : dilation + dx * dilation + width]
-        for dy, dx in _NEIGHBOUR_OFFSETS
-    ]  # fmt: skip
 
 
 def pamr_affinity(image: np.ndarray, dilations: Sequence[int]) -> np.ndarray:
     """Affinity [B, 8 * len(dilations), H, W] of each pixel to its neighbours in the guide `image` [B, K, H, W]
     (reference: `naclip_hf.models.naclip.postprocessing_naclip.pamr_affinity`), by row bands on threads."""
-    neighbours = [view for d in dilations for view in _neighbour_views(image, d)]
-    affinity = np.empty((image.shape[0], len(neighbours), *image.shape[-2:]), dtype=np.float32)
+    reach, count = max(dilations), len(NEIGHBOUR_OFFSETS) * len(dilations)
+    padded = np.pad(image, [(0, 0)] * (image.ndim - 2) + [(reach, reach)] * 2, mode="edge")
+    affinity = np.empty((image.shape[0], count, *image.shape[-2:]), dtype=np.float32)
 
     def band(top: int, bottom: int) -> None:
-        around = [neighbour[..., top:bottom, :] for neighbour in neighbours]
+        around = band_neighbours(padded, dilations, top, bottom)
         affinity[:, :, top:bottom] = _affinity(image[..., top:bottom, :], around, len(dilations))
 
-    _in_bands(band, _row_bands(image.shape[-2], image.shape[0] * len(neighbours) * image.shape[-1] * 4))
+    _in_bands(band, row_bands(image.shape[-2], image.shape[0] * count * image.shape[-1] * 4, BAND_BYTES))
     return affinity
 
 
@@ -632,8 +619,7 @@ def pamr(image: np.ndarray, scores: np.ndarray, num_iter: int, dilations: Sequen
     scores = np.asarray(scores, dtype=np.float32)
     height, width = scores.shape[-2:]
     reach = max(dilations)
-    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in _NEIGHBOUR_OFFSETS]
-    bands = _row_bands(height, scores.shape[0] * scores.shape[1] * width * scores.itemsize)
+    bands = row_bands(height, scores.shape[0] * scores.shape[1] * width * scores.itemsize, BAND_BYTES)
     source = np.empty((*scores.shape[:2], height + 2 * reach, width + 2 * reach), dtype=np.float32)
     target = np.empty_like(source)
     source[..., reach : reach + height, reach : reach + width] = scores
@@ -642,8 +628,7 @@ def pamr(image: np.ndarray, scores: np.ndarray, num_iter: int, dilations: Sequen
     def refine(top: int, bottom: int) -> None:
         out = target[..., reach + top : reach + bottom, reach : reach + width]
         product = np.empty_like(out)
-        for p, (dy, dx) in enumerate(offsets):
-            neighbour = source[..., reach + dy + top : reach + dy + bottom, reach + dx : reach + dx + width]
+        for p, neighbour in enumerate(band_neighbours(source, dilations, top, bottom)):
             np.multiply(neighbour, affinity[:, p, :, top:bottom], out=out if p == 0 else product)
             if p:
                 out += product
@@ -683,7 +668,7 @@ def post_process_logits(
     pamr_dilations: Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities [B, classes, H, W] and labels [B, H, W] (int64) from per-name logits [B, names, h, w]
-    (reference: `naclip_hf.models.naclip.image_processing_naclip.post_process_logits`); `pixel_values`
+    (reference: `naclip_hf.models.naclip.postprocessing_naclip.post_process_image`, per image); `pixel_values`
     [B, 3, h, w] guides PAMR."""
     height, width = int(size[0]), int(size[1])
     logits = resize_bilinear(logits, (height, width))
@@ -733,57 +718,7 @@ def int8_graph_file(folder: str | os.PathLike) -> str:
     return SIGNED_INT8_MODEL_FILE if signed.is_file() and native_int8_dot_products() else QUANTIZED_MODEL_FILE
 
 
-# ------------------------------------------------------------ the `naclip_hf.inference` functions, mirrored
-def load_model(
-    model_path: str | os.PathLike, overrides: Mapping[str, Any] | None = None, quantized: bool = False, **kwargs: Any
-) -> ExportedSegmenter:
-    """An `ExportedSegmenter` for an exported folder (as `naclip_hf.inference.load_model` for checkpoints)."""
-    return ExportedSegmenter(model_path, overrides, quantized=quantized, **kwargs)
-
-
-@dataclass(frozen=True)
-class _ImageSettings:
-    short_side: int
-
-
-@dataclass(frozen=True)
-class ExportedProcessor:
-    """What the command line reads from a processor: `image_processor.short_side`."""
-
-    image_processor: _ImageSettings
-
-
-def load_processor(model_path: str | os.PathLike) -> ExportedProcessor:
-    """The stored image settings of an exported folder (as `naclip_hf.inference.load_processor`)."""
-    image = _read_json(Path(model_path).expanduser() / PREPROCESSOR_FILE, "image processor config")
-    return ExportedProcessor(_ImageSettings(int(image.get("short_side", DEFAULTS["short_side"]))))
-
-
-def encode_classes(
-    model: ExportedSegmenter,
-    processor: Any,
-    classes: Sequence[str | Sequence[str]],
-    *,
-    templates: Sequence[str] | None = None,
-    cache_dir: str | os.PathLike | bool | None = None,
-) -> ClassSet:
-    """The embeddings of `classes`: stored ones read back, others from the text graph (as
-    `naclip_hf.inference.encode_classes`, with the same `cache_dir`; `processor` is not needed)."""
-    return model.encode_classes(classes, templates, cache_dir)
-
-
-def segment_image(
-    model: ExportedSegmenter,
-    processor: Any,
-    image: Any,
-    classes: ClassSet,
-    options: NACLIPInferenceOptions | None = None,
-    **call: Any,
-) -> RuntimeSegmentation:
-    """Segment one image (as `naclip_hf.inference.segment_image`)."""
-    return model.segment(image, classes, options, **call)
-
-
+# ---------------------------------------------------------------------------------------------- scores
 def save_scores(path: str | os.PathLike, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
     """Write `logits`, `probabilities` and `segmentation` to a safetensors file, atomically (the format of
     `naclip_hf.inference.save_scores`)."""
@@ -800,33 +735,6 @@ def save_scores(path: str | os.PathLike, result: Any, metadata: Mapping[str, Any
     write_atomic(Path(path), lambda temporary: save_file(arrays, str(temporary), metadata=meta))
 
 
-__all__ = [
-    "CLASSES_FILE",
-    "CLASS_EMBEDDINGS_FILE",
-    "ClassSet",
-    "ExportedConfig",
-    "ExportedProcessor",
-    "ExportedSegmenter",
-    "GRAPH_INPUTS",
-    "GRAPH_OUTPUT",
-    "MODEL_FILE",
-    "ONNX_DIR",
-    "QUANTIZED_MODEL_FILE",
-    "RuntimeSegmentation",
-    "TEXT_MODEL_FILE",
-    "TEXT_SETTINGS",
-    "encode_classes",
-    "int8_graph_file",
-    "is_exported_folder",
-    "load_model",
-    "load_processor",
-    "native_int8_dot_products",
-    "normalize_image",
-    "pamr",
-    "pamr_affinity",
-    "post_process_logits",
-    "resize_bilinear",
-    "save_scores",
-    "segment_image",
-    "softmax",
-]
+__all__ = ["ClassEmbeddings", "ExportedConfig", "ExportedSegmenter", "SegmentationResult", "TEXT_SETTINGS",
+           "int8_graph_file", "is_exported_folder", "native_int8_dot_products", "normalize_image", "pamr",
+           "pamr_affinity", "post_process_logits", "resize_bilinear", "save_scores", "softmax"]  # fmt: skip

@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding_store import EmbeddingStore, resolve_cache_dir
+from ..embedding_store import EmbeddingStore, resolve_cache_dir, text_config_description
 from ..models.naclip.recently_used import RecentlyUsed
+from ..models.naclip.tokenization import tokenizer_max_length
 from .layout import (
     CONFIG_FILE,
     ONNX_DIR,
@@ -48,8 +49,6 @@ from .layout import (
 
 logger = logging.getLogger(__name__)
 
-# CLIP's context length: the tokenizer's maximum when its config does not give a usable one (as the processor).
-CLIP_CONTEXT_LENGTH = 77
 # Version of this runtime's cache description; bumping it invalidates its entries.
 CACHE_FORMAT = 1
 # Label sets whose embeddings a tower keeps in memory (the most recently used ones).
@@ -98,11 +97,7 @@ class ExportedTokenizer:
         except Exception as error:  # the Rust library raises a plain Exception for bad files
             raise ValueError(f"{path} is not a valid tokenizer file ({error}); {_REEXPORT_HINT}.") from None
         settings = _read_optional_json(folder / TOKENIZER_CONFIG_FILE)
-        max_length = settings.get("model_max_length")
-        # As `NACLIPProcessor.tokenize_class_names`: an unset (huge) maximum means CLIP's context length.
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or not 0 < max_length <= 10_000:
-            max_length = CLIP_CONTEXT_LENGTH
-        self.model_max_length = max_length
+        self.model_max_length = tokenizer_max_length(settings.get("model_max_length"))  # as the processor
         pad_token = _token_content(settings.get("pad_token")) or _token_content(settings.get("eos_token"))
         pad_id = None if pad_token is None else self.backend.token_to_id(pad_token)
         if pad_id is None:
@@ -253,17 +248,15 @@ class ExportedTextTower:
             [len(names), D] float32 (a new array).
         """
 
+        def computed() -> np.ndarray:
+            return self.compute_name_embeddings(names, templates, batch_size)
+
         def from_disk_or_computed() -> np.ndarray:
             directory = resolve_cache_dir(cache_dir)
             if directory is None:
-                return self.compute_name_embeddings(names, templates, batch_size)
-            cache = EmbeddingStore(directory)
+                return computed()
             description = self.cache_description(names, templates)
-            embeddings = cache.load(description, len(names))
-            if embeddings is None:
-                embeddings = self.compute_name_embeddings(names, templates, batch_size)
-                cache.save(description, embeddings)
-            return embeddings
+            return EmbeddingStore(directory).load_or_compute(description, len(names), computed)
 
         return self._memory.get_or_compute((tuple(names), tuple(templates)), from_disk_or_computed).copy()
 
@@ -271,8 +264,6 @@ class ExportedTextTower:
         """Canonical JSON of everything the embeddings of `names` depend on (the cache key is its hash)."""
         if self._identity is None:
             text_config = self._config.get("text_config")
-            text_config = text_config if isinstance(text_config, dict) else {}
-            ignored = {"transformers_version", "architectures", "dtype", "torch_dtype", "name_or_path"}
             tokenizer_config = self.folder / TOKENIZER_CONFIG_FILE
             tokenizer_config_fingerprint = (
                 file_fingerprint(tokenizer_config, whole=True) if tokenizer_config.is_file() else None
@@ -283,13 +274,7 @@ class ExportedTextTower:
                 "text_graph": file_fingerprint(self.graph_path),
                 "tokenizer": file_fingerprint(self.folder / TOKENIZER_FILE, whole=True),
                 "tokenizer_config": tokenizer_config_fingerprint,
-                "text_config": {
-                    key: value
-                    for key, value in sorted(text_config.items())
-                    if not key.startswith("_")
-                    and key not in ignored
-                    and isinstance(value, (str, int, float, bool, type(None)))
-                },
+                "text_config": text_config_description(text_config if isinstance(text_config, dict) else {}),
                 "projection_dim": self.embedding_dim,
                 "dtype": str(self._config.get("dtype") or "float32"),  # the graphs' precision
             }
@@ -317,10 +302,4 @@ def file_fingerprint(path: Path, whole: bool = False) -> str:
     return digest.hexdigest()
 
 
-__all__ = [
-    "ExportedTextTower",
-    "ExportedTokenizer",
-    "file_fingerprint",
-    "normalize_rows",
-    "pad_token_ids",
-]
+__all__ = ["ExportedTextTower", "ExportedTokenizer", "file_fingerprint", "normalize_rows", "pad_token_ids"]

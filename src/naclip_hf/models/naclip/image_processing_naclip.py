@@ -136,7 +136,6 @@ class NACLIPImageProcessor(BaseImageProcessor):
         *,
         return_class_scores: bool = False,
         max_tile_bytes: int | None = None,
-        tile_shape: tuple[int, int] | None = None,
         **kwargs: Unpack[NACLIPPostProcessingKwargs],
     ) -> list[torch.Tensor] | list[dict[str, torch.Tensor]]:
         r"""From per-name logits to class label maps (and probabilities) at the original image sizes.
@@ -159,9 +158,8 @@ class NACLIPImageProcessor(BaseImageProcessor):
                 it, memory does not grow with classes × height × width).
             return_class_scores: also return `class_scores` `(num_classes,)` float64, the mean probability of each
                 class over the pixels labelled with it (0 for absent classes), and `class_pixel_counts`.
-            max_tile_bytes, tile_shape: the work runs in tiles of at most `max_tile_bytes` (default 1 GiB) or of
-                `tile_shape` (rows, cols), with the context PAMR needs around each; this changes speed and memory,
-                never the result (see `post_process_image`).
+            max_tile_bytes: the work runs in tiles of at most `max_tile_bytes` (default 1 GiB), with the context
+                PAMR needs around each; this changes speed and memory, never the result (see `post_process_image`).
 
         Returns:
             One `torch.LongTensor` `(height, width)` of class ids per image; with `return_probabilities` or
@@ -198,7 +196,7 @@ class NACLIPImageProcessor(BaseImageProcessor):
             guide = None if pixel_values is None else pixel_values[image : image + 1]
             result = post_process_image(
                 logits[image : image + 1], guide, (height, width), index, **options,
-                return_probabilities=return_probabilities, max_tile_bytes=max_tile_bytes, tile_shape=tile_shape,
+                return_probabilities=return_probabilities, max_tile_bytes=max_tile_bytes,
             )  # fmt: skip
             if not (return_probabilities or return_class_scores):
                 results.append(result.segmentation)

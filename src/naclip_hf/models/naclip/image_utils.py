@@ -1,4 +1,6 @@
-"""Image resizing that reproduces MMSeg's ``Resize(scale=(2048, S), keep_ratio=True)`` on uint8 images.
+"""Torch-free image helpers shared by the model and the ONNX runtime: resizing that reproduces MMSeg's
+``Resize(scale=(2048, S), keep_ratio=True)`` on uint8 images, the sliding windows, PAMR's neighbour offsets and the
+row bands that large arrays are worked in.
 
 MMSeg rescales with OpenCV's bilinear interpolation (``INTER_LINEAR``). For 8-bit images OpenCV runs a
 fixed-point algorithm whose rounding differs from a float bilinear resize by one grey level on roughly an
@@ -21,6 +23,7 @@ these formulas, so it needs no special case.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -54,8 +57,9 @@ def resized_shape(height: int, width: int, short_side: int, max_long_side: int =
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def _source_positions(dst_len: int, src_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer source index [dst_len] int64 and its float32 fraction [dst_len] for each output index."""
+def _opencv_source_positions(dst_len: int, src_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer source index [dst_len] int64 and its float32 fraction [dst_len] for each output index, as OpenCV's
+    uint8 bilinear resize computes them."""
     scale = 1.0 / (dst_len / src_len)
     pos = ((np.arange(dst_len, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     index = np.floor(pos).astype(np.int64)
@@ -76,7 +80,7 @@ def _resize_numpy(image: np.ndarray, out_height: int, out_width: int) -> np.ndar
     height, width = image.shape[:2]
 
     # Columns: snap out-of-range coordinates to the border pixel with weights (2048, 0).
-    x0, fx = _source_positions(out_width, width)
+    x0, fx = _opencv_source_positions(out_width, width)
     outside = (x0 < 0) | (x0 >= width - 1)
     fx = np.where(outside, np.float32(0.0), fx)
     x0 = np.clip(x0, 0, width - 1)
@@ -84,7 +88,7 @@ def _resize_numpy(image: np.ndarray, out_height: int, out_width: int) -> np.ndar
     ax0, ax1 = _fixed_point_weights(fx)
 
     # Rows: weights are kept as computed, the row indices are clamped.
-    y0, fy = _source_positions(out_height, height)
+    y0, fy = _opencv_source_positions(out_height, height)
     by0, by1 = _fixed_point_weights(fy)
     y0, y1 = np.clip(y0, 0, height - 1), np.clip(y0 + 1, 0, height - 1)
 
@@ -156,7 +160,7 @@ def resize_short_side(image: ImageT, short_side: int, max_long_side: int = 2048)
     return resize_bilinear_uint8(image, size)
 
 
-def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[Box]:
     """Window boxes (y1, y2, x1, x2) covering an image, placed as the official NACLIP/MMSeg code places them:
     a regular grid whose last row/column is shifted back to end at the border; windows are cropped to the image
     when it is smaller than `crop`."""
@@ -168,6 +172,50 @@ def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tup
             y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
             boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
     return boxes
+
+
+Box = tuple[int, int, int, int]
+
+
+def window_batches(num_images: int, boxes: list[Box], batch_size: int) -> list[list[tuple[int, Box]]]:
+    """The windows `(image, box)` of `num_images` images cut at the same `boxes` (image 0's first), in batches of
+    `batch_size`: the order in which the model and the ONNX runtime run them."""
+    windows = [(image, box) for image in range(num_images) for box in boxes]
+    return [windows[start : start + batch_size] for start in range(0, len(windows), batch_size)]
+
+
+def window_coverage(height: int, width: int, boxes: list[Box]) -> np.ndarray:
+    """[height, width] float32: how many of `boxes` cover each pixel (the summed window logits are divided by it)."""
+    count = np.zeros((height, width), dtype=np.float32)
+    for a, b, c, d in boxes:
+        count[a:b, c:d] += 1
+    return count
+
+
+def row_bands(height: int, row_size: int, band_size: int) -> list[tuple[int, int]]:
+    """(top, bottom) of the bands of rows, about `band_size` each (at least one row), covering `height` rows of
+    `row_size` each (bytes or pixels, in the unit of `band_size`). Large arrays are worked band by band so that the
+    temporaries stay small or in cache; every pixel is computed the same way whatever the bands."""
+    rows = max(1, band_size // max(1, row_size))
+    return [(top, min(height, top + rows)) for top in range(0, height, rows)]
+
+
+# The eight neighbours of a 3×3 window (centre excluded), as (row, column) offsets in units of PAMR's dilation.
+NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+# The full 3×3 window, centre included (the local spread of PAMR's affinity is taken over it).
+WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
+
+
+
+def band_neighbours(padded: ImageT, dilations: Sequence[int], top: int, bottom: int) -> list[ImageT]:
+    """Views of `padded` (an array or tensor [..., H, W] edge-padded by the largest dilation) holding, for rows
+    `top:bottom`, every pixel's neighbour at each dilation and `NEIGHBOUR_OFFSETS` offset, in that order. One copy
+    serves every dilation: edge padding repeats the edge pixel, so a neighbour past the border is the same whatever
+    the padding."""
+    reach = max(dilations)
+    width = padded.shape[-1] - 2 * reach
+    return [padded[..., reach + dy * d + top : reach + dy * d + bottom, reach + dx * d : reach + dx * d + width]
+            for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]  # fmt: skip
 
 
 def window_tokens(height: int, width: int, crop: int, patch_size: int) -> int:

@@ -44,7 +44,12 @@ from transformers.utils.generic import GeneralInterface, can_return_tuple
 
 from .configuration_naclip import NACLIPConfig
 from .dense_methods import DENSE_METHODS, attention_layers, check_arch, is_dense_method
-from .image_utils import sliding_windows, window_tokens  # torch-free: shared with the ONNX runtime
+from .image_utils import (  # torch-free: shared with the ONNX runtime
+    sliding_windows,
+    window_batches,
+    window_coverage,
+    window_tokens,
+)
 from .options import (
     CALL_OPTIONS,
     NACLIPInferenceOptions,
@@ -795,11 +800,15 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         check_arch(options.arch)
         return options
 
-    def _window_logits(
+    def window_logits(
         self, hidden: torch.Tensor, text_embeds: torch.Tensor, size: tuple[int, int], cls_token: bool = True
     ) -> torch.Tensor:
-        """Per-name logits [B, names, H, W] from the last block's output [B, 1 + gh*gw, width] of windows of `size`
-        (`cls_token=False`: a dense method's patch tokens [B, gh*gw, width])."""
+        """Per-name logits [B, names, H, W] (float32) from the last block's output [B, 1 + gh*gw, width] of windows of
+        `size` (H, W): the patch features projected, compared with `text_embeds` [names, D] and upsampled bilinearly
+        (`cls_token=False`: a dense method's patch tokens [B, gh*gw, width]).
+
+        The head of `forward` for one window; the ONNX export traces `encode_patches` followed by this method.
+        """
         return F.interpolate(self._patch_logits(hidden, text_embeds, size, cls_token), size=size, mode="bilinear",
                              align_corners=False)  # fmt: skip
 
@@ -855,7 +864,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         size = tuple(windows.shape[-2:])
         cls_token = not is_dense_method(options.arch)
         if add is None:
-            logits = self._window_logits(encoded.last_hidden_state, text_embeds, size, cls_token)
+            logits = self.window_logits(encoded.last_hidden_state, text_embeds, size, cls_token)
             return logits[:, :, top : top + height, left : left + width].float()
         patch_logits = self._patch_logits(encoded.last_hidden_state, text_embeds, size, cls_token)
         for index in range(len(patch_logits)):
@@ -965,13 +974,11 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
         each window's logits added where it lies, then divided by the number of windows covering each pixel."""
         height, width = pixel_values.shape[-2:]
         boxes = sliding_windows(height, width, options.slide_crop, options.slide_stride)
-        windows = [(image, box) for image in range(pixel_values.shape[0]) for box in boxes]
         logits = pixel_values.new_zeros((pixel_values.shape[0], len(text_embeds), height, width), dtype=torch.float32)
         tokens = window_tokens(height, width, options.slide_crop, self.config.vision_config.patch_size)
         step = window_batch_size(options.slide_batch_size, tokens, pixel_values.element_size(),
                                  pixel_values.device.type == "cpu")  # fmt: skip
-        for start in range(0, len(windows), step):
-            chunk = windows[start : start + step]
+        for chunk in window_batches(pixel_values.shape[0], boxes, step):
             batch = torch.stack([pixel_values[image, :, a:b, c:d] for image, (a, b, c, d) in chunk])
 
             def add(index: int, values: torch.Tensor, chunk: list = chunk) -> None:
@@ -979,10 +986,7 @@ class NACLIPForSemanticSegmentation(NACLIPPreTrainedModel):
                 logits[image, :, a:b, c:d] += values
 
             self._encode_windows(batch, text_embeds, options, recorded, add=add)
-        count = logits.new_zeros((height, width))
-        for a, b, c, d in boxes:
-            count[a:b, c:d] += 1
-        return logits.div_(count)
+        return logits.div_(torch.from_numpy(window_coverage(height, width, boxes)).to(logits.device))
 
 
 def _concatenate_layers(per_chunk: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:

@@ -1,6 +1,6 @@
 """Post-processing of NACLIP's logits, on tensors only: from per-name logits at the processed size to class
 probabilities and a label map at the original size. `NACLIPImageProcessor.post_process_semantic_segmentation` is
-the entry point; the NumPy twin of these steps, for the torch-free runtime, is `naclip_hf.export.postprocess`.
+the entry point; the NumPy twin of these steps, for the torch-free runtime, is in `naclip_hf.export.runtime`.
 
 - PAMR, pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020), as used by NACLIP: each iteration replaces
   every pixel's score by a weighted mean of its neighbours' scores at a few dilations; the weights (an affinity)
@@ -20,36 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# The eight neighbours of a 3×3 window (centre excluded), as (row, column) offsets in units of the dilation.
-NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
-    (-1, -1),
-    (-1, 0),
-    (-1, 1),
-    (0, -1),
-    (0, 1),
-    (1, -1),
-    (1, 0),
-    (1, 1),
-)
-# The full 3×3 window, centre included (the local spread of the affinity is taken over it).
-WINDOW_OFFSETS: tuple[tuple[int, int], ...] = NEIGHBOUR_OFFSETS[:4] + ((0, 0),) + NEIGHBOUR_OFFSETS[4:]
-
-
-def _row_bands(tensor: torch.Tensor, band_bytes: int) -> list[tuple[int, int]]:
-    """(top, bottom) of the row bands of about `band_bytes` per channel that `tensor` [..., H, W] is worked in."""
-    height, width = tensor.shape[-2:]
-    rows = max(1, band_bytes // max(1, width * tensor.element_size()))
-    return [(top, min(height, top + rows)) for top in range(0, height, rows)]
-
-
-def _band_neighbours(padded: torch.Tensor, dilations: Sequence[int], top: int, bottom: int) -> list[torch.Tensor]:
-    """Views of `padded` (replicate-padded by the largest dilation) holding, for rows `top:bottom`, every pixel's
-    neighbour at each dilation and `NEIGHBOUR_OFFSETS` offset, in that order. One copy serves every dilation:
-    replicate padding repeats the edge pixel, so a neighbour past the border is the same whatever the padding."""
-    reach = max(dilations)
-    width = padded.shape[-1] - 2 * reach
-    return [padded[..., reach + dy * d + top : reach + dy * d + bottom, reach + dx * d : reach + dx * d + width]
-            for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]  # fmt: skip
+from .image_utils import NEIGHBOUR_OFFSETS, WINDOW_OFFSETS, band_neighbours, row_bands
 
 
 def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
@@ -64,8 +35,8 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
     logits = image.new_empty((image.shape[0], len(NEIGHBOUR_OFFSETS) * len(dilations), *image.shape[-2:]))
     repeats, count = len(dilations), len(WINDOW_OFFSETS) * len(dilations)
     # Rows in bands, so that the ~100 passes below over each band read it from cache (speed only).
-    for top, bottom in _row_bands(image, AFFINITY_BAND_BYTES):
-        centre, neighbours = image[..., top:bottom, :], _band_neighbours(padded, dilations, top, bottom)
+    for top, bottom in row_bands(image.shape[-2], image.shape[-1] * image.element_size(), AFFINITY_BAND_BYTES):
+        centre, neighbours = image[..., top:bottom, :], band_neighbours(padded, dilations, top, bottom)
         # Local spread: unbiased std over the 3×3 windows (centre included) of every dilation, i.e. over the
         # neighbours and len(dilations) copies of the centre; two passes (mean, then squared deviations).
         mean = centre * repeats
@@ -97,46 +68,6 @@ def pamr(image: torch.Tensor, scores: torch.Tensor, num_iter: int, dilations: Se
         scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
     affinity = pamr_affinity(image.to(scores.dtype), dilations).unsqueeze(2)  # [B, P, 1, H, W]
     return _pamr_refine(scores, affinity, num_iter, dilations)
-
-
-def post_process_logits(
-    logits: torch.Tensor,
-    pixel_values: torch.Tensor | None,
-    size: tuple[int, int],
-    name_to_class: torch.Tensor,
-    logit_scale: float,
-    prob_thd: float,
-    pamr_steps: int,
-    pamr_dilations: Sequence[int],
-    *,
-    area_thd: float = 0.0,
-    max_tile_bytes: int | None = None,
-    tile_shape: tuple[int, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities [B, classes, H, W] and labels [B, H, W] (int64) from per-name logits [B, names, h, w].
-
-    See `NACLIPImageProcessor.post_process_semantic_segmentation`; `pixel_values` [B, 3, h, w] guides PAMR.
-    The work runs in tiles (see `post_process_image`); `max_tile_bytes` / `tile_shape` change speed and memory only.
-    """
-    results = [
-        post_process_image(
-            logits[image : image + 1],
-            None if pixel_values is None else pixel_values[image : image + 1],
-            size,
-            name_to_class,
-            logit_scale=logit_scale,
-            prob_thd=prob_thd,
-            pamr_steps=pamr_steps,
-            pamr_dilations=pamr_dilations,
-            area_thd=area_thd,
-            return_probabilities=True,
-            max_tile_bytes=max_tile_bytes,
-            tile_shape=tile_shape,
-        )
-        for image in range(logits.shape[0])
-    ]
-    probabilities = torch.stack([result.probabilities for result in results])
-    return probabilities, torch.stack([result.segmentation for result in results])
 
 
 # ------------------------------------------------------------------------------------------------ tiled post-processing
@@ -209,43 +140,34 @@ def plan_tiles(
     pamr_steps: int,
     pamr_dilations: Sequence[int],
     max_tile_bytes: int | None = None,
-    tile_shape: tuple[int, int] | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """The tiles `(row_start, row_stop, col_start, col_stop)` covering an image of `height` × `width`, in row-major
-    order, each small enough that its work fits `max_tile_bytes` (default `DEFAULT_MAX_TILE_BYTES`); or of
-    `tile_shape` (rows, cols) when given. Images that fit are one tile. Tiles are as square as the budget allows
-    (full rows when the width fits), since PAMR's context around a tile costs less around squares."""
-    if tile_shape is not None:
-        rows, cols = (int(v) for v in tile_shape)
-        if rows < 1 or cols < 1:
-            raise ValueError(f"tile_shape={tile_shape!r} must be two positive integers (rows, cols).")
-    else:
-        budget = (DEFAULT_MAX_TILE_BYTES if max_tile_bytes is None else int(max_tile_bytes)) // 4
-        if budget < 1:
-            raise ValueError(f"max_tile_bytes={max_tile_bytes!r} must be a positive number of bytes.")
-        halo = pamr_halo(pamr_steps, pamr_dilations)
+    order, each small enough that its work fits `max_tile_bytes` (default `DEFAULT_MAX_TILE_BYTES`). Images that
+    fit are one tile. Tiles are as square as the budget allows (full rows when the width fits), since PAMR's
+    context around a tile costs less around squares."""
+    budget = (DEFAULT_MAX_TILE_BYTES if max_tile_bytes is None else int(max_tile_bytes)) // 4
+    if budget < 1:
+        raise ValueError(f"max_tile_bytes={max_tile_bytes!r} must be a positive number of bytes.")
+    halo = pamr_halo(pamr_steps, pamr_dilations)
 
-        def fits(rows: int, cols: int) -> bool:
-            ext_rows, ext_cols = min(height, rows + 2 * halo), min(width, cols + 2 * halo)
-            return _tile_floats(rows, cols, ext_rows, ext_cols, num_names, num_classes, pamr_steps > 0,
-                                len(pamr_dilations)) <= budget  # fmt: skip
+    def fits(rows: int, cols: int) -> bool:
+        ext_rows, ext_cols = min(height, rows + 2 * halo), min(width, cols + 2 * halo)
+        return _tile_floats(rows, cols, ext_rows, ext_cols, num_names, num_classes, pamr_steps > 0,
+                            len(pamr_dilations)) <= budget  # fmt: skip
 
-        def largest(limit: int, shape) -> int:
-            low, high = 1, limit  # the largest n in [1, limit] with fits(*shape(n)), or 1
-            while low < high:
-                middle = (low + high + 1) // 2
-                low, high = (middle, high) if fits(*shape(middle)) else (low, middle - 1)
-            return low
+    def largest(limit: int, shape) -> int:
+        low, high = 1, limit  # the largest n in [1, limit] with fits(*shape(n)), or 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(*shape(middle)) else (low, middle - 1)
+        return low
 
-        side = largest(max(height, width), lambda n: (min(height, n), min(width, n)))
-        rows, cols = min(height, side), min(width, side)
-        if cols == width and rows < height:
-            rows = largest(height, lambda n: (n, width))
-    return [
-        (top, min(top + rows, height), left, min(left + cols, width))
-        for top in range(0, height, rows)
-        for left in range(0, width, cols)
-    ]
+    side = largest(max(height, width), lambda n: (min(height, n), min(width, n)))
+    rows, cols = min(height, side), min(width, side)
+    if cols == width and rows < height:
+        rows = largest(height, lambda n: (n, width))
+    return [(top, min(top + rows, height), left, min(left + cols, width))
+            for top in range(0, height, rows) for left in range(0, width, cols)]  # fmt: skip
 
 
 def estimate_post_processing_bytes(
@@ -270,7 +192,7 @@ def estimate_post_processing_bytes(
     return tile + outputs
 
 
-def _source_positions(
+def _bilinear_taps(
     in_size: int, out_size: int, start: int, stop: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """For output positions `start..stop-1` of a bilinear resize `in_size -> out_size` (`align_corners=False`):
@@ -300,8 +222,8 @@ def upsample_region(
     by that much, depending on sizes and threads)."""
     height, width = size
     in_height, in_width = values.shape[-2:]
-    r_first, r_second, r_w0, r_w1 = _source_positions(in_height, height, rows[0], rows[1], values.device)
-    c_first, c_second, c_w0, c_w1 = _source_positions(in_width, width, cols[0], cols[1], values.device)
+    r_first, r_second, r_w0, r_w1 = _bilinear_taps(in_height, height, rows[0], rows[1], values.device)
+    c_first, c_second, c_w0, c_w1 = _bilinear_taps(in_width, width, cols[0], cols[1], values.device)
     low, high = int(r_first.min()), int(r_second.max()) + 1
     source = values[..., low:high, :].float()
     across = source[..., c_first].mul_(c_w0).addcmul_(source[..., c_second], c_w1)  # [B, C, high - low, cols]
@@ -313,17 +235,17 @@ def _pamr_refine(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilat
     """`steps` PAMR iterations of `scores` [B, C, H, W] with a precomputed `affinity` [B, P, 1, H, W] (see
     `pamr`). Neighbours are read as views of one padded copy and accumulated in place.
 
-    One copy padded by the largest dilation serves every dilation (see `_band_neighbours`). Rows are refined in
+    One copy padded by the largest dilation serves every dilation (see `band_neighbours`). Rows are refined in
     bands of about `PAMR_BAND_BYTES` per channel, so that a band of each neighbour's weights is read from cache for
     every channel rather than from memory; every pixel sums the same terms in the same order, so the result does not
     depend on the bands."""
-    bands = _row_bands(scores, PAMR_BAND_BYTES)
+    bands = row_bands(scores.shape[-2], scores.shape[-1] * scores.element_size(), PAMR_BAND_BYTES)
     for _ in range(steps):
         padded = F.pad(scores, [max(dilations)] * 4, mode="replicate")
         refined = torch.empty_like(scores)
         for top, bottom in bands:
             band, weights = refined[..., top:bottom, :], affinity[..., top:bottom, :]
-            for p, neighbour in enumerate(_band_neighbours(padded, dilations, top, bottom)):
+            for p, neighbour in enumerate(band_neighbours(padded, dilations, top, bottom)):
                 if p == 0:
                     torch.mul(neighbour, weights[:, 0], out=band)
                 else:
@@ -376,7 +298,6 @@ def post_process_image(
     area_thd: float = 0.0,
     return_probabilities: bool = False,
     max_tile_bytes: int | None = None,
-    tile_shape: tuple[int, int] | None = None,
 ) -> ImagePostProcessing:
     """Labels (and probabilities) of one image at `size` (H, W) from its per-name logits [1, names, h, w], in tiles.
 
@@ -408,14 +329,14 @@ def post_process_image(
     )
     counts = torch.zeros(num_classes, dtype=torch.long, device=device)
     sums = torch.zeros(num_classes, dtype=torch.float64, device=device)
-    tiles = plan_tiles(height, width, num_names, num_classes, pamr_steps, pamr_dilations, max_tile_bytes, tile_shape)
+    tiles = plan_tiles(height, width, num_names, num_classes, pamr_steps, pamr_dilations, max_tile_bytes)
     keep = None
     if area_thd > 0 and len(tiles) > 1:
         # The area threshold needs every class's area over the whole image before any tile is labelled: a first
         # pass without thresholds counts the pixels of each top class.
         areas = post_process_image(
             logits, pixel_values, size, index, logit_scale, 0.0, pamr_steps, pamr_dilations,
-            max_tile_bytes=max_tile_bytes, tile_shape=tile_shape,
+            max_tile_bytes=max_tile_bytes,
         ).class_pixel_counts  # fmt: skip
         keep = area_threshold_keep(areas, area_thd)
     for top, bottom, left, right in tiles:
@@ -465,7 +386,7 @@ def post_process_image(
     return ImagePostProcessing(segmentation, probabilities, counts, sums)
 
 
-__all__ = ["DEFAULT_MAX_TILE_BYTES", "NEIGHBOUR_OFFSETS", "WINDOW_OFFSETS", "ImagePostProcessing",
+__all__ = ["DEFAULT_MAX_TILE_BYTES", "ImagePostProcessing",
            "area_threshold_keep", "drop_classes", "estimate_post_processing_bytes", "pamr",
-           "pamr_affinity", "pamr_halo", "plan_tiles", "post_process_image", "post_process_logits",
+           "pamr_affinity", "pamr_halo", "plan_tiles", "post_process_image",
            "upsample_region"]  # fmt: skip

@@ -14,9 +14,8 @@ from .image_processing_naclip import NACLIPImageProcessor
 from .labels import flatten_class_names, parse_class_entries
 from .options import resolve_options
 from .templates import IMAGENET_TEMPLATES
+from .tokenization import tokenizer_max_length
 
-# CLIP's text tower has this many positions; a bare BPE folder does not say so.
-CLIP_CONTEXT_LENGTH = 77
 # Keywords of `from_pretrained` that locate files (passed on to the config and image processor loaders).
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
@@ -104,9 +103,7 @@ class NACLIPProcessor(ProcessorMixin):
         """
         names, name_to_class = flatten_class_names(parse_class_entries(classes))
         templates = list(IMAGENET_TEMPLATES if templates is None else templates)
-        max_length = getattr(self.tokenizer, "model_max_length", CLIP_CONTEXT_LENGTH)
-        if not isinstance(max_length, int) or max_length > 10_000:
-            max_length = CLIP_CONTEXT_LENGTH
+        max_length = tokenizer_max_length(getattr(self.tokenizer, "model_max_length", None))
         encoded = self.tokenizer(
             build_prompts(names, templates), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )

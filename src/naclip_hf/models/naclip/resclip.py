@@ -223,7 +223,7 @@ def first_pass_probabilities(
     `SFR_PAMR_DILATIONS`, guided by the window's normalised pixels) and turned into softmax(logit_scale · logits).
     """
     size = tuple(pixel_values.shape[-2:])
-    logits = model._window_logits(tokens, text_embeds, size)
+    logits = model.window_logits(tokens, text_embeds, size)
     refined = pamr(pixel_values.float(), logits, SFR_PAMR_STEPS, SFR_PAMR_DILATIONS)
     return torch.softmax(refined * logit_scale, dim=1)
 

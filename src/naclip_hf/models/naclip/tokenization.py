@@ -122,6 +122,13 @@ def _builtin(vocab_size: int | None, context_length: int, problem: str | None) -
     return CLIPTokenizer.from_pretrained(str(builtin_bpe_dir()), model_max_length=context_length)
 
 
+def tokenizer_max_length(model_max_length: Any) -> int:
+    """The length prompts are truncated to: a tokenizer's `model_max_length`, or CLIP's context length when that
+    is not a usable number of tokens (a tokenizer not told its length reports a huge one)."""
+    usable = isinstance(model_max_length, int) and not isinstance(model_max_length, bool)
+    return model_max_length if usable and 0 < model_max_length <= 10_000 else CLIP_CONTEXT_LENGTH
+
+
 def _config_value(config: Any, key: str) -> int | None:
     if config is None:
         return None
@@ -131,5 +138,5 @@ def _config_value(config: Any, key: str) -> int | None:
 
 __all__ = [
     "CLIP_CONTEXT_LENGTH", "OPENAI_CLIP_VOCAB_SIZE", "builtin_bpe_dir", "has_tokenizer_files",
-    "load_clip_tokenizer"
+    "load_clip_tokenizer", "tokenizer_max_length"
 ]

@@ -422,3 +422,21 @@ def test_registry_settings_equal_the_official_configs(methods_manifest, case_id)
         return [float(item) for item in value] if isinstance(value, (list, tuple)) else value
 
     assert {key: plain(registered.get(key)) for key in expected} == {key: plain(v) for key, v in expected.items()}
+
+
+@pytest.mark.parametrize("method", ["scclip", "sfp", "resclip"])
+def test_export_refuses_a_replaced_last_block_at_once(tiny_checkpoint, tmp_path, capsys, method):
+    out = tmp_path / "export"
+    assert main(["export", str(tiny_checkpoint), str(out), "--method", method, "--labels", "cat", "dog"]) == 2
+    error = capsys.readouterr().err
+    assert f"arch={method!r} cannot be exported to ONNX" in error and "PyTorch checkpoint" in error
+    assert not out.exists()
+
+
+def test_export_onnx_refuses_a_replaced_last_block(narrow_checkpoint, tmp_path):
+    pytest.importorskip("onnx")
+    from naclip_hf.export.onnx_export import export_onnx
+
+    with pytest.raises(ValueError, match="arch='resclip' cannot be exported to ONNX"):
+        export_onnx(str(narrow_checkpoint), tmp_path / "out", overrides={"arch": "resclip"})
+    assert not (tmp_path / "out").exists()

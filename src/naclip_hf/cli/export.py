@@ -13,6 +13,9 @@ import textwrap
 from pathlib import Path
 
 from ..benchmarks import BENCHMARKS, get_benchmark
+from ..export.layout import check_exportable
+from ..methods import METHODS, combine_settings, describe_methods
+from ..models.naclip.options import DEFAULTS
 from ._common import (
     add_dtype_option,
     add_label_options,
@@ -69,6 +72,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help=f"a benchmark's classes and inference settings: {', '.join(BENCHMARKS)}; --set overrides its "
         "settings, --labels / --labels-file replace its classes",
     )  # fmt: skip
+    parser.add_argument(
+        "--method", default=None, choices=tuple(METHODS), metavar="NAME",
+        help=f"export with a method's settings (over the preset's; --set overrides them): {describe_methods()}",
+    )  # fmt: skip
     add_set_option(parser)
     parser.add_argument(
         "--quantize", action="store_true",
@@ -82,7 +89,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """`naclip export`: check the options and the output folder, load the model, export, print what was written."""
     benchmark = get_benchmark(args.preset) if args.preset is not None else None
-    settings = parse_set_options(args.settings, benchmark.settings() if benchmark is not None else None)
+    base = combine_settings(benchmark, args.method) if benchmark is not None or args.method is not None else None
+    settings = parse_set_options(args.settings, base)
+    check_exportable(settings.get("arch", DEFAULTS["arch"]))
     templates = read_templates_option(args.templates_file)
     if templates is not None:
         settings["prompt_templates"] = templates

@@ -55,6 +55,7 @@ from .layout import (
     TEXT_GRAPH_OUTPUT,
     TEXT_MODEL_FILE,
     TOKENIZER_FILE,
+    check_exportable,
 )
 
 logger = logging.getLogger(__name__)
@@ -530,6 +531,7 @@ def export_onnx(
         model = load_model(source, overrides)
         processor = processor if processor is not None else load_processor(source)
     model = model.eval()
+    check_exportable(model.config.arch)
     tokenizer = _export_tokenizer(model, processor)
     embeddings = None
     if classes is not None:

@@ -34,8 +34,9 @@ SHORT_SIDE = 96
 # The model package is what a Hub folder ships: every module of it.
 MODEL_PACKAGE = Path(naclip_hf.__file__).parent / "models" / "naclip"
 CODE_FILES = {path.name for path in MODEL_PACKAGE.glob("*.py")} - {"__init__.py"}
-# What a `trust_remote_code=True` user audits and runs (the dense methods, SC-CLIP and SFP, take about 530 lines).
-MAX_SHIPPED_LINES = 4100
+# What a `trust_remote_code=True` user audits and runs: NACLIP and the methods that read intermediate blocks (SC-CLIP,
+# SFP and ResCLIP, about 900 lines: they must ship for `method=...` to work from a Hub folder).
+MAX_SHIPPED_LINES = 4500
 # CLI, evaluation, conversion and card code stay in the installed package.
 NOT_SHIPPED = {"cli", "conversion.py", "hub_card.py", "visualization.py", "figures.py", "evaluation", "demo", "export"}
 # What the shipped code may import at module level (besides the standard library and its own siblings).

@@ -379,7 +379,7 @@ def test_other_depths_run(method, layers):
     assert logits.shape == (2, 3, 48, 64) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("case_id", ["scclip_voc20_b", "sfp_voc20_b"])
+@pytest.mark.parametrize("case_id", ["scclip_voc20_b", "sfp_voc20_b", "resclip_voc20_b"])
 def test_bfloat16(narrow_checkpoint, methods_golden, methods_manifest, case_id):
     """A bfloat16 model gives finite logits and nearly the labels of float32 (the same float32 name embeddings:
     this random model's class margins are about the size of bfloat16's rounding of the embeddings)."""

@@ -440,3 +440,35 @@ def test_export_onnx_refuses_a_replaced_last_block(narrow_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="arch='resclip' cannot be exported to ONNX"):
         export_onnx(str(narrow_checkpoint), tmp_path / "out", overrides={"arch": "resclip"})
     assert not (tmp_path / "out").exists()
+
+
+NEW_METHODS = ("scclip", "sfp", "resclip")
+
+
+def test_every_command_takes_the_new_methods(tiny_checkpoint, golden, tmp_path, capsys):
+    """`evaluate` (with the method's own settings for the benchmark), `label` and `compare` run each new method."""
+    import datasets
+
+    from synthetic_data import make_benchmark_dataset
+
+    root = make_benchmark_dataset("voc20", tmp_path / "data", num_images=2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(golden["img_b/raw"].numpy()).resize((80, 60)).save(photos / "a.png")
+    for method in NEW_METHODS:
+        out = tmp_path / f"{method}.json"
+        assert main(["evaluate", "--preset", "voc20", "--data-root", str(root), "--model", str(tiny_checkpoint),
+                     "--method", method, "--limit", "2", "--out", str(out), "--set", "short_side=64"]) == 0
+        settings = json.loads(out.read_text())["settings"]
+        assert settings["arch"] == method
+        if method == "resclip":  # ResCLIP's own voc20 settings: one whole-image pass, its temperature threshold
+            assert (settings["slide_crop"], settings["temp_thd"]) == (0, 0.1)
+        labelled = tmp_path / f"labelled-{method}"
+        assert main(["label", str(photos), "--model", str(tiny_checkpoint), "--labels", "cat", "sky", "--method",
+                     method, "--set", "short_side=64", "--out", str(labelled)]) == 0
+        assert len(datasets.load_from_disk(str(labelled))) == 1
+    figure = tmp_path / "compare.png"
+    assert main(["compare", str(photos / "a.png"), "--model", str(tiny_checkpoint), "--labels", "cat", "sky",
+                 "--methods", "naclip", *NEW_METHODS, "--out", str(figure)]) == 0
+    assert Image.open(figure).width > 0
+    capsys.readouterr()

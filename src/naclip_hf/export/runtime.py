@@ -286,8 +286,8 @@ class ExportedSegmenter:
             templates: prompt templates, each with one `{}` (default: `config.prompt_templates`; `None` = the 80
                 ImageNet templates).
             cache_dir: on-disk cache of the computed embeddings: a directory, `True` for the default one
-                (`$NACLIP_CACHE`, else `~/.cache/naclip_hf/text`), or `None`/`False` (default) for none. Label sets
-                computed before by this segmenter are also kept in memory.
+                (`$NACLIP_CACHE`, else `~/.cache/naclip_hf/text`), or `None`/`False` (default) for none (the label
+                sets used last are kept in memory by `naclip_hf.segmenter.OnnxSegmenter`).
         Returns:
             A `ClassEmbeddings`: `text_embeds` [names, D], `name_to_class` [names] and the classes.
         """
@@ -454,7 +454,8 @@ def _check_call_settings(values: Mapping[str, Any], stored: Mapping[str, Any], w
             if SETTINGS_BY_NAME[name].check(value) != stored[name]:
                 raise ValueError(
                     f"{name}={value!r} cannot be changed on an exported model: its graph was built with "
-                    f"{name}={stored[name]!r}. Export it again with `naclip export MODEL OUT --set {name}=...`."
+                    f"{name}={stored[name]!r}. Export it again with `naclip export MODEL OUT --set {name}=...`, or run "
+                    "the PyTorch checkpoint it was exported from."
                 )
         elif name not in CALL_SETTINGS and name not in TEXT_SETTINGS:
             valid = ", ".join(CALL_SETTINGS + TEXT_SETTINGS)

@@ -111,9 +111,9 @@ class Segmenter(ABC):
         return "cpu"
 
     @property
+    @abstractmethod
     def dtype(self) -> str:
         """The precision the model runs in ("float32", "bfloat16", ...)."""
-        return "float32"
 
     @abstractmethod
     def describe(self) -> SegmenterDescription:

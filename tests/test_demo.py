@@ -133,7 +133,7 @@ def test_segment_matches_the_pipeline_and_leaves_the_config_alone(backend, pipel
 
 def test_csa_runs_with_the_vanilla_block_and_says_so(backend):
     result = backend.segment(example_image_path(), LABELS_B, attn_strategy="csa", arch="reduced", pamr=False)
-    assert result.options["arch"] == "vanilla"
+    assert result.options.arch == "vanilla" and result.options.attn_strategy == "csa"
     assert any("csa" in note and "vanilla" in note for note in result.notes)
     assert backend.segmenter.config.arch == "reduced"
 
@@ -141,17 +141,19 @@ def test_csa_runs_with_the_vanilla_block_and_says_so(backend):
 def test_a_method_with_settings_over_it_matches_the_pipeline(backend, pipeline):
     # SCLIP's settings (csa, its logit scale, windows and short side), the threshold given over them.
     result = backend.segment(example_image_path(), LABELS_A, method="sclip", prob_thd=0.3)
-    assert result.options == {"method": "sclip", "prob_thd": 0.3} and not result.notes
+    assert result.options == backend.segmenter.options(method="sclip", prob_thd=0.3) and not result.notes
     direct = pipeline(str(example_image_path()), candidate_labels=LABELS_A.splitlines(), return_label_map=True,
                       method="sclip", prob_thd=0.3)  # fmt: skip
     assert np.array_equal(np.asarray(result.label_map), direct["label_map"])
     plain = pipeline(str(example_image_path()), candidate_labels=LABELS_A.splitlines(), return_label_map=True,
                      prob_thd=0.3)  # fmt: skip
     assert not np.array_equal(direct["label_map"], plain["label_map"])  # the method did change the result
-    # The controls left at "the method's" stand for the method's values over the model's.
-    assert backend.method_settings("sclip") == {"attn_strategy": "csa", "arch": "vanilla", "pamr": False,
-                                                "prob_thd": 0.0, "short_side": 336, "slide_crop": 224,
-                                                "gaussian_std": backend.segmenter.config.gaussian_std}  # fmt: skip
+    # The controls left at "the method's" stand for the method's values over the model's, as the segmenter resolves
+    # them.
+    options, notes = backend.options("sclip")
+    shown = (options.attn_strategy, options.arch, options.pamr_steps, options.prob_thd, options.short_side,
+             options.slide_crop, options.gaussian_std)  # fmt: skip
+    assert shown == ("csa", "vanilla", 0, 0.0, 336, 224, backend.segmenter.config.gaussian_std) and not notes
     with pytest.raises(ValueError, match="Unknown method 'nope'.*sclip"):
         backend.segment(example_image_path(), LABELS_A, method="nope")
 
@@ -244,27 +246,25 @@ def test_page_offers_the_registered_methods(backend, neighbours_method):
         demo.close()
     with pytest.raises(ValueError, match="Unknown method 'nope'"):
         build_demo(backend, method="nope")
+    with pytest.raises(ValueError, match="Unknown method 'nope'"):
+        build_demo(backend, attention_methods=["nope"])
     with pytest.raises(ValueError, match="Method 'bad_block'.*arch='vanilla'"):
-        bad = register_method(Method("bad_block", "Bad", "csa in the reduced block", {"attn_strategy": "csa"}))
-        try:
-            build_demo(backend, attention_methods=[bad.name])
-        finally:
-            METHODS.pop(bad.name)
+        register_method(Method("bad_block", "Bad", "csa in the reduced block", {"attn_strategy": "csa"}))
 
 
 def test_test_model_is_flagged(backend):
-    assert backend.segmenter.is_test_model
+    assert "tiny test model with random weights" in " ".join(backend.segmenter.describe().note)
 
 
 def test_a_second_request_with_the_same_classes_embeds_nothing(backend, monkeypatch):
     embedded = []
-    encode = backend.segmenter.encode_classes
+    embed = backend.segmenter._embed_classes  # what the segmenter runs for a label set it does not keep
 
-    def counting(classes, **kwargs):
+    def counting(classes, *args):
         embedded.append([list(names) for names in classes])
-        return encode(classes, **kwargs)
+        return embed(classes, *args)
 
-    monkeypatch.setattr(backend.segmenter, "encode_classes", counting)
+    monkeypatch.setattr(backend.segmenter, "_embed_classes", counting)
     first = backend.segment(example_image_path(), "lamp\nchair, stool", pamr=False)
     second = backend.segment(example_image_path(), "lamp\nchair,stool", pamr=False)  # the same classes
     assert embedded == [[["lamp"], ["chair", "stool"]]]
@@ -542,9 +542,10 @@ def test_exported_demo_takes_new_classes_and_explains_the_fixed_block(exported_d
     expected = ExportedSegmenter(out).segment(image, ["cat", "bird"]).segmentation
     assert np.array_equal(np.asarray(Image.open(label_map_path)), expected)
     assert "exported text model embeds them" in _component(demo, "model-note").value
-    with pytest.raises(gr.Error, match=r"fixed in its graph.*the method 'sclip' needs arch='vanilla'.*PyTorch"):
+    fixed = r"cannot be changed on an exported model: its graph was built with {}.*--set {}=.*PyTorch checkpoint"
+    with pytest.raises(gr.Error, match="arch='vanilla' " + fixed.format("arch='reduced'", "arch")):
         segment(image, "cat\nsky", method="sclip")
-    with pytest.raises(gr.Error, match=r"fixed in its graph.*you asked for attn_strategy='kk'"):
+    with pytest.raises(gr.Error, match="attn_strategy='kk' " + fixed.format("attn_strategy='naclip'", "attn_strategy")):
         segment(image, "cat\nsky", attn_strategy="kk")
 
 
@@ -557,8 +558,12 @@ def test_exported_demo_page_prefills_the_classes_and_disables_the_last_block(exp
     for elem_id in ("pamr", "prob-thd", "short-side", "slide-crop"):
         assert _component(demo, elem_id).interactive is not False
     assert "fixed in the exported graph" in _component(demo, "method-note").value
-    assert "PyTorch checkpoint" in _component(demo, "attention-unavailable").value
-    assert not [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "attention-maps"]
+    # The model's note says where attention maps are; the Attention tab says it where its maps would be.
+    assert "no attention maps" in _component(demo, "model-note").value
+    (methods_changed,) = [fn.fn for fn in demo.fns.values() if fn.fn.__name__ == "methods_changed"]
+    maps, caption = methods_changed(str(example_image_path()), ["naclip"], (10, 10))
+    assert maps["value"] is None
+    assert re.search("No attention maps.*cannot show attention maps.*PyTorch checkpoint", caption), caption
 
 
 def test_demo_command_runs_an_export_with_its_stored_settings(exported_demo, monkeypatch):
@@ -583,25 +588,18 @@ def test_demo_command_runs_an_export_with_its_stored_settings(exported_demo, mon
 
 
 def test_one_backend_class_for_checkpoints_and_exports(tiny_checkpoint, tiny_export):
-    import ast
-
-    import naclip_hf.demo.app as app
     import naclip_hf.demo.backend as backend_module
     from naclip_hf.demo.backend import load_backend
 
     assert not hasattr(backend_module, "ExportedDemoBackend")
     checkpoint, export = load_backend(tiny_checkpoint), load_backend(tiny_export)
     assert type(checkpoint) is DemoBackend and type(export) is DemoBackend
-    assert export.segmenter.fixed_settings and not checkpoint.segmenter.fixed_settings
-    assert not export.segmenter.supports_attention_maps and checkpoint.segmenter.supports_attention_maps
-    # The demo asks the segmenter's capabilities, never which backend it has.
-    kinds = {"TorchSegmenter", "OnnxSegmenter", "ExportedSegmenter", "is_exported_folder"}
-    for module in (app, backend_module):
-        tree = ast.parse(Path(module.__file__).read_text())
-        attributes = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
-        names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-        assert "exported" not in attributes, module.__name__
-        assert not (names & kinds) or module is backend_module and names & kinds == {"is_exported_folder"}
+    # What the page shows comes from the segmenter's description: plain data.
+    exported, plain = export.segmenter.describe(), checkpoint.segmenter.describe()
+    assert exported.fixed_settings and not plain.fixed_settings
+    assert exported.default_labels[1] == ("cat",) and not plain.default_labels
+    assert exported.attention_strategies == (exported.fixed_settings["attn_strategy"],)
+    assert {"naclip", "csa", "kk"} <= set(plain.attention_strategies)
     with pytest.raises(ValueError, match="device='cuda'.*onnxruntime on the CPU"):
         load_backend(tiny_export, device="cuda")
 
@@ -613,7 +611,7 @@ def test_both_backends_give_the_same_options_when_the_exports_block_matches(tiny
     from naclip_hf.models.naclip.options import names_of_stage
 
     checkpoint, export = load_backend(tiny_checkpoint), load_backend(tiny_export)
-    fixed = export.segmenter.fixed_settings
+    fixed = export.segmenter.describe().fixed_settings
     assert {name: checkpoint.segmenter.config.to_dict()[name] for name in fixed} == fixed
     assert {name: get_method("naclip").settings.get(name, value) for name, value in fixed.items()} == fixed
     cases = [
@@ -622,14 +620,17 @@ def test_both_backends_give_the_same_options_when_the_exports_block_matches(tiny
         {"method": "naclip", "pamr": False, "prob_thd": 0.3, "slide_crop": 64},
         {"pamr": True, "attn_strategy": fixed["attn_strategy"], "arch": fixed["arch"]},
     ]
+
+    def resolved(backend, case):
+        options, notes = backend.options(**case)
+        return {**options.to_dict(), "short_side": options.short_side or backend.segmenter.short_side}, notes
+
     for case in cases:
-        assert checkpoint.call_options(**case) == export.call_options(**case), case
-    assert checkpoint.method_settings("naclip") == export.method_settings("naclip")
-    assert checkpoint.method_settings() == export.method_settings()
+        assert resolved(checkpoint, case) == resolved(export, case), case
     # The method's options reach the exported graph: its per-call settings, as the runtime takes them.
     image = str(example_image_path())
     result = export.segment(image, "cat\nsky", method="naclip", pamr=False)
-    assert result.options == {"method": "naclip", "pamr_steps": 0}
+    assert result.options.method == "naclip" and result.options.pamr_steps == 0
     stages = names_of_stage("block", "windows", "post", "image")
     settings = {name: value for name, value in get_method("naclip").settings.items() if name in stages}
     short_side = settings.pop("short_side", None)
@@ -637,7 +638,7 @@ def test_both_backends_give_the_same_options_when_the_exports_block_matches(tiny
                                                       **{**settings, "pamr_steps": 0}).segmentation  # fmt: skip
     assert np.array_equal(np.asarray(result.label_map), expected)
     assert expected.shape == (300, 450)  # the photo's size
-    with pytest.raises(ValueError, match=r"fixed in its graph.*the method 'sclip' needs arch='vanilla'"):
-        export.call_options("sclip")
+    with pytest.raises(ValueError, match=r"arch='vanilla' cannot be changed on an exported model.*--set arch="):
+        export.options("sclip")
     with pytest.raises(ValueError, match="cannot show attention maps.*PyTorch checkpoint"):
         export.attention_maps(image, (10, 10))

@@ -343,12 +343,12 @@ def test_compare_in_bfloat16(image_folder, float32_label_maps, options, tmp_path
 
 def test_demo_backend_in_bfloat16(image_folder, float32_label_maps, checkpoint, manifest):
     pytest.importorskip("gradio")
-    from naclip_hf.demo.app import _model_note
     from naclip_hf.demo.backend import load_backend
 
     backend = load_backend(checkpoint, dtype="bfloat16")
     assert backend.segmenter.dtype == "bfloat16" and backend.segmenter.model.dtype == torch.bfloat16
-    assert "runs in bfloat16" in _model_note(backend) and "runs in" not in _model_note(load_backend(checkpoint))
+    note, plain = (" ".join(model.segmenter.describe().note) for model in (backend, load_backend(checkpoint)))
+    assert "runs in bfloat16" in note and "runs in" not in plain
     labels_text = "\n".join(", ".join(names) for names in manifest["classes"])
     segmentation = backend.segment(str(image_folder / "img_a.png"), labels_text, short_side=SHORT_SIDE)
     assert agreement(np.asarray(segmentation.label_map), float32_label_maps["img_a"]) >= MIN_AGREEMENT

@@ -111,3 +111,58 @@ def test_the_last_block_settings_are_named_together_only_in_options():
                 if block <= names:
                     offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not offenders, "the last block's settings listed again at " + ", ".join(offenders)
+
+
+REMOVED_SEGMENTER_FLAGS = {
+    "exported", "supports_attention_maps", "stored_classes", "has_text_model", "is_test_model",
+    "check_attention_methods",
+}  # fmt: skip
+REMOVED_DEMO_OPTIONS = {"stored_labels_text", "call_options", "method_settings", "_base_settings", "_check_fixed_block"}
+BACKEND_CLASSES = {"TorchSegmenter", "OnnxSegmenter", "ExportedSegmenter"}
+
+
+def _segmenter_attributes(tree: ast.AST) -> set[str]:
+    """The attributes read on anything named `segmenter` (`segmenter.x`, `self.segmenter.x`)."""
+    read = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            owner = node.value
+            name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", None)
+            if name == "segmenter":
+                read.add(node.attr)
+    return read
+
+
+def test_commands_and_the_demo_use_the_segmenter_protocol_only():
+    """The demo and the commands never ask a segmenter which backend it is: no removed capability flag, no
+    attribute outside the `Segmenter` protocol, no `isinstance` on (nor import of) a backend class, and the last
+    block's settings not listed again."""
+    from naclip_hf.models.naclip.options import names_of_stage
+    from naclip_hf.segmenter import Segmenter
+
+    protocol = {name for name in dir(Segmenter) if not name.startswith("_")} | {"source"}
+    block = set(names_of_stage("block"))
+    files = sorted((PACKAGE / "demo").glob("*.py")) + sorted((PACKAGE / "cli").glob("*.py"))
+    offenders = []
+    for path in files:
+        tree = ast.parse(path.read_text())
+        where = path.relative_to(PACKAGE)
+        nodes = list(ast.walk(tree))
+        identifiers = {node.attr for node in nodes if isinstance(node, ast.Attribute)}
+        identifiers |= {node.id for node in nodes if isinstance(node, ast.Name)}
+        identifiers |= {alias.name for node in nodes if isinstance(node, ast.ImportFrom) for alias in node.names}
+        removed = REMOVED_SEGMENTER_FLAGS | BACKEND_CLASSES
+        removed |= REMOVED_DEMO_OPTIONS if path.parent.name == "demo" else set()
+        offenders += [f"{where}: {name}" for name in sorted(identifiers & removed)]
+        offenders += [f"{where}: segmenter.{name}" for name in sorted(_segmenter_attributes(tree) - protocol)]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+                checked = ast.unparse(node.args[1]) if len(node.args) > 1 else ""
+                if any(name in checked for name in BACKEND_CLASSES | {"Segmenter"}):
+                    offenders.append(f"{where}:{node.lineno} isinstance(..., {checked})")
+            if path.parent.name == "demo" and isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)):
+                items = node.keys if isinstance(node, ast.Dict) else node.elts
+                names = {item.value for item in items if isinstance(item, ast.Constant)}
+                if len(names & block) >= 3:
+                    offenders.append(f"{where}:{node.lineno} the last block's settings listed again")
+    assert not offenders, "backend-specific code in the demo or the commands: " + ", ".join(offenders)

@@ -51,6 +51,29 @@ def test_parse_bytes_and_summary_line():
     assert run_summary(3, 0, 0, world_size=2).endswith("on 2 processes")
 
 
+@pytest.mark.parametrize("pamr_steps", [0, 10])
+def test_the_exported_models_estimate_covers_its_numpy_post_processing(pamr_steps):
+    """The ONNX backend's estimate (whole images, probabilities always built) is at least what its post-processing
+    allocates, and not far above it."""
+    import tracemalloc
+
+    from naclip_hf.export.runtime import estimate_post_processing_bytes, post_process_logits
+
+    height, width, names, classes = 300, 450, 6, 4
+    generator = np.random.default_rng(0)
+    logits = generator.random((1, names, 21, 31), dtype=np.float32)
+    pixels = generator.random((1, 3, 336, 504), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        post_process_logits(logits, pixels, (height, width), np.array([0, 0, 1, 2, 3, 3]), 40.0, 0.0, pamr_steps,
+                            (8, 16))  # fmt: skip
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = estimate_post_processing_bytes(height, width, names, classes, pamr_steps, (8, 16))
+    assert peak <= estimate <= 2 * peak
+
+
 def test_memory_check_refuses_what_cannot_fit(monkeypatch):
     small = estimate_image_peak_bytes(375, 500, 21, 21, 10, [8, 16])
     huge = estimate_image_peak_bytes(40000, 30000, 21, 21, 10, [8, 16])

@@ -101,20 +101,34 @@ def estimate_image_peak_bytes(
     max_tile_bytes: int | None = None,
     write_outputs: bool = True,
 ) -> int:
-    """Estimated peak memory of segmenting one `height` × `width` image (beyond the model): the decoded image plus
-    the larger of the two phases that follow it, the tiled post-processing with its full-size outputs and, with
-    `write_outputs`, writing its files (the int64 label map is narrowed and freed in between; the probabilities,
-    asked for to write scores, and the int64 label map then stay until the scores are written)."""
+    """Estimated peak memory of segmenting one `height` × `width` image (beyond the model) with the tiled PyTorch
+    post-processing (`estimate_post_processing_bytes`): see `image_peak_bytes`."""
     from .models.naclip.postprocessing_naclip import estimate_post_processing_bytes
 
-    pixels = height * width
     post = estimate_post_processing_bytes(
         height, width, num_names, num_classes, pamr_steps, pamr_dilations, return_probabilities, max_tile_bytes
     )
+    return image_peak_bytes(height, width, post, num_classes, return_probabilities, write_outputs)
+
+
+def image_peak_bytes(
+    height: int,
+    width: int,
+    post_processing_bytes: int,
+    num_classes: int,
+    return_probabilities: bool = False,
+    write_outputs: bool = True,
+) -> int:
+    """Estimated peak memory of segmenting one `height` × `width` image (beyond the model) whose post-processing
+    peaks at `post_processing_bytes` with its full-size outputs: the decoded image plus the larger of the two
+    phases that follow it, the post-processing and, with `write_outputs`, writing its files (the int64 label map is
+    narrowed and freed in between; the probabilities, asked for to write scores, and the int64 label map then stay
+    until the scores are written)."""
+    pixels = height * width
     if not write_outputs:
-        return 3 * pixels + post
+        return 3 * pixels + post_processing_bytes
     kept = (4 * num_classes + 8) * pixels if return_probabilities else 0
-    return 3 * pixels + max(post, kept + OUTPUT_BYTES_PER_PIXEL * pixels)
+    return 3 * pixels + max(post_processing_bytes, kept + OUTPUT_BYTES_PER_PIXEL * pixels)
 
 
 @lru_cache(maxsize=1)
@@ -169,6 +183,7 @@ __all__ = [
     "available_memory_bytes",
     "estimate_image_peak_bytes",
     "format_bytes",
+    "image_peak_bytes",
     "is_complete",
     "memory_problem",
     "parse_bytes",

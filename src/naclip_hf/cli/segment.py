@@ -292,8 +292,7 @@ def _segment_one(
         _report_failure(*failures[-1], progress)
         return 0
     keep_probabilities = args.scores or args.save_scores is not None
-    needed = segmenter.peak_bytes(*image.shape[:2], label_set, keep_probabilities)
-    problem = None if needed is None else memory_problem(needed)
+    problem = memory_problem(segmenter.peak_bytes(*image.shape[:2], label_set, keep_probabilities))
     if problem is not None:
         failures.append((source, f"too large for this machine: {image.shape[1]}x{image.shape[0]} pixels {problem}"))
         _report_failure(*failures[-1], progress)

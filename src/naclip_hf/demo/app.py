@@ -15,9 +15,10 @@ slide_crop, gaussian_std)` returning the overlay, the classes found with their s
 map PNG (see `segment_api_example`). `method` defaults to the page's method; the settings after it default to `""`,
 "the method's value", and override the method's when given (`pamr` "on" or "off"; the numbers as numbers or text).
 
-The page adapts to what the model can do (`naclip_hf.segmenter.Segmenter`'s capabilities), whichever backend runs it:
-a last block fixed in an exported graph disables the method and the last block's controls, stored classes fill the
-classes box, and a model without attention maps gets an Attention tab saying where to find them.
+The page adapts to what the model tells of itself (`naclip_hf.segmenter.Segmenter.describe`), whichever backend runs
+it: its note on the model, its classes in the classes box, and the settings it fixed shown but not editable. What it
+cannot do is refused by the segmenter with the fix, shown where the result would be (e.g. the Attention tab of a
+model without attention maps says where to find them).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..benchmarks import BENCHMARKS, get_benchmark
 from ..fileio import write_atomic
 from ..methods import DEFAULT_METHOD, METHODS, combine_settings, format_settings, get_method
 from ..models.naclip.options import DEFAULT_CHECKPOINT, SETTINGS_BY_NAME
+from ..segmenter import SegmenterDescription
 from .backend import (
     DEFAULT_ATTENTION_METHODS,
     EXAMPLE_LABELS,
@@ -105,53 +107,12 @@ def segment_api_example(url: str) -> str:
 
 EXPORTED_METHOD_CHOICE = ("the exported model's settings", "")
 """The method control's value on a model whose last block is fixed in its graph: its stored settings."""
-ATTENTION_NEEDS_PYTORCH = (
-    "**Not available with an exported model:** its ONNX graph returns the segmentation logits only, not the "
-    "attention maps. To compare where a patch looks under several methods, run the demo on the PyTorch checkpoint "
-    "the export was made from: `naclip demo --model CHECKPOINT` (a Hub id such as `openai/clip-vit-base-patch16`, "
-    "or a folder written by `naclip convert`)."
-)
 
 
-def _model_note(backend: DemoBackend) -> str:
-    """The page's note on the model: how it runs, which classes it takes, whether its results mean anything."""
-    segmenter = backend.segmenter
-    name = html.escape(backend.model_name)
-    if not segmenter.has_text_model:
-        return (
-            f"**Model:** `{name}`, exported with `naclip export` and run with onnxruntime (no PyTorch). Its text "
-            f"embeddings are stored for these classes only: {html.escape(_stored_names(backend))}; type any of "
-            "these names (one class per line, synonyms after commas). To segment other classes, export the model "
-            "again with them (`naclip export MODEL OUT --labels ...`) or run the demo on the PyTorch checkpoint."
-        ) + _precision_note(backend)
-    if segmenter.fixed_settings:  # a graph exported for one last block
-        return (
-            f"**Model:** `{name}`, exported with `naclip export` and run with onnxruntime (no PyTorch). Type any "
-            "classes (one per line, synonyms after commas): the exported text model embeds them; the classes stored "
-            f"with the export ({html.escape(_stored_names(backend))}) need no text model run."
-        ) + _precision_note(backend)
-    if segmenter.is_test_model:
-        return (
-            f"**Model:** `{name}`, a tiny test model with random weights: its segmentations and attention maps are "
-            "noise. For real results use CLIP weights: `naclip demo --model openai/clip-vit-base-patch16` (download "
-            "them once while online with `hf download openai/clip-vit-base-patch16`), or convert OpenAI's `.pt` "
-            "weights with `naclip convert ViT-B-16.pt OUT_DIR` and pass `--model OUT_DIR`."
-        ) + _precision_note(backend)
-    return (
-        f"**Model:** `{name}`. Each set of classes is embedded once; later images with the same set are fast."
-        + _precision_note(backend)
-    )
-
-
-def _precision_note(backend: DemoBackend) -> str:
-    """A sentence naming the model's precision when it is not float32 (the default), else nothing."""
-    dtype = backend.segmenter.dtype
-    if dtype == "float32":
-        return ""
-    return (
-        f" It runs in {dtype}: a few pixels may get other labels than in float32 (the default, exact to the "
-        "official code)."
-    )
+def _model_note(name: str, description: SegmenterDescription) -> str:
+    """The page's note on the model: its name, then what the model tells of itself (how it runs, which classes it
+    takes, whether its results mean anything)."""
+    return " ".join([f"**Model:** `{html.escape(name)}`.", *(html.escape(line) for line in description.note)])
 
 
 def _remove_old_downloads(root: Path, max_age: float = DOWNLOAD_LIFETIME) -> None:
@@ -176,13 +137,8 @@ def _method_choices() -> list[tuple[str, str]]:
     return [(method.title, method.name) for method in METHODS.values()]
 
 
-def _stored_names(backend: DemoBackend) -> str:
-    names = [name for names in backend.segmenter.stored_classes for name in names]
-    return ", ".join(f"'{name}'" for name in names) if names else "none (the export stores no class embeddings)"
-
-
-def _fixed_block_note(backend: DemoBackend) -> str:
-    fixed = ", ".join(f"{name}={value!r}" for name, value in backend.segmenter.fixed_settings.items())
+def _fixed_block_note(fixed_settings: Mapping[str, Any]) -> str:
+    fixed = ", ".join(f"{name}={value!r}" for name, value in fixed_settings.items())
     return (
         f"**Last block fixed in the exported graph** (`{html.escape(fixed)}`): the method, the attention strategy, "
         "the block and σ cannot be changed here. PAMR, the threshold, the short side and the sliding window still "
@@ -248,8 +204,8 @@ def build_demo(
 
     With an export (a folder holding `onnx/model.onnx`), the app runs on onnxruntime without torch: the Segment tab
     and `/segment` take any classes its text model embeds (the stored ones pre-filled), the last block's controls are
-    disabled (the block is fixed in the graph) and the Attention tab explains how to get it (the PyTorch
-    checkpoint). The page asks the model's capabilities for this (see `DemoBackend`), not its kind.
+    disabled (the block is fixed in the graph) and the Attention tab explains how to get maps (the PyTorch
+    checkpoint). The page takes this from the segmenter (`describe`, and the errors of its methods), not its kind.
 
     Args:
         model: Hub id, checkpoint or export folder (loaded here; `OSError` with the fix when it cannot be), or a
@@ -272,12 +228,11 @@ def build_demo(
         >>> demo.launch(server_name="127.0.0.1", server_port=7860)  # doctest: +SKIP
     """
     backend = model if isinstance(model, DemoBackend) else load_backend(model, device, dtype)
-    segmenter = backend.segmenter
+    description = backend.segmenter.describe()
     # A graph's fixed last block may not be the default method's: the page then starts at the stored settings.
-    method = get_method(method).name if method else ("" if segmenter.fixed_settings else DEFAULT_METHOD)
-    backend.call_options(method or None)  # a method that does not suit the model raises, naming it
-    if segmenter.supports_attention_maps:
-        attention_methods = segmenter.check_attention_methods(list(attention_methods))
+    method = get_method(method).name if method else ("" if description.fixed_settings else DEFAULT_METHOD)
+    backend.options(method or None)  # a method that does not suit the model raises, naming it
+    attention_methods = [get_method(name).name for name in attention_methods]  # an unknown name raises
     example = str(example_image_path())
     # Label maps offered for download; each request's file is kept for an hour (Gradio serves a copy of it).
     downloads = tempfile.TemporaryDirectory(prefix="naclip-demo-")
@@ -315,23 +270,29 @@ def build_demo(
         _remove_old_downloads(Path(downloads.name))
         return result.overlay, result.rows, str(label_map_path)
 
-    first = _method_controls(backend, method, None)
+    first = _method_controls(backend, description, method, None)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nName any classes in text and get a per-pixel segmentation from a frozen CLIP.")
-        gr.Markdown(_model_note(backend), elem_id="model-note")
+        gr.Markdown(_model_note(backend.model_name, description), elem_id="model-note")
         with gr.Tabs():
-            _segment_tab(backend, example, first, run_segment, method)
+            _segment_tab(backend, description, example, first, run_segment, method)
             _attention_tab(backend, example, attention_methods)
     demo.queue(default_concurrency_limit=concurrency)
     demo.naclip_downloads = downloads  # removed with the app
     return demo
 
 
-def _method_controls(backend: DemoBackend, name: str, preset: str | None) -> tuple[Any, ...]:
-    """Every control back to "the method's", showing its values; a preset's settings on top."""
-    values = backend.method_settings(name or None)
+def _method_controls(
+    backend: DemoBackend, description: SegmenterDescription, name: str, preset: str | None
+) -> tuple[Any, ...]:
+    """Every control back to "the method's", showing its values (the method's options as the model resolves them;
+    `ValueError` naming a method that does not suit the model); a preset's settings on top."""
+    options, _ = backend.options(name or None)
+    values = {**options.to_dict(), "pamr": options.pamr_steps > 0}
+    if options.short_side is None:
+        values["short_side"] = backend.segmenter.short_side
     preset_values = _preset_values(preset, name or None)
-    strategies = backend.attention_strategies()
+    strategies = description.attention_strategies
     return (
         gr.update(choices=[(_theirs(values["attn_strategy"]), "")] + [(s, s) for s in strategies], value=""),
         gr.update(choices=[(_theirs(values["arch"]), ""), ("reduced", "reduced"), ("vanilla", "vanilla")],
@@ -341,20 +302,25 @@ def _method_controls(backend: DemoBackend, name: str, preset: str | None) -> tup
             gr.update(value=_shown(preset_values.get(setting)), placeholder=_theirs(values[setting]))
             for setting in NUMBER_LABELS
         ),
-        _fixed_block_note(backend) if backend.segmenter.fixed_settings else _method_note(name),
+        _fixed_block_note(description.fixed_settings) if description.fixed_settings else _method_note(name),
     )
 
 
 def _segment_tab(
-    backend: DemoBackend, example: str, first: tuple[Any, ...], run_segment: Any, method: str
+    backend: DemoBackend,
+    description: SegmenterDescription,
+    example: str,
+    first: tuple[Any, ...],
+    run_segment: Any,
+    method: str,
 ) -> None:
     """The Segment tab: image, classes, method and settings, the overlay with its legend; `/segment`."""
-    fixed = backend.segmenter.fixed_settings  # settings a graph fixed: their controls are shown, not editable
-    stored_labels = backend.stored_labels_text
+    fixed = description.fixed_settings  # settings the model fixed: their controls are shown, not editable
+    stored_labels = "\n".join(", ".join(names) for names in description.default_labels)
 
     def method_changed(name: str, preset: str | None) -> tuple[Any, ...]:
         try:
-            return _method_controls(backend, name, preset)
+            return _method_controls(backend, description, name, preset)
         except ValueError as error:
             raise _error(error) from None
     help_of = {name: SETTINGS_BY_NAME[name].help for name in ("arch", "prob_thd", "short_side", "gaussian_std")}
@@ -370,10 +336,10 @@ def _segment_tab(
         if not strategy:
             return gr.update()
         try:
-            options, notes = backend.call_options(method or None, attn_strategy=strategy, arch=arch or None)
+            options, notes = backend.options(method or None, attn_strategy=strategy, arch=arch or None)
         except ValueError:
             return gr.update()
-        return options["arch"] if notes else gr.update()
+        return options.arch if notes else gr.update()
 
     with gr.Tab("Segment", id="segment"):
         with gr.Row():
@@ -384,10 +350,10 @@ def _segment_tab(
                     placeholder="sky\nroad, street\nperson, person in shirt",
                     value=stored_labels or None,
                 )  # fmt: skip
-                # A benchmark's classes come with its settings for the chosen method: offered where any class can be
-                # embedded and the method chosen.
+                # A benchmark's classes come with its settings for the chosen method: offered where the method can
+                # be chosen.
                 preset = gr.Dropdown(_preset_choices(), value="", label="Or a benchmark's classes",
-                                     visible=backend.segmenter.has_text_model and not fixed)  # fmt: skip
+                                     visible=not fixed)  # fmt: skip
                 methods = [EXPORTED_METHOD_CHOICE, *_method_choices()] if fixed else _method_choices()
                 chosen = gr.Dropdown(methods, value=method, label="Method", elem_id="method",
                                      interactive=not fixed)  # fmt: skip
@@ -426,8 +392,8 @@ def _segment_tab(
 
 
 def _attention_tab(backend: DemoBackend, example: str, attention_methods: Sequence[str]) -> None:
-    """The Attention tab: click a point, see its patch's last-layer attention under each method chosen (or, for a
-    model without attention maps, where to find them)."""
+    """The Attention tab: click a point, see its patch's last-layer attention under each method chosen. What stops
+    the maps (no image, a method the model cannot run, a model without attention maps) is said in their place."""
 
     def run_attention(image: str | None, methods: list[str], evt: gr.SelectData) -> tuple[Any, str, Any]:
         point = (evt.index[0], evt.index[1])
@@ -437,7 +403,7 @@ def _attention_tab(backend: DemoBackend, example: str, attention_methods: Sequen
         try:
             maps = backend.attention_maps(image, point, methods or [])
         except (OSError, ValueError, TypeError) as error:
-            raise _error(error) from None
+            return gr.update(value=None), f"**No attention maps:** {html.escape(str(error))}"
         row, column = maps.patch
         rows, columns = maps.grid
         caption = (
@@ -454,33 +420,29 @@ def _attention_tab(backend: DemoBackend, example: str, attention_methods: Sequen
         return draw_attention(image, methods, point)
 
     with gr.Tab("Attention", id="attention"):
-        if not backend.segmenter.supports_attention_maps:
-            gr.Markdown(ATTENTION_NEEDS_PYTORCH, elem_id="attention-unavailable")
-        else:
-            titles = [get_method(name).title for name in attention_methods]
-            gr.Markdown(
-                "Click a point of the image to see where its patch looks in the last layer under each method "
-                f"chosen (at first {', '.join(titles)}), each with its own last block (`arch`, "
-                "`attn_strategy`, `gaussian_std`); all maps come from one pass at the same size, so they "
-                "show the same patch. With CLIP's weights, CLIP's own attention is spread over the whole "
-                "image wherever you click; NACLIP's stays around the clicked patch."
-            )
-            with gr.Row():
-                attention_image = image_input(value=example, label="Image (click a point)", scale=1,
-                                              elem_id="attention-image")  # fmt: skip
-                with gr.Column(scale=1):
-                    compared = gr.Dropdown(_method_choices(), value=attention_methods, multiselect=True,
-                                           label="Methods compared", elem_id="attention-methods")  # fmt: skip
-                    caption = gr.Markdown("No point clicked yet.", elem_id="attention-caption")
-            maps = gr.Gallery(label="Attention of the clicked patch", columns=len(attention_methods),
-                              height="auto", elem_id="attention-maps", format="png", object_fit="contain")
-            clicked = gr.State(None)
-            attention_image.select(run_attention, [attention_image, compared], [maps, caption, clicked],
-                                   api_visibility="private")  # fmt: skip
-            compared.change(methods_changed, [attention_image, compared, clicked], [maps, caption],
-                            api_visibility="private")  # fmt: skip
-            attention_image.upload(lambda: (None, "No point clicked yet."), None, [clicked, caption],
-                                   api_visibility="private")  # fmt: skip
+        titles = [get_method(name).title for name in attention_methods]
+        gr.Markdown(
+            "Click a point of the image to see where its patch looks in the last layer under each method chosen (at "
+            f"first {', '.join(titles)}), each with its own last block (`arch`, `attn_strategy`, `gaussian_std`); all "
+            "maps come from one pass at the same size, so they show the same patch. With CLIP's weights, CLIP's own "
+            "attention is spread over the whole image wherever you click; NACLIP's stays around the clicked patch."
+        )
+        with gr.Row():
+            attention_image = image_input(value=example, label="Image (click a point)", scale=1,
+                                          elem_id="attention-image")  # fmt: skip
+            with gr.Column(scale=1):
+                compared = gr.Dropdown(_method_choices(), value=list(attention_methods), multiselect=True,
+                                       label="Methods compared", elem_id="attention-methods")  # fmt: skip
+                caption = gr.Markdown("No point clicked yet.", elem_id="attention-caption")
+        maps = gr.Gallery(label="Attention of the clicked patch", columns=len(attention_methods),
+                          height="auto", elem_id="attention-maps", format="png", object_fit="contain")  # fmt: skip
+        clicked = gr.State(None)
+        attention_image.select(run_attention, [attention_image, compared], [maps, caption, clicked],
+                               api_visibility="private")  # fmt: skip
+        compared.change(methods_changed, [attention_image, compared, clicked], [maps, caption],
+                        api_visibility="private")  # fmt: skip
+        attention_image.upload(lambda: (None, "No point clicked yet."), None, [clicked, caption],
+                               api_visibility="private")  # fmt: skip
 
 
 def _number_box(

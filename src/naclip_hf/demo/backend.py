@@ -3,8 +3,9 @@ method (`naclip_hf.methods`) and settings overriding it, and the last layer's at
 under several methods.
 
 One `DemoBackend` runs every model through the `naclip_hf.segmenter.Segmenter` interface: a PyTorch checkpoint or a
-folder written by `naclip export` (onnxruntime, no torch). What a model cannot do is told by the segmenter's
-capabilities (a last block fixed in its graph, stored classes, no attention maps), never by asking its kind.
+folder written by `naclip export` (onnxruntime, no torch). What a model cannot do comes from the segmenter's own
+methods (its `options` refuse a last block its graph cannot run, its `attention_maps` say where to find them), never
+from asking its kind.
 
 The demo's Gradio app (`naclip_hf.demo.app`) only turns widgets into these calls and their results into widgets,
 so everything here is usable (and tested) without Gradio. Every call carries its own options: the model's config
@@ -28,11 +29,11 @@ from ..figures import heat_colours
 from ..methods import DEFAULT_METHOD, Method, get_method
 from ..models.naclip.image_io import describe_input, load_image
 from ..models.naclip.labels import parse_label_set
-from ..models.naclip.options import DEFAULTS, SETTINGS_BY_NAME, check_settings
-from ..models.naclip.recently_used import RecentlyUsed
+from ..models.naclip.options import DEFAULTS
 from ..visualization import class_palette, label_map_image, overlay_image
 
 if TYPE_CHECKING:  # torch is loaded only for a PyTorch checkpoint: an exported model runs without it
+    from ..models.naclip.options import NACLIPInferenceOptions
     from ..segmenter import Segmenter
 
 Report = Callable[[float, str], None]
@@ -41,9 +42,6 @@ Report = Callable[[float, str], None]
 DEFAULT_ATTENTION_METHODS: tuple[str, ...] = ("clip", "sclip", "naclip")
 """The methods (names of `naclip_hf.methods.METHODS`) whose attention maps the Attention tab shows side by side at
 first, as in Figure 1 of the NACLIP paper."""
-
-LABEL_SETS_IN_MEMORY = 32
-"""Label sets (sets of classes) whose text embeddings a backend keeps in memory, the most recently used."""
 
 EXAMPLE_LABELS = "table, wooden table\nsaucer, plate\ncoffee cup, cup\nspoon\ncoffee"
 """The classes of the example photo (the same as `examples/labels.txt`)."""
@@ -114,14 +112,14 @@ def legend_html(rows: Sequence[Mapping[str, Any]] | None) -> str:
 @dataclass
 class Segmentation:
     """One segmented image: `overlay` (RGB, the image's size, legend drawn in its corner), `label_map` (palette
-    PNG-ready image, pixel value = class id), `rows` (see `legend_rows`), the class labels, the options used and
-    notes for the user (e.g. an option that was adjusted)."""
+    PNG-ready image, pixel value = class id), `rows` (see `legend_rows`), the class labels, the options used
+    (resolved by the segmenter) and notes for the user (e.g. an option that was adjusted)."""
 
     overlay: Image.Image
     label_map: Image.Image
     rows: list[dict[str, Any]]
     class_labels: list[str]
-    options: dict[str, Any]
+    options: NACLIPInferenceOptions
     notes: list[str] = field(default_factory=list)
 
 
@@ -143,9 +141,9 @@ class DemoBackend:
     """The demo's computations on one loaded model (a `naclip_hf.segmenter.Segmenter`: a PyTorch checkpoint or a
     folder written by `naclip export`), safe to call from many threads at once.
 
-    Everything that differs between models comes from the segmenter's capabilities: `fixed_settings` (a last block
-    fixed in an exported graph: a method or setting asking for another is refused with the fix), `stored_classes`,
-    `has_text_model`, `attention_strategies()` and `supports_attention_maps`.
+    Everything that differs between models comes from the segmenter's methods: `options` (a last block fixed in an
+    exported graph: a method or setting asking for another is refused with the fix), `encode_classes`,
+    `attention_maps` and `describe` (what the page tells about the model).
 
     Args:
         segmenter: the loaded model (see `naclip_hf.segmenter.load_segmenter`).
@@ -160,10 +158,6 @@ class DemoBackend:
     def __init__(self, segmenter: Segmenter, model_name: str | None = None) -> None:
         self.segmenter = segmenter
         self.model_name = model_name or segmenter.source or "the model"
-        # Embedding a label set is the slow part of a first request; one at a time keeps the CPU for the others.
-        # The label sets embedded last stay in memory, so a later request with the same classes skips even the
-        # segmenter's disk cache.
-        self._label_sets: RecentlyUsed[Any] = RecentlyUsed(LABEL_SETS_IN_MEMORY, one_at_a_time=True)
 
     @classmethod
     def from_pretrained(
@@ -188,165 +182,71 @@ class DemoBackend:
         segmenter = load_segmenter(model, quantized=quantized, device=device, dtype=dtype)
         return cls(segmenter, model_name=segmenter.source)
 
-    # ------------------------------------------------------------------------------------------- settings
-    @property
-    def stored_labels_text(self) -> str:
-        """The model's stored classes as the labels box shows them (one per line, synonyms after commas); "" when
-        it stores none."""
-        return "\n".join(", ".join(names) for names in self.segmenter.stored_classes)
-
-    def method_settings(self, method: str | None = None) -> dict[str, Any]:
-        """The values the page's controls stand for when left at "the method's": `method`'s settings over the
-        model's (None: the model's alone), as `attn_strategy`, `arch`, `pamr` (on/off), `prob_thd`, `short_side`,
-        `slide_crop`, `gaussian_std`. `ValueError` naming the method if it does not suit the model."""
-        self.call_options(method)  # refuses a method whose last block differs from a fixed one
-        base = self._base_settings(method)
-        return {
-            "attn_strategy": base["attn_strategy"],
-            "arch": base["arch"],
-            "pamr": base["pamr_steps"] > 0,
-            "prob_thd": float(base["prob_thd"]),
-            "short_side": int(base.get("short_side", self.segmenter.short_side)),
-            "slide_crop": int(base["slide_crop"]),
-            "gaussian_std": float(base["gaussian_std"]),
-        }
-
-    def attention_strategies(self) -> list[str]:
-        """The attention strategies the model's last block can run."""
-        return self.segmenter.attention_strategies()
-
-    def _base_settings(self, method: str | None) -> dict[str, Any]:
-        """The model's settings with `method`'s on top, checked (`ValueError` naming the method)."""
-        settings = self.segmenter.settings
-        if method is not None:
-            settings = {**settings, **get_method(method).settings}  # an unknown name raises, listing the methods
-        try:
-            return check_settings(settings)
-        except ValueError as error:
-            raise ValueError(f"Method {method!r}: {error}") from None
-
-    def _check_fixed_block(self, method: str | None, given: Mapping[str, Any]) -> None:
-        """Refuse last-block settings (`given`, or the method's) other than those fixed in the model's graph."""
-        fixed = self.segmenter.fixed_settings
-        if not fixed:
-            return
-        asked = {} if method is None else {k: v for k, v in get_method(method).settings.items() if k in fixed}
-        asked.update({name: value for name, value in given.items() if value is not None})
-        for name in fixed:
-            wanted = asked.get(name)
-            if wanted is None or SETTINGS_BY_NAME[name].check(wanted) == fixed[name]:
-                continue
-            who = "you asked for" if given.get(name) is not None else f"the method {method!r} needs"
-            raise ValueError(
-                "The last block of this exported model is fixed in its graph ("
-                + ", ".join(f"{key}={value!r}" for key, value in fixed.items())
-                + f"), but {who} {name}={wanted!r}. Leave the method and the last block's settings empty, "
-                "export the model again with this block (`naclip export MODEL OUT --set NAME=VALUE`), or run "
-                "the demo on the PyTorch checkpoint."
-            )
-
     # ------------------------------------------------------------------------------------------- options
-    def call_options(
+    def options(
         self,
         method: str | None = None,
-        attn_strategy: str | None = None,
-        arch: str | None = None,
         pamr: bool | None = None,
-        prob_thd: float | None = None,
-        slide_crop: int | None = None,
-        gaussian_std: float | None = None,
-    ) -> tuple[dict[str, Any], list[str]]:
-        """The options of one `segmenter.segment` call and notes on what was adjusted: `method` (None = the model's
-        own settings) and the settings given (not None), which override the method's.
-
-        A last block fixed in the model's graph (`segmenter.fixed_settings`) must not be asked to change: a
-        `ValueError` says so and how to get another block. Otherwise a strategy that needs another `arch` (SCLIP's
-        `csa` keeps the block's residual and MLP) gets it, with a note. Sliding windows overlap by half a window.
-        Raises `ValueError` naming an invalid method or option.
-        """
-        self._check_fixed_block(method, {"attn_strategy": attn_strategy, "arch": arch, "gaussian_std": gaussian_std})
-        base = self._base_settings(method)
-        options: dict[str, Any] = {}
-        if attn_strategy is not None:
-            known = self.attention_strategies()
-            if attn_strategy not in known:
-                raise ValueError(f"Unknown attention strategy {attn_strategy!r}; choose one of {', '.join(known)}.")
-            options["attn_strategy"] = attn_strategy
-        if arch is not None:
-            options["arch"] = arch
-        if pamr is not None:
-            steps = base["pamr_steps"] or self.segmenter.config.pamr_steps or DEFAULTS["pamr_steps"]
-            options["pamr_steps"] = steps if pamr else 0
-        if prob_thd is not None:
-            options["prob_thd"] = float(prob_thd)
-        if slide_crop is not None:
-            slide_crop = _integer(slide_crop, "Sliding window")
-            options["slide_crop"] = slide_crop
-            if slide_crop > 0:
-                options["slide_stride"] = max(1, slide_crop // 2)
-        if gaussian_std is not None:
-            options["gaussian_std"] = float(gaussian_std)
-        context = {name: base[name] for name in ("arch", "attn_strategy", "slide_crop", "slide_stride")}
-        named = {} if method is None else {"method": get_method(method).name}
-        try:
-            return {**named, **check_settings(options, context)}, []
-        except ValueError as error:
-            if self.segmenter.fixed_settings:  # the block cannot be adjusted
-                raise
-            strategy = options.get("attn_strategy", base["attn_strategy"])
-            other = {"reduced": "vanilla", "vanilla": "reduced"}[options.get("arch", base["arch"])]
-            try:
-                checked = check_settings({**options, "arch": other}, context)
-            except ValueError:
-                raise error from None
-            note = f"The attention strategy {strategy!r} needs arch={other!r}; this run used it."
-            return {**named, **checked}, [note]
-
-    # ------------------------------------------------------------------------------------------- segment
-    def label_set(self, classes: Sequence[Sequence[str]]) -> Any:
-        """The text embeddings of `classes` (see `Segmenter.encode_classes`): embedded once per set of classes
-        (and kept on disk), later requests read them from memory. `ValueError` naming a class the model cannot
-        embed."""
-        key = tuple(tuple(names) for names in classes)
-        return self._label_sets.get_or_compute(key, lambda: self.segmenter.encode_classes([list(n) for n in key]))
-
-    def segment(
-        self,
-        image: Any,
-        labels_text: str | None,
-        method: str | None = None,
-        attn_strategy: str | None = None,
-        arch: str | None = None,
-        pamr: bool | None = None,
-        prob_thd: float | None = None,
         short_side: int | None = None,
         slide_crop: int | None = None,
-        gaussian_std: float | None = None,
-        report: Report | None = None,
+        **settings: Any,
+    ) -> tuple[NACLIPInferenceOptions, list[str]]:
+        """The options of one segmentation, resolved by the segmenter (`segmenter.options(method=..., **given)`),
+        and notes on what was adjusted: `method` (None = the model's own settings) and the settings given (not
+        None) over it, some in the page's terms: `pamr` on or off, a sliding window `slide_crop` overlapping by
+        half; `settings` as they are (`attn_strategy`, `arch`, `prob_thd`, `gaussian_std`).
+
+        A strategy that needs the other `arch` (SCLIP's `csa` keeps the block's residual and MLP) gets it, with a
+        note, where the model can run it. Raises `ValueError` naming an invalid method or option, or saying how to
+        get a last block the model cannot run.
+        """
+        given = dict(settings)
+        if pamr is not None:
+            steps = self.segmenter.options(method=method).pamr_steps or self.segmenter.config.pamr_steps
+            given["pamr_steps"] = (steps or DEFAULTS["pamr_steps"]) if pamr else 0
+        if short_side is not None:
+            given["short_side"] = _integer(short_side, "Short side")
+        if slide_crop is not None:
+            given["slide_crop"] = _integer(slide_crop, "Sliding window")
+            given["slide_stride"] = max(1, given["slide_crop"] // 2) if given["slide_crop"] > 0 else None
+        try:
+            return self.segmenter.options(method=method, **given), []
+        except ValueError as error:
+            arch = given.get("arch") or self.segmenter.options(method=method).arch
+            other = {"reduced": "vanilla", "vanilla": "reduced"}.get(arch)
+            if given.get("attn_strategy") is None or other is None:
+                raise
+            try:
+                options = self.segmenter.options(method=method, **{**given, "arch": other})
+            except ValueError:
+                raise error from None
+            note = f"The attention strategy {options.attn_strategy!r} needs arch={other!r}; this run used it."
+            return options, [note]
+
+    # ------------------------------------------------------------------------------------------- segment
+    def segment(
+        self, image: Any, labels_text: str | None, method: str | None = None, report: Report | None = None,
+        **controls: Any,
     ) -> Segmentation:
         """Segment `image` (path, URL, PIL image or array) into the classes of `labels_text` (one per line) with
-        `method` (a name of `naclip_hf.methods.METHODS`; None: the model's own settings), the other settings given
-        (not None) overriding the method's; the method's own short side applies unless `short_side` is given.
+        `method` (a name of `naclip_hf.methods.METHODS`; None: the model's own settings), the page's controls given
+        (not None: `attn_strategy`, `arch`, `pamr`, `prob_thd`, `short_side`, `slide_crop`, `gaussian_std`; see
+        `options`) overriding the method's; the method's own short side applies unless `short_side` is given.
 
         Raises `ValueError` with the fix for no classes, a class the model cannot embed, an unreadable image, an
-        unknown method, a last block other than a fixed one or an invalid option.
+        unknown method, a last block the model cannot run or an invalid option.
         """
         report = report or (lambda fraction, message: None)
         classes = parse_labels_text(labels_text)
-        options, notes = self.call_options(method, attn_strategy, arch, pamr, prob_thd, slide_crop, gaussian_std)
-        if short_side is not None:
-            options["short_side"] = check_settings({"short_side": _integer(short_side, "Short side")})["short_side"]
+        options, notes = self.options(method, **controls)
         if image is None:
             raise ValueError("No image given: upload an image (JPEG, PNG, WebP, ...) or pick the example.")
         report(0.05, "Reading the image")
         rgb = _read_image(image)
         report(0.15, f"Embedding {len(classes)} classes (once per set of classes)")
-        label_set = self.label_set(classes)
+        label_set = self.segmenter.encode_classes(classes)
         report(0.4, "Segmenting")
-        call = dict(options)
-        result = self.segmenter.segment(
-            rgb, label_set, short_side=call.pop("short_side", None), return_probabilities=False, **call
-        )
+        result = self.segmenter.segment(rgb, label_set, options, return_probabilities=False)
         report(0.9, "Drawing")
         labels = list(label_set.class_labels)
         label_map = np.asarray(result.segmentation).astype(np.uint8 if len(labels) <= 256 else np.int64)
@@ -373,8 +273,7 @@ class DemoBackend:
         each method of `methods` (names of `naclip_hf.methods.METHODS`), drawn as heat maps over the image and
         titled with the methods' names: `Segmenter.attention_maps` (`naclip_hf.attention_maps.attention_maps`,
         which `naclip compare --attention-at` draws too), at `short_side` (default: the model's) for every method.
-        A model without attention maps (`segmenter.supports_attention_maps`) raises a `ValueError` saying what to
-        use instead."""
+        A model without attention maps raises a `ValueError` saying what to use instead."""
         if image is None:
             raise ValueError("No image given: upload an image, then click a point on it.")
         found = self.segmenter.attention_maps(_read_image(image), point, list(methods), short_side=short_side)
@@ -435,7 +334,6 @@ __all__ = [
     "DEFAULT_METHOD",
     "DemoBackend",
     "EXAMPLE_LABELS",
-    "LABEL_SETS_IN_MEMORY",
     "Segmentation",
     "example_image_path",
     "legend_html",

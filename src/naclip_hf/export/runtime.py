@@ -286,8 +286,8 @@ class ExportedSegmenter:
             templates: prompt templates, each with one `{}` (default: `config.prompt_templates`; `None` = the 80
                 ImageNet templates).
             cache_dir: on-disk cache of the computed embeddings: a directory, `True` for the default one
-                (`$NACLIP_CACHE`, else `~/.cache/naclip_hf/text`), or `None`/`False` (default) for none. Label sets
-                computed before by this segmenter are also kept in memory.
+                (`$NACLIP_CACHE`, else `~/.cache/naclip_hf/text`), or `None`/`False` (default) for none (the label
+                sets used last are kept in memory by `naclip_hf.segmenter.OnnxSegmenter`).
         Returns:
             A `ClassEmbeddings`: `text_embeds` [names, D], `name_to_class` [names] and the classes.
         """
@@ -454,7 +454,8 @@ def _check_call_settings(values: Mapping[str, Any], stored: Mapping[str, Any], w
             if SETTINGS_BY_NAME[name].check(value) != stored[name]:
                 raise ValueError(
                     f"{name}={value!r} cannot be changed on an exported model: its graph was built with "
-                    f"{name}={stored[name]!r}. Export it again with `naclip export MODEL OUT --set {name}=...`."
+                    f"{name}={stored[name]!r}. Export it again with `naclip export MODEL OUT --set {name}=...`, or run "
+                    "the PyTorch checkpoint it was exported from."
                 )
         elif name not in CALL_SETTINGS and name not in TEXT_SETTINGS:
             valid = ", ".join(CALL_SETTINGS + TEXT_SETTINGS)
@@ -692,6 +693,20 @@ def post_process_logits(
     return probabilities / probabilities.sum(axis=1, keepdims=True), segmentation.astype(np.int64)
 
 
+def estimate_post_processing_bytes(
+    height: int, width: int, num_names: int, num_classes: int, pamr_steps: int, pamr_dilations: Sequence[int]
+) -> int:
+    """Peak bytes of `post_process_logits` on one `height` × `width` image (whole, not in tiles): the upsampled
+    logits, then the larger of PAMR (guide, affinity, two padded score buffers and the result) and the softmax's
+    temporaries, then the class probabilities twice (merged, normalised) and the int64 labels."""
+    pixels = height * width
+    reach = max(pamr_dilations) if pamr_steps > 0 else 0
+    padded = (height + 2 * reach) * (width + 2 * reach)
+    pamr_bytes = (12 + 32 * len(pamr_dilations)) * pixels + 8 * num_names * padded + 4 * num_names * pixels
+    work = max(pamr_bytes if pamr_steps > 0 else 0, 8 * num_names * pixels)
+    return 4 * num_names * pixels + work + (8 * num_classes + 8) * pixels
+
+
 # ----------------------------------------------------------------------------------------------- int8
 # CPU flags (Linux's /proc/cpuinfo) of native int8 dot products, with which onnxruntime multiplies unsigned
 # activations by signed weights without saturating.
@@ -736,5 +751,6 @@ def save_scores(path: str | os.PathLike, result: Any, metadata: Mapping[str, Any
 
 
 __all__ = ["ClassEmbeddings", "ExportedConfig", "ExportedSegmenter", "SegmentationResult", "TEXT_SETTINGS",
-           "int8_graph_file", "is_exported_folder", "native_int8_dot_products", "normalize_image", "pamr",
-           "pamr_affinity", "post_process_logits", "resize_bilinear", "save_scores", "softmax"]  # fmt: skip
+           "estimate_post_processing_bytes", "int8_graph_file", "is_exported_folder", "native_int8_dot_products",
+           "normalize_image", "pamr", "pamr_affinity", "post_process_logits", "resize_bilinear", "save_scores",
+           "softmax"]  # fmt: skip

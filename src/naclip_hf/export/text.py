@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from ..embedding_store import EmbeddingStore, resolve_cache_dir, text_config_description
-from ..models.naclip.recently_used import RecentlyUsed
 from ..models.naclip.tokenization import tokenizer_max_length
 from .layout import (
     CONFIG_FILE,
@@ -51,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 # Version of this runtime's cache description; bumping it invalidates its entries.
 CACHE_FORMAT = 1
-# Label sets whose embeddings a tower keeps in memory (the most recently used ones).
-MEMORY_CACHE_ENTRIES = 16
 _FINGERPRINT_SAMPLES = 4096
 _FINGERPRINT_SAMPLE_BYTES = 16
 _FINGERPRINT_EDGE_BYTES = 65536
@@ -161,8 +158,8 @@ class ExportedTextTower:
         folder: an exported folder holding `onnx/text_model.onnx` and `tokenizer.json`.
         session_options, providers: for `onnxruntime.InferenceSession` (default: the CPU provider).
 
-    The tokenizer and the graph are loaded on first use: label sets found in memory or in the disk cache need
-    neither. Calls may come from several threads.
+    The tokenizer and the graph are loaded on first use: label sets found in the disk cache need neither. Calls may
+    come from several threads.
     """
 
     def __init__(
@@ -186,7 +183,6 @@ class ExportedTextTower:
         self._tokenizer: ExportedTokenizer | None = None
         self._session: Any = None
         self._identity: dict[str, Any] | None = None
-        self._memory: RecentlyUsed[np.ndarray] = RecentlyUsed(MEMORY_CACHE_ENTRIES)
         self._lock = threading.Lock()
 
     @property
@@ -236,8 +232,8 @@ class ExportedTextTower:
         batch_size: int = 128,
         cache_dir: str | os.PathLike | bool | None = None,
     ) -> np.ndarray:
-        """`compute_name_embeddings`, read from memory (the last `MEMORY_CACHE_ENTRIES` label sets) or from the
-        on-disk cache when computed before.
+        """`compute_name_embeddings`, read from the on-disk cache when computed before (the label sets used last
+        are kept in memory by the segmenter, `naclip_hf.segmenter.Segmenter.encode_classes`).
 
         Args:
             names: the names, in the order of the rows.
@@ -251,14 +247,11 @@ class ExportedTextTower:
         def computed() -> np.ndarray:
             return self.compute_name_embeddings(names, templates, batch_size)
 
-        def from_disk_or_computed() -> np.ndarray:
-            directory = resolve_cache_dir(cache_dir)
-            if directory is None:
-                return computed()
-            description = self.cache_description(names, templates)
-            return EmbeddingStore(directory).load_or_compute(description, len(names), computed)
-
-        return self._memory.get_or_compute((tuple(names), tuple(templates)), from_disk_or_computed).copy()
+        directory = resolve_cache_dir(cache_dir)
+        if directory is None:
+            return computed()
+        description = self.cache_description(names, templates)
+        return EmbeddingStore(directory).load_or_compute(description, len(names), computed)
 
     def cache_description(self, names: Sequence[str], templates: Sequence[str]) -> str:
         """Canonical JSON of everything the embeddings of `names` depend on (the cache key is its hash)."""

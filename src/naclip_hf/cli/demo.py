@@ -19,8 +19,8 @@ DESCRIPTION = textwrap.fill(
     "with a method (NACLIP, CLIP, SCLIP, ...) and, over its settings, the attention strategy, PAMR and threshold "
     "of your choice; and compare where one clicked patch looks under several methods (CLIP, SCLIP and NACLIP at "
     "first). The app also answers API calls at /segment (gradio_client). It runs offline on a "
-    "local checkpoint, or on a folder written by `naclip export` (onnxruntime, no PyTorch: the stored classes "
-    "only, the exported last block, no Attention tab). "
+    "local checkpoint, or on a folder written by `naclip export` (onnxruntime, no PyTorch: the exported last "
+    "block; attention maps need the PyTorch checkpoint). "
     f"Needs the demo's dependencies: {INSTALL_HINT}.",
     width=100,
 )

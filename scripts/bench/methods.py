@@ -345,8 +345,8 @@ def run_official(context: Context, official_dir: Path) -> tuple[list[Row], Table
         speedup = median_ratio(rounds["official"], rounds["ours"])
         stage = f"{title} per image ({len(context.image_names)} names, the methods' settings), fp32"
         rows.append(Row(f"methods_official_{method}", stage, times["ours"], None, f"official {title} code",
-                        times["official"], None, outputs, "medians; speed-up: median of the rounds' ratios; official: "
-                        "predict on the normalised input"))
+                        times["official"], None, outputs, "medians (Speed-up: their ratio; the official-code table: "
+                        "the median of the rounds' ratios); official: predict on the normalised input"))
         lines.append([title, seconds(times["ours"]), seconds(times["official"]), f"{speedup:.2f}", outputs])
         targets.append(Target(f"{title} per image: official time / ours (fp32)", speedup, OFFICIAL_OVER_OURS_TARGET))
     table = Table("Against the official code", ["Method", "Ours (s)", "Official (s)", "Official / ours (median of "

@@ -4,6 +4,7 @@
     python scripts/benchmark.py --sections text,pamr  # some sections only
     python scripts/benchmark.py --quick               # tiny model and image: a smoke test of a few seconds
     python scripts/benchmark.py --sections scale --scale-parts command  # the whole command on a large image only
+    python scripts/benchmark.py --sections methods --official-dir DIR   # the methods, and the official code in DIR
 
 Sections (run in this order; `--sections` picks some, default all)
     vision        whole-image pass and sliding windows, ours next to the baseline; FLOP/s vs the matmul rate
@@ -13,6 +14,8 @@ Sections (run in this order; `--sections` picks some, default all)
     precision     fp32 and bf16 per image (7 and 13 names), stage by stage; the bf16 tower vs the bf16 matmul rate
     clipseg       transformers' CLIPSeg (ViT-B/16, 352 px, one backbone pass per prompt) vs ours, 7 and 150 classes,
                   fp32 and bf16
+    methods       every method per image (fp32, bf16) as a ratio to NACLIP; with --official-dir, SC-CLIP, SFP and
+                  ResCLIP against their official code in the same process (see bench/methods.py)
     text          text classifier for N names x 80 templates; its second call from the disk cache
     startup       `naclip --help` vs `import torch`, import and load times, `naclip segment` first and repeat
                   calls vs the baseline command
@@ -88,6 +91,7 @@ from bench import (  # noqa: E402
     clipseg,
     e2e,
     kept_memory,
+    methods,
     onnx,
     pamr,
     precision,
@@ -120,6 +124,7 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "bf16": e2e.run_bf16,
     "precision": precision.run,
     "clipseg": clipseg.run,
+    "methods": methods.run,
     "text": text.run,
     "startup": startup.run,
     "onnx": onnx.run,
@@ -175,6 +180,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-batch-size", type=int, default=None, help="prompts per batch of our path "
                         "(default: the config's)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--official-dir", type=Path, default=None, metavar="DIR", help="folder holding checkouts "
+                        "of the official SC-CLIP, SFP and ResCLIP code (DIR/SC-CLIP, DIR/SFP, DIR/ResCLIP), timed "
+                        "by the methods section (default: that part is skipped)")  # fmt: skip
     parser.add_argument("--scale-parts", default=",".join(scale.PARTS), help="comma-separated parts of the scale "
                         f"section, of {', '.join(scale.PARTS)} (default: all)")  # fmt: skip
     args = parser.parse_args(argv)

@@ -474,6 +474,49 @@ def test_benchmark_rejects_an_unknown_section(tmp_path):
     assert "nope" in completed.stderr and "startup" in completed.stderr
 
 
+# --------------------------------------------------------------------------------------- methods section
+def test_openai_layout_weights_convert_back_to_the_model(quick_model):
+    from bench import methods
+
+    state = methods.openai_state_dict(quick_model)  # raises unless converting back gives the model's weights
+    width = quick_model.config.vision_config.hidden_size
+    assert state["visual.transformer.resblocks.0.attn.in_proj_weight"].shape == (3 * width, width)
+    assert state["visual.proj"].shape == (width, quick_model.config.projection_dim)
+    assert "transformer.resblocks.0.attn.in_proj_bias" in state and "logit_scale" in state
+
+
+def test_official_imports_leave_no_checkout_module_or_stand_in_behind(tmp_path):
+    from bench import methods
+
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "__init__.py").write_text("import ftfy\nfrom pkg_resources import packaging\n")
+    (tmp_path / "scclip_segmentor.py").write_text(
+        "import clip\nimport matplotlib.pyplot as plt\nfrom mmengine.structures import PixelData\n"
+        "from mmseg.models.segmentors import BaseSegmentor\nfrom mmseg.registry import MODELS\n\n\n"
+        "@MODELS.register_module()\nclass Segmentor(BaseSegmentor):\n    pass\n"
+    )
+    path = list(sys.path)
+    with methods.official_imports(tmp_path):
+        module = importlib.import_module("scclip_segmentor")
+    assert isinstance(module.Segmentor(data_preprocessor=None), torch.nn.Module)
+    assert sys.path == path
+    assert not {"clip", "scclip_segmentor"} & {name.split(".")[0] for name in sys.modules}
+    for name in methods._stand_ins():
+        assert name not in sys.modules or getattr(sys.modules[name], "__file__", None), name
+
+
+def test_cuda_calls_are_no_ops_only_inside_the_context():
+    from bench import methods
+
+    tensor_cuda, module_to = torch.Tensor.cuda, torch.nn.Module.to
+    tensor, layer = torch.ones(2), torch.nn.Linear(2, 2)
+    with methods.cuda_as_noop():
+        assert tensor.cuda() is tensor
+        assert layer.to(torch.device("cuda")) is layer and layer.to("cuda:0") is layer
+        assert layer.to(torch.float64) is layer and layer.weight.dtype == torch.float64
+    assert torch.Tensor.cuda is tensor_cuda and torch.nn.Module.to is module_to
+
+
 def test_default_window_batches_follow_the_precision():
     """`slide_batch_size=0` runs 16 windows per tower call in float32 and about 600 tokens' worth in bfloat16 on a
     CPU; the logits do not depend on the batches (see tests/test_modeling.py) and an explicit size wins."""

@@ -165,3 +165,21 @@ def test_settings_table_lists_every_setting_with_its_default():
         shown = f'"{default}"' if isinstance(default, str) else str(default)
         assert rows[setting.name] == shown, f"{setting.name}: README says {rows[setting.name]}, options.py {shown}"
     assert set(rows) <= {setting.name for setting in SETTINGS}
+
+
+def test_methods_table_has_a_row_per_method_with_its_cited_numbers():
+    from naclip_hf.methods import DEFAULT_METHOD, METHODS
+
+    section = README[README.index("## Methods") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = {match.group(1): match.group(0) for match in re.finditer(r"^\| `(\w+)`.*$", section, flags=re.M)}
+    assert list(rows) == list(METHODS), "one row per registered method, in registration order"
+    results = README[README.index("## Results") :]
+    for name, method in METHODS.items():
+        where = results if name == DEFAULT_METHOD else rows[name]  # NACLIP's own numbers are in Results
+        for published in method.published:
+            for benchmark, value in published.miou.items():
+                assert f"{value:.1f}" in where, f"{name}: published {benchmark} {value} is not in the README"
+            if published.average is not None:
+                assert f"({published.average:.1f})" in where, f"{name}: published average {published.average}"
+

@@ -111,48 +111,55 @@ def chebyshev_steps(rows: int, cols: int, device: torch.device | None = None) ->
     return (coords[:, None] - coords[None, :]).abs().amax(dim=-1)
 
 
+def _path_points(rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official path rule's geometry, the same for every window of a grid: for every ordered pair (i, j), the
+    row-major index of each sampled point round(p_i · (1 − t_k) + p_j · t_k) ([N, N, T + 1] int64), and whether
+    step k is examined, k <= steps(i, j) ([N, N, T + 1] bool)."""
+    reach = max(rows, cols) - 1
+    coords = _patch_coordinates(rows, cols, device)
+    t = torch.linspace(0, 1, reach + 1, device=device)[None, None, :, None]  # [1, 1, T + 1, 1]
+    points = (coords[:, None, None, :] * (1 - t) + coords[None, :, None, :] * t).round().long()  # [N, N, T + 1, 2]
+    k = torch.arange(reach + 1, device=device)
+    return points[..., 0] * cols + points[..., 1], k <= chebyshev_steps(rows, cols, device)[:, :, None]
+
+
 def sfr_connectivity(labels: torch.Tensor) -> torch.Tensor:
-    """Which ordered pairs of patches the official path rule calls connected: [N, N] bool for a label grid
-    [rows, cols] (N = rows · cols, row-major).
+    """Which ordered pairs of patches the official path rule calls connected: [..., N, N] bool for label grids
+    [..., rows, cols] (N = rows · cols, row-major; each grid on its own).
 
     With T = max(rows, cols) − 1 (the largest distance in the grid) and t_k = `torch.linspace(0, 1, T + 1)`, the
     points of pair (i, j) are round(p_i · (1 − t_k) + p_j · t_k) (float32, in that order; round half to even).
     The pair is connected when every point with k ≤ steps(i, j) — the pair's own Chebyshev distance — has the
-    label of patch i. For a pair closer than T only the part of the segment next to patch i is examined.
+    label of patch i. For a pair closer than T only the part of the segment next to patch i is examined. The
+    points are the same for every grid of one shape, so a batch of windows shares them.
     """
-    rows, cols = labels.shape
+    rows, cols = labels.shape[-2:]
+    flat = labels.reshape(-1, rows * cols)  # [B, N]
     count, reach = rows * cols, max(rows, cols) - 1
-    device = labels.device
-    coords = _patch_coordinates(rows, cols, device)
-    t = torch.linspace(0, 1, reach + 1, device=device)[None, None, :, None]  # [1, 1, T + 1, 1]
-    steps = chebyshev_steps(rows, cols, device)
-    k = torch.arange(reach + 1, device=device)
-    flat = labels.reshape(-1)
-    connected = torch.empty((count, count), dtype=torch.bool, device=device)
-    chunk = max(1, CONNECTIVITY_CHUNK_BYTES // (count * (reach + 1) * 2 * 8))
+    index, considered = _path_points(rows, cols, labels.device)
+    connected = torch.empty((len(flat), count, count), dtype=torch.bool, device=labels.device)
+    chunk = max(1, CONNECTIVITY_CHUNK_BYTES // (len(flat) * count * (reach + 1) * 8))
     for first in range(0, count, chunk):
-        start = coords[first : first + chunk, None, None, :]  # [S, 1, 1, 2]
-        end = coords[None, :, None, :]  # [1, N, 1, 2]
-        points = (start * (1 - t) + end * t).round().long()  # [S, N, T + 1, 2]
-        values = labels[points[..., 0], points[..., 1]]
-        considered = k <= steps[first : first + chunk, :, None]  # [S, N, T + 1]: k <= steps(i, j)
-        same = (values == flat[first : first + chunk, None, None]) | ~considered
-        connected[first : first + chunk] = same.all(dim=-1)
-    return connected
+        starts = slice(first, first + chunk)
+        values = flat[:, index[starts]]  # [B, S, N, T + 1]: the label at every examined point
+        same = (values == flat[:, starts, None, None]) | ~considered[starts]
+        connected[:, starts] = same.all(dim=-1)
+    return connected.reshape(*labels.shape[:-2], count, count)
 
 
 def sfr_affinity(labels: torch.Tensor, gaussian_std: float) -> torch.Tensor:
-    """A_sfr for one window's patch labels [rows, cols]: [1 + N, 1 + N] (float32), zero CLS row and column.
+    """A_sfr for patch labels [..., rows, cols] (each window on its own): [..., 1 + N, 1 + N] (float32), zero CLS
+    row and column.
 
     1 for patches with the same label (diagonal 1), else 0; pairs that `sfr_connectivity` does not connect are
     multiplied by exp(−steps / T) (T = max(rows, cols) − 1); each row is then blurred along the patch index by a
     1-D Gaussian of σ = `gaussian_std` (size min(N, int(6σ + 1)) made odd, zero padding), passed through ReLU and
     divided by its sum + 1e-8.
     """
-    rows, cols = labels.shape
+    rows, cols = labels.shape[-2:]
     count, reach = rows * cols, max(rows, cols) - 1
-    flat = labels.reshape(-1)
-    affinity = (flat[:, None] == flat[None, :]).float()
+    flat = labels.reshape(*labels.shape[:-2], count)
+    affinity = (flat[..., :, None] == flat[..., None, :]).float()
     if reach > 0:
         steps = chebyshev_steps(rows, cols, labels.device)
         affinity = torch.where(sfr_connectivity(labels), affinity, affinity * torch.exp(-steps / reach))
@@ -161,14 +168,16 @@ def sfr_affinity(labels: torch.Tensor, gaussian_std: float) -> torch.Tensor:
     offsets = torch.arange(size, device=labels.device) - size // 2
     kernel = torch.exp(-(offsets**2) / (2 * gaussian_std**2))
     kernel = kernel / kernel.sum()
-    blurred = F.relu(F.conv1d(affinity.unsqueeze(1), kernel.view(1, 1, -1), padding=size // 2).squeeze(1))
-    normalised = blurred / (blurred.sum(dim=1, keepdim=True) + 1e-8)
+    rows_of = affinity.reshape(-1, 1, count)
+    blurred = F.relu(F.conv1d(rows_of, kernel.view(1, 1, -1), padding=size // 2)).reshape(affinity.shape)
+    normalised = blurred / (blurred.sum(dim=-1, keepdim=True) + 1e-8)
     return F.pad(normalised, (1, 0, 1, 0))
 
 
 def sfr_prior(affinity: torch.Tensor) -> torch.Tensor:
-    """B = A_sfr / max(A_sfr), rounded to float16 as the official code does: [..., T, T] float16."""
-    return (affinity / affinity.max()).to(torch.float16)
+    """B = A_sfr / max(A_sfr) (the maximum of each window's [T, T] matrix), rounded to float16 as the official
+    code does: [..., T, T] float16."""
+    return (affinity / affinity.amax(dim=(-2, -1), keepdim=True)).to(torch.float16)
 
 
 # ----------------------------------------------------------------------------------------------- last block
@@ -250,8 +259,7 @@ def resclip_sfr_labels_and_prior(
     patch = model.config.vision_config.patch_size
     labels = sfr_patch_labels(probabilities, patch, float(settings["temp_thd"]))
     std = float(settings["gaussian_std"])
-    prior = torch.stack([sfr_prior(sfr_affinity(window, std)) for window in labels])
-    return labels, prior[:, None]
+    return labels, sfr_prior(sfr_affinity(labels, std))[:, None]
 
 
 def resclip_block(

@@ -10,16 +10,18 @@ once with the run's settings, then the images are evaluated. A failure during th
 from __future__ import annotations
 
 import argparse
-import textwrap
 from pathlib import Path
 
-from ..benchmarks import BENCHMARKS, get_benchmark
-from ..methods import METHODS, comparison_table, describe_methods, get_method
+from ..benchmarks import get_benchmark
+from ..methods import comparison_table, get_method
 from ._common import (
     CommandError,
+    add_command,
     add_dtype_option,
+    add_method_option,
     add_model_option,
     add_preset_classes_option,
+    add_preset_option,
     add_set_option,
     check_export_dtype,
     check_model_source,
@@ -32,23 +34,15 @@ from ._common import (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip evaluate` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score mIoU on a benchmark (runs on several processes under `accelerate launch` or torchrun)",
-        description=textwrap.fill(
-            "Evaluate NACLIP on a benchmark (or a Hub dataset) and report mIoU next to the published number. The "
-            "whole dataset is checked before the model is loaded. Under `accelerate launch` / torchrun the images "
-            "are split across processes and the confusion matrices summed. Exit status: 0 done, 1 an image failed "
-            "during the run (with --out, the results so far are written, marked partial), 2 a usage, setup or data "
-            "error, 130 interrupted.",
-            width=100,
-        ),
-        epilog=settings_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--preset", required=True, metavar="NAME", help=f"benchmark: {', '.join(BENCHMARKS)}"
-    )
+    parser = add_command(
+        subparsers, "evaluate", "score mIoU on a benchmark (runs on several processes under `accelerate launch` or "
+        "torchrun)", "Evaluate NACLIP on a benchmark (or a Hub dataset) and report mIoU next to the published number. "
+        "The whole dataset is checked before the model is loaded. Under `accelerate launch` / torchrun the images "
+        "are split across processes and the confusion matrices summed. Exit status: 0 done, 1 an image failed during "
+        "the run (with --out, the results so far are written, marked partial), 2 a usage, setup or data error, 130 "
+        "interrupted.", settings_epilog(),
+    )  # fmt: skip
+    add_preset_option(parser, "benchmark", required=True)
     parser.add_argument("--data-root", type=Path, default=None,
                         help="dataset folder in its usual layout (e.g. VOCdevkit/VOC2012)")  # fmt: skip
     parser.add_argument("--dataset", default=None, metavar="ID_OR_PATH",
@@ -56,11 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--image-column", default="image", help="image column of --dataset (default: image)")
     parser.add_argument("--label-column", default="label", help="label column of --dataset (default: label)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
-    parser.add_argument(
-        "--method", default=None, choices=tuple(METHODS), metavar="NAME",
-        help="evaluate a method with its own settings for this benchmark (--pamr and --set override them) and "
-        f"compare with its published numbers: {describe_methods()}",
-    )  # fmt: skip
+    add_method_option(parser, "evaluate a method with its own settings for this benchmark (--pamr and --set "
+                      "override them) and compare with its published numbers")  # fmt: skip
     add_preset_classes_option(parser)
     add_model_option(parser)
     add_dtype_option(parser, "; the results record it")

@@ -12,38 +12,37 @@ import argparse
 import json
 import shutil
 import sys
-import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks import BENCHMARKS
-from ..methods import METHODS, describe_methods
 from ._common import (
     DelayedProgress,
+    add_command,
     add_dtype_option,
     add_label_options,
+    add_method_option,
     add_model_option,
     add_preset_classes_option,
+    add_preset_option,
     add_quantized_option,
     add_set_option,
     check_model_source,
     jsonable,
+    settings_and_classes,
     settings_epilog,
-    stage_split,
 )
 
 SEGMENTATION_COLUMN = "segmentation"
 PARTS_SUFFIX = ".parts"
 
-DESCRIPTION = textwrap.fill(
+DESCRIPTION = (
     "Segment every image of a dataset (a Hub dataset id, a folder saved with save_to_disk, an image folder, or "
     "parquet files) into the classes you name, and save a copy of the dataset with a 'segmentation' column of PNG "
     "label maps (pixel value = class id, as `naclip segment` writes them). The class names, model, dtype and "
     "settings are stored as JSON in the dataset's info.description. Runs across processes under torchrun or "
-    "accelerate launch (one contiguous shard per process) and resumes by shard.",
-    width=100,
+    "accelerate launch (one contiguous shard per process) and resumes by shard."
 )
 EXAMPLES = """Examples:
   naclip label ./photos --labels sky tree "road, street" --out photos_labelled
@@ -58,13 +57,8 @@ Reading the result:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip label` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "label",
-        help="segment a whole dataset and save it with a 'segmentation' column (datasets save_to_disk)",
-        description=DESCRIPTION,
-        epilog=settings_epilog() + "\n\n" + EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "label", "segment a whole dataset and save it with a 'segmentation' column "
+                         "(datasets save_to_disk)", DESCRIPTION, settings_epilog() + "\n\n" + EXAMPLES)  # fmt: skip
     parser.add_argument(
         "dataset", metavar="DATASET",
         help="a Hub dataset id, a folder written by save_to_disk, a folder of images (imagefolder), or a .parquet "
@@ -74,10 +68,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--image-column", default="image", metavar="NAME", help="column holding the images "
                         "(default: %(default)s)")  # fmt: skip
     add_label_options(parser)
-    parser.add_argument("--preset", default=None, metavar="NAME",
-                        help=f"a benchmark's classes and settings: {', '.join(BENCHMARKS)}")  # fmt: skip
-    parser.add_argument("--method", default=None, choices=tuple(METHODS), metavar="NAME",
-                        help=f"use a method's settings: {describe_methods()}")  # fmt: skip
+    add_preset_option(parser, "a benchmark's classes and settings")
+    add_method_option(parser, "use a method's settings")
     add_preset_classes_option(parser)
     add_model_option(parser)
     add_dtype_option(parser)
@@ -121,10 +113,7 @@ def load_source_dataset(source: str, split: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """`naclip label`: label the dataset's shard of this process, save it, and (main process) join the shards."""
-    from .segment import _settings_and_classes
-
-    settings, classes, preset = _settings_and_classes(args)
-    overrides, short_side = stage_split(settings)
+    overrides, short_side, classes, preset = settings_and_classes(args)
     out = Path(args.out)
     parts = out.with_name(out.name + PARTS_SUFFIX)
     if out.exists() and not args.overwrite:

@@ -68,9 +68,7 @@ def settings_epilog() -> str:
 
 def _convert(setting: Setting, text: str, pair: str) -> Any:
     """The typed value of `text` for `setting`; `ValueError` naming the option, setting and valid range."""
-    error = ValueError(
-        f"--set {pair}: {setting.name}={text!r} is invalid: it must be {setting.valid_range()}."
-    )
+    error = ValueError(f"--set {pair}: {setting.name}={text!r} is invalid: it must be {setting.valid_range()}.")
     try:
         if setting.kind == "int":
             return int(text)

@@ -42,6 +42,7 @@ from ..segmenter import Segmenter, TorchSegmenter
 from .datasets import (
     IGNORE_INDEX,
     check_label_map,
+    check_limit,
     describe_cell,
     load_benchmark_dataset,
     load_hub_dataset,
@@ -335,11 +336,9 @@ def split_call_options(config: Any, settings: Mapping[str, Any]) -> tuple[dict[s
 
 def _select_images(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     """`dataset` cut to its first `limit` rows, checked: image and label columns, at least one row."""
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit={limit!r} must be a positive integer (or None for the whole split).")
-        if limit < len(dataset):
-            dataset = dataset.select(range(limit))
+    check_limit(limit)
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.select(range(limit))
     missing = [column for column in ("image", "label") if column not in dataset.column_names]
     if missing:
         raise ValueError(f"The dataset has no {missing} column(s); its columns are {dataset.column_names}.")

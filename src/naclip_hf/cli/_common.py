@@ -299,13 +299,6 @@ def add_quantized_option(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def check_export_dtype(dtype: str | None, folder: str | os.PathLike) -> str:
-    """`naclip_hf.segmenter.export_dtype`: the precision of an export, checked against `--dtype`."""
-    from ..segmenter import export_dtype
-
-    return export_dtype(folder, dtype)
-
-
 def check_model_source(model: str, option: str = "--model") -> Any:
     """Resolve `model` once, before anything heavy is imported (see `naclip_hf.checkpoints.resolve_checkpoint`): a
     folder must exist and hold config.json; a Hub id must be cached or downloadable (the Hub is asked once,
@@ -410,7 +403,6 @@ __all__ = [
     "add_preset_classes_option",
     "add_preset_option",
     "add_set_option",
-    "check_export_dtype",
     "check_model_source",
     "classes_from_options",
     "jsonable",

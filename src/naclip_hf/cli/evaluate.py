@@ -23,7 +23,6 @@ from ._common import (
     add_preset_classes_option,
     add_preset_option,
     add_set_option,
-    check_export_dtype,
     check_model_source,
     names_method,
     parse_set_options,
@@ -111,11 +110,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = check_model_source(args.model)
 
     from ..distributed import ProcessGroup
-    from ..export.runtime import is_exported_folder
     from ..segmenter import load_segmenter
 
-    if is_exported_folder(args.model):  # an export runs in the precision of its graph
-        check_export_dtype(args.dtype, args.model)
     group = ProcessGroup.start()
     is_main = group.is_main
     if not is_main:

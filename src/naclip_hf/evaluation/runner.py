@@ -57,9 +57,6 @@ if TYPE_CHECKING:
     from ..models.naclip.modeling_naclip import NACLIPForSemanticSegmentation
     from ..models.naclip.processing_naclip import NACLIPProcessor
 
-NACLIP_SETTING_KEYS = CONFIG_SETTINGS
-"""The NACLIP settings of the model config recorded with every result."""
-
 PAMR_STEPS_ON = DEFAULTS["pamr_steps"]
 """PAMR iterations of the official evaluation when PAMR is on (the default)."""
 
@@ -213,16 +210,7 @@ class EvaluationResult:
             f"mIoU {pct(self.mean_iou)}  |  aAcc {pct(self.overall_accuracy)}  |  mAcc {pct(self.mean_accuracy)}"
         )
         lines.append("Settings:")
-        for key in (
-            "preset",
-            "model",
-            "data",
-            "split",
-            "num_images",
-            "short_side",
-            "max_long_side",
-            *NACLIP_SETTING_KEYS,
-        ):
+        for key in ("preset", "model", "data", "split", "num_images", "short_side", "max_long_side", *CONFIG_SETTINGS):
             if key in settings:
                 value = settings[key]
                 if key == "prompt_templates":
@@ -642,7 +630,6 @@ def load_evaluation_dataset(
 
 
 __all__ = [
-    "NACLIP_SETTING_KEYS",
     "EvaluationFailed",
     "EvaluationResult",
     "class_display_names",

@@ -290,13 +290,26 @@ def add_dtype_option(parser: argparse.ArgumentParser, dtype_help: str = "", help
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help=help_text + dtype_help)
 
 
-def add_quantized_option(parser: argparse.ArgumentParser) -> None:
-    """`--quantized`: run an export's int8 graph (see `naclip_hf.segmenter.load_segmenter`)."""
+def add_segmentation_options(
+    parser: argparse.ArgumentParser, preset_help: tuple[str, str], method_help: str, labels_help: str = "",
+    dtype_help: str = "",
+) -> None:
+    """The options of a command that segments with one model (`naclip segment`, `naclip label`), in the order of
+    its help: the labels, `--preset` (help: `preset_help`'s two parts, see `add_preset_option`), `--method`,
+    `--preset-classes`, `--model`, `--dtype`, `--quantized` (run an export's int8 graph; see
+    `naclip_hf.segmenter.load_segmenter`), `--set` and `--templates-file`."""
+    add_label_options(parser, labels_help)
+    add_preset_option(parser, *preset_help)
+    add_method_option(parser, method_help)
+    add_preset_classes_option(parser)
+    add_model_option(parser)
+    add_dtype_option(parser, dtype_help)
     parser.add_argument(
         "--quantized", action="store_true",
         help="with --model EXPORT (a folder written by `naclip export --quantize`): run its int8 graph instead of "
         "onnx/model.onnx (onnx/model_int8.onnx on CPUs with VNNI or AMX, else onnx/model_quantized.onnx)",
     )  # fmt: skip
+    add_set_option(parser)
 
 
 def check_model_source(model: str, option: str = "--model") -> Any:
@@ -402,6 +415,7 @@ __all__ = [
     "add_model_option",
     "add_preset_classes_option",
     "add_preset_option",
+    "add_segmentation_options",
     "add_set_option",
     "check_model_source",
     "classes_from_options",

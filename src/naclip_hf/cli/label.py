@@ -20,14 +20,7 @@ from typing import Any
 from ._common import (
     DelayedProgress,
     add_command,
-    add_dtype_option,
-    add_label_options,
-    add_method_option,
-    add_model_option,
-    add_preset_classes_option,
-    add_preset_option,
-    add_quantized_option,
-    add_set_option,
+    add_segmentation_options,
     check_model_source,
     jsonable,
     settings_and_classes,
@@ -67,14 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--split", default="train", help="split to label (default: %(default)s)")
     parser.add_argument("--image-column", default="image", metavar="NAME", help="column holding the images "
                         "(default: %(default)s)")  # fmt: skip
-    add_label_options(parser)
-    add_preset_option(parser, "a benchmark's classes and settings")
-    add_method_option(parser, "use a method's settings")
-    add_preset_classes_option(parser)
-    add_model_option(parser)
-    add_dtype_option(parser)
-    add_quantized_option(parser)
-    add_set_option(parser)
+    add_segmentation_options(parser, ("a benchmark's classes and settings", ""), "use a method's settings")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="folder of the new dataset (must not exist, unless --overwrite or a resumed run)")
     parser.add_argument("--overwrite", action="store_true", help="label again, replacing --out and its saved shards")

@@ -22,14 +22,7 @@ from ..models.naclip.options import DEFAULT_URL_TIMEOUT
 from ._common import (
     DelayedProgress,
     add_command,
-    add_dtype_option,
-    add_label_options,
-    add_method_option,
-    add_model_option,
-    add_preset_classes_option,
-    add_preset_option,
-    add_quantized_option,
-    add_set_option,
+    add_segmentation_options,
     check_model_source,
     jsonable,
     number_type,
@@ -98,16 +91,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="image files, folders and/or http(s) URLs; a folder contributes its images (by extension: "
         f"{', '.join(IMAGE_EXTENSIONS)}), sorted by name, not recursing into subfolders",
     )  # fmt: skip
-    add_label_options(parser, ". Put the images before --labels (or end the list with --)")
-    add_preset_option(parser, "use a benchmark's classes and inference settings (slide_crop, slide_stride, "
-                      "prob_thd, short_side)", ". --set overrides its settings; --labels / --labels-file replace its "
-                      "classes")  # fmt: skip
-    add_method_option(parser, "use a method's settings (over the preset's; --set overrides them)")
-    add_preset_classes_option(parser)
-    add_model_option(parser)
-    add_dtype_option(parser, "; an export (--model EXPORT) runs in the precision it was exported in")
-    add_quantized_option(parser)
-    add_set_option(parser)
+    add_segmentation_options(
+        parser,
+        ("use a benchmark's classes and inference settings (slide_crop, slide_stride, prob_thd, short_side)",
+         ". --set overrides its settings; --labels / --labels-file replace its classes"),
+        "use a method's settings (over the preset's; --set overrides them)",
+        labels_help=". Put the images before --labels (or end the list with --)",
+        dtype_help="; an export (--model EXPORT) runs in the precision it was exported in",
+    )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR",
         help=f"folder for the label maps, overlays and JSON summaries, created if missing (default: "

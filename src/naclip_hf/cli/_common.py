@@ -394,6 +394,16 @@ def quiet_libraries() -> Iterator[None]:
             logging.getLogger(library).setLevel(level)
 
 
+def run_options(segmenter: Any, short_side: int | None) -> tuple[Any, dict[str, Any]]:
+    """A run's options, resolved once (`segmenter.options`, at `short_side`, by default the model's), and the
+    settings its outputs record (the model's config settings and that short side, JSON-friendly)."""
+    from ..models.naclip.options import CONFIG_SETTINGS
+
+    short_side = segmenter.short_side if short_side is None else short_side
+    recorded = {key: jsonable(getattr(segmenter.config, key)) for key in CONFIG_SETTINGS}
+    return segmenter.options(short_side=short_side), {**recorded, "short_side": short_side}
+
+
 def jsonable(value: Any) -> Any:
     """A JSON-friendly copy of a setting's value (tuples become lists)."""
     if isinstance(value, (list, tuple)):
@@ -425,6 +435,7 @@ __all__ = [
     "parse_set_options",
     "quiet_libraries",
     "read_templates_option",
+    "run_options",
     "settable",
     "settings_and_classes",
     "settings_epilog",

@@ -22,7 +22,7 @@ from ._common import (
     add_command,
     add_segmentation_options,
     check_model_source,
-    jsonable,
+    run_options,
     settings_and_classes,
     settings_epilog,
 )
@@ -111,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..distributed import ProcessGroup
     from ..fileio import staged_directory
-    from ..models.naclip.options import CONFIG_SETTINGS
     from ..segmenter import load_segmenter
 
     group = ProcessGroup.start()
@@ -130,10 +129,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(checkpoint, overrides, quantized=args.quantized, device=group.model_device,
                                dtype=args.dtype)  # fmt: skip
     label_set = segmenter.encode_classes(classes, cache_dir=True)
-    if short_side is None:
-        short_side = segmenter.short_side
-    recorded = {key: jsonable(getattr(segmenter.config, key)) for key in CONFIG_SETTINGS}
-    recorded["short_side"] = short_side
+    options, recorded = run_options(segmenter, short_side)
     source = {"dataset": str(args.dataset), "split": args.split, "image_column": args.image_column}
     metadata = {"task": "naclip-segmentation", "class_labels": label_set.class_labels, "classes": label_set.classes,
                 "model": str(args.model), "dtype": segmenter.dtype, "preset": preset, "method": args.method,
@@ -142,7 +138,6 @@ def run(args: argparse.Namespace) -> int:
     shard_dir = parts / f"shard-{group.rank:05d}-of-{group.world_size:05d}"
     error = None
     if not (shard_dir / "dataset_info.json").is_file():
-        options = segmenter.options(short_side=short_side)  # the run's options, resolved once
         error = _label_shard(args, dataset, group, shard_dir, segmenter, label_set, options, metadata)
     else:
         print(f"naclip label: shard {group.rank + 1} of {group.world_size} already done ({shard_dir}), skipped",

@@ -24,8 +24,8 @@ from ._common import (
     add_command,
     add_segmentation_options,
     check_model_source,
-    jsonable,
     number_type,
+    run_options,
     settings_and_classes,
     settings_epilog,
 )
@@ -186,12 +186,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_context(
     args: argparse.Namespace, segmenter: Any, label_set: Any, preset: str | None, short_side: int | None
 ) -> dict[str, Any]:
-    """What every image's outputs record: model, dtype, preset, method, settings (with the short side used)."""
-    from ..models.naclip.options import CONFIG_SETTINGS
-
-    recorded = {key: jsonable(getattr(segmenter.config, key)) for key in CONFIG_SETTINGS}
-    recorded["short_side"] = segmenter.short_side if short_side is None else short_side
-    options = segmenter.options(short_side=recorded["short_side"])  # the run's options, resolved once
+    """What every image's outputs record: model, dtype, preset, method, settings (with the short side used); and
+    the run's options."""
+    options, recorded = run_options(segmenter, short_side)
     return {"model": str(args.model), "dtype": segmenter.dtype, "preset": preset, "method": args.method,
             "settings": recorded, "classes": [names[0] for names in label_set.classes], "segmenter": segmenter,
             "options": options}

@@ -303,8 +303,8 @@ def _protocol_deviations(
 
 def split_call_options(config: Any, settings: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
     """The per-call options of `Segmenter.segment` for a run's `settings`: those that differ from the model's
-    `config`, among the options a call takes (`split_options` of the model package: the forward and
-    post-processing ones); and the short side (None if not among the settings).
+    `config`, among the options a call takes (`FORWARD_OPTIONS` and `POST_PROCESSING_OPTIONS` of
+    `naclip_hf.models.naclip.options`); and the short side (None if not among the settings).
 
     A setting a call cannot change (the text settings, the resize of the positional embeddings) that differs from
     the model's raises `ValueError` (load the model with it instead)."""

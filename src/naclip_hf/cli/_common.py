@@ -117,13 +117,15 @@ def parse_set_options(
         raise ValueError(f"{error} (from --set{' and the preset' if base else ''})") from None
 
 
-def read_templates_option(path: Path | None) -> list[str] | None:
-    """The templates of `--templates-file`, or None when it is not given."""
-    if path is None:
-        return None
-    from ..label_files import read_templates_file
+def set_options(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of `--set` on top of `base` (`parse_set_options`), with the `prompt_templates` of
+    `--templates-file` when it is given."""
+    settings = parse_set_options(args.settings, base)
+    if args.templates_file is not None:
+        from ..label_files import read_templates_file
 
-    return read_templates_file(path)
+        settings["prompt_templates"] = read_templates_file(args.templates_file)
+    return settings
 
 
 def add_command(
@@ -187,10 +189,7 @@ def settings_and_classes(
 
     benchmark = get_benchmark(args.preset) if args.preset is not None else None
     base = combine_settings(benchmark, args.method) if benchmark is not None or args.method is not None else None
-    settings = parse_set_options(args.settings, base)
-    templates = read_templates_option(args.templates_file)
-    if templates is not None:
-        settings["prompt_templates"] = templates
+    settings = set_options(args, base)
     classes = classes_from_options(args, benchmark, args.method if method_names_classes else None)
     if classes is None and classes_required:
         raise ValueError(
@@ -434,8 +433,8 @@ __all__ = [
     "names_method",
     "parse_set_options",
     "quiet_libraries",
-    "read_templates_option",
     "run_options",
+    "set_options",
     "settable",
     "settings_and_classes",
     "settings_epilog",

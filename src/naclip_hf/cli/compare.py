@@ -16,8 +16,7 @@ from ._common import (
     add_set_option,
     check_model_source,
     classes_from_options,
-    parse_set_options,
-    read_templates_option,
+    set_options,
     settings_epilog,
 )
 
@@ -83,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a file name such as {args.out / DEFAULT_OUT}.")
     methods = list(dict.fromkeys(args.methods))
-    overrides = parse_set_options(args.settings)
-    templates = read_templates_option(args.templates_file)
+    overrides = set_options(args)  # --templates-file's templates go into the model's config below
     if args.attention_at is None:
         classes = classes_from_options(args)
         if classes is None:
@@ -104,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     # Settings that are not per call (text, positional embeddings) go into the model's config, for every method.
     config_overrides = {key: value for key, value in overrides.items() if key not in CALL_OPTIONS}
-    if templates is not None:
-        config_overrides["prompt_templates"] = templates
     per_call = {key: value for key, value in overrides.items() if key in CALL_OPTIONS}
     segmenter = load_segmenter(checkpoint, config_overrides, dtype=args.dtype)
     if args.attention_at is not None:

@@ -25,8 +25,7 @@ from ._common import (
     add_set_option,
     check_model_source,
     names_method,
-    parse_set_options,
-    read_templates_option,
+    set_options,
     settings_epilog,
 )
 
@@ -66,10 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """`naclip evaluate`: check, load the data and check it, load the model, evaluate, report (main process)."""
     benchmark = get_benchmark(args.preset)
-    user = parse_set_options(args.settings)
-    templates = read_templates_option(args.templates_file)
-    if templates is not None:
-        user["prompt_templates"] = templates
+    user = set_options(args)
     pamr = {"on": True, "off": False, None: None}[args.pamr]
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit {args.limit} must be a positive number of images.")

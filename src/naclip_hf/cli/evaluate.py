@@ -96,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
         benchmark, data_root=args.data_root, dataset=args.dataset, split=args.split,
         image_column=args.image_column, label_column=args.label_column, limit=args.limit,
     )  # fmt: skip
+    data = str(args.data_root) if args.data_root is not None else str(args.dataset)
     problems = find_dataset_problems(dataset)
     if problems:
-        source = args.data_root if args.data_root is not None else args.dataset
         raise CommandError(
-            f"{len(problems)} problem(s) in the {benchmark.name} data at {source}; fix or remove these files, "
+            f"{len(problems)} problem(s) in the {benchmark.name} data at {data}; fix or remove these files, "
             "then run again:\n  - " + "\n  - ".join(problems)
         )
     checkpoint = check_model_source(args.model)
@@ -116,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
         transformers_logging.disable_progress_bar()
     overrides = {key: value for key, value in run_settings.items() if key != "short_side"}
     segmenter = load_segmenter(checkpoint, overrides, device=group.model_device, dtype=args.dtype)
-    data = str(args.data_root) if args.data_root is not None else str(args.dataset)
     try:
         result = evaluate_preset(
             segmenter, None, benchmark, dataset, pamr=pamr, short_side=run_settings["short_side"],
@@ -135,8 +134,7 @@ def run(args: argparse.Namespace) -> int:
                     'marked "partial": true'
                 )
         raise CommandError(message, exit_status=1) from None
-    result.settings["data"] = data
-    result.settings["classes_file"] = classes_file
+    result.settings.update(data=data, classes_file=classes_file)
     if method is not None:
         result.settings["method"] = method.name
         if method.name != "naclip":  # the benchmark's published numbers are NACLIP's

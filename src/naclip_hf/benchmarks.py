@@ -177,9 +177,7 @@ def get_benchmark(name: str | Benchmark) -> Benchmark:
     try:
         return BENCHMARKS[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown benchmark preset {name!r}; choose one of: {', '.join(BENCHMARKS)}."
-        ) from None
+        raise ValueError(f"Unknown benchmark preset {name!r}; choose one of: {', '.join(BENCHMARKS)}.") from None
 
 
 def paper_benchmarks() -> tuple[Benchmark, ...]:

@@ -60,9 +60,7 @@ def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"No weights file at {path}; pass the path of an OpenAI CLIP .pt or .safetensors file."
-        )
+        raise FileNotFoundError(f"No weights file at {path}; pass the path of an OpenAI CLIP .pt or .safetensors file.")
     try:
         if path.suffix == ".safetensors" or _looks_like_safetensors(path):
             from safetensors.torch import load_file

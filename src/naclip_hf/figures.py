@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .methods import get_method
+from .methods import METHODS
 from .models.naclip.image_io import load_image
 from .visualization import blend, class_palette, font_for_text
 
@@ -204,15 +204,8 @@ def _titled_row(
 
 
 def _titles(methods: Sequence[str]) -> list[str]:
-    return [get_method(name).title if _known(name) else name for name in methods]
-
-
-def _known(name: str) -> bool:
-    try:
-        get_method(name)
-    except ValueError:
-        return False
-    return True
+    """The panels' titles: a registered method's title, else the name as given."""
+    return [METHODS[name].title if name in METHODS else name for name in methods]
 
 
 def segmentation_figure(

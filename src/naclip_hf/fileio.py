@@ -44,16 +44,6 @@ def apply_default_modes(root: str | os.PathLike) -> None:
                 os.chmod(path, (0o666 | executable) & ~umask)
 
 
-def default_file_mode() -> int:
-    """The mode a new file gets from `open()`: 0o666 without the umask's bits."""
-    return 0o666 & ~current_umask()
-
-
-def default_dir_mode() -> int:
-    """The mode a new folder gets from `mkdir`: 0o777 without the umask's bits."""
-    return 0o777 & ~current_umask()
-
-
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call `write(temporary_path)`, then move the result onto `path` with `os.replace`. The result gets the
     usual permissions of a new file (0o666 without the umask's bits), whatever `write` created it with. The
@@ -62,7 +52,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(temporary)
-        os.chmod(temporary, default_dir_mode() if temporary.is_dir() else default_file_mode())
+        os.chmod(temporary, (0o777 if temporary.is_dir() else 0o666) & ~current_umask())  # as mkdir / open()
         os.replace(temporary, path)
     finally:
         if temporary.is_dir() and not temporary.is_symlink():
@@ -117,8 +107,6 @@ def _check_free(output_dir: Path) -> None:
 __all__ = [
     "apply_default_modes",
     "current_umask",
-    "default_dir_mode",
-    "default_file_mode",
     "staged_directory",
     "write_atomic",
     "write_text_atomic",

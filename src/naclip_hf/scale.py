@@ -91,15 +91,8 @@ def available_memory_bytes() -> int | None:
 
 
 def estimate_image_peak_bytes(
-    height: int,
-    width: int,
-    num_names: int,
-    num_classes: int,
-    pamr_steps: int,
-    pamr_dilations: Sequence[int],
-    return_probabilities: bool = False,
-    max_tile_bytes: int | None = None,
-    write_outputs: bool = True,
+    height: int, width: int, num_names: int, num_classes: int, pamr_steps: int, pamr_dilations: Sequence[int],
+    return_probabilities: bool = False, max_tile_bytes: int | None = None, write_outputs: bool = True,
 ) -> int:
     """Estimated peak memory of segmenting one `height` × `width` image (beyond the model) with the tiled PyTorch
     post-processing (`estimate_post_processing_bytes`): see `image_peak_bytes`."""

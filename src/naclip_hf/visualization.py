@@ -260,9 +260,7 @@ def draw_legend(
         ):
             if text:
                 bbox = draw.textbbox((0, 0), text, font=text_font)
-                draw.text(
-                    (text_x, y + (swatch - (bbox[3] - bbox[1])) / 2 - bbox[1]), text, font=text_font, fill=white
-                )
+                draw.text((text_x, y + (swatch - (bbox[3] - bbox[1])) / 2 - bbox[1]), text, font=text_font, fill=white)
     out = image.convert("RGB")
     out.paste(Image.alpha_composite(image.crop(corner).convert("RGBA"), layer).convert("RGB"), corner[:2])
     return out

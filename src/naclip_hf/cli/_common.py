@@ -1,6 +1,7 @@
-"""What several commands share: `--set KEY=VALUE` parsing and its help text, `--templates-file`, checking
-`--model` before loading it, `--dtype`, keeping third-party libraries quiet. Standard library and
-`naclip_hf.models.naclip.options` only at import."""
+"""What several commands share: their parsers' options (`--preset`, `--method`, labels, `--model`, `--dtype`,
+`--set KEY=VALUE` and its help text, `--templates-file`), a run's settings and classes from them, checking `--model`
+before loading it, keeping third-party libraries quiet. Standard library and `naclip_hf.models.naclip.options`
+only at import."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import textwrap
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,7 @@ def settings_epilog() -> str:
 
 def _convert(setting: Setting, text: str, pair: str) -> Any:
     """The typed value of `text` for `setting`; `ValueError` naming the option, setting and valid range."""
-    error = ValueError(
-        f"--set {pair}: {setting.name}={text!r} is invalid: it must be {setting.valid_range()}."
-    )
+    error = ValueError(f"--set {pair}: {setting.name}={text!r} is invalid: it must be {setting.valid_range()}.")
     try:
         if setting.kind == "int":
             return int(text)
@@ -118,13 +117,87 @@ def parse_set_options(
         raise ValueError(f"{error} (from --set{' and the preset' if base else ''})") from None
 
 
-def read_templates_option(path: Path | None) -> list[str] | None:
-    """The templates of `--templates-file`, or None when it is not given."""
-    if path is None:
-        return None
-    from ..label_files import read_templates_file
+def set_options(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of `--set` on top of `base` (`parse_set_options`), with the `prompt_templates` of
+    `--templates-file` when it is given."""
+    settings = parse_set_options(args.settings, base)
+    if args.templates_file is not None:
+        from ..label_files import read_templates_file
 
-    return read_templates_file(path)
+        settings["prompt_templates"] = read_templates_file(args.templates_file)
+    return settings
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction, name: str, help: str, description: str, epilog: str | None = None,
+    wrap: bool = True,
+) -> argparse.ArgumentParser:
+    """The parser of the command `name`; with `wrap` its description is filled to `HELP_WIDTH` columns and shown,
+    like `epilog`, as written (else argparse wraps both to the terminal)."""
+    if not wrap:
+        return subparsers.add_parser(name, help=help, description=description, epilog=epilog)
+    return subparsers.add_parser(name, help=help, description=textwrap.fill(description, width=HELP_WIDTH),
+                                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+
+def number_type(
+    convert: Callable[[str], Any], valid: Callable[[Any], bool], not_a_number: str, invalid: str
+) -> Callable[[str], Any]:
+    """An argparse type: `convert(text)`, which must be `valid`; the messages are formatted with `text` and (for
+    `invalid`) `value`."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(not_a_number.format(text=text)) from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(invalid.format(text=text, value=value))
+        return value
+
+    return parse
+
+
+def add_preset_option(parser: argparse.ArgumentParser, what: str, after: str = "", required: bool = False) -> None:
+    """`--preset NAME` (a benchmark of `naclip_hf.benchmarks`); its help is `what`, the benchmarks, then `after`."""
+    from ..benchmarks import BENCHMARKS
+
+    parser.add_argument("--preset", default=None, required=required, metavar="NAME",
+                        help=f"{what}: {', '.join(BENCHMARKS)}{after}")  # fmt: skip
+
+
+def add_method_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--method NAME` (a method of `naclip_hf.methods`, default None); its help is `what`, then the methods."""
+    from ..methods import describe_methods, method_names
+
+    parser.add_argument("--method", default=None, choices=method_names(), metavar="NAME",
+                        help=f"{what}: {describe_methods()}")  # fmt: skip
+
+
+def settings_and_classes(
+    args: argparse.Namespace, classes_required: bool = True, method_names_classes: bool = True
+) -> tuple[dict[str, Any], int | None, list[list[str]] | None, str | None]:
+    """A run's settings from --preset, --method, --set and --templates-file, without `short_side`; the short side
+    (None when none of them sets it); the classes (`classes_from_options`, named as `--method`'s official code
+    names them when `method_names_classes`); and the preset's name.
+
+    The preset's settings come first, then the method's, then --set; --labels / --labels-file replace the preset's
+    classes. With `classes_required`, no classes at all raise `ValueError`.
+    """
+    from ..benchmarks import get_benchmark
+    from ..methods import combine_settings
+
+    benchmark = get_benchmark(args.preset) if args.preset is not None else None
+    base = combine_settings(benchmark, args.method) if benchmark is not None or args.method is not None else None
+    settings = set_options(args, base)
+    classes = classes_from_options(args, benchmark, args.method if method_names_classes else None)
+    if classes is None and classes_required:
+        raise ValueError(
+            'No labels given; name the classes with --labels cat "dog, puppy" ..., --labels-file FILE (one class '
+            "per line) or --preset NAME (a benchmark's classes)."
+        )
+    short_side = settings.pop("short_side", None)
+    return settings, short_side, classes, None if benchmark is None else benchmark.name
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -216,20 +289,26 @@ def add_dtype_option(parser: argparse.ArgumentParser, dtype_help: str = "", help
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help=help_text + dtype_help)
 
 
-def add_quantized_option(parser: argparse.ArgumentParser) -> None:
-    """`--quantized`: run an export's int8 graph (see `naclip_hf.segmenter.load_segmenter`)."""
+def add_segmentation_options(
+    parser: argparse.ArgumentParser, preset_help: tuple[str, str], method_help: str, labels_help: str = "",
+    dtype_help: str = "",
+) -> None:
+    """The options of a command that segments with one model (`naclip segment`, `naclip label`), in the order of
+    its help: the labels, `--preset` (help: `preset_help`'s two parts, see `add_preset_option`), `--method`,
+    `--preset-classes`, `--model`, `--dtype`, `--quantized` (run an export's int8 graph; see
+    `naclip_hf.segmenter.load_segmenter`), `--set` and `--templates-file`."""
+    add_label_options(parser, labels_help)
+    add_preset_option(parser, *preset_help)
+    add_method_option(parser, method_help)
+    add_preset_classes_option(parser)
+    add_model_option(parser)
+    add_dtype_option(parser, dtype_help)
     parser.add_argument(
         "--quantized", action="store_true",
         help="with --model EXPORT (a folder written by `naclip export --quantize`): run its int8 graph instead of "
         "onnx/model.onnx (onnx/model_int8.onnx on CPUs with VNNI or AMX, else onnx/model_quantized.onnx)",
     )  # fmt: skip
-
-
-def check_export_dtype(dtype: str | None, folder: str | os.PathLike) -> str:
-    """`naclip_hf.segmenter.export_dtype`: the precision of an export, checked against `--dtype`."""
-    from ..segmenter import export_dtype
-
-    return export_dtype(folder, dtype)
+    add_set_option(parser)
 
 
 def check_model_source(model: str, option: str = "--model") -> Any:
@@ -314,10 +393,14 @@ def quiet_libraries() -> Iterator[None]:
             logging.getLogger(library).setLevel(level)
 
 
-def stage_split(settings: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """Config overrides (every stage but "image") and the image stage's `short_side` (None if not given)."""
-    overrides = {key: value for key, value in settings.items() if SETTINGS_BY_NAME[key].stage != "image"}
-    return overrides, settings.get("short_side")
+def run_options(segmenter: Any, short_side: int | None) -> tuple[Any, dict[str, Any]]:
+    """A run's options, resolved once (`segmenter.options`, at `short_side`, by default the model's), and the
+    settings its outputs record (the model's config settings and that short side, JSON-friendly)."""
+    from ..models.naclip.options import CONFIG_SETTINGS
+
+    short_side = segmenter.short_side if short_side is None else short_side
+    recorded = {key: jsonable(getattr(segmenter.config, key)) for key in CONFIG_SETTINGS}
+    return segmenter.options(short_side=short_side), {**recorded, "short_side": short_side}
 
 
 def jsonable(value: Any) -> Any:
@@ -334,20 +417,25 @@ __all__ = [
     "PROGRESS_DELAY",
     "DTYPE_CHOICES",
     "SET_REFUSED",
+    "add_command",
     "add_dtype_option",
     "add_label_options",
+    "add_method_option",
     "add_model_option",
     "add_preset_classes_option",
+    "add_preset_option",
+    "add_segmentation_options",
     "add_set_option",
-    "check_export_dtype",
     "check_model_source",
     "classes_from_options",
     "jsonable",
+    "number_type",
     "names_method",
     "parse_set_options",
     "quiet_libraries",
-    "read_templates_option",
+    "run_options",
+    "set_options",
     "settable",
+    "settings_and_classes",
     "settings_epilog",
-    "stage_split",
 ]

@@ -6,16 +6,16 @@ import argparse
 from pathlib import Path
 
 from ..models.naclip.options import DEFAULT_CHECKPOINT
+from ._common import add_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip card` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "card",
-        help="write a model card (README.md) for a saved model folder",
-        description="Fill in the model card template for a saved NACLIP/CLIP model folder, optionally with "
-        "evaluation results (JSON files written by `naclip evaluate --out`).",
-    )
+    parser = add_command(
+        subparsers, "card", "write a model card (README.md) for a saved model folder",
+        "Fill in the model card template for a saved NACLIP/CLIP model folder, optionally with "
+        "evaluation results (JSON files written by `naclip evaluate --out`).", wrap=False,
+    )  # fmt: skip
     parser.add_argument("model_dir", type=Path, help="saved model folder")
     parser.add_argument(
         "--results", type=Path, nargs="*", default=[], metavar="results.json",

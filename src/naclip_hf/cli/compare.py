@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import argparse
-import textwrap
 from pathlib import Path
 
 from ..methods import METHODS, describe_methods
+from ..models.naclip.options import CALL_OPTIONS
 from ._common import (
+    add_command,
     add_dtype_option,
     add_label_options,
     add_model_option,
     add_set_option,
     check_model_source,
     classes_from_options,
-    parse_set_options,
-    read_templates_option,
+    set_options,
     settings_epilog,
 )
 
@@ -41,18 +41,13 @@ def _point(text: str) -> tuple[int, int]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip compare` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "compare",
-        help="segment one image with several methods side by side, or compare their attention maps",
-        description=textwrap.fill(
-            "Draw one figure comparing methods on one image: the image, then each method's segmentation blended "
-            "over it, with one legend (the NACLIP paper's Figure 2). With --attention-at X,Y, draw instead each "
-            "method's last-layer attention of the patch under that pixel, over the whole image (its Figure 1). "
-            "Each method runs with its own settings; --set applies to all of them. Methods: " + describe_methods(),
-            width=100,
-        ),
-        epilog=settings_epilog() + "\n\n" + EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "compare", "segment one image with several methods side by side, or compare their attention maps",
+        "Draw one figure comparing methods on one image: the image, then each method's segmentation blended over it, "
+        "with one legend (the NACLIP paper's Figure 2). With --attention-at X,Y, draw instead each method's "
+        "last-layer attention of the patch under that pixel, over the whole image (its Figure 1). Each method runs "
+        "with its own settings; --set applies to all of them. Methods: " + describe_methods(),
+        settings_epilog() + "\n\n" + EXAMPLES,
     )
     parser.add_argument("image", metavar="IMAGE", help="an image file or http(s) URL")
     add_label_options(parser)
@@ -87,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a file name such as {args.out / DEFAULT_OUT}.")
     methods = list(dict.fromkeys(args.methods))
-    overrides = parse_set_options(args.settings)
-    templates = read_templates_option(args.templates_file)
+    overrides = set_options(args)  # --templates-file's templates go into the model's config below
     if args.attention_at is None:
         classes = classes_from_options(args)
         if classes is None:
@@ -103,16 +97,12 @@ def run(args: argparse.Namespace) -> int:
     from ..figures import attention_figure, segment_with_methods, segmentation_figure
     from ..fileio import write_atomic
     from ..models.naclip.image_io import load_image
-    from ..models.naclip.options import SETTINGS_BY_NAME
     from ..segmenter import load_segmenter
 
     image = load_image(args.image)
     # Settings that are not per call (text, positional embeddings) go into the model's config, for every method.
-    config_overrides = {k: v for k, v in overrides.items() if SETTINGS_BY_NAME[k].stage in ("text",)
-                        or k == "pos_embed_interpolation"}  # fmt: skip
-    if templates is not None:
-        config_overrides["prompt_templates"] = templates
-    per_call = {k: v for k, v in overrides.items() if k not in config_overrides}
+    config_overrides = {key: value for key, value in overrides.items() if key not in CALL_OPTIONS}
+    per_call = {key: value for key, value in overrides.items() if key in CALL_OPTIONS}
     segmenter = load_segmenter(checkpoint, config_overrides, dtype=args.dtype)
     if args.attention_at is not None:
         found = segmenter.attention_maps(image, args.attention_at, methods, short_side=per_call.pop("short_side", None),

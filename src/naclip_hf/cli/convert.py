@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import add_command
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip convert` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert OpenAI CLIP weights (.pt or .safetensors) to a transformers checkpoint folder",
-        description="Convert CLIP weights in OpenAI's layout into a checkpoint folder that "
-        "NACLIPForSemanticSegmentation.from_pretrained (and the pipeline) can load. The folder appears complete "
-        "or not at all.",
-    )
+    parser = add_command(
+        subparsers, "convert", "convert OpenAI CLIP weights (.pt or .safetensors) to a transformers checkpoint folder",
+        "Convert CLIP weights in OpenAI's layout into a checkpoint folder that NACLIPForSemanticSegmentation."
+        "from_pretrained (and the pipeline) can load. The folder appears complete or not at all.", wrap=False,
+    )  # fmt: skip
     parser.add_argument("source", type=Path, help="OpenAI CLIP weights: a .pt file as published, or .safetensors")
     parser.add_argument("output_dir", type=Path, help="new folder to write (must not exist or be empty)")
     parser.add_argument(

@@ -5,24 +5,30 @@ nor torch."""
 from __future__ import annotations
 
 import argparse
-import textwrap
 
-from ..methods import DEFAULT_METHOD, describe_methods, method_names
-from ._common import CommandError, add_dtype_option, add_model_option, check_model_source
+from ..methods import DEFAULT_METHOD
+from ._common import (
+    CommandError,
+    add_command,
+    add_dtype_option,
+    add_method_option,
+    add_model_option,
+    check_model_source,
+    number_type,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 INSTALL_HINT = 'pip install "naclip-hf[demo]"'
 
-DESCRIPTION = textwrap.fill(
+DESCRIPTION = (
     "Serve the NACLIP demo in the browser: segment an image into classes typed as text (or a benchmark's classes) "
     "with a method (NACLIP, CLIP, SCLIP, ...) and, over its settings, the attention strategy, PAMR and threshold "
     "of your choice; and compare where one clicked patch looks under several methods (CLIP, SCLIP and NACLIP at "
     "first). The app also answers API calls at /segment (gradio_client). It runs offline on a "
     "local checkpoint, or on a folder written by `naclip export` (onnxruntime, no PyTorch: the exported last "
     "block; attention maps need the PyTorch checkpoint). "
-    f"Needs the demo's dependencies: {INSTALL_HINT}.",
-    width=100,
+    f"Needs the demo's dependencies: {INSTALL_HINT}."
 )
 EXAMPLES = """Examples:
   naclip demo                                   # openai/clip-vit-base-patch16, http://127.0.0.1:7860
@@ -33,41 +39,20 @@ EXAMPLES = """Examples:
   naclip space my-space --model openai/clip-vit-base-patch16   # the same app as a Hugging Face Space"""
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
-    return port
-
-
-def _concurrency(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of requests")
-    return value
+# argparse types of --port (1-65535) and --concurrency (a positive number).
+_port = number_type(int, lambda port: 1 <= port <= 65535, "{text!r} is not a port number (1-65535)",
+                    "{value} is not a port number (1-65535)")  # fmt: skip
+_concurrency = number_type(int, lambda value: value >= 1, "{text!r} must be a positive number of requests",
+                           "{text!r} must be a positive number of requests")  # fmt: skip
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip demo` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="serve the interactive demo in the browser (Gradio; extra [demo])",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "demo", "serve the interactive demo in the browser (Gradio; extra [demo])",
+                         DESCRIPTION, EXAMPLES)  # fmt: skip
     add_model_option(parser)
-    parser.add_argument(
-        "--method", default=None, choices=method_names(), metavar="NAME",
-        help=f"the page's method at first and the /segment endpoint's default (default: {DEFAULT_METHOD}; with an "
-        "export, its stored settings): " + describe_methods(),
-    )  # fmt: skip
+    add_method_option(parser, f"the page's method at first and the /segment endpoint's default (default: "
+                      f"{DEFAULT_METHOD}; with an export, its stored settings)")  # fmt: skip
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
     parser.add_argument(
         "--port", type=_port, default=DEFAULT_PORT,

@@ -10,45 +10,37 @@ once with the run's settings, then the images are evaluated. A failure during th
 from __future__ import annotations
 
 import argparse
-import textwrap
 from pathlib import Path
 
-from ..benchmarks import BENCHMARKS, get_benchmark
-from ..methods import METHODS, comparison_table, describe_methods, get_method
+from ..benchmarks import get_benchmark
+from ..methods import comparison_table, get_method
 from ._common import (
     CommandError,
+    add_command,
     add_dtype_option,
+    add_method_option,
     add_model_option,
     add_preset_classes_option,
+    add_preset_option,
     add_set_option,
-    check_export_dtype,
     check_model_source,
     names_method,
-    parse_set_options,
-    read_templates_option,
+    set_options,
     settings_epilog,
 )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip evaluate` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score mIoU on a benchmark (runs on several processes under `accelerate launch` or torchrun)",
-        description=textwrap.fill(
-            "Evaluate NACLIP on a benchmark (or a Hub dataset) and report mIoU next to the published number. The "
-            "whole dataset is checked before the model is loaded. Under `accelerate launch` / torchrun the images "
-            "are split across processes and the confusion matrices summed. Exit status: 0 done, 1 an image failed "
-            "during the run (with --out, the results so far are written, marked partial), 2 a usage, setup or data "
-            "error, 130 interrupted.",
-            width=100,
-        ),
-        epilog=settings_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--preset", required=True, metavar="NAME", help=f"benchmark: {', '.join(BENCHMARKS)}"
-    )
+    parser = add_command(
+        subparsers, "evaluate", "score mIoU on a benchmark (runs on several processes under `accelerate launch` or "
+        "torchrun)", "Evaluate NACLIP on a benchmark (or a Hub dataset) and report mIoU next to the published number. "
+        "The whole dataset is checked before the model is loaded. Under `accelerate launch` / torchrun the images "
+        "are split across processes and the confusion matrices summed. Exit status: 0 done, 1 an image failed during "
+        "the run (with --out, the results so far are written, marked partial), 2 a usage, setup or data error, 130 "
+        "interrupted.", settings_epilog(),
+    )  # fmt: skip
+    add_preset_option(parser, "benchmark", required=True)
     parser.add_argument("--data-root", type=Path, default=None,
                         help="dataset folder in its usual layout (e.g. VOCdevkit/VOC2012)")  # fmt: skip
     parser.add_argument("--dataset", default=None, metavar="ID_OR_PATH",
@@ -56,11 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--image-column", default="image", help="image column of --dataset (default: image)")
     parser.add_argument("--label-column", default="label", help="label column of --dataset (default: label)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
-    parser.add_argument(
-        "--method", default=None, choices=tuple(METHODS), metavar="NAME",
-        help="evaluate a method with its own settings for this benchmark (--pamr and --set override them) and "
-        f"compare with its published numbers: {describe_methods()}",
-    )  # fmt: skip
+    add_method_option(parser, "evaluate a method with its own settings for this benchmark (--pamr and --set "
+                      "override them) and compare with its published numbers")  # fmt: skip
     add_preset_classes_option(parser)
     add_model_option(parser)
     add_dtype_option(parser, "; the results record it")
@@ -76,10 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """`naclip evaluate`: check, load the data and check it, load the model, evaluate, report (main process)."""
     benchmark = get_benchmark(args.preset)
-    user = parse_set_options(args.settings)
-    templates = read_templates_option(args.templates_file)
-    if templates is not None:
-        user["prompt_templates"] = templates
+    user = set_options(args)
     pamr = {"on": True, "off": False, None: None}[args.pamr]
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit {args.limit} must be a positive number of images.")
@@ -110,21 +96,18 @@ def run(args: argparse.Namespace) -> int:
         benchmark, data_root=args.data_root, dataset=args.dataset, split=args.split,
         image_column=args.image_column, label_column=args.label_column, limit=args.limit,
     )  # fmt: skip
+    data = str(args.data_root) if args.data_root is not None else str(args.dataset)
     problems = find_dataset_problems(dataset)
     if problems:
-        source = args.data_root if args.data_root is not None else args.dataset
         raise CommandError(
-            f"{len(problems)} problem(s) in the {benchmark.name} data at {source}; fix or remove these files, "
+            f"{len(problems)} problem(s) in the {benchmark.name} data at {data}; fix or remove these files, "
             "then run again:\n  - " + "\n  - ".join(problems)
         )
     checkpoint = check_model_source(args.model)
 
     from ..distributed import ProcessGroup
-    from ..export.runtime import is_exported_folder
     from ..segmenter import load_segmenter
 
-    if is_exported_folder(args.model):  # an export runs in the precision of its graph
-        check_export_dtype(args.dtype, args.model)
     group = ProcessGroup.start()
     is_main = group.is_main
     if not is_main:
@@ -133,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
         transformers_logging.disable_progress_bar()
     overrides = {key: value for key, value in run_settings.items() if key != "short_side"}
     segmenter = load_segmenter(checkpoint, overrides, device=group.model_device, dtype=args.dtype)
-    data = str(args.data_root) if args.data_root is not None else str(args.dataset)
     try:
         result = evaluate_preset(
             segmenter, None, benchmark, dataset, pamr=pamr, short_side=run_settings["short_side"],
@@ -152,8 +134,7 @@ def run(args: argparse.Namespace) -> int:
                     'marked "partial": true'
                 )
         raise CommandError(message, exit_status=1) from None
-    result.settings["data"] = data
-    result.settings["classes_file"] = classes_file
+    result.settings.update(data=data, classes_file=classes_file)
     if method is not None:
         result.settings["method"] = method.name
         if method.name != "naclip":  # the benchmark's published numbers are NACLIP's

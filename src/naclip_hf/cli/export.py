@@ -9,33 +9,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from pathlib import Path
 
-from ..benchmarks import BENCHMARKS, get_benchmark
 from ..export.layout import check_exportable
-from ..methods import METHODS, combine_settings, describe_methods
 from ..models.naclip.options import DEFAULTS
 from ._common import (
+    add_command,
     add_dtype_option,
     add_label_options,
+    add_method_option,
+    add_preset_option,
     add_set_option,
     check_model_source,
-    classes_from_options,
-    parse_set_options,
-    read_templates_option,
-    stage_split,
+    settings_and_classes,
 )
 
-DESCRIPTION = textwrap.fill(
+DESCRIPTION = (
     "Export a NACLIP model to ONNX for inference without PyTorch: OUT/onnx/model.onnx (one window of the model: "
     "pixel_values [B, 3, H, W] and text_embeds [N, D] in, logits [B, N, H, W] out, any B, N, H, W), "
     "OUT/onnx/text_model.onnx (prompt token ids in, normalised prompt features out) with tokenizer.json, so that "
     "any class names can be segmented, config.json and preprocessor_config.json with the inference settings, and "
     "with labels classes.json and class_embeddings.safetensors (those names' text embeddings, computed once). "
     "`naclip segment --model OUT --labels ...` then runs it with onnxruntime. Needs the extra [onnx] "
-    "(pip install 'naclip-hf[onnx]').",
-    width=100,
+    "(pip install 'naclip-hf[onnx]')."
 )
 EXAMPLES = """Examples:
   naclip export openai/clip-vit-base-patch16 naclip-onnx --quantize
@@ -55,27 +51,15 @@ EXPORT_DTYPE_HELP = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip export` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX (vision and text graphs, optionally a label set's embeddings) for "
-        "onnxruntime and the web",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "export", "export a model to ONNX (vision and text graphs, optionally a label "
+                         "set's embeddings) for onnxruntime and the web", DESCRIPTION, EXAMPLES)  # fmt: skip
     parser.add_argument("model", metavar="MODEL", help="checkpoint folder (config.json + weights) or Hub id")
     parser.add_argument("out", type=Path, metavar="OUT", help="new (or empty) folder to write")
     add_label_options(parser, "; their text embeddings are stored with the export (other names are embedded by "
                       "the exported text graph when used)")
-    parser.add_argument(
-        "--preset", default=None, metavar="NAME",
-        help=f"a benchmark's classes and inference settings: {', '.join(BENCHMARKS)}; --set overrides its "
-        "settings, --labels / --labels-file replace its classes",
-    )  # fmt: skip
-    parser.add_argument(
-        "--method", default=None, choices=tuple(METHODS), metavar="NAME",
-        help=f"export with a method's settings (over the preset's; --set overrides them): {describe_methods()}",
-    )  # fmt: skip
+    add_preset_option(parser, "a benchmark's classes and inference settings", "; --set overrides its settings, "
+                      "--labels / --labels-file replace its classes")  # fmt: skip
+    add_method_option(parser, "export with a method's settings (over the preset's; --set overrides them)")
     add_set_option(parser)
     parser.add_argument(
         "--quantize", action="store_true",
@@ -88,15 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """`naclip export`: check the options and the output folder, load the model, export, print what was written."""
-    benchmark = get_benchmark(args.preset) if args.preset is not None else None
-    base = combine_settings(benchmark, args.method) if benchmark is not None or args.method is not None else None
-    settings = parse_set_options(args.settings, base)
-    check_exportable(settings.get("arch", DEFAULTS["arch"]))
-    templates = read_templates_option(args.templates_file)
-    if templates is not None:
-        settings["prompt_templates"] = templates
-    classes = classes_from_options(args, benchmark)
-    overrides, short_side = stage_split(settings)
+    overrides, short_side, classes, _ = settings_and_classes(args, classes_required=False,
+                                                             method_names_classes=False)  # fmt: skip
+    check_exportable(overrides.get("arch", DEFAULTS["arch"]))
     out = args.out
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise OSError(f"{out} exists and is not an empty folder; choose a new folder for the export.")

@@ -12,38 +12,30 @@ import argparse
 import json
 import shutil
 import sys
-import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks import BENCHMARKS
-from ..methods import METHODS, describe_methods
 from ._common import (
     DelayedProgress,
-    add_dtype_option,
-    add_label_options,
-    add_model_option,
-    add_preset_classes_option,
-    add_quantized_option,
-    add_set_option,
+    add_command,
+    add_segmentation_options,
     check_model_source,
-    jsonable,
+    run_options,
+    settings_and_classes,
     settings_epilog,
-    stage_split,
 )
 
 SEGMENTATION_COLUMN = "segmentation"
 PARTS_SUFFIX = ".parts"
 
-DESCRIPTION = textwrap.fill(
+DESCRIPTION = (
     "Segment every image of a dataset (a Hub dataset id, a folder saved with save_to_disk, an image folder, or "
     "parquet files) into the classes you name, and save a copy of the dataset with a 'segmentation' column of PNG "
     "label maps (pixel value = class id, as `naclip segment` writes them). The class names, model, dtype and "
     "settings are stored as JSON in the dataset's info.description. Runs across processes under torchrun or "
-    "accelerate launch (one contiguous shard per process) and resumes by shard.",
-    width=100,
+    "accelerate launch (one contiguous shard per process) and resumes by shard."
 )
 EXAMPLES = """Examples:
   naclip label ./photos --labels sky tree "road, street" --out photos_labelled
@@ -58,13 +50,8 @@ Reading the result:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip label` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "label",
-        help="segment a whole dataset and save it with a 'segmentation' column (datasets save_to_disk)",
-        description=DESCRIPTION,
-        epilog=settings_epilog() + "\n\n" + EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "label", "segment a whole dataset and save it with a 'segmentation' column "
+                         "(datasets save_to_disk)", DESCRIPTION, settings_epilog() + "\n\n" + EXAMPLES)  # fmt: skip
     parser.add_argument(
         "dataset", metavar="DATASET",
         help="a Hub dataset id, a folder written by save_to_disk, a folder of images (imagefolder), or a .parquet "
@@ -73,16 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--split", default="train", help="split to label (default: %(default)s)")
     parser.add_argument("--image-column", default="image", metavar="NAME", help="column holding the images "
                         "(default: %(default)s)")  # fmt: skip
-    add_label_options(parser)
-    parser.add_argument("--preset", default=None, metavar="NAME",
-                        help=f"a benchmark's classes and settings: {', '.join(BENCHMARKS)}")  # fmt: skip
-    parser.add_argument("--method", default=None, choices=tuple(METHODS), metavar="NAME",
-                        help=f"use a method's settings: {describe_methods()}")  # fmt: skip
-    add_preset_classes_option(parser)
-    add_model_option(parser)
-    add_dtype_option(parser)
-    add_quantized_option(parser)
-    add_set_option(parser)
+    add_segmentation_options(parser, ("a benchmark's classes and settings", ""), "use a method's settings")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="folder of the new dataset (must not exist, unless --overwrite or a resumed run)")
     parser.add_argument("--overwrite", action="store_true", help="label again, replacing --out and its saved shards")
@@ -121,10 +99,7 @@ def load_source_dataset(source: str, split: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """`naclip label`: label the dataset's shard of this process, save it, and (main process) join the shards."""
-    from .segment import _settings_and_classes
-
-    settings, classes, preset = _settings_and_classes(args)
-    overrides, short_side = stage_split(settings)
+    overrides, short_side, classes, preset = settings_and_classes(args)
     out = Path(args.out)
     parts = out.with_name(out.name + PARTS_SUFFIX)
     if out.exists() and not args.overwrite:
@@ -136,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..distributed import ProcessGroup
     from ..fileio import staged_directory
-    from ..models.naclip.options import CONFIG_SETTINGS
     from ..segmenter import load_segmenter
 
     group = ProcessGroup.start()
@@ -155,10 +129,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(checkpoint, overrides, quantized=args.quantized, device=group.model_device,
                                dtype=args.dtype)  # fmt: skip
     label_set = segmenter.encode_classes(classes, cache_dir=True)
-    if short_side is None:
-        short_side = segmenter.short_side
-    recorded = {key: jsonable(getattr(segmenter.config, key)) for key in CONFIG_SETTINGS}
-    recorded["short_side"] = short_side
+    options, recorded = run_options(segmenter, short_side)
     source = {"dataset": str(args.dataset), "split": args.split, "image_column": args.image_column}
     metadata = {"task": "naclip-segmentation", "class_labels": label_set.class_labels, "classes": label_set.classes,
                 "model": str(args.model), "dtype": segmenter.dtype, "preset": preset, "method": args.method,
@@ -167,7 +138,6 @@ def run(args: argparse.Namespace) -> int:
     shard_dir = parts / f"shard-{group.rank:05d}-of-{group.world_size:05d}"
     error = None
     if not (shard_dir / "dataset_info.json").is_file():
-        options = segmenter.options(short_side=short_side)  # the run's options, resolved once
         error = _label_shard(args, dataset, group, shard_dir, segmenter, label_set, options, metadata)
     else:
         print(f"naclip label: shard {group.rank + 1} of {group.world_size} already done ({shard_dir}), skipped",

@@ -12,45 +12,40 @@ import json
 import os
 import sys
 import tempfile
-import textwrap
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..benchmarks import BENCHMARKS, get_benchmark
-from ..methods import METHODS, combine_settings, describe_methods
 from ..models.naclip.options import DEFAULT_URL_TIMEOUT
 from ._common import (
     DelayedProgress,
-    add_dtype_option,
-    add_label_options,
-    add_model_option,
-    add_preset_classes_option,
-    add_quantized_option,
-    add_set_option,
+    add_command,
+    add_segmentation_options,
     check_model_source,
-    classes_from_options,
-    jsonable,
-    parse_set_options,
-    read_templates_option,
+    number_type,
+    run_options,
+    settings_and_classes,
     settings_epilog,
-    stage_split,
 )
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 DEFAULT_OUT_DIR = "naclip_out"
 URL_PREFIXES = ("http://", "https://")
+# argparse types of --alpha (opacity in [0, 1]) and --timeout (positive seconds).
+_opacity = number_type(float, lambda value: 0.0 <= value <= 1.0, "{text!r} is not a number",
+                       "{value} is not between 0 and 1")  # fmt: skip
+_seconds = number_type(float, lambda value: value > 0, "{text!r} is not a number of seconds",
+                       "{value} is not a positive number of seconds")  # fmt: skip
 
-DESCRIPTION = textwrap.fill(
+DESCRIPTION = (
     "Segment images into any classes named in text. For every image (a file, a folder of images, or an http(s) "
     "URL), write into --out a palette label map, an overlay of the class colours with a legend naming the classes "
     "present, and a JSON summary (see 'Outputs' below). The model is loaded once for all images. Exit status: 0 "
     "when every image was segmented, 1 when some input could not be read, downloaded, segmented or written (the "
     "others are still processed and each failure is reported on stderr), 2 for a usage or setup error (labels, "
-    "settings, output folder, model), 130 when interrupted.",
-    width=100,
+    "settings, output folder, model), 130 when interrupted."
 )
 EXAMPLES = """Examples:
   naclip segment photo.jpg --labels cat "dog, puppy" grass sky
@@ -89,34 +84,21 @@ class Source:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip segment` to the subparsers of `naclip`."""
-    presets = ", ".join(BENCHMARKS)
-    parser = subparsers.add_parser(
-        "segment",
-        help="segment images into the classes you name (label maps, overlays, JSON summaries)",
-        description=DESCRIPTION,
-        epilog=settings_epilog() + "\n\n" + EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "segment", "segment images into the classes you name (label maps, overlays, "
+                         "JSON summaries)", DESCRIPTION, settings_epilog() + "\n\n" + EXAMPLES)  # fmt: skip
     parser.add_argument(
         "images", nargs="*", metavar="IMAGE",
         help="image files, folders and/or http(s) URLs; a folder contributes its images (by extension: "
         f"{', '.join(IMAGE_EXTENSIONS)}), sorted by name, not recursing into subfolders",
     )  # fmt: skip
-    add_label_options(parser, ". Put the images before --labels (or end the list with --)")
-    parser.add_argument(
-        "--preset", default=None, metavar="NAME",
-        help=f"use a benchmark's classes and inference settings (slide_crop, slide_stride, prob_thd, short_side): "
-        f"{presets}. --set overrides its settings; --labels / --labels-file replace its classes",
+    add_segmentation_options(
+        parser,
+        ("use a benchmark's classes and inference settings (slide_crop, slide_stride, prob_thd, short_side)",
+         ". --set overrides its settings; --labels / --labels-file replace its classes"),
+        "use a method's settings (over the preset's; --set overrides them)",
+        labels_help=". Put the images before --labels (or end the list with --)",
+        dtype_help="; an export (--model EXPORT) runs in the precision it was exported in",
     )  # fmt: skip
-    parser.add_argument(
-        "--method", default=None, choices=tuple(METHODS), metavar="NAME",
-        help=f"use a method's settings (over the preset's; --set overrides them): {describe_methods()}",
-    )  # fmt: skip
-    add_preset_classes_option(parser)
-    add_model_option(parser)
-    add_dtype_option(parser, "; an export (--model EXPORT) runs in the precision it was exported in")
-    add_quantized_option(parser)
-    add_set_option(parser)
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR",
         help=f"folder for the label maps, overlays and JSON summaries, created if missing (default: "
@@ -155,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
     Returns 0 when every image was segmented and 1 when some failed (each failure is reported on stderr as it
     happens); problems found before loading the model raise `ValueError` / `OSError`.
     """
-    settings, classes, preset = _settings_and_classes(args)
-    overrides, short_side = stage_split(settings)
+    overrides, short_side, classes, preset = settings_and_classes(args)
     out_dir = args.out
     if out_dir is None and args.save_scores is None:
         out_dir = Path(DEFAULT_OUT_DIR)
@@ -205,12 +186,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_context(
     args: argparse.Namespace, segmenter: Any, label_set: Any, preset: str | None, short_side: int | None
 ) -> dict[str, Any]:
-    """What every image's outputs record: model, dtype, preset, method, settings (with the short side used)."""
-    from ..models.naclip.options import CONFIG_SETTINGS
-
-    recorded = {key: jsonable(getattr(segmenter.config, key)) for key in CONFIG_SETTINGS}
-    recorded["short_side"] = segmenter.short_side if short_side is None else short_side
-    options = segmenter.options(short_side=recorded["short_side"])  # the run's options, resolved once
+    """What every image's outputs record: model, dtype, preset, method, settings (with the short side used); and
+    the run's options."""
+    options, recorded = run_options(segmenter, short_side)
     return {"model": str(args.model), "dtype": segmenter.dtype, "preset": preset, "method": args.method,
             "settings": recorded, "classes": [names[0] for names in label_set.classes], "segmenter": segmenter,
             "options": options}
@@ -316,48 +294,6 @@ def _segment_one(
     for line in lines:
         progress.write(line, file=sys.stdout)
     return 1
-
-
-def _opacity(text: str) -> float:
-    """argparse type for --alpha: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    """argparse type for --timeout: a positive number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
-    return value
-
-
-def _settings_and_classes(args: argparse.Namespace) -> tuple[dict[str, Any], list[list[str]], str | None]:
-    """Settings, classes and preset name from --preset, --set, --templates-file and the label options.
-
-    The preset's settings come first so that --set overrides them; --labels / --labels-file replace its classes.
-    """
-    benchmark = get_benchmark(args.preset) if args.preset is not None else None
-    base = combine_settings(benchmark, args.method) if benchmark is not None or args.method is not None else None
-    settings = parse_set_options(args.settings, base)
-    templates = read_templates_option(args.templates_file)
-    if templates is not None:
-        settings["prompt_templates"] = templates
-    classes = classes_from_options(args, benchmark, args.method)
-    if classes is None:
-        raise ValueError(
-            'No labels given; name the classes with --labels cat "dog, puppy" ..., --labels-file FILE (one class '
-            "per line) or --preset NAME (a benchmark's classes)."
-        )
-    return settings, classes, None if benchmark is None else benchmark.name
 
 
 def _no_images_message(labels: Sequence[str] | None) -> str:

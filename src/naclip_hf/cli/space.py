@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_option
+from ._common import add_command, add_model_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `naclip space` to the subparsers of `naclip`."""
-    parser = subparsers.add_parser(
-        "space",
-        help="write a Hugging Face Space folder running the demo",
-        description="Write a Space folder (app.py, requirements.txt, README.md with the Space's settings; a local "
+    parser = add_command(
+        subparsers, "space", "write a Hugging Face Space folder running the demo",
+        "Write a Space folder (app.py, requirements.txt, README.md with the Space's settings; a local "
         "checkpoint is copied into model/) that runs the same app as `naclip demo`. Upload it with "
-        "`hf upload OWNER/SPACE OUT_DIR --repo-type space`.",
-    )
+        "`hf upload OWNER/SPACE OUT_DIR --repo-type space`.", wrap=False,
+    )  # fmt: skip
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="the folder to create (must be new or empty)")
     add_model_option(parser)
     parser.add_argument("--title", default=None, help="the Space's title (default: naclip_hf.demo.space.DEFAULT_TITLE)")

@@ -37,58 +37,26 @@ class _Layout:
     label_hint: str = ""
 
 
+# image_dir, label_dir, image_suffix, label_suffix, example_root, then the optional fields by name.
 _LAYOUTS: dict[str, _Layout] = {
-    "voc": _Layout(
-        image_dir="JPEGImages",
-        label_dir="SegmentationClass",
-        image_suffix=".jpg",
-        label_suffix=".png",
-        example_root="VOCdevkit/VOC2012",
-        list_file="ImageSets/Segmentation/{split}.txt",
-    ),
-    "context": _Layout(
-        image_dir="JPEGImages",
-        label_dir="SegmentationClassContext",
-        image_suffix=".jpg",
-        label_suffix=".png",
-        example_root="VOCdevkit/VOC2010",
-        list_file="ImageSets/SegmentationContext/{split}.txt",
-        label_hint="PASCAL Context labels are made with MMSeg's tools/dataset_converters/pascal_context.py.",
-    ),
-    "coco_object": _Layout(
-        image_dir="images/{split}",
-        label_dir="annotations/{split}",
-        image_suffix=".jpg",
-        label_suffix="_instanceTrainIds.png",
-        example_root="coco_stuff164k",
-        label_hint="Make COCO-Object labels from the COCO-Stuff ones with scripts/convert_coco_object.py.",
-    ),
-    "coco_stuff": _Layout(
-        image_dir="images/{split}",
-        label_dir="annotations/{split}",
-        image_suffix=".jpg",
-        label_suffix="_labelTrainIds.png",
-        example_root="coco_stuff164k",
-        label_hint="Make COCO-Stuff train-id labels with MMSeg's tools/dataset_converters/coco_stuff164k.py.",
-    ),
-    "ade20k": _Layout(
-        image_dir="images/{split}",
-        label_dir="annotations/{split}",
-        image_suffix=".jpg",
-        label_suffix=".png",
-        example_root="ADEChallengeData2016",
-    ),
-    "cityscapes": _Layout(
-        image_dir="leftImg8bit/{split}",
-        label_dir="gtFine/{split}",
-        image_suffix="_leftImg8bit.png",
-        label_suffix="_gtFine_labelTrainIds.png",
-        example_root="cityscapes",
-        nested=True,
-        label_hint="Cityscapes train-id labels are made with MMSeg's tools/dataset_converters/cityscapes.py "
-        "(or cityscapesscripts' createTrainIdLabelImgs).",
-    ),
-}
+    "voc": _Layout("JPEGImages", "SegmentationClass", ".jpg", ".png", "VOCdevkit/VOC2012",
+                   list_file="ImageSets/Segmentation/{split}.txt"),
+    "context": _Layout("JPEGImages", "SegmentationClassContext", ".jpg", ".png", "VOCdevkit/VOC2010",
+                       list_file="ImageSets/SegmentationContext/{split}.txt",
+                       label_hint="PASCAL Context labels are made with MMSeg's "
+                       "tools/dataset_converters/pascal_context.py."),
+    "coco_object": _Layout("images/{split}", "annotations/{split}", ".jpg", "_instanceTrainIds.png", "coco_stuff164k",
+                           label_hint="Make COCO-Object labels from the COCO-Stuff ones with "
+                           "scripts/convert_coco_object.py."),
+    "coco_stuff": _Layout("images/{split}", "annotations/{split}", ".jpg", "_labelTrainIds.png", "coco_stuff164k",
+                          label_hint="Make COCO-Stuff train-id labels with MMSeg's "
+                          "tools/dataset_converters/coco_stuff164k.py."),
+    "ade20k": _Layout("images/{split}", "annotations/{split}", ".jpg", ".png", "ADEChallengeData2016"),
+    "cityscapes": _Layout("leftImg8bit/{split}", "gtFine/{split}", "_leftImg8bit.png", "_gtFine_labelTrainIds.png",
+                          "cityscapes", nested=True,
+                          label_hint="Cityscapes train-id labels are made with MMSeg's "
+                          "tools/dataset_converters/cityscapes.py (or cityscapesscripts' createTrainIdLabelImgs)."),
+}  # fmt: skip
 
 
 def _name_some(paths: Sequence[Path | str]) -> str:
@@ -126,18 +94,14 @@ def _load_listed_pairs(root: Path, spec: _Layout, split: str) -> list[tuple[str,
     label_dir = _require_dir(root, spec.label_dir, "Label", spec)
     list_path = root / spec.list_file.format(split=split)
     if not list_path.is_file():
-        available = (
-            sorted(p.stem for p in list_path.parent.glob("*.txt")) if list_path.parent.is_dir() else []
-        )
+        available = (sorted(p.stem for p in list_path.parent.glob("*.txt")) if list_path.parent.is_dir() else [])
         raise FileNotFoundError(
             f"Split list {list_path} does not exist (split={split!r}). "
             f"Splits found next to it: {available or 'none'}; "
             f"pass one of them as split, or check that the data root is the folder that directly contains "
             f"{spec.list_file.split('/')[0]!r} (e.g. .../{spec.example_root})."
         )
-    ids = sorted(
-        {line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()}
-    )
+    ids = sorted({line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()})
     if not ids:
         raise ValueError(f"No images found: the split list {list_path} is empty; list one image id per line.")
     pairs = [(i, image_dir / f"{i}{spec.image_suffix}", label_dir / f"{i}{spec.label_suffix}") for i in ids]
@@ -192,7 +156,8 @@ def _load_globbed_pairs(root: Path, spec: _Layout, split: str) -> list[tuple[str
     return [(Path(key).name, images[key], labels[key]) for key in images]
 
 
-def _check_limit(limit: int | None) -> None:
+def check_limit(limit: int | None) -> None:
+    """`ValueError` unless `limit` (the number of rows to keep) is a positive integer or None."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit={limit!r} must be a positive integer (or None for the whole split).")
 
@@ -208,7 +173,7 @@ def load_benchmark_dataset(
     by id; `limit` keeps the first rows only. Missing images and missing labels are reported together.
     """
     preset = get_benchmark(benchmark)
-    _check_limit(limit)
+    check_limit(limit)
     spec = _LAYOUTS.get(preset.layout)
     if spec is None:
         raise ValueError(
@@ -229,9 +194,7 @@ def load_benchmark_dataset(
     ids = [item[0] for item in pairs]
     if len(set(ids)) != len(ids):
         repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
-        raise ValueError(
-            f"Image ids are not unique in {root}: {repeated[:_MAX_NAMED]}; each image needs its own name."
-        )
+        raise ValueError(f"Image ids are not unique in {root}: {repeated[:_MAX_NAMED]}; each image needs its own name.")
     pairs.sort(key=lambda item: item[0])
     if limit is not None:
         pairs = pairs[:limit]
@@ -273,11 +236,9 @@ def load_hub_dataset(
     existing column already called "image" or "label" that is not one of them is kept as "original_image" /
     "original_label". A string "id" column (the row index) is added when there is none.
     """
-    _check_limit(limit)
+    check_limit(limit)
     if image_column == label_column:
-        raise ValueError(
-            f"image_column and label_column are both {image_column!r}; they must name two columns."
-        )
+        raise ValueError(f"image_column and label_column are both {image_column!r}; they must name two columns.")
     source = str(dataset_id_or_path)
     local = Path(source).expanduser()
     if local.is_dir() and _is_saved_dataset(local):
@@ -365,9 +326,7 @@ def read_label_map(path_or_image: Any, reduce_zero_label: bool) -> np.ndarray:
     """
     label = _open_label(path_or_image)
     if label.ndim != 2:
-        raise ValueError(
-            f"Label map has shape {label.shape}; expected a single-channel HxW map of class ids."
-        )
+        raise ValueError(f"Label map has shape {label.shape}; expected a single-channel HxW map of class ids.")
     if not np.issubdtype(label.dtype, np.integer):
         raise ValueError(f"Label map has dtype {label.dtype}; expected integer class ids.")
     if label.dtype != np.uint8:
@@ -401,9 +360,7 @@ def check_label_map(
     """
     label = np.asarray(label)
     if label.ndim != 2:
-        raise ValueError(
-            f"Label map has shape {label.shape}; expected a single-channel HxW map of class ids."
-        )
+        raise ValueError(f"Label map has shape {label.shape}; expected a single-channel HxW map of class ids.")
     height, width = _size_hw(image_size)
     if label.shape != (height, width):
         raise ValueError(

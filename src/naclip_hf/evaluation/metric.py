@@ -71,9 +71,7 @@ def _as_label_maps(value: Any, name: str) -> list[np.ndarray]:
             return []
         ndim = _nesting_depth(value)
     else:
-        raise ValueError(
-            f"{name} must be a numpy array, a torch tensor or a list of them, got {type(value).__name__}."
-        )
+        raise ValueError(f"{name} must be a numpy array, a torch tensor or a list of them, got {type(value).__name__}.")
     if ndim == 2:
         maps = [_to_numpy(value, name)]
     elif ndim == 3:
@@ -89,9 +87,7 @@ def _as_label_maps(value: Any, name: str) -> list[np.ndarray]:
         )
     for index, label_map in enumerate(maps):
         if label_map.ndim != 2:
-            raise ValueError(
-                f"{name}[{index}] has shape {tuple(label_map.shape)}; every label map must be 2-D [H, W]."
-            )
+            raise ValueError(f"{name}[{index}] has shape {tuple(label_map.shape)}; every label map must be 2-D [H, W].")
     return maps
 
 
@@ -101,9 +97,7 @@ def _as_int64(label_map: np.ndarray, name: str) -> np.ndarray:
         return label_map.astype(np.int64, copy=False)
     if kind == "f":
         if not np.all(np.isfinite(label_map)) or not np.array_equal(label_map, np.floor(label_map)):
-            raise ValueError(
-                f"{name} holds non-integer values; label maps must contain integer class indices."
-            )
+            raise ValueError(f"{name} holds non-integer values; label maps must contain integer class indices.")
         return label_map.astype(np.int64)
     raise ValueError(f"{name} has dtype {label_map.dtype}; label maps must contain integer class indices.")
 

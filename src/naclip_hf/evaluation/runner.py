@@ -42,6 +42,7 @@ from ..segmenter import Segmenter, TorchSegmenter
 from .datasets import (
     IGNORE_INDEX,
     check_label_map,
+    check_limit,
     describe_cell,
     load_benchmark_dataset,
     load_hub_dataset,
@@ -55,9 +56,6 @@ if TYPE_CHECKING:
 
     from ..models.naclip.modeling_naclip import NACLIPForSemanticSegmentation
     from ..models.naclip.processing_naclip import NACLIPProcessor
-
-NACLIP_SETTING_KEYS = CONFIG_SETTINGS
-"""The NACLIP settings of the model config recorded with every result."""
 
 PAMR_STEPS_ON = DEFAULTS["pamr_steps"]
 """PAMR iterations of the official evaluation when PAMR is on (the default)."""
@@ -212,16 +210,7 @@ class EvaluationResult:
             f"mIoU {pct(self.mean_iou)}  |  aAcc {pct(self.overall_accuracy)}  |  mAcc {pct(self.mean_accuracy)}"
         )
         lines.append("Settings:")
-        for key in (
-            "preset",
-            "model",
-            "data",
-            "split",
-            "num_images",
-            "short_side",
-            "max_long_side",
-            *NACLIP_SETTING_KEYS,
-        ):
+        for key in ("preset", "model", "data", "split", "num_images", "short_side", "max_long_side", *CONFIG_SETTINGS):
             if key in settings:
                 value = settings[key]
                 if key == "prompt_templates":
@@ -314,8 +303,8 @@ def _protocol_deviations(
 
 def split_call_options(config: Any, settings: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
     """The per-call options of `Segmenter.segment` for a run's `settings`: those that differ from the model's
-    `config`, among the options a call takes (`split_options` of the model package: the forward and
-    post-processing ones); and the short side (None if not among the settings).
+    `config`, among the options a call takes (`FORWARD_OPTIONS` and `POST_PROCESSING_OPTIONS` of
+    `naclip_hf.models.naclip.options`); and the short side (None if not among the settings).
 
     A setting a call cannot change (the text settings, the resize of the positional embeddings) that differs from
     the model's raises `ValueError` (load the model with it instead)."""
@@ -335,11 +324,9 @@ def split_call_options(config: Any, settings: Mapping[str, Any]) -> tuple[dict[s
 
 def _select_images(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     """`dataset` cut to its first `limit` rows, checked: image and label columns, at least one row."""
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit={limit!r} must be a positive integer (or None for the whole split).")
-        if limit < len(dataset):
-            dataset = dataset.select(range(limit))
+    check_limit(limit)
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.select(range(limit))
     missing = [column for column in ("image", "label") if column not in dataset.column_names]
     if missing:
         raise ValueError(f"The dataset has no {missing} column(s); its columns are {dataset.column_names}.")
@@ -643,7 +630,6 @@ def load_evaluation_dataset(
 
 
 __all__ = [
-    "NACLIP_SETTING_KEYS",
     "EvaluationFailed",
     "EvaluationResult",
     "class_display_names",

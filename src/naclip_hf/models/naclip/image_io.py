@@ -32,6 +32,7 @@ import io
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -121,22 +122,31 @@ def _open_file(path: str) -> Image.Image:
     if os.path.isdir(path):
         raise IsADirectoryError(f"Image path {path} is a folder; pass an image file inside it.")
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = opened.copy()  # keeps the pixels (and EXIF) after the file is closed
+        return _decoded(
+            path,
+            lambda error: f"Could not read image file {path} ({type(error).__name__}: {error}); check that it is a "
+            "complete image in a format Pillow reads (JPEG, PNG, TIFF, BMP, WebP, ...).",
+            lambda error: f"Image file {path} has more pixels than Pillow's safety limit ({error}); if you trust the "
+            "file, raise PIL.Image.MAX_IMAGE_PIXELS, or downscale it first.",
+        )
     except PermissionError as error:
         raise PermissionError(f"Image file {path} cannot be read ({error.strerror}); check its permissions.") from error
+
+
+def _decoded(source: Any, unreadable: Callable[[Exception], str], too_large: Callable[[Exception], str]) -> Image.Image:
+    """The image Pillow decodes from `source` (a path or a file object), copied so that its pixels (and EXIF) outlive
+    the file; `ValueError(unreadable(error))` or, past Pillow's pixel limit, `ValueError(too_large(error))`. A
+    `PermissionError` is raised as it is."""
+    try:
+        with Image.open(source) as opened:
+            opened.load()
+            return opened.copy()
+    except PermissionError:
+        raise
     except (UnidentifiedImageError, SyntaxError, EOFError, OSError, ValueError) as error:
-        raise ValueError(
-            f"Could not read image file {path} ({type(error).__name__}: {error}); check that it is a complete "
-            "image in a format Pillow reads (JPEG, PNG, TIFF, BMP, WebP, ...)."
-        ) from error
+        raise ValueError(unreadable(error)) from error
     except Image.DecompressionBombError as error:
-        raise ValueError(
-            f"Image file {path} has more pixels than Pillow's safety limit ({error}); if you trust the file, "
-            "raise PIL.Image.MAX_IMAGE_PIXELS, or downscale it first."
-        ) from error
-    return image
+        raise ValueError(too_large(error)) from error
 
 
 def _download(url: str, timeout: float) -> Image.Image:
@@ -155,21 +165,13 @@ def _download(url: str, timeout: float) -> Image.Image:
         raise OSError(
             f"Could not download image {url} ({type(error).__name__}: {error}; timeout {timeout:g} s); {advice}."
         ) from error
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            image = opened.copy()
-    except (UnidentifiedImageError, SyntaxError, EOFError, OSError, ValueError) as error:
-        raise ValueError(
-            f"{url} did not return a readable image (content type {content_type}, {len(data)} bytes); check that "
-            "the URL points at the image file itself, not at a web page showing it."
-        ) from error
-    except Image.DecompressionBombError as error:
-        raise ValueError(
-            f"The image at {url} has more pixels than Pillow's safety limit ({error}); if you trust it, raise "
-            "PIL.Image.MAX_IMAGE_PIXELS."
-        ) from error
-    return image
+    return _decoded(
+        io.BytesIO(data),
+        lambda error: f"{url} did not return a readable image (content type {content_type}, {len(data)} bytes); "
+        "check that the URL points at the image file itself, not at a web page showing it.",
+        lambda error: f"The image at {url} has more pixels than Pillow's safety limit ({error}); if you trust it, "
+        "raise PIL.Image.MAX_IMAGE_PIXELS.",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ PIL

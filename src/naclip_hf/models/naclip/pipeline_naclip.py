@@ -250,14 +250,9 @@ class NACLIPSegmentationPipeline(Pipeline):
         return super().__call__(inputs, **kwargs)
 
     def get_iterator(
-        self,
-        inputs: Any,
-        num_workers: int,
-        batch_size: int,
-        preprocess_params: dict[str, Any],
-        forward_params: dict[str, Any],
-        postprocess_params: dict[str, Any],
-    ) -> Any:
+        self, inputs: Any, num_workers: int, batch_size: int, preprocess_params: dict[str, Any],
+        forward_params: dict[str, Any], postprocess_params: dict[str, Any],
+    ) -> Any:  # fmt: skip
         """The outputs for an iterable of images, in order; with `batch_size > 1`, `batch_size` images per model
         call where their processed sizes are equal (see the class docstring)."""
         if not batch_size or batch_size <= 1:
@@ -269,13 +264,9 @@ class NACLIPSegmentationPipeline(Pipeline):
         return self._batched_outputs(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
 
     def _batched_outputs(
-        self,
-        inputs: Any,
-        batch_size: int,
-        preprocess_params: dict[str, Any],
-        forward_params: dict[str, Any],
+        self, inputs: Any, batch_size: int, preprocess_params: dict[str, Any], forward_params: dict[str, Any],
         postprocess_params: dict[str, Any],
-    ) -> Any:
+    ) -> Any:  # fmt: skip
         iterator = iter(inputs)
         while True:
             chunk = list(itertools.islice(iterator, batch_size))

@@ -133,12 +133,7 @@ def _tile_floats(
 
 
 def plan_tiles(
-    height: int,
-    width: int,
-    num_names: int,
-    num_classes: int,
-    pamr_steps: int,
-    pamr_dilations: Sequence[int],
+    height: int, width: int, num_names: int, num_classes: int, pamr_steps: int, pamr_dilations: Sequence[int],
     max_tile_bytes: int | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """The tiles `(row_start, row_stop, col_start, col_stop)` covering an image of `height` × `width`, in row-major
@@ -171,14 +166,8 @@ def plan_tiles(
 
 
 def estimate_post_processing_bytes(
-    height: int,
-    width: int,
-    num_names: int,
-    num_classes: int,
-    pamr_steps: int,
-    pamr_dilations: Sequence[int],
-    return_probabilities: bool = False,
-    max_tile_bytes: int | None = None,
+    height: int, width: int, num_names: int, num_classes: int, pamr_steps: int, pamr_dilations: Sequence[int],
+    return_probabilities: bool = False, max_tile_bytes: int | None = None,
 ) -> int:
     """Peak bytes of `post_process_image` on an image of `height` × `width`: the largest tile's work plus the
     full-size outputs (labels, and probabilities when asked for)."""

@@ -58,6 +58,32 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return out
 
 
+# References made by the official SC-CLIP, SFP and ResCLIP code on a narrow 12-layer random CLIP.
+METHODS_DIR = Path(__file__).parent / "fixtures" / "golden_methods"
+
+
+@pytest.fixture(scope="session")
+def methods_manifest() -> dict:
+    return json.loads((METHODS_DIR / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def methods_golden() -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(METHODS_DIR / "golden_methods.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def narrow_checkpoint(tmp_path_factory) -> Path:
+    """The golden_methods fixture's 12-layer narrow CLIP converted as `naclip convert` does."""
+    from naclip_hf.conversion import convert_openai_checkpoint
+
+    out = tmp_path_factory.mktemp("narrow") / "narrow12"
+    convert_openai_checkpoint(METHODS_DIR / "openai_clip_narrow12.safetensors", out, METHODS_DIR / "tokenizer")
+    return out
+
+
 @pytest.fixture(scope="session")
 def golden_labels_file(tmp_path_factory, manifest) -> Path:
     """The manifest's classes as a labels file (one class per line, synonyms separated by ', ')."""

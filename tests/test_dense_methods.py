@@ -4,7 +4,6 @@ golden_methods fixture (a narrow 12-layer random CLIP), the registry, and where 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +29,6 @@ from naclip_hf.models.naclip.dense_methods import (
     som_outliers,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "golden_methods"
 CASES = ["scclip_voc20_b", "scclip_voc21_p", "scclip_city_e", "sfp_voc20_b", "sfp_voc21_p", "sfp_city_e",
          "resclip_voc20_b", "resclip_voc20_b_nosfr", "resclip_voc21_p", "resclip_context59_p", "resclip_city_e"]
 SLOW_CASES = ("scclip_city_e", "sfp_city_e", "resclip_city_e", "resclip_context59_p")
@@ -38,28 +36,6 @@ SLOW_CASES = ("scclip_city_e", "sfp_city_e", "resclip_city_e", "resclip_context5
 CONFIG_BENCHMARKS = {"configs/cfg_voc20.py": "voc20", "configs/cfg_voc21.py": "voc21",
                      "configs/cfg_city_scapes.py": "cityscapes", "configs/cfg_context59.py": "context59"}
 LOGITS_TOL, PROBS_TOL, MIN_EQUAL_LABELS = 1e-4, 1e-3, 0.999
-
-
-@pytest.fixture(scope="session")
-def methods_manifest() -> dict:
-    return json.loads((FIXTURES / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def methods_golden() -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(FIXTURES / "golden_methods.safetensors"))
-
-
-@pytest.fixture(scope="session")
-def narrow_checkpoint(tmp_path_factory) -> Path:
-    """The fixture's 12-layer narrow CLIP converted as `naclip convert` does."""
-    from naclip_hf.conversion import convert_openai_checkpoint
-
-    out = tmp_path_factory.mktemp("narrow") / "narrow12"
-    convert_openai_checkpoint(FIXTURES / "openai_clip_narrow12.safetensors", out, FIXTURES / "tokenizer")
-    return out
 
 
 @pytest.fixture(scope="session")

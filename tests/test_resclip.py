@@ -37,25 +37,9 @@ RESCLIP_CASES = [case["id"] for case in _manifest()["cases"] if case["id"].start
 
 
 @pytest.fixture(scope="module")
-def methods_manifest() -> dict:
-    return _manifest()
-
-
-@pytest.fixture(scope="module")
-def methods_golden() -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(METHODS_DIR / "golden_methods.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def narrow_model(tmp_path_factory) -> NACLIPForSemanticSegmentation:
-    """The fixture's 12-layer narrow CLIP, converted as a user would, with eager attention (weights returned)."""
-    from naclip_hf.conversion import convert_openai_checkpoint
-
-    out = tmp_path_factory.mktemp("ckpt") / "narrow12"
-    convert_openai_checkpoint(METHODS_DIR / "openai_clip_narrow12.safetensors", out, METHODS_DIR / "tokenizer")
-    return NACLIPForSemanticSegmentation.from_pretrained(out, attn_implementation="eager").eval()
+def narrow_model(narrow_checkpoint) -> NACLIPForSemanticSegmentation:
+    """The fixture's 12-layer narrow CLIP with eager attention (weights returned)."""
+    return NACLIPForSemanticSegmentation.from_pretrained(narrow_checkpoint, attn_implementation="eager").eval()
 
 
 def case_settings(model: NACLIPForSemanticSegmentation, case: dict) -> dict:

@@ -18,6 +18,7 @@ from transformers import Pipeline
 from transformers.utils import logging
 
 from .class_embeddings import ClassEmbeddings, encode_classes
+from .dense_methods import check_arch
 from .image_io import describe_input, load_image
 from .image_processing_naclip import NACLIPImageProcessor
 from .labels import parse_label_set
@@ -128,7 +129,7 @@ class NACLIPSegmentationPipeline(Pipeline):
             `"person, person in shirt"`) or a list of names. The first name is the class label in the output.
             Required (at call time or when building the pipeline).
         short_side (`int`, *optional*): resize the image's short side to this before the model (0: keep the size);
-            defaults to the image processor's (336 for NACLIP's settings).
+            defaults to the method's (the call's, else the config's), else the image processor's (336).
         return_label_map (`bool`, defaults to `False`), return_probabilities (`bool`, defaults to `False`):
             see "Output" below.
         skip_errors (`bool`, defaults to `False`): by default an input that cannot be read raises a `ValueError`
@@ -221,7 +222,8 @@ class NACLIPSegmentationPipeline(Pipeline):
         except TypeError as error:
             raise TypeError(f"{error} (for the {TASK} pipeline; also candidate_labels, return_label_map, "
                             "return_probabilities, skip_errors, timeout)") from None
-        check_attention_strategy(options.attn_strategy)
+        check_attention_strategy(options.attn_strategy)  # names of the model package's registries
+        check_arch(options.arch)
         preprocess["short_side"] = options.short_side
         if return_label_map is not None:
             postprocess["return_label_map"] = bool(return_label_map)
